@@ -1,0 +1,186 @@
+"""Criss-cross attention as plain tensor operations (SPEC §1).
+
+For a pixel ``u = (i, j)`` the *criss-cross set* is its row ``i`` and its
+column ``j``: ``H + W - 1`` positions, ``u`` itself counted once.  Each pixel
+scores every position of its set (``energy``), normalises the scores with a
+softmax (``affinity``, also called attention) and averages the values of the
+set with those weights.
+
+Attention layout exposed by this library, channels-last ``(B, H, W, H+W-1)``::
+
+    attention[b, i, j, :W]  -> the row:    positions (i, 0), ..., (i, W-1)  (centre included)
+    attention[b, i, j, W:]  -> the column: positions (i', j) for i' = 0..H-1, i' != i, in order
+
+This is the channel order of the original CCNet CUDA kernels, moved to the
+last dimension.  :func:`attention_to_channels_first` gives their
+``(B, H+W-1, H, W)`` tensor and :func:`attention_to_padded` the
+``(B, H, W, H+W)`` ``[column | row]`` layout of the pure-PyTorch CCNet code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_feature_map, check_same_device
+
+__all__ = [
+    "criss_cross_attention",
+    "criss_cross_attention_reference",
+    "column_index",
+    "attention_to_channels_first",
+    "attention_from_channels_first",
+    "attention_to_padded",
+    "attention_from_padded",
+]
+
+Impl = Literal["reference", "fused", "auto"]
+
+
+def column_index(height: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """For each row ``i``, the column positions ``i' != i`` in order: (H, H-1) long.
+
+    ``column_index(4)[1] == [0, 2, 3]``: the centre is skipped because the row
+    part of the criss-cross set already holds it.
+    """
+    others = torch.arange(height - 1, device=device)  # (H-1,)
+    rows = torch.arange(height, device=device)[:, None]  # (H, 1)
+    return others[None, :] + (others[None, :] >= rows).long()  # (H, H-1)
+
+
+def check_qkv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+    """Validate the three inputs of criss-cross attention (shared by every impl)."""
+    check_feature_map("query", query)
+    check_feature_map("key", key)
+    check_feature_map("value", value)
+    if query.shape != key.shape:
+        raise ValueError(
+            f"query and key must have the same shape (B, C', H, W), got "
+            f"query {tuple(query.shape)} and key {tuple(key.shape)}"
+        )
+    if value.shape[0] != query.shape[0] or value.shape[2:] != query.shape[2:]:
+        raise ValueError(
+            f"value must have the batch size and spatial size of query, got "
+            f"value {tuple(value.shape)} and query {tuple(query.shape)}"
+        )
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(
+            f"query, key and value must share one dtype, got "
+            f"{query.dtype}, {key.dtype} and {value.dtype}"
+        )
+    check_same_device(query=query, key=key, value=value)
+
+
+def criss_cross_attention_reference(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The readable implementation: returns ``(out, attention)``.
+
+    query, key: (B, C', H, W); value: (B, C, H, W).
+    out: (B, C, H, W); attention: (B, H, W, H+W-1) in the layout of this module.
+    """
+    height = query.shape[2]
+
+    # Energies along the row of each pixel: e[b, i, j, j'] = q(i, j) . k(i, j')
+    energy_row = torch.einsum("bcij,bcik->bijk", query, key)  # (B, H, W, W)
+    # ... and along its column, without the centre: e[b, i, j, n] = q(i, j) . k(i'_n, j)
+    energy_col = torch.einsum("bcij,bckj->bijk", query, key)  # (B, H, W, H)
+    others = column_index(height, query.device)  # (H, H-1)
+    energy_col = energy_col.gather(-1, others[None, :, None, :].expand(*energy_col.shape[:3], -1))
+    # (B, H, W, H-1)
+
+    # One softmax over the whole criss-cross set of H + W - 1 positions.
+    energy = torch.cat([energy_row, energy_col], dim=-1)  # (B, H, W, H+W-1)
+    affinity = F.softmax(energy, dim=-1)
+    affinity_row, affinity_col = affinity.split([energy_row.shape[-1], height - 1], dim=-1)
+
+    # Aggregate: out(i, j) = sum_j' A_row * v(i, j') + sum_n A_col * v(i'_n, j)
+    out_row = torch.einsum("bijk,bcik->bcij", affinity_row, value)  # (B, C, H, W)
+    value_col = value[:, :, others, :]  # (B, C, H, H-1, W): value_col[b,c,i,n,j] = v(i'_n, j)
+    out_col = torch.einsum("bijn,bcinj->bcij", affinity_col, value_col)  # (B, C, H, W)
+    return out_row + out_col, affinity
+
+
+def criss_cross_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    return_attention: bool = False,
+    impl: Impl = "reference",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Criss-cross attention (no gamma, no residual).
+
+    Args:
+        query: (B, C', H, W) floating tensor.
+        key: (B, C', H, W), same shape, dtype and device as ``query``.
+        value: (B, C, H, W), same B, H, W as ``query``.
+        return_attention: also return the attention, (B, H, W, H+W-1), rows
+            summing to one, in the layout described in the module docstring.
+        impl: ``"reference"`` (readable PyTorch, any device), ``"fused"`` (the
+            C++/CUDA operator of :mod:`ccnet_edu.ops`; raises if it cannot be
+            built) or ``"auto"`` (fused when available, otherwise reference
+            with a one-time warning saying why).
+
+    Returns:
+        ``out`` (B, C, H, W), or ``(out, attention)`` with ``return_attention``.
+    """
+    check_qkv(query, key, value)
+    if impl == "reference":
+        out, attention = criss_cross_attention_reference(query, key, value)
+    elif impl in ("fused", "auto"):
+        from . import ops  # imported lazily: building the operator is optional
+
+        if impl == "fused" or ops.usable_for(query):
+            out, attention = ops.criss_cross_attention(query, key, value)
+        else:
+            out, attention = criss_cross_attention_reference(query, key, value)
+    else:
+        raise ValueError(f"impl must be 'reference', 'fused' or 'auto', got {impl!r}")
+    return (out, attention) if return_attention else out
+
+
+def attention_to_channels_first(attention: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, H+W-1) -> (B, H+W-1, H, W), the original CCNet CUDA kernels' layout."""
+    return attention.permute(0, 3, 1, 2)
+
+
+def attention_from_channels_first(attention: torch.Tensor) -> torch.Tensor:
+    """(B, H+W-1, H, W) -> (B, H, W, H+W-1), the inverse of :func:`attention_to_channels_first`."""
+    return attention.permute(0, 2, 3, 1)
+
+
+def attention_to_padded(attention: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, H+W-1) -> (B, H, W, H+W): ``[column (H entries, centre 0) | row (W)]``.
+
+    This is the layout of the pure-PyTorch CCNet code, whose column energies
+    carry the centre masked with ``-inf`` (so a weight of exactly 0 here).
+    """
+    batch, height, width, length = attention.shape
+    if length != height + width - 1:
+        raise ValueError(
+            f"attention must have H+W-1 = {height + width - 1} entries in its last "
+            f"dimension, got {length}"
+        )
+    row, col = attention.split([width, height - 1], dim=-1)
+    padded_col = attention.new_zeros(batch, height, width, height)
+    others = column_index(height, attention.device)[None, :, None, :].expand_as(col)
+    padded_col = padded_col.scatter(-1, others, col)
+    return torch.cat([padded_col, row], dim=-1)
+
+
+def attention_from_padded(attention: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, H+W) ``[column | row]`` -> (B, H, W, H+W-1) (drops the centre of the column)."""
+    batch, height, width, length = attention.shape
+    if length != height + width:
+        raise ValueError(
+            f"attention must have H+W = {height + width} entries in its last dimension, "
+            f"got {length}"
+        )
+    col, row = attention.split([height, width], dim=-1)
+    others = column_index(height, attention.device)[None, :, None, :].expand(
+        batch, height, width, height - 1
+    )
+    return torch.cat([row, col.gather(-1, others)], dim=-1)
