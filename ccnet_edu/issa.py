@@ -1,0 +1,488 @@
+"""Interlaced sparse self-attention (ISSA, SPEC §4).
+
+Huang, Yuan et al. (arXiv 1907.12273) replace one dense affinity ``A``
+(N x N, every position attends to every position) by the product of two
+sparse ones, ``A ≈ A_S · A_L``.  Both factors are ordinary self-attention,
+but restricted to *groups* of positions:
+
+* **long-range step** (first): with block size ``(P_h, P_w)`` there are
+  ``P_h · P_w`` groups; group ``(a, b)`` holds the positions
+  ``(m·P_h + a, n·P_w + b)``: pixels ``P_h`` (``P_w``) apart that sit at the
+  same offset inside their block.  Each group has ``Q_h · Q_w`` members.
+* **short-range step** (second): ``Q_h · Q_w`` groups, each one contiguous
+  ``P_h x P_w`` block.
+
+After the long step, position ``u`` has mixed in every position with its
+offset; after the short step it has mixed in its block, whose members between
+them carry every offset.  So two sparse steps reach all ``N`` positions.
+
+Padding.  ``H, W`` are padded with zeros up to multiples of ``P_h, P_w``; the
+padding is split evenly between top and bottom (left and right).  When the
+amount is odd the *extra* row goes to the **bottom** (the extra column to the
+**right**), as in the reference implementation (openseg.pytorch).  The padded
+positions **take part** in the attention like any other position (zero
+features before the projections; in the functional form without projections
+their key is the zero vector, so every query gives them the energy 0).  They
+are not masked: this is what the reference does.  The padding is cropped away
+at the end.  Everything index-related below (groups, masks, dense matrices)
+lives on the *padded* grid of ``N' = H'·W'`` positions, flattened row-major.
+
+Scale.  Energies are scaled dot products ``q·k / sqrt(d)`` with ``d`` the key
+channels.  Without projections the query and key are the input itself, so
+``d = C``; the module with ``projections=False`` uses the same scale, so the
+two agree exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_feature_map, check_positive_pair
+
+__all__ = [
+    "blocks_padding",
+    "pad_to_blocks",
+    "unpad",
+    "long_range_permute",
+    "long_range_unpermute",
+    "short_range_permute",
+    "short_range_unpermute",
+    "long_range_groups",
+    "short_range_groups",
+    "interlaced_masks",
+    "group_attention",
+    "interlaced_sparse_attention",
+    "interlaced_attention_to_dense",
+    "SelfAttentionBlock",
+    "InterlacedSparseSelfAttention",
+    "ISAHead",
+]
+
+BlockSize = int | Sequence[int]
+
+
+# ---------------------------------------------------------------------------
+# Padding
+# ---------------------------------------------------------------------------
+
+
+def blocks_padding(height: int, width: int, block_size: BlockSize) -> tuple[int, int, int, int]:
+    """Zero padding ``(top, bottom, left, right)`` that makes H, W multiples of the block.
+
+    The padding is centred; an odd amount puts the extra row at the bottom and
+    the extra column on the right.  ``blocks_padding(5, 7, (4, 4)) == (1, 2, 0, 1)``.
+    """
+    p_h, p_w = check_positive_pair("block_size", block_size)
+    pad_h = -height % p_h  # rows missing to reach the next multiple of P_h
+    pad_w = -width % p_w
+    return pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2
+
+
+def pad_to_blocks(
+    x: torch.Tensor, block_size: BlockSize
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Pad ``x`` (B, C, H, W) with zeros to (B, C, H', W'); returns ``(padded, padding)``."""
+    top, bottom, left, right = padding = blocks_padding(x.shape[2], x.shape[3], block_size)
+    return F.pad(x, (left, right, top, bottom)), padding
+
+
+def unpad(x: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
+    """Crop the padding of :func:`pad_to_blocks` away again: (B, C, H', W') -> (B, C, H, W)."""
+    top, bottom, left, right = padding
+    return x[:, :, top : x.shape[2] - bottom, left : x.shape[3] - right]
+
+
+# ---------------------------------------------------------------------------
+# The two permutations.  A padded map (B, C, H', W') is viewed as
+# (B, C, Q_h, P_h, Q_w, P_w): row i = m·P_h + a, column j = n·P_w + b.
+# ---------------------------------------------------------------------------
+
+
+def _grid(x: torch.Tensor, block_size: BlockSize) -> tuple[torch.Tensor, int, int, int, int]:
+    p_h, p_w = check_positive_pair("block_size", block_size)
+    batch, channels, height, width = x.shape
+    if height % p_h or width % p_w:
+        raise ValueError(
+            f"x must be padded to multiples of block_size {(p_h, p_w)}, got H, W = "
+            f"{height}, {width} (use pad_to_blocks first)"
+        )
+    q_h, q_w = height // p_h, width // p_w
+    return x.reshape(batch, channels, q_h, p_h, q_w, p_w), p_h, p_w, q_h, q_w
+
+
+def long_range_permute(x: torch.Tensor, block_size: BlockSize) -> torch.Tensor:
+    """(B, C, H', W') -> (B·P_h·P_w, C, Q_h, Q_w): one small map per long-range group.
+
+    Group ``g = a·P_w + b`` of image ``b_`` sits at index ``b_·P_h·P_w + g``;
+    its map holds the pixels ``(m·P_h + a, n·P_w + b)`` at ``(m, n)``.
+    """
+    grid, p_h, p_w, q_h, q_w = _grid(x, block_size)  # (B, C, Q_h, P_h, Q_w, P_w)
+    batch, channels = x.shape[:2]
+    groups = grid.permute(0, 3, 5, 1, 2, 4)  # (B, P_h, P_w, C, Q_h, Q_w)
+    return groups.reshape(batch * p_h * p_w, channels, q_h, q_w)
+
+
+def long_range_unpermute(
+    groups: torch.Tensor, batch: int, height: int, width: int, block_size: BlockSize
+) -> torch.Tensor:
+    """Inverse of :func:`long_range_permute`: (B·P_h·P_w, C, Q_h, Q_w) -> (B, C, H', W')."""
+    p_h, p_w = check_positive_pair("block_size", block_size)
+    channels, q_h, q_w = groups.shape[1:]
+    grid = groups.reshape(batch, p_h, p_w, channels, q_h, q_w).permute(0, 3, 4, 1, 5, 2)
+    return grid.reshape(batch, channels, height, width)  # (B, C, Q_h·P_h, Q_w·P_w)
+
+
+def short_range_permute(x: torch.Tensor, block_size: BlockSize) -> torch.Tensor:
+    """(B, C, H', W') -> (B·Q_h·Q_w, C, P_h, P_w): one map per contiguous block.
+
+    Block ``g = m·Q_w + n`` of image ``b_`` sits at index ``b_·Q_h·Q_w + g``.
+    """
+    grid, p_h, p_w, q_h, q_w = _grid(x, block_size)  # (B, C, Q_h, P_h, Q_w, P_w)
+    batch, channels = x.shape[:2]
+    blocks = grid.permute(0, 2, 4, 1, 3, 5)  # (B, Q_h, Q_w, C, P_h, P_w)
+    return blocks.reshape(batch * q_h * q_w, channels, p_h, p_w)
+
+
+def short_range_unpermute(
+    groups: torch.Tensor, batch: int, height: int, width: int, block_size: BlockSize
+) -> torch.Tensor:
+    """Inverse of :func:`short_range_permute`: (B·Q_h·Q_w, C, P_h, P_w) -> (B, C, H', W')."""
+    p_h, p_w = check_positive_pair("block_size", block_size)
+    channels = groups.shape[1]
+    q_h, q_w = height // p_h, width // p_w
+    grid = groups.reshape(batch, q_h, q_w, channels, p_h, p_w).permute(0, 3, 1, 4, 2, 5)
+    return grid.reshape(batch, channels, height, width)
+
+
+# ---------------------------------------------------------------------------
+# The same permutations as index lists and boolean masks (for teaching/tests)
+# ---------------------------------------------------------------------------
+
+
+def _padded_index_map(height: int, width: int, block_size: BlockSize) -> torch.Tensor:
+    """Flat row-major index of every position of the padded grid: (1, 1, H', W')."""
+    top, bottom, left, right = blocks_padding(height, width, block_size)
+    h_pad, w_pad = height + top + bottom, width + left + right
+    return torch.arange(h_pad * w_pad, dtype=torch.float64).reshape(1, 1, h_pad, w_pad)
+
+
+def long_range_groups(height: int, width: int, block_size: BlockSize) -> torch.Tensor:
+    """Members of each long-range group: (P_h·P_w, Q_h·Q_w) long, flat padded-grid indices.
+
+    ``height, width`` are the *input* size; indices refer to the padded grid
+    (``W'`` columns), row-major, members in the order the attention uses.
+    """
+    index = long_range_permute(_padded_index_map(height, width, block_size), block_size)
+    return index.flatten(1).long()  # (P_h·P_w, Q_h·Q_w)
+
+
+def short_range_groups(height: int, width: int, block_size: BlockSize) -> torch.Tensor:
+    """Members of each short-range group (block): (Q_h·Q_w, P_h·P_w) long, padded-grid indices."""
+    index = short_range_permute(_padded_index_map(height, width, block_size), block_size)
+    return index.flatten(1).long()  # (Q_h·Q_w, P_h·P_w)
+
+
+def _membership(groups: torch.Tensor, size: int) -> torch.Tensor:
+    """``mask[u, p] = True`` iff u and p are in one group: (N', N') bool."""
+    group_of = torch.empty(size, dtype=torch.long)
+    group_of[groups.flatten()] = torch.arange(groups.shape[0]).repeat_interleave(groups.shape[1])
+    return group_of[:, None] == group_of[None, :]
+
+
+def interlaced_masks(
+    height: int, width: int, block_size: BlockSize = (8, 8)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group-membership matrices ``(long, short)``, each (N', N') bool on the padded grid.
+
+    ``long[u, p]`` is True when positions u and p (flat row-major indices of
+    the padded ``H' x W'`` grid) are in the same long-range group, i.e. have
+    the same offset inside their block; ``short[u, p]`` when they are in the
+    same block.  ``long`` and ``short`` are the sparsity patterns of ``A_L``
+    and ``A_S``; their boolean product is all True.
+    """
+    size = _padded_index_map(height, width, block_size).numel()
+    long_mask = _membership(long_range_groups(height, width, block_size), size)
+    short_mask = _membership(short_range_groups(height, width, block_size), size)
+    return long_mask, short_mask
+
+
+# ---------------------------------------------------------------------------
+# Attention inside groups
+# ---------------------------------------------------------------------------
+
+
+def group_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product self-attention inside each group.
+
+    query, key: (G, C_k, h, w); value: (G, C_v, h, w); every one of the ``G``
+    maps is one group of ``n = h·w`` positions.
+    Returns ``out`` (G, C_v, h, w) and the affinity (G, n, n), rows summing to 1.
+    """
+    groups, _, h, w = value.shape
+    q = query.flatten(2).transpose(1, 2)  # (G, n, C_k)
+    k = key.flatten(2)  # (G, C_k, n)
+    v = value.flatten(2).transpose(1, 2)  # (G, n, C_v)
+    energy = scale * torch.bmm(q, k)  # (G, n, n): energy[g, u, p] = q(u)·k(p) / sqrt(C_k)
+    affinity = F.softmax(energy, dim=-1)
+    out = torch.bmm(affinity, v)  # (G, n, C_v)
+    return out.transpose(1, 2).reshape(groups, -1, h, w), affinity
+
+
+def interlaced_sparse_attention(
+    x: torch.Tensor, block_size: BlockSize = (8, 8), return_attention: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """ISSA without projections: query = key = value = the features, scale ``C^-1/2``.
+
+    Args:
+        x: (B, C, H, W) floating tensor.
+        block_size: ``(P_h, P_w)`` or one int for both.
+        return_attention: also return ``(long_attention, short_attention)`` of
+            shapes (B, P_h·P_w, Q_h·Q_w, Q_h·Q_w) and (B, Q_h·Q_w, P_h·P_w, P_h·P_w),
+            group members ordered as in :func:`long_range_groups` /
+            :func:`short_range_groups`.
+
+    Returns:
+        y (B, C, H, W) [, attentions].  On the padded grid, with ``X`` the
+        padded input as an (N', C) matrix, ``y = A_S @ (A_L @ X)`` exactly,
+        see :func:`interlaced_attention_to_dense`.
+    """
+    check_feature_map("x", x)
+    p_h, p_w = check_positive_pair("block_size", block_size)
+    batch, channels = x.shape[:2]
+    scale = channels**-0.5
+
+    feats, padding = pad_to_blocks(x, (p_h, p_w))  # (B, C, H', W')
+    h_pad, w_pad = feats.shape[2:]
+
+    # Long range: attend among pixels P_h, P_w apart (same offset in their block).
+    groups = long_range_permute(feats, (p_h, p_w))  # (B·P_h·P_w, C, Q_h, Q_w)
+    out, long_attention = group_attention(groups, groups, groups, scale)
+    feats = long_range_unpermute(out, batch, h_pad, w_pad, (p_h, p_w))  # (B, C, H', W')
+
+    # Short range: attend inside each contiguous P_h x P_w block.
+    blocks = short_range_permute(feats, (p_h, p_w))  # (B·Q_h·Q_w, C, P_h, P_w)
+    out, short_attention = group_attention(blocks, blocks, blocks, scale)
+    feats = short_range_unpermute(out, batch, h_pad, w_pad, (p_h, p_w))
+
+    y = unpad(feats, padding)  # (B, C, H, W)
+    if not return_attention:
+        return y
+    long_attention = long_attention.reshape(batch, p_h * p_w, *long_attention.shape[1:])
+    short_attention = short_attention.reshape(batch, -1, *short_attention.shape[1:])
+    return y, (long_attention, short_attention)
+
+
+def interlaced_attention_to_dense(
+    long_attention: torch.Tensor,
+    short_attention: torch.Tensor,
+    height: int,
+    width: int,
+    block_size: BlockSize = (8, 8),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scatter the per-group attentions into dense block-sparse ``(A_L, A_S)``, each (B, N', N').
+
+    ``height, width`` are the input size; ``N' = H'·W'`` the padded grid,
+    row-major.  ``A_L[b, u, p]`` is the weight position u gives to p in the
+    long-range step (zero unless u, p share a group), likewise ``A_S``.  For
+    the functional form, ``A_S @ (A_L @ X)`` equals the padded output.
+    """
+    long_groups = long_range_groups(height, width, block_size).to(long_attention.device)
+    short_groups = short_range_groups(height, width, block_size).to(short_attention.device)
+    size = long_groups.numel()
+
+    def scatter(attention: torch.Tensor, groups: torch.Tensor, name: str) -> torch.Tensor:
+        n_groups, n = groups.shape
+        if attention.dim() != 4 or attention.shape[1:] != (n_groups, n, n):
+            raise ValueError(
+                f"{name} must have shape (B, {n_groups}, {n}, {n}) for height={height}, "
+                f"width={width}, block_size={block_size!r}, got {tuple(attention.shape)}"
+            )
+        dense = attention.new_zeros(attention.shape[0], size, size)  # (B, N', N')
+        rows = groups[:, :, None].expand(n_groups, n, n)  # query position of each entry
+        cols = groups[:, None, :].expand(n_groups, n, n)  # key position of each entry
+        dense[:, rows, cols] = attention
+        return dense
+
+    return (
+        scatter(long_attention, long_groups, "long_attention"),
+        scatter(short_attention, short_groups, "short_attention"),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SelfAttentionBlock(nn.Module):
+    """Self-attention applied to a batch of groups (one step of ISSA).
+
+    query, key: 1x1 conv + BN + ReLU to ``key_channels``; value: 1x1 conv to
+    ``value_channels``; scale ``key_channels^-1/2``; output projection
+    1x1 conv + BN + ReLU to ``out_channels``; no residual (the ISA head adds
+    the input back by concatenation).  With ``projections=False`` all four
+    maps are the identity and the block is :func:`group_attention` with
+    ``q = k = v`` and scale ``C^-1/2``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        key_channels: int,
+        value_channels: int,
+        out_channels: int,
+        projections: bool = True,
+    ) -> None:
+        super().__init__()
+        self.key_channels = key_channels
+        self.projections = projections
+        if projections:
+            self.query = _conv_bn_relu(in_channels, key_channels)
+            self.key = _conv_bn_relu(in_channels, key_channels)
+            self.value = nn.Conv2d(in_channels, value_channels, 1, bias=False)
+            self.out_proj = _conv_bn_relu(value_channels, out_channels)
+        else:
+            self.query = self.key = self.value = self.out_proj = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (G, C, h, w) groups -> (out (G, C_out, h, w), attention (G, h·w, h·w))."""
+        out, attention = group_attention(
+            self.query(x), self.key(x), self.value(x), self.key_channels**-0.5
+        )
+        return self.out_proj(out), attention
+
+
+class InterlacedSparseSelfAttention(nn.Module):
+    """Interlaced sparse self-attention: a long-range step, then a short-range step.
+
+    Args:
+        in_channels: C of the input.
+        block_size: ``(P_h, P_w)`` (reference default 8 x 8).
+        key_channels: query/key channels (default ``C // 2``, at least 1).
+        value_channels: value channels (default C).
+        out_channels: output channels (default C).
+        projections: ``False`` makes every projection the identity (then the
+            three channel arguments must be left ``None`` or equal C), which
+            reproduces :func:`interlaced_sparse_attention` exactly.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        block_size: BlockSize = (8, 8),
+        key_channels: int | None = None,
+        value_channels: int | None = None,
+        out_channels: int | None = None,
+        projections: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        self.block_size = check_positive_pair("block_size", block_size)
+        self.in_channels = in_channels
+        if projections:
+            key_channels = key_channels or max(in_channels // 2, 1)
+            value_channels = value_channels or in_channels
+            out_channels = out_channels or in_channels
+        else:
+            for name, value in [
+                ("key_channels", key_channels),
+                ("value_channels", value_channels),
+                ("out_channels", out_channels),
+            ]:
+                if value not in (None, in_channels):
+                    raise ValueError(
+                        f"{name} must be None or in_channels={in_channels} when "
+                        f"projections=False (identity maps), got {value}"
+                    )
+            key_channels = value_channels = out_channels = in_channels
+        self.out_channels = out_channels
+        self.long_range = SelfAttentionBlock(
+            in_channels, key_channels, value_channels, out_channels, projections
+        )
+        self.short_range = SelfAttentionBlock(
+            out_channels, key_channels, value_channels, out_channels, projections
+        )
+
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x: (B, C, H, W) -> y (B, C_out, H, W) [, (long_attention, short_attention)].
+
+        The attentions have the shapes documented in :func:`interlaced_sparse_attention`.
+        """
+        check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
+        batch = x.shape[0]
+        feats, padding = pad_to_blocks(x, self.block_size)  # (B, C, H', W')
+        h_pad, w_pad = feats.shape[2:]
+
+        groups = long_range_permute(feats, self.block_size)  # (B·P_h·P_w, C, Q_h, Q_w)
+        out, long_attention = self.long_range(groups)
+        feats = long_range_unpermute(out, batch, h_pad, w_pad, self.block_size)
+
+        blocks = short_range_permute(feats, self.block_size)  # (B·Q_h·Q_w, C_out, P_h, P_w)
+        out, short_attention = self.short_range(blocks)
+        feats = short_range_unpermute(out, batch, h_pad, w_pad, self.block_size)
+
+        y = unpad(feats, padding)  # (B, C_out, H, W)
+        if not return_attention:
+            return y
+        p_h, p_w = self.block_size
+        long_attention = long_attention.reshape(batch, p_h * p_w, *long_attention.shape[1:])
+        short_attention = short_attention.reshape(batch, -1, *short_attention.shape[1:])
+        return y, (long_attention, short_attention)
+
+
+class ISAHead(nn.Module):
+    """ISANet segmentation head.
+
+    Following the reference ISANet: a 3x3 conv + BN + ReLU reduces the
+    backbone features to ``channels`` (default ``in_channels // 4``, e.g.
+    2048 -> 512); ISSA with key channels ``channels // 2``; the reduced
+    features (the block input) are concatenated with the ISSA output and fused
+    by a 1x1 conv + BN + ReLU + Dropout2d; a 1x1 conv gives the class logits.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: int | None = None,
+        block_size: BlockSize = (8, 8),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        channels = channels or max(in_channels // 4, 1)
+        self.in_channels = in_channels
+        self.reduce = _conv_bn_relu(in_channels, channels, kernel_size=3)
+        self.issa = InterlacedSparseSelfAttention(channels, block_size)
+        self.fuse = nn.Sequential(_conv_bn_relu(2 * channels, channels), nn.Dropout2d(dropout))
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x: (B, C_in, H, W) -> logits (B, classes, H, W) [, ISSA attentions]."""
+        check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
+        feats = self.reduce(x)  # (B, C, H, W)
+        context, attention = self.issa(feats, return_attention=True)  # (B, C, H, W)
+        logits = self.classifier(self.fuse(torch.cat([feats, context], dim=1)))
+        return (logits, attention) if return_attention else logits

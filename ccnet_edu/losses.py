@@ -1,0 +1,170 @@
+"""Category consistent loss (CCL, SPEC §3, CCNet TPAMI version).
+
+CCNet's TPAMI version adds a loss on a small per-pixel embedding ``h`` (the
+RCCA features reduced to, e.g., 16 channels) that pulls the pixels of one
+class towards their class mean and pushes the means of different classes
+apart, the discriminative loss of De Brabandere et al. applied to classes.
+
+With classes ``C`` present in an image, ``N_c`` pixels of class c and
+``μ_c`` their mean embedding::
+
+    l_var = 1/|C| Σ_c 1/N_c Σ_{i∈c} φ_var(‖μ_c − h_i‖)
+    φ_var(d) = 0                       d ≤ δ_v
+               (d − δ_v)²              δ_v < d ≤ δ_d
+               d − δ_d + (δ_d − δ_v)²  d > δ_d          (continuous at δ_d)
+    l_dis = 1/(|C|(|C|−1)) Σ_{a≠b} max(0, 2δ_d − ‖μ_a − μ_b‖)²     (ordered pairs)
+    l_reg = 1/|C| Σ_c ‖μ_c‖
+
+Pixels labelled ``ignore_index`` take no part; a class with no pixels takes
+no part; with a single class ``l_dis = 0``.  The terms are computed **per
+image** and then **averaged over the images of the batch that have at least
+one labelled pixel** (an image with none contributes nothing; a batch with
+none gives 0).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_feature_map
+
+__all__ = ["phi_var", "category_consistent_terms", "CategoryConsistentLoss"]
+
+
+def phi_var(distance: torch.Tensor, delta_v: float = 0.5, delta_d: float = 1.5) -> torch.Tensor:
+    """The piecewise pull penalty φ_var(d): zero inside δ_v, quadratic to δ_d, then linear."""
+    quadratic = (distance - delta_v).clamp(min=0) ** 2
+    # Beyond δ_d the penalty grows linearly (bounded gradient for far outliers),
+    # shifted by (δ_d − δ_v)² so that both pieces meet at d = δ_d.
+    linear = distance - delta_d + (delta_d - delta_v) ** 2
+    return torch.where(distance > delta_d, linear, quadratic)
+
+
+def _check_labels(labels: object, embedding: torch.Tensor) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(f"labels must have an integer dtype (class indices), got {labels.dtype}")
+    if labels.dim() != 3 or labels.shape[0] != embedding.shape[0]:
+        raise ValueError(
+            f"labels must have shape (B, H, W) with B={embedding.shape[0]} (the embedding's "
+            f"batch size), got {tuple(labels.shape)}"
+        )
+    labels = labels.long()
+    if labels.shape[1:] != embedding.shape[2:]:  # labels are resized, never interpolated
+        labels = F.interpolate(labels[:, None].double(), size=embedding.shape[2:], mode="nearest")
+        labels = labels[:, 0].long()
+    return labels
+
+
+def category_consistent_terms(
+    embedding: torch.Tensor,
+    labels: torch.Tensor,
+    delta_v: float = 0.5,
+    delta_d: float = 1.5,
+    ignore_index: int = 255,
+    num_classes: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three CCL terms ``(l_var, l_dis, l_reg)``, each averaged over the batch.
+
+    Args:
+        embedding: (B, D, H, W) floating tensor, the per-pixel embedding ``h``.
+        labels: (B, H, W) integer class indices (resized with nearest
+            neighbour to (H, W) if their size differs).
+        num_classes: K; inferred from the largest label when ``None`` (giving
+            it avoids reading the labels, e.g. on the ``meta`` device).
+    """
+    check_feature_map("embedding", embedding)
+    labels = _check_labels(labels, embedding)
+    batch, dim = embedding.shape[:2]
+    valid = labels != ignore_index  # (B, H, W)
+    if num_classes is None:
+        if labels.device.type == "meta":
+            raise ValueError("num_classes must be given for labels on the meta device")
+        num_classes = int(labels[valid].max().item()) + 1 if bool(valid.any()) else 1
+    if labels.device.type != "meta":
+        bad = valid & ((labels < 0) | (labels >= num_classes))
+        if bool(bad.any()):
+            raise ValueError(
+                f"labels must be in [0, num_classes={num_classes}) or ignore_index="
+                f"{ignore_index}, got {sorted(set(labels[bad].tolist()))[:5]}"
+            )
+
+    h = embedding.flatten(2).transpose(1, 2)  # (B, N, D): h_i
+    # One-hot membership; ignored pixels belong to no class (all-zero row).
+    index = torch.where(valid, labels, torch.zeros_like(labels)).flatten(1)  # (B, N)
+    onehot = F.one_hot(index, num_classes).to(embedding.dtype)  # (B, N, K)
+    onehot = onehot * valid.flatten(1)[:, :, None].to(embedding.dtype)
+
+    counts = onehot.sum(dim=1)  # (B, K): N_c
+    present = counts > 0  # (B, K): classes that take part
+    n_classes = present.sum(dim=1).to(embedding.dtype)  # (B,): |C|
+    mean = onehot.transpose(1, 2) @ h / counts.clamp(min=1)[:, :, None]  # (B, K, D): μ_c
+
+    # l_var: each pixel against the mean of its own class.
+    own_mean = onehot @ mean  # (B, N, D): μ_{c(i)} (zero for ignored pixels)
+    pull = phi_var(torch.linalg.vector_norm(own_mean - h, dim=-1), delta_v, delta_d)  # (B, N)
+    pull_per_class = (onehot * pull[:, :, None]).sum(dim=1) / counts.clamp(min=1)  # (B, K)
+    l_var = pull_per_class.sum(dim=1) / n_classes.clamp(min=1)  # (B,)
+
+    # l_dis: every ordered pair (a, b), a != b, of present classes.
+    gap = torch.linalg.vector_norm(mean[:, :, None] - mean[:, None, :], dim=-1)  # (B, K, K)
+    push = (2 * delta_d - gap).clamp(min=0) ** 2
+    eye = torch.eye(num_classes, dtype=torch.bool, device=embedding.device)
+    pairs = present[:, :, None] & present[:, None, :] & ~eye  # (B, K, K)
+    push = torch.where(pairs, push, torch.zeros_like(push))
+    l_dis = push.sum(dim=(1, 2)) / (n_classes * (n_classes - 1)).clamp(min=1)  # (B,)
+
+    # l_reg: keep the means near the origin.
+    norms = torch.linalg.vector_norm(mean, dim=-1)  # (B, K)
+    l_reg = torch.where(present, norms, torch.zeros_like(norms)).sum(dim=1) / n_classes.clamp(min=1)
+
+    # Per image, then the mean over images with at least one labelled pixel.
+    labelled = (n_classes > 0).to(embedding.dtype)  # (B,)
+    denominator = labelled.sum().clamp(min=1)
+    return tuple((term * labelled).sum() / denominator for term in (l_var, l_dis, l_reg))  # type: ignore[return-value]
+
+
+class CategoryConsistentLoss(nn.Module):
+    """``α l_var + β l_dis + γ l_reg`` (the segmentation loss is added by the caller).
+
+    Defaults (from the discriminative loss): δ_v = 0.5, δ_d = 1.5, α = β = 1,
+    γ = 0.001.  ``forward(embedding (B, D, H, W), labels (B, H, W))`` returns a
+    scalar; :meth:`terms` returns ``(l_var, l_dis, l_reg)``.
+    """
+
+    def __init__(
+        self,
+        delta_v: float = 0.5,
+        delta_d: float = 1.5,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        gamma: float = 0.001,
+        ignore_index: int = 255,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 <= delta_v < delta_d:
+            raise ValueError(
+                f"delta_v and delta_d must satisfy 0 <= delta_v < delta_d, got "
+                f"delta_v={delta_v}, delta_d={delta_d}"
+            )
+        self.delta_v, self.delta_d = delta_v, delta_d
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.ignore_index = ignore_index
+        self.num_classes = num_classes
+
+    def terms(
+        self, embedding: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(l_var, l_dis, l_reg)``, each a scalar averaged over the batch."""
+        return category_consistent_terms(
+            embedding, labels, self.delta_v, self.delta_d, self.ignore_index, self.num_classes
+        )
+
+    def forward(self, embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """embedding (B, D, H, W), labels (B, H, W) -> scalar loss."""
+        l_var, l_dis, l_reg = self.terms(embedding, labels)
+        return self.alpha * l_var + self.beta * l_dis + self.gamma * l_reg
