@@ -1,0 +1,114 @@
+# ccnet-edu: build the book and run every check.
+#   make book       build the rendered book into _build/html (strict: warnings are errors)
+#   make test       ruff, the C++/CUDA op build, unit tests, nbval, strict book build, render test
+#   make lab        JupyterLab on notebooks/
+#   make notebooks  re-execute every notebook in place, storing outputs and widget state
+#   make clean      remove build output and caches
+# The first target that needs it creates .venv and installs the project into it; the install is
+# redone only when pyproject.toml changes (a stamp file in .venv records it).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+BOOK_HTML := _build/html
+
+# The fused operator builds for CUDA as well when a CUDA toolkit is found.
+ifeq ($(origin CUDA_HOME),undefined)
+ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
+export CUDA_HOME := /usr/local/cuda
+endif
+endif
+# Jupyter kernels under a debugger-enabled ipykernel warn about frozen modules without this.
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+# pytest exits 5 when it collected no test: that is a failure here, never a silent success.
+# $(call pytest,ARGS...) runs pytest and explains exit code 5; any other failure passes through.
+define pytest
+rc=0; $(PY) -m pytest $(1) || rc=$$?; \
+if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests for: $(1)" >&2; fi; \
+exit $$rc
+endef
+
+.PHONY: help venv book book-strict book-assets check-toc test lint ops unit nbval render \
+        notebooks lab clean
+
+help:
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+
+# ---------------------------------------------------------------- environment
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-book-test: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install --disable-pip-version-check -e ".[book,test]"
+	touch $@
+
+$(VENV)/.installed-lab: pyproject.toml | $(BIN)/activate
+	$(PY) -m pip install --disable-pip-version-check -e ".[book,test,lab]"
+	touch $@ $(VENV)/.installed-book-test
+
+venv: $(VENV)/.installed-book-test
+
+# ---------------------------------------------------------------- book
+book-assets:
+	tools/fetch_book_assets.sh
+
+check-toc: venv
+	$(PY) tools/check_toc.py
+
+# Incremental build for readers and authors.
+book: venv book-assets check-toc
+	$(BIN)/jupyter-book build . -W --keep-going
+	@echo "The book is in $(BOOK_HTML)/index.html"
+
+# Full rebuild: an incremental build does not repeat warnings of unchanged pages.
+book-strict: venv book-assets check-toc
+	$(BIN)/jupyter-book build . -W --keep-going --all 2>&1 | tee _build.log
+	@n=$$(grep -c 'WARNING:' _build.log || true); echo "book build warnings: $$n"; \
+	if [ "$$n" != 0 ]; then exit 1; fi
+
+# ---------------------------------------------------------------- tests
+lint: venv
+	$(BIN)/ruff check .
+
+ops: venv
+	$(PY) -m ccnet_edu.ops build
+
+unit: venv
+	$(call pytest,tests/ --ignore=tests/test_book_render.py -p no:cacheprovider)
+
+nbval: venv
+	$(call pytest,--nbval --nbval-current-env -p no:cacheprovider notebooks/)
+
+# Needs the built book and Chromium; in `make test` a missing one is an error, not a skip.
+render: venv
+	export BOOK_RENDER_REQUIRED=1; $(call pytest,tests/test_book_render.py -p no:cacheprovider -v)
+
+test: venv
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory ops
+	$(MAKE) --no-print-directory unit
+	$(MAKE) --no-print-directory nbval
+	$(MAKE) --no-print-directory book-strict
+	$(MAKE) --no-print-directory render
+
+# ---------------------------------------------------------------- notebooks
+notebooks: venv
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.store_widget_state=True \
+	    --ExecutePreprocessor.timeout=600 $(NOTEBOOKS)
+
+lab: $(VENV)/.installed-lab
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+clean:
+	rm -rf _build _build.log .cache book/_static/vendor .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf *.egg-info build

@@ -1,0 +1,355 @@
+"""Open the built book in headless Chromium and check what a reader would see.
+
+For every page in ``_toc.yml`` (built into ``_build/html`` by ``make book``) this test loads the
+page from a server on 127.0.0.1 and checks, through the Chrome DevTools protocol, that
+
+* the page loads (HTTP 200) and no request fails or gets an HTTP error;
+* **no request leaves the machine**: every URL is on the local server (or ``data:``/``blob:``),
+  so MathJax, the widget manager and the theme's fonts all come from the build itself;
+* the maths was typeset by MathJax: every ``.math`` element holds an ``mjx-container``, there is
+  no TeX error (``mjx-merror``) and no raw ``$$``, ``\\(`` or ``\\[`` left in the text;
+  chapter pages and the notation page must contain maths at all;
+* every image loaded with a non-zero natural size; chapter pages must contain a figure;
+* every stored ipywidget view was rendered by the widget manager;
+* the browser console shows no error and the page threw no exception.
+
+It is skipped, with the reason, only when ``_build/html`` or Chromium is missing -- and
+``make test`` sets ``BOOK_RENDER_REQUIRED=1``, which turns those skips into failures.
+A screenshot of each page is written to ``_build/render-screenshots/`` for people to look at.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "_build" / "html"
+SCREENSHOTS = ROOT / "_build" / "render-screenshots"
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
+REQUIRED = os.environ.get("BOOK_RENDER_REQUIRED", "") not in ("", "0")
+PAGE_TIMEOUT = 60.0  # seconds for one page to load, typeset and render its widgets
+
+websocket = pytest.importorskip("websocket", reason="websocket-client is not installed")
+
+
+def _toc_pages() -> list[str]:
+    """Every page of the book, as the toc names it (without suffix)."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    pages: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("root", "file") and isinstance(value, str):
+                    pages.append(value.removesuffix(".ipynb").removesuffix(".md"))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    return pages
+
+
+def _chromium() -> str | None:
+    for candidate in CHROMIUM_CANDIDATES:
+        path = shutil.which(candidate)
+        if path:
+            return path
+    return None
+
+
+def _skip(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{reason} (BOOK_RENDER_REQUIRED is set, so this is an error)")
+    pytest.skip(reason)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    """Serve _build/html on 127.0.0.1 (an ephemeral port), as a static host would."""
+    if not (BUILD / "index.html").is_file():
+        _skip(f"{BUILD} has no index.html: build the book first (make book)")
+    handler = functools.partial(_QuietHandler, directory=str(BUILD))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class CDP:
+    """A minimal Chrome DevTools protocol client over one page target's websocket."""
+
+    def __init__(self, ws_url: str) -> None:
+        self.ws = websocket.create_connection(ws_url, timeout=PAGE_TIMEOUT, suppress_origin=True)
+        self.next_id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def send(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        msg_id = self.next_id
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == msg_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method} failed: {message['error']}")
+                return message.get("result", {})
+            if "method" in message:
+                self.events.append(message)
+
+    def evaluate(self, expression: str, await_promise: bool = False) -> Any:
+        result = self.send(
+            "Runtime.evaluate",
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=await_promise,
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"evaluating {expression!r}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = PAGE_TIMEOUT) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.evaluate(expression):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture(scope="module")
+def page():
+    """One tab of headless Chromium, with network, console and log events enabled."""
+    chromium = _chromium()
+    if chromium is None:
+        _skip("Chromium is not installed (apt-get install -y chromium)")
+    profile = tempfile.mkdtemp(prefix="ccnet-render-")
+    process = subprocess.Popen(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1600",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    cdp = None
+    try:
+        port_file = Path(profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Chromium did not start (exit code {process.poll()})")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
+            targets = json.load(resp)
+        ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t.get("type") == "page")
+        cdp = CDP(ws_url)
+        for domain in ("Page", "Network", "Runtime", "Log"):
+            cdp.send(f"{domain}.enable")
+        # No cached copies: every page load really fetches (and so reports) its resources.
+        cdp.send("Network.setCacheDisabled", cacheDisabled=True)
+        yield cdp
+    finally:
+        if cdp is not None:
+            cdp.close()
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# What the page reports once it has settled: maths, images, widgets, leftover TeX.
+PAGE_STATE_JS = r"""
+(() => {
+  const main = document.querySelector('main') || document.body;
+  const mathNodes = [...document.querySelectorAll('.math')];
+  const untypeset = mathNodes.filter(n => !n.querySelector('mjx-container'))
+                             .map(n => n.textContent.trim().slice(0, 80));
+  const imgs = [...main.querySelectorAll('img')];
+  const badImgs = imgs.filter(i => !(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0))
+                      .map(i => i.getAttribute('src'));
+  // Text a reader sees, without code, outputs and scripts (which may legitimately hold TeX).
+  const clone = main.cloneNode(true);
+  clone.querySelectorAll('pre, code, script, style, mjx-container, .math, textarea')
+       .forEach(n => n.remove());
+  const text = clone.textContent;
+  const rawTex = ['$$', '\\(', '\\[', '\\begin{'].filter(s => text.includes(s));
+  const views = document.querySelectorAll(
+      'script[type="application/vnd.jupyter.widget-view+json"]').length;
+  const rendered = [...document.querySelectorAll('.widget-subarea')]
+                       .filter(n => n.querySelector('.jupyter-widgets')).length;
+  return {
+    title: document.title,
+    mathNodes: mathNodes.length,
+    mjx: document.querySelectorAll('mjx-container').length,
+    mjxErrors: document.querySelectorAll('mjx-merror').length,
+    untypeset, images: imgs.length, badImgs, rawTex, views, rendered,
+  };
+})()
+"""
+
+# Resolves when MathJax has finished its first typesetting pass (or there is no MathJax).
+MATHJAX_DONE_JS = """
+(window.MathJax && MathJax.startup && MathJax.startup.promise)
+  ? MathJax.startup.promise.then(() => true) : Promise.resolve(false)
+"""
+
+
+def _is_local(url: str, base: str) -> bool:
+    return url.startswith((base, "data:", "blob:", "about:"))
+
+
+def _load(cdp: CDP, url: str, base: str) -> dict[str, Any]:
+    """Navigate, let the page settle, and return its state plus what went wrong on the way."""
+    cdp.events.clear()
+    result = cdp.send("Page.navigate", url=url)
+    assert "errorText" not in result, f"navigating to {url}: {result.get('errorText')}"
+    assert cdp.wait_for("document.readyState === 'complete'"), f"{url} did not finish loading"
+    has_mathjax = cdp.evaluate(MATHJAX_DONE_JS, await_promise=True)
+    # Widgets render asynchronously after require.js has loaded the manager.
+    cdp.wait_for(
+        "document.querySelectorAll('script[type=\"application/vnd.jupyter.widget-view+json\"]')"
+        ".length <= [...document.querySelectorAll('.widget-subarea')]"
+        ".filter(n => n.querySelector('.jupyter-widgets')).length",
+        timeout=30,
+    )
+    # Let late requests (fonts, lazily loaded MathJax components) show up in the event log.
+    quiet_since, seen = time.monotonic(), -1
+    while time.monotonic() - quiet_since < 1.0:
+        cdp.evaluate("1")  # pumps pending events into cdp.events
+        if len(cdp.events) != seen:
+            seen, quiet_since = len(cdp.events), time.monotonic()
+        time.sleep(0.1)
+    state = cdp.evaluate(PAGE_STATE_JS)
+    state["has_mathjax"] = has_mathjax
+
+    requests, remote, failed, http_errors, console, exceptions = [], [], [], [], [], []
+    urls_by_id: dict[str, str] = {}
+    for event in cdp.events:
+        method, params = event["method"], event.get("params", {})
+        if method == "Network.requestWillBeSent":
+            req_url = params["request"]["url"]
+            urls_by_id[params["requestId"]] = req_url
+            requests.append(req_url)
+            if not _is_local(req_url, base):
+                remote.append(req_url)
+        elif method == "Network.loadingFailed" and not params.get("canceled"):
+            failed.append(f"{urls_by_id.get(params['requestId'], '?')}: {params.get('errorText')}")
+        elif method == "Network.responseReceived":
+            status = params["response"]["status"]
+            if status >= 400:
+                http_errors.append(f"{params['response']['url']}: HTTP {status}")
+        elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
+            args = params["args"]
+            console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            console.append(f"{params['entry'].get('url', '')}: {params['entry']['text']}")
+        elif method == "Runtime.exceptionThrown":
+            details = params["exceptionDetails"]
+            exceptions.append(details.get("exception", {}).get("description") or details["text"])
+    state.update(
+        requests=requests,
+        remote=remote,
+        failed=failed,
+        http_errors=http_errors,
+        console=console,
+        exceptions=exceptions,
+    )
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = cdp.send("Page.captureScreenshot", format="png")
+    name = url[len(base) :].replace("/", "__") or "index.html"
+    (SCREENSHOTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
+    return state
+
+
+PAGES = _toc_pages()
+
+
+@pytest.mark.parametrize("docname", PAGES)
+def test_page_renders_offline(server: str, page: CDP, docname: str) -> None:
+    html = BUILD / f"{docname}.html"
+    assert html.is_file(), f"{docname} is in _toc.yml but {html} was not built"
+    state = _load(page, server + f"{docname}.html", server)
+    is_chapter = docname.startswith("notebooks/")
+
+    assert state["remote"] == [], f"requests left the machine: {state['remote']}"
+    assert state["failed"] == [], f"requests failed: {state['failed']}"
+    assert state["http_errors"] == [], f"HTTP errors: {state['http_errors']}"
+    assert state["exceptions"] == [], f"uncaught exceptions: {state['exceptions']}"
+    assert state["console"] == [], f"console errors: {state['console']}"
+
+    if state["mathNodes"]:
+        assert state["has_mathjax"], "the page has maths but MathJax was not loaded"
+    assert state["untypeset"] == [], f"maths not typeset by MathJax: {state['untypeset']}"
+    assert state["mjxErrors"] == 0, f"{state['mjxErrors']} TeX errors (mjx-merror) on the page"
+    assert state["rawTex"] == [], f"raw TeX delimiters left in the text: {state['rawTex']}"
+    if is_chapter or docname.endswith("notation"):
+        assert state["mjx"] > 0, "no typeset maths (mjx-container) on a page that has maths"
+
+    assert state["badImgs"] == [], f"images that did not load: {state['badImgs']}"
+    if is_chapter:
+        assert state["images"] > 0, "a chapter without any figure"
+    assert state["rendered"] >= state["views"], (
+        f"{state['views']} stored widget views but only {state['rendered']} rendered"
+    )
+
+
+def test_every_chapter_is_checked() -> None:
+    """The parametrisation above covers every notebook: none can slip out of the render test."""
+    notebooks = {f"notebooks/{p.stem}" for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert notebooks <= set(PAGES), f"notebooks not in _toc.yml: {sorted(notebooks - set(PAGES))}"
+
+
+def test_local_url_filter() -> None:
+    """The request filter itself: only the local server and inline data count as local."""
+    base = "http://127.0.0.1:8000/"
+    assert _is_local(base + "_static/vendor/mathjax/tex-svg.js", base)
+    assert _is_local("data:font/woff2;base64,AAAA", base)
+    assert not _is_local("https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-svg.js", base)
+    assert not _is_local("http://127.0.0.1:9999/x.js", base)
