@@ -165,6 +165,9 @@ def short_range_unpermute(
 
 def _padded_index_map(height: int, width: int, block_size: BlockSize) -> torch.Tensor:
     """Flat row-major index of every position of the padded grid: (1, 1, H', W')."""
+    for name, value in [("height", height), ("width", width)]:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     top, bottom, left, right = blocks_padding(height, width, block_size)
     h_pad, w_pad = height + top + bottom, width + left + right
     return torch.arange(h_pad * w_pad, dtype=torch.float64).reshape(1, 1, h_pad, w_pad)
