@@ -1,0 +1,193 @@
+"""Models, training, evaluation, checkpoints and distributed training."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ccnet_edu.models import (
+    HEADS,
+    SegmentationModel,
+    load_checkpoint,
+    load_pretrained,
+    save_checkpoint,
+    state_dict_digest,
+)
+from ccnet_edu.train import (
+    AllReduceBatchNorm2d,
+    TrainConfig,
+    confusion_matrix,
+    evaluate,
+    metrics_from_confusion,
+    train,
+)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_head_output_shapes(head):
+    torch.manual_seed(0)
+    model = SegmentationModel(head, embedding_channels=16).eval()
+    x = torch.rand(2, 3, 40, 56)  # non-square, stride-8 grid 5 x 7
+    out = model(x, return_all=True)
+    assert model(x).shape == (2, 4, 40, 56)
+    assert out["logits"].shape == (2, 4, 40, 56)
+    assert out["logits_small"].shape == (2, 4, 5, 7)
+    assert out["features"].shape == (2, 64, 5, 7)
+    assert out["embedding"].shape == (2, 16, 5, 7)
+    assert (out["attention"] is None) == (head == "fcn")
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_heads_run_on_meta(head):
+    model = SegmentationModel(head).to("meta").eval()
+    assert model(torch.empty(1, 3, 32, 32, device="meta")).shape == (1, 4, 32, 32)
+
+
+def test_context_reaches_far_pixels_only_with_context():
+    """The FCN head's output at one corner ignores the opposite corner; RCCA (R=2) does not."""
+    for head, expect_far in (("fcn", False), ("rcca2", True), ("nonlocal", True)):
+        torch.manual_seed(0)
+        model = SegmentationModel(head).eval()
+        for p in model.parameters():  # gamma = 0 at init would hide the attention path
+            if p.dim() == 0:
+                p.data.fill_(1.0)
+        x = torch.rand(1, 3, 96, 96, requires_grad=True)
+        model(x)[0, :, 0, 0].sum().backward()
+        far = x.grad[0, :, 60:, 60:].abs().sum()
+        assert (far > 0) == expect_far, head
+
+
+def test_bad_head_and_input():
+    with pytest.raises(ValueError, match="head must be one of"):
+        SegmentationModel("deeplab")
+    with pytest.raises(ValueError, match="divisible by 8"):
+        SegmentationModel("fcn")(torch.rand(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="channels"):
+        SegmentationModel("fcn")(torch.rand(1, 1, 32, 32))
+
+
+@pytest.mark.parametrize("head,ccl", [("fcn", False), ("rcca2", False), ("rcca2", True)])
+def test_a_few_steps_reduce_the_loss(head, ccl):
+    log = []
+    cfg = TrainConfig(head=head, ccl=ccl, steps=12, batch_size=8, size=48, lr=5e-3)
+    train(cfg, progress=False, log=log)
+    losses = [entry["loss"] for entry in log]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+    assert ("ccl" in log[0]) == ccl
+
+
+def test_training_is_deterministic():
+    cfg = TrainConfig(head="rcca1", steps=3, batch_size=4, size=32)
+    a = train(cfg, progress=False)
+    b = train(cfg, progress=False)
+    assert state_dict_digest(a) == state_dict_digest(b)
+
+
+def test_metrics_by_hand():
+    target = torch.tensor([[0, 0, 1, 1]])
+    pred = torch.tensor([[0, 1, 1, 1]])
+    confusion = confusion_matrix(pred, target, 4)
+    assert confusion.tolist()[:2] == [[1, 1, 0, 0], [0, 2, 0, 0]]
+    m = metrics_from_confusion(confusion)
+    # IoU(0) = 1/2, IoU(1) = 2/3; classes 2, 3 absent everywhere -> not averaged.
+    assert m["miou"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert m["pixel_acc"] == pytest.approx(3 / 4)
+
+
+def test_evaluate_perfect_and_constant_models():
+    class Oracle(torch.nn.Module):  # predicts from the image: beacon colour known
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 4, *x.shape[-2:])
+
+    m = evaluate(Oracle(), length=4, size=48, batch_size=2)
+    # Always "background": pixel accuracy = background share, IoU 0 for the beacon classes.
+    assert 0.8 < m["pixel_acc"] < 1.0
+    assert m["far_acc"] == 0.0
+    assert m["iou"][1:] == [0.0, 0.0, 0.0] or m["miou"] < 0.5
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = SegmentationModel("isa", embedding_channels=16).eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, {"seed": 7, "command": "x"})
+    loaded = load_checkpoint(path)
+    assert loaded.meta == {"seed": 7, "command": "x"}
+    assert loaded.config == model.config
+    assert state_dict_digest(loaded) == state_dict_digest(model)
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no_such_head.*ccnet_edu\.train"):
+        load_pretrained("no_such_head")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(bad)
+    good = save_checkpoint(tmp_path / "good.pt", SegmentationModel("fcn"), {})
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(truncated)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="not a ccnet_edu checkpoint"):
+        load_checkpoint(other)
+
+
+def test_all_reduce_batchnorm_is_batchnorm_outside_a_process_group():
+    torch.manual_seed(0)
+    ref = torch.nn.BatchNorm2d(3)
+    ours = AllReduceBatchNorm2d(3)
+    x = torch.randn(4, 3, 5, 5)
+    assert torch.allclose(ours(x), ref(x))
+    assert torch.allclose(ours.running_var, ref.running_var)
+
+
+def _torchrun(tmp_path: Path, nproc: int, extra: list[str]) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo",
+               MASTER_ADDR="127.0.0.1", PYTHONWARNINGS="ignore")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", "-m", "ccnet_edu.train", "--ddp",
+        "--head", "rcca2", "--steps", "3", "--batch-size", "4", "--size", "32",
+        "--val-size", "0", "--dropout", "0", "--threads", "1", "--quiet", *extra,
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("true") is None, reason="needs a POSIX shell")
+def test_ddp_two_cpu_processes_end_identical(tmp_path):
+    """torchrun, 2 processes, gloo, synchronised BN: both ranks end with the same weights,
+    and those equal a single process trained on the same global batches."""
+    _torchrun(tmp_path, 2, ["--digest-dir", str(tmp_path / "ddp"),
+                            "--save", str(tmp_path / "ddp.pt")])
+    digests = [(tmp_path / "ddp" / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+
+    torch.manual_seed(0)
+    init = SegmentationModel("rcca2", dropout=0.0)
+    assert digests[0].strip() != state_dict_digest(init)  # the weights did move
+
+    single = train(TrainConfig(head="rcca2", steps=3, batch_size=4, size=32, dropout=0.0),
+                   progress=False)
+    ddp = load_checkpoint(tmp_path / "ddp.pt")
+    for (name, a), (_, b) in zip(single.state_dict().items(), ddp.state_dict().items(),
+                                 strict=True):
+        if a.is_floating_point():
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), name
+
+
+def test_checkpoint_meta_must_be_plain(tmp_path):
+    with pytest.raises(TypeError, match="meta must hold only plain"):
+        save_checkpoint(tmp_path / "m.pt", SegmentationModel("fcn"), {"v": torch.__version__})
+    assert not (tmp_path / "m.pt").exists()
