@@ -1,0 +1,107 @@
+"""Cost and propagation analysis of the attention blocks, from measurement.
+
+* :mod:`~ccnet_edu.analysis.flops` -- measured FLOPs (``FlopCounterMode``,
+  taught the fused criss-cross operator) and the closed forms of SPEC §1;
+* :mod:`~ccnet_edu.analysis.memory` -- bytes saved for backward (exact, via
+  ``saved_tensors_hooks``) and peak memory of forward + backward (CUDA
+  allocator statistics, or storage tracking on the CPU);
+* :mod:`~ccnet_edu.analysis.compare` -- the comparison table at the CCNet
+  setting and the scaling sweep;
+* :mod:`~ccnet_edu.analysis.propagation` -- exact reachability (boolean
+  matrix powers) and measured influence (gradients);
+* :mod:`~ccnet_edu.analysis.plots` -- drawing all of the above.
+
+``python -m ccnet_edu.analysis`` prints the comparison table.
+"""
+
+from __future__ import annotations
+
+from .compare import (
+    Candidate,
+    Row,
+    SweepPoint,
+    comparison_table,
+    fit_exponent,
+    format_claims,
+    format_table,
+    measure,
+    paper_candidates,
+    paper_claims,
+    scaling_sweep,
+    write_csv,
+)
+from .flops import (
+    AttentionFlopCounter,
+    cca_flops,
+    count_flops,
+    duplicate_centre_flops,
+    einsum_flops,
+    flop_formulas,
+    flops_by_kind,
+    flops_by_module,
+    issa_flops,
+    nonlocal_flops,
+    rcca_flops,
+)
+from .memory import (
+    PeakMemory,
+    SavedTensor,
+    SavedTensors,
+    StorageTracker,
+    attention_map_bytes,
+    peak_memory,
+    saved_bytes,
+    saved_tensors,
+)
+from .propagation import (
+    boolean_matmul,
+    boolean_power,
+    conv_stack,
+    criss_cross_reachability,
+    influence_map,
+    issa_reachability,
+    mean_influence,
+    reach_fraction,
+)
+
+__all__ = [
+    "Candidate",
+    "Row",
+    "SweepPoint",
+    "comparison_table",
+    "fit_exponent",
+    "format_claims",
+    "format_table",
+    "measure",
+    "paper_candidates",
+    "paper_claims",
+    "scaling_sweep",
+    "write_csv",
+    "AttentionFlopCounter",
+    "cca_flops",
+    "count_flops",
+    "duplicate_centre_flops",
+    "einsum_flops",
+    "flop_formulas",
+    "flops_by_kind",
+    "flops_by_module",
+    "issa_flops",
+    "nonlocal_flops",
+    "rcca_flops",
+    "PeakMemory",
+    "SavedTensor",
+    "SavedTensors",
+    "StorageTracker",
+    "attention_map_bytes",
+    "peak_memory",
+    "saved_bytes",
+    "saved_tensors",
+    "boolean_matmul",
+    "boolean_power",
+    "conv_stack",
+    "criss_cross_reachability",
+    "influence_map",
+    "issa_reachability",
+    "mean_influence",
+    "reach_fraction",
+]

@@ -1,0 +1,432 @@
+"""The comparison table and the scaling sweep, measured side by side in one run.
+
+Every number in a row is measured on the module itself:
+
+* ``gflops`` -- :func:`~ccnet_edu.analysis.flops.count_flops` (forward), run on
+  the ``meta`` device (shapes only, no compute; identical to a real run);
+* ``saved_mb`` -- :func:`~ccnet_edu.analysis.memory.saved_tensors`, every
+  storage kept for backward, once, also on ``meta``;
+* ``peak_mb`` -- :func:`~ccnet_edu.analysis.memory.peak_memory` of forward +
+  backward on the real device (this run doubles as the warm-up);
+* ``time_s`` -- median wall time of ``repeats`` further forward + backward runs.
+
+Closed forms (``gflops_formula``, ``map_mb``) sit beside the measurements for
+comparison and are never used in their place.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .flops import count_flops, issa_flops, nonlocal_flops, rcca_flops
+from .memory import attention_map_bytes, peak_memory, saved_tensors
+
+__all__ = [
+    "Candidate",
+    "Row",
+    "paper_candidates",
+    "measure",
+    "comparison_table",
+    "format_table",
+    "paper_claims",
+    "format_claims",
+    "write_csv",
+    "SweepPoint",
+    "scaling_sweep",
+]
+
+MB = 2**20  # mebibyte; the tables say MiB
+
+
+@dataclass
+class Candidate:
+    """A module to measure: a name, a builder and (if known) its closed-form FLOPs."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    formula_flops: Callable[[int, int], int] | None = None  # (H, W) -> FLOPs
+    map_kind: str | None = None  # for attention_map_bytes
+    recurrence: int = 1
+
+
+@dataclass
+class Row:
+    """One line of the comparison table (sizes in MiB, time in seconds)."""
+
+    model: str
+    gflops: float
+    gflops_formula: float | None
+    map_mb: float | None
+    saved_mb: float
+    peak_mb: float | None
+    time_s: float | None
+    runs: int
+    note: str = ""
+
+
+def _resolve_impl(impl: str) -> str:
+    """``"auto"``: ``"fused"`` if the criss-cross operator builds, else ``"reference"``."""
+    if impl != "auto":
+        return impl
+    try:
+        from .. import ops
+
+        return "fused" if ops.is_available("cpu") else "reference"
+    except Exception:  # noqa: BLE001 -- any build problem means: use the readable code
+        return "reference"
+
+
+def paper_candidates(
+    channels: int = 512,
+    qk_channels: int = 64,
+    recurrences: Sequence[int] = (1, 2, 3),
+    impl: str = "auto",
+    block_size: tuple[int, int] = (8, 8),
+    include: Iterable[str] = ("non-local", "rcca", "issa", "sa"),
+) -> list[Candidate]:
+    """The modules of the CCNet comparison, built like the paper's (SPEC §2, §6).
+
+    * non-local: :class:`~ccnet_edu.NonLocal2d` in ``"ccnet"`` mode (same
+      projections as CCA, dense pattern);
+    * CCA / RCCA (R = 1, 2, 3): :class:`~ccnet_edu.RecurrentCrissCrossAttention`
+      (R = 1 *is* one CCA block) with ``impl`` (``"auto"``: the fused operator
+      when it builds);
+    * ISSA: :class:`~ccnet_edu.InterlacedSparseSelfAttention`, block 8 x 8,
+      key channels C' (as CCA), value and output channels C;
+    * SA: :class:`~ccnet_edu.SqueezeAttention` with the paper's defaults
+      (branches at C/4 channels, pooling 8).
+    """
+    from ..cca import RecurrentCrissCrossAttention
+    from ..issa import InterlacedSparseSelfAttention
+    from ..nonlocal_block import NonLocal2d
+    from ..sa import SqueezeAttention
+
+    include = set(include)
+    impl = _resolve_impl(impl)
+    out: list[Candidate] = []
+    if "non-local" in include:
+        out.append(
+            Candidate(
+                "non-local",
+                lambda: NonLocal2d(channels, qk_channels),
+                lambda h, w: nonlocal_flops(h, w, channels, qk_channels)["total"],
+                "dense",
+            )
+        )
+    if "rcca" in include:
+        for r in recurrences:
+            name = f"RCCA R={r}" + (" (= CCA)" if r == 1 else "") + f" [{impl}]"
+            out.append(
+                Candidate(
+                    name,
+                    lambda r=r: RecurrentCrissCrossAttention(
+                        channels, recurrence=r, qk_channels=qk_channels, impl=impl
+                    ),
+                    lambda h, w, r=r: rcca_flops(h, w, channels, qk_channels, r)["total"],
+                    "criss_cross",
+                    r,
+                )
+            )
+    if "issa" in include:
+        out.append(
+            Candidate(
+                "ISSA 8x8",
+                lambda: InterlacedSparseSelfAttention(
+                    channels, block_size, key_channels=qk_channels
+                ),
+                lambda h, w: issa_flops(h, w, channels, block_size, qk_channels)["total"],
+                "issa",
+            )
+        )
+    if "sa" in include:
+        out.append(Candidate("SA (pool 8)", lambda: SqueezeAttention(channels)))
+    return out
+
+
+def _meta_copy(module: nn.Module) -> nn.Module:
+    return copy.deepcopy(module).to("meta")
+
+
+def _on_meta(fn: Callable[[nn.Module, torch.Tensor], object], module: nn.Module, x: torch.Tensor):
+    """Run a shape-only measurement on ``meta``; fall back to the real device if it cannot."""
+    try:
+        return fn(_meta_copy(module), x.to("meta"))
+    except (NotImplementedError, RuntimeError):
+        return fn(module, x)
+
+
+def _step(module: nn.Module, x: torch.Tensor) -> None:
+    x = x.detach().requires_grad_(True)
+    out = module(x)
+    out.sum().backward()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+
+
+def measure(
+    candidate: Candidate,
+    x: torch.Tensor,
+    repeats: int = 3,
+    timing: bool = True,
+    peak: bool = True,
+    time_budget: float | None = None,
+) -> Row:
+    """Measure one candidate on input ``x`` (B, C, H, W); see the module docstring.
+
+    ``time_budget`` (seconds) stops the timing repeats early once exceeded
+    (at least one timed run is always made); the row records how many ran.
+    """
+    torch.manual_seed(0)
+    module = candidate.build().to(x.device)
+    if hasattr(module, "cca"):
+        nn.init.constant_(module.cca.gamma, 0.5)  # gamma != 0: the attention matters
+    elif hasattr(module, "gamma"):
+        nn.init.constant_(module.gamma, 0.5)
+    height, width = x.shape[2:]
+    batch = x.shape[0]
+
+    flops = _on_meta(count_flops, module, x)
+    saved = _on_meta(lambda m, t: saved_tensors(m, t).total_bytes, module, x)
+    formula = candidate.formula_flops(height, width) * batch if candidate.formula_flops else None
+    map_bytes = (
+        candidate.recurrence
+        * attention_map_bytes(candidate.map_kind, height, width, batch, x.dtype)
+        if candidate.map_kind
+        else None
+    )
+    peak_bytes = peak_memory(module, x).peak_bytes if peak else None
+
+    times: list[float] = []
+    if timing:
+        if not peak:
+            _step(module, x)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _step(module, x)
+            times.append(time.perf_counter() - t0)
+            if time_budget is not None and time.perf_counter() - start > time_budget:
+                break
+        for p in module.parameters():
+            p.grad = None
+    return Row(
+        model=candidate.name,
+        gflops=flops / 1e9,
+        gflops_formula=None if formula is None else formula / 1e9,
+        map_mb=None if map_bytes is None else map_bytes / MB,
+        saved_mb=saved / MB,
+        peak_mb=None if peak_bytes is None else peak_bytes / MB,
+        time_s=statistics.median(times) if times else None,
+        runs=len(times),
+    )
+
+
+def comparison_table(
+    height: int = 97,
+    width: int = 97,
+    channels: int = 512,
+    qk_channels: int = 64,
+    batch: int = 1,
+    device: str | torch.device = "cpu",
+    repeats: int = 3,
+    timing: bool = True,
+    peak: bool = True,
+    impl: str = "auto",
+    recurrences: Sequence[int] = (1, 2, 3),
+    include: Iterable[str] = ("non-local", "rcca", "issa", "sa"),
+    time_budget: float | None = 60.0,
+    progress: bool = True,
+) -> list[Row]:
+    """The comparison at the CCNet setting (one 97 x 97 map, C = 512, C' = 64) by default."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, channels, height, width, device=device)
+    candidates = paper_candidates(channels, qk_channels, recurrences, impl, include=include)
+    rows = []
+    bar = tqdm(candidates, desc="measuring", disable=not progress)
+    for candidate in bar:
+        bar.set_postfix_str(candidate.name)
+        rows.append(measure(candidate, x, repeats, timing, peak, time_budget))
+    return rows
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A plain-text table of :func:`comparison_table` rows."""
+    header = [
+        "model",
+        "GFLOPs",
+        "GFLOPs formula",
+        "attn map MiB",
+        "saved MiB",
+        "peak MiB",
+        "time s",
+    ]
+    body = [
+        [
+            r.model,
+            _fmt(r.gflops, 2),
+            _fmt(r.gflops_formula, 2),
+            _fmt(r.map_mb, 1),
+            _fmt(r.saved_mb, 1),
+            _fmt(r.peak_mb, 1),
+            "-" if r.time_s is None else f"{r.time_s:.2f} (n={r.runs})",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(line[k]) for line in [header, *body]) for k in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in pairs)
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def paper_claims(rows: Sequence[Row], recurrence: int = 2) -> dict[str, float]:
+    """CCNet's two claims, from measured rows: non-local vs RCCA with ``recurrence`` loops.
+
+    Returns ``flops_reduction`` (1 - RCCA/non-local, paper: about 0.85),
+    ``saved_ratio`` and ``peak_ratio`` (non-local / RCCA, paper: about 11 for
+    GPU memory), and ``time_ratio``.
+    """
+    dense = next(r for r in rows if r.model == "non-local")
+    rcca = next(r for r in rows if r.model.startswith(f"RCCA R={recurrence}"))
+    claims = {
+        "flops_reduction": 1 - rcca.gflops / dense.gflops,
+        "saved_ratio": dense.saved_mb / rcca.saved_mb,
+    }
+    if dense.peak_mb and rcca.peak_mb:
+        claims["peak_ratio"] = dense.peak_mb / rcca.peak_mb
+    if dense.time_s and rcca.time_s:
+        claims["time_ratio"] = dense.time_s / rcca.time_s
+    return claims
+
+
+def format_claims(claims: dict[str, float], recurrence: int = 2) -> str:
+    """The claims as sentences next to the paper's figures."""
+    lines = [
+        f"FLOPs: RCCA (R={recurrence}) needs {100 * claims['flops_reduction']:.1f}% fewer "
+        "than non-local (paper: about 85%)",
+        f"Saved for backward: non-local / RCCA = {claims['saved_ratio']:.1f}x",
+    ]
+    if "peak_ratio" in claims:
+        lines.append(
+            f"Peak memory (forward + backward): non-local / RCCA = {claims['peak_ratio']:.1f}x "
+            "(paper: about 11x less GPU memory)"
+        )
+    if "time_ratio" in claims:
+        lines.append(f"Time (forward + backward): non-local / RCCA = {claims['time_ratio']:.2f}x")
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[Row | SweepPoint], path: str | Path) -> None:
+    """Write rows (comparison or sweep) to a CSV file with a header."""
+    rows = list(rows)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[fld.name for fld in fields(rows[0])])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(asdict(row))
+
+
+# ---------------------------------------------------------------------------
+# Scaling sweep
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class SweepPoint:
+    """One (model, size) measurement of :func:`scaling_sweep`."""
+
+    model: str
+    size: int  # feature map is size x size
+    n: int  # N = size^2 positions
+    gflops: float
+    saved_mb: float
+    peak_mb: float | None  # None when skipped (over the memory limit) or not measured
+    time_s: float | None
+    note: str = ""
+
+
+def scaling_sweep(
+    sizes: Sequence[int] = (16, 24, 32, 48, 64, 96, 128),
+    channels: int = 64,
+    qk_channels: int = 8,
+    include: Iterable[str] = ("non-local", "rcca"),
+    recurrences: Sequence[int] = (2,),
+    impl: str = "auto",
+    memory_limit_mb: float = 1024.0,
+    timing: bool = True,
+    repeats: int = 3,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[SweepPoint]:
+    """FLOPs, saved bytes, peak memory and time against the map size, side by side.
+
+    FLOPs and saved bytes are measured on ``meta`` for every size.  Peak
+    memory is first measured on ``meta`` (storage tracking needs no data);
+    where it exceeds ``memory_limit_mb`` the real forward + backward is
+    skipped and the point says so in ``note``.  Otherwise peak memory and
+    time are measured on ``device``.
+    """
+    from tqdm.auto import tqdm
+
+    candidates = paper_candidates(channels, qk_channels, recurrences, impl, include=include)
+    points: list[SweepPoint] = []
+    jobs = [(c, s) for s in sizes for c in candidates]
+    for candidate, size in tqdm(jobs, desc="sweep", disable=not progress):
+        torch.manual_seed(0)
+        module = candidate.build().to(device)
+        x = torch.randn(1, channels, size, size, device=device)
+        flops = _on_meta(count_flops, module, x)
+        saved = _on_meta(lambda m, t: saved_tensors(m, t).total_bytes, module, x)
+        predicted = _on_meta(lambda m, t: peak_memory(m, t).peak_bytes, module, x)
+        peak_mb = time_s = None
+        note = ""
+        if predicted / MB > memory_limit_mb:
+            note = (
+                f"skipped: forward+backward needs {predicted / MB:,.0f} MiB "
+                f"(measured on meta) > limit {memory_limit_mb:,.0f} MiB"
+            )
+        else:
+            peak_mb = peak_memory(module, x).peak_bytes / MB
+            if timing:
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    _step(module, x)
+                    times.append(time.perf_counter() - t0)
+                time_s = statistics.median(times)
+        points.append(
+            SweepPoint(
+                candidate.name, size, size * size, flops / 1e9, saved / MB, peak_mb, time_s, note
+            )
+        )
+    return points
+
+
+def fit_exponent(ns: Sequence[float], values: Sequence[float]) -> float:
+    """Least-squares slope of log(value) against log(N): the growth exponent."""
+    xs = [math.log(n) for n in ns]
+    ys = [math.log(v) for v in values]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    covariance = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True))
+    return covariance / sum((a - mx) ** 2 for a in xs)
+
+
+__all__ += ["fit_exponent"]

@@ -1,0 +1,317 @@
+"""Measuring memory: what autograd keeps, and the peak of a training step.
+
+Two different questions, two measurements.
+
+**Saved for backward** (:func:`saved_tensors`).  Autograd keeps some tensors
+of the forward pass alive until the backward pass uses them: the inputs of a
+matmul, the output of a softmax, ...  :func:`torch.autograd.graph.saved_tensors_hooks`
+calls a hook for every tensor saved; we record each one and count each
+*storage* once (a view and its base, or a tensor saved by two operators,
+share one allocation).  This is exact and device independent, so it also
+runs on the ``meta`` device at the paper's full size for free.
+
+**Peak during forward + backward** (:func:`peak_memory`), above what was
+already allocated before the call:
+
+* on CUDA, from the caching allocator's statistics
+  (``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``):
+  every byte handed out to tensors, including kernel workspaces that go
+  through the allocator; not the allocator's cached-but-free reserve;
+* on the CPU (and ``meta``), by *storage tracking*: a
+  :class:`~torch.utils._python_dispatch.TorchDispatchMode` sees every ATen
+  operator of both passes, adds the size of each new storage an operator
+  returns and subtracts it when the storage is freed (a ``weakref.finalize``
+  on the storage).  The live total over time is a real measurement of the
+  tensor allocations the program makes.  Its limits: temporaries a kernel
+  allocates *inside* one operator and frees before returning (workspaces of
+  a fused operator, oneDNN/BLAS scratch buffers) are invisible; so are
+  allocator caching and fragmentation and Python objects.  The CPU
+  allocator frees immediately, so for PyTorch-level code the tracked peak
+  matches the allocator's own event log; :func:`peak_memory` with
+  ``method="profiler"`` reconstructs that log from
+  ``torch.profiler(profile_memory=True)`` as a cross-check (it also sees
+  allocations inside kernels, but prints profiler diagnostics to stderr).
+
+No formula stands in for either measurement; :func:`attention_map_bytes`
+gives the textbook sizes to print *beside* them.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+__all__ = [
+    "SavedTensor",
+    "SavedTensors",
+    "saved_tensors",
+    "saved_bytes",
+    "PeakMemory",
+    "peak_memory",
+    "StorageTracker",
+    "attention_map_bytes",
+]
+
+
+def _storage_key(tensor: torch.Tensor) -> int:
+    # The address of the C++ StorageImpl: unique while the storage lives, and
+    # defined on every device (data_ptr() is 0 for all meta tensors).
+    return tensor.untyped_storage()._cdata
+
+
+def _with_grad_inputs(inputs: tuple) -> tuple:
+    # Inputs are treated as activations of a larger network: they require grad.
+    return tuple(
+        x.detach().requires_grad_(True)
+        if isinstance(x, torch.Tensor) and x.dtype.is_floating_point
+        else x
+        for x in inputs
+    )
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+# ---------------------------------------------------------------------------
+# Saved for backward
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SavedTensor:
+    """One storage autograd keeps for the backward pass."""
+
+    shape: tuple[int, ...]  # shape of the first tensor saved from this storage
+    dtype: torch.dtype
+    nbytes: int  # bytes of the whole storage
+    kind: str  # "input", "parameter" or "activation"
+
+
+@dataclass
+class SavedTensors:
+    """Everything saved for backward by one forward pass, each storage once."""
+
+    tensors: list[SavedTensor] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def bytes_of(self, kind: str) -> int:
+        """Bytes of one kind: ``"input"``, ``"parameter"`` or ``"activation"``."""
+        return sum(t.nbytes for t in self.tensors if t.kind == kind)
+
+
+def saved_tensors(fn: Callable[..., Any], *inputs: Any) -> SavedTensors:
+    """Run ``fn(*inputs)`` with grad and record every storage saved for backward.
+
+    Floating-point tensor inputs are detached copies that require grad (as
+    a feature map inside a network would).  Each storage counts once, with
+    its full size.  Parameters of ``fn`` (when it is a module) and the inputs
+    are labelled, so ``bytes_of("activation")`` is the memory a block adds.
+    """
+    inputs = _with_grad_inputs(inputs)
+    parameters = (
+        {_storage_key(p) for p in fn.parameters()} if isinstance(fn, torch.nn.Module) else set()
+    )
+    input_keys = {_storage_key(x) for x in inputs if isinstance(x, torch.Tensor)}
+    seen: dict[int, SavedTensor] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if key not in seen:
+            kind = (
+                "parameter" if key in parameters else "input" if key in input_keys else "activation"
+            )
+            seen[key] = SavedTensor(
+                tuple(tensor.shape), tensor.dtype, tensor.untyped_storage().nbytes(), kind
+            )
+        return tensor  # keep autograd's normal behaviour
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*inputs)  # the graph (and every saved storage) stays alive until we return
+    del out
+    return SavedTensors(list(seen.values()))
+
+
+def saved_bytes(fn: Callable[..., Any], *inputs: Any, kind: str | None = None) -> int:
+    """Bytes saved for backward by ``fn(*inputs)``; ``kind`` restricts to one label."""
+    report = saved_tensors(fn, *inputs)
+    return report.total_bytes if kind is None else report.bytes_of(kind)
+
+
+# ---------------------------------------------------------------------------
+# Peak memory
+# ---------------------------------------------------------------------------
+
+
+class StorageTracker(TorchDispatchMode):
+    """Live bytes of the storages created by ATen operators while the mode is active.
+
+    ``live`` and ``peak`` are in bytes above the state at entry; ``timeline``
+    holds ``(operator, live bytes after it)`` when ``record=True``.
+    """
+
+    def __init__(self, record: bool = False) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.record = record
+        self.timeline: list[tuple[str, int]] = []
+        self._tracked: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        if key in self._tracked:
+            self._tracked.discard(key)
+            self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        # Outputs that alias an argument (views, in-place ops) allocate nothing new.
+        aliased = {
+            _storage_key(a)
+            for a in tree_flatten((args, kwargs))[0]
+            if isinstance(a, torch.Tensor)
+        }
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key = storage._cdata
+            if key in aliased or key in self._tracked:
+                continue
+            nbytes = storage.nbytes()
+            self._tracked.add(key)
+            self.live += nbytes
+            weakref.finalize(storage, self._free, key, nbytes)
+        self.peak = max(self.peak, self.live)
+        if self.record:
+            self.timeline.append((str(func), self.live))
+        return out
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """Peak bytes above the starting point during forward + backward, and how they were measured."""
+
+    peak_bytes: int
+    method: str  # "cuda allocator", "storage tracking" or "profiler"
+    timeline: tuple[tuple[str, int], ...] = ()
+
+
+def _step(fn: Callable[..., Any], inputs: tuple, backward: bool) -> None:
+    out = _first_tensor(fn(*inputs))
+    if backward:
+        out.sum().backward()  # dL/dy = 1 everywhere
+    del out
+
+
+def _clear_grads(fn: Callable[..., Any], inputs: tuple) -> None:
+    if isinstance(fn, torch.nn.Module):
+        for p in fn.parameters():
+            p.grad = None
+    for x in inputs:
+        if isinstance(x, torch.Tensor):
+            x.grad = None
+
+
+def _profiler_peak(fn: Callable[..., Any], inputs: tuple, backward: bool) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _step(fn, inputs, backward)
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):  # allocations > 0, frees < 0
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def peak_memory(
+    fn: Callable[..., Any],
+    *inputs: Any,
+    backward: bool = True,
+    method: str = "auto",
+    record: bool = False,
+) -> PeakMemory:
+    """Peak memory of ``fn(*inputs)`` [+ ``.sum().backward()``], above the starting point.
+
+    Args:
+        fn: a module or callable; its parameters' ``.grad`` are cleared first
+            (and the gradients it creates are part of the peak).
+        inputs: floating-point tensors become detached copies requiring grad.
+        backward: include the backward pass.
+        method: ``"auto"`` (CUDA allocator on CUDA, storage tracking elsewhere),
+            ``"tracking"``, ``"cuda"`` or ``"profiler"`` (CPU allocator event log).
+        record: keep the ``(operator, live bytes)`` timeline (tracking only).
+
+    See the module docstring for what each method sees and misses.
+    """
+    inputs = _with_grad_inputs(inputs)
+    device = next((x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
+    if method == "auto":
+        method = "cuda" if device.type == "cuda" else "tracking"
+    if method not in ("tracking", "cuda", "profiler"):
+        raise ValueError(f"method must be 'auto', 'tracking', 'cuda' or 'profiler', got {method!r}")
+    _clear_grads(fn, inputs)
+
+    if method == "cuda":
+        if device.type != "cuda":
+            raise ValueError(f"method='cuda' needs CUDA inputs, got inputs on {device}")
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        _step(fn, inputs, backward)
+        torch.cuda.synchronize(device)
+        peak = PeakMemory(torch.cuda.max_memory_allocated(device) - start, "cuda allocator")
+    elif method == "profiler":
+        peak = PeakMemory(_profiler_peak(fn, inputs, backward), "profiler")
+    else:
+        tracker = StorageTracker(record=record)
+        with tracker:
+            _step(fn, inputs, backward)
+        peak = PeakMemory(tracker.peak, "storage tracking", tuple(tracker.timeline))
+    _clear_grads(fn, inputs)
+    return peak
+
+
+# ---------------------------------------------------------------------------
+# Textbook sizes, for comparison only
+# ---------------------------------------------------------------------------
+
+
+def attention_map_bytes(
+    kind: str,
+    height: int,
+    width: int,
+    batch: int = 1,
+    dtype: torch.dtype = torch.float32,
+    block_size: tuple[int, int] = (8, 8),
+) -> int:
+    """Bytes of one attention map: ``"dense"`` N², ``"criss_cross"`` N (H+W-1),
+    ``"issa"`` N' (Q_h Q_w + P_h P_w) (both steps, padded grid).
+
+    A formula, shown *beside* the measurements, never instead of them.
+    """
+    itemsize = torch.empty((), dtype=dtype, device="meta").element_size()
+    n = height * width
+    if kind == "dense":
+        values = n * n
+    elif kind == "criss_cross":
+        values = n * (height + width - 1)
+    elif kind == "issa":
+        p_h, p_w = block_size
+        q_h, q_w = math.ceil(height / p_h), math.ceil(width / p_w)
+        values = q_h * p_h * q_w * p_w * (q_h * q_w + p_h * p_w)
+    else:
+        raise ValueError(f"kind must be 'dense', 'criss_cross' or 'issa', got {kind!r}")
+    return batch * values * itemsize

@@ -1,0 +1,161 @@
+"""Plotting helpers: the analysis functions return tensors and rows, these draw them.
+
+matplotlib is imported inside each function, so the rest of the package
+works without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .compare import Row, SweepPoint, fit_exponent
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "plot_reachability",
+    "plot_influence",
+    "plot_scaling",
+    "plot_comparison",
+]
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float] = (4, 4)) -> tuple[Figure, Axes]:
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+    return ax.figure, ax
+
+
+def plot_reachability(
+    reach: torch.Tensor,
+    height: int,
+    width: int,
+    pixel: tuple[int, int] | None = None,
+    ax: Axes | None = None,
+    title: str = "",
+) -> Axes:
+    """Draw a bool (N, N) reachability matrix, or, with ``pixel``, the (H, W) map of one row.
+
+    The per-pixel view is the readable one: which input pixels can output
+    ``pixel`` depend on?
+    """
+    _, ax = _axes(ax)
+    if pixel is None:
+        ax.imshow(reach.cpu().float(), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xlabel("input position p")
+        ax.set_ylabel("output position u")
+    else:
+        i, j = pixel
+        image = reach[i * width + j].reshape(height, width).cpu().float()
+        ax.imshow(image, cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+        ax.plot([j], [i], marker="x", color="tab:red")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_title(title)
+    return ax
+
+
+def plot_influence(
+    influence: torch.Tensor,
+    pixel: tuple[int, int] | None = None,
+    ax: Axes | None = None,
+    title: str = "",
+    log: bool = True,
+) -> Axes:
+    """Draw an (H, W) influence map (:func:`~ccnet_edu.analysis.propagation.influence_map`).
+
+    ``log=True`` shows ``log10`` of the influence so that weak but non-zero
+    paths are visible; exact zeros are drawn white.
+    """
+    import matplotlib.pyplot as plt
+
+    _, ax = _axes(ax)
+    values = influence.detach().cpu().double()
+    if log:
+        shown = torch.where(values > 0, values.clamp_min(1e-300).log10(), torch.nan)
+        cmap = plt.get_cmap("viridis").copy()
+        cmap.set_bad("white")
+        image = ax.imshow(shown, cmap=cmap, interpolation="nearest")
+        label = "log10 influence (white: exactly 0)"
+    else:
+        image = ax.imshow(values, cmap="viridis", interpolation="nearest")
+        label = "influence"
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label)
+    if pixel is not None:
+        ax.plot([pixel[1]], [pixel[0]], marker="x", color="tab:red")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    return ax
+
+
+_METRICS = {
+    "gflops": "forward GFLOPs",
+    "saved_mb": "saved for backward (MiB)",
+    "peak_mb": "peak memory, forward+backward (MiB)",
+    "time_s": "time, forward+backward (s)",
+}
+
+
+def plot_scaling(
+    points: Sequence[SweepPoint],
+    metric: str = "gflops",
+    ax: Axes | None = None,
+    guides: bool = True,
+) -> Axes:
+    """Log-log plot of a sweep metric against N, one line per model, with fitted slopes.
+
+    ``guides`` adds dotted ``N^2`` and ``N^1.5`` lines through the first point
+    of the first model, the two growth laws of dense and criss-cross attention.
+    """
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+    _, ax = _axes(ax, (5, 4))
+    models = list(dict.fromkeys(p.model for p in points))
+    first: tuple[float, float] | None = None
+    for model in models:
+        mine = [p for p in points if p.model == model and getattr(p, metric) is not None]
+        if not mine:
+            continue
+        ns = [p.n for p in mine]
+        values = [getattr(p, metric) for p in mine]
+        slope = fit_exponent(ns, values) if len(mine) > 1 else float("nan")
+        ax.loglog(ns, values, "o-", label=f"{model} (slope {slope:.2f})")
+        first = first or (ns[0], values[0])
+    if guides and first is not None:
+        n0, v0 = first
+        n_max = max(p.n for p in points)
+        for power, style in [(2.0, ":"), (1.5, "--")]:
+            ax.loglog(
+                [n0, n_max],
+                [v0, v0 * (n_max / n0) ** power],
+                style,
+                color="grey",
+                label=f"N^{power:g}",
+            )
+    ax.set_xlabel("N = H W (positions)")
+    ax.set_ylabel(_METRICS[metric])
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_comparison(rows: Sequence[Row], metrics: Sequence[str] = ("gflops", "peak_mb")) -> Any:
+    """Bar charts (log scale) of comparison rows, one panel per metric; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        shown = [r for r in rows if getattr(r, metric) is not None]
+        ax.barh([r.model for r in shown], [getattr(r, metric) for r in shown])
+        ax.set_xscale("log")
+        ax.set_xlabel(_METRICS[metric])
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return fig

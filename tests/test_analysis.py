@@ -1,0 +1,411 @@
+"""Tests of ccnet_edu.analysis: FLOPs against closed forms, saved bytes against hand counts,
+peak memory against the allocator's own log, reachability and measured influence."""
+
+from __future__ import annotations
+
+import copy
+import csv
+
+import pytest
+import torch
+from torch import nn
+
+from ccnet_edu.analysis import (
+    attention_map_bytes,
+    boolean_power,
+    cca_flops,
+    comparison_table,
+    conv_stack,
+    count_flops,
+    criss_cross_reachability,
+    duplicate_centre_flops,
+    einsum_flops,
+    fit_exponent,
+    flops_by_kind,
+    flops_by_module,
+    format_claims,
+    format_table,
+    influence_map,
+    issa_flops,
+    issa_reachability,
+    nonlocal_flops,
+    paper_claims,
+    peak_memory,
+    rcca_flops,
+    saved_bytes,
+    saved_tensors,
+    scaling_sweep,
+)
+from ccnet_edu.analysis.__main__ import main
+from ccnet_edu.cca import CrissCrossAttention, RecurrentCrissCrossAttention
+from ccnet_edu.dense import criss_cross_mask
+from ccnet_edu.issa import InterlacedSparseSelfAttention, interlaced_sparse_attention
+from ccnet_edu.nonlocal_block import NonLocal2d
+
+# (B, C, C', H, W): odd, non-square, batch > 1, a single row and a single column.
+SHAPES = [(2, 16, 3, 5, 7), (1, 8, 2, 6, 4), (3, 4, 1, 1, 6), (1, 6, 2, 5, 1), (2, 4, 1, 2, 3)]
+
+
+def _fused_available() -> bool:
+    try:
+        from ccnet_edu import ops
+
+        return ops.is_available("cpu")
+    except Exception:  # noqa: BLE001
+        return False
+
+
+needs_fused = pytest.mark.skipif(not _fused_available(), reason="fused operator not built")
+
+
+def _with_gamma(module: nn.Module, value: float = 0.7) -> nn.Module:
+    target = module.cca if hasattr(module, "cca") else module
+    nn.init.constant_(target.gamma, value)
+    return module
+
+
+# ---------------------------------------------------------------------------
+# FLOPs
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_nonlocal_flops_equal_closed_form(shape):
+    b, c, cq, h, w = shape
+    x = torch.randn(b, c, h, w)
+    expected = nonlocal_flops(h, w, c, cq, b)
+    split = flops_by_kind(NonLocal2d(c, cq), x)
+    assert split["projections"] == expected["projections"]
+    assert split["attention"] == expected["attention"]
+    assert count_flops(NonLocal2d(c, cq), x) == expected["total"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("recurrence", [1, 2, 3])
+def test_reference_rcca_flops_equal_closed_form_plus_duplicate_centre(shape, recurrence):
+    # The readable CCA computes H column energies and drops the centre: +2 B N C' per loop.
+    b, c, cq, h, w = shape
+    x = torch.randn(b, c, h, w)
+    module = RecurrentCrissCrossAttention(c, recurrence, qk_channels=cq, impl="reference")
+    expected = rcca_flops(h, w, c, cq, recurrence, b)
+    split = flops_by_kind(module, x)
+    assert split["projections"] == expected["projections"]
+    assert split["attention"] == expected["attention"] + recurrence * duplicate_centre_flops(
+        h, w, cq, b
+    )
+
+
+def test_cca_closed_form_by_hand():
+    # H=2, W=3, C=4, C'=1, B=1: N=6, H+W-1=4.
+    f = cca_flops(2, 3, 4, 1)
+    assert f["projections"] == 2 * 6 * 4 * (2 * 1 + 4)  # 288
+    assert f["energy"] == 2 * 6 * 4 * 1  # 48
+    assert f["aggregation"] == 2 * 6 * 4 * 4  # 192
+    assert f["total"] == 288 + 48 + 192
+
+
+@needs_fused
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_cca_flops_equal_closed_form_exactly(shape):
+    b, c, cq, h, w = shape
+    x = torch.randn(b, c, h, w)
+    module = CrissCrossAttention(c, cq, impl="fused")
+    assert count_flops(module, x) == cca_flops(h, w, c, cq, b)["total"]
+
+
+@needs_fused
+def test_fused_backward_flops_twice_forward():
+    q, k, v = torch.randn(2, 3, 5, 7), torch.randn(2, 3, 5, 7), torch.randn(2, 16, 5, 7)
+
+    def attend(q, k, v):
+        return torch.ops.ccnet_edu.criss_cross_attention(q, k, v)[0]
+
+    forward = cca_flops(5, 7, 16, 3, 2)["attention"]
+    assert count_flops(attend, q, k, v) == forward
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    assert count_flops(attend, q, k, v, backward=True) == 3 * forward
+
+
+@pytest.mark.parametrize("size", [(5, 7), (16, 16), (9, 3)])
+def test_issa_flops_equal_closed_form_with_padding(size):
+    h, w = size
+    x = torch.randn(2, 8, h, w)
+    module = InterlacedSparseSelfAttention(8, (4, 2), key_channels=3)
+    assert count_flops(module, x) == issa_flops(h, w, 8, (4, 2), 3, batch=2)["total"]
+
+
+def test_einsum_flops_formula_and_size_one_contraction():
+    assert einsum_flops("bij,bjk->bik", (2, 3, 4), (2, 4, 5)) == 2 * 2 * 3 * 4 * 5
+    assert einsum_flops("ij,ij->ij", (3, 4), (3, 4)) == 0  # element-wise: not counted
+    # A contraction over a size-1 index is lowered to a multiply; still charged.
+    a, b = torch.randn(3, 1), torch.randn(1, 4)
+    assert count_flops(lambda x, y: torch.einsum("ik,kj->ij", x, y), a, b) == 2 * 3 * 4
+    with pytest.raises(NotImplementedError):
+        einsum_flops("...i,...i->...", (2, 3), (2, 3))
+
+
+def test_conventions_bias_and_softmax_not_counted():
+    x = torch.randn(2, 5, 3, 4)
+    conv = nn.Conv2d(5, 7, 1, bias=True)
+    assert count_flops(conv, x) == 2 * (2 * 3 * 4) * 5 * 7  # no bias adds
+    assert count_flops(lambda t: torch.softmax(t, -1), x) == 0
+
+
+def test_flops_on_meta_equal_cpu_and_by_module():
+    x = torch.randn(1, 16, 6, 5)
+    module = RecurrentCrissCrossAttention(16, 2, qk_channels=2)
+    meta = copy.deepcopy(module).to("meta")
+    assert count_flops(meta, x.to("meta")) == count_flops(module, x)
+    per_module = flops_by_module(module, x)
+    # The shared block runs twice: its query conv is charged twice.
+    assert per_module["RecurrentCrissCrossAttention.cca.query"] == 2 * 2 * 30 * 16 * 2
+    assert per_module["Global"] == count_flops(module, x)
+
+
+def test_paper_setting_flops_claim():
+    # Closed forms and the counter agree at 97x97, C=512, C'=64 (counted on meta).
+    x = torch.empty(1, 512, 97, 97, device="meta")
+    dense = count_flops(NonLocal2d(512, 64).to("meta"), x)
+    rcca = count_flops(RecurrentCrissCrossAttention(512, 2, 64).to("meta"), x)
+    assert dense == nonlocal_flops(97, 97, 512, 64)["total"]
+    assert rcca == rcca_flops(97, 97, 512, 64, 2)["total"] + 2 * duplicate_centre_flops(97, 97, 64)
+    assert 0.84 < 1 - rcca / dense < 0.86
+
+
+# ---------------------------------------------------------------------------
+# Saved for backward
+# ---------------------------------------------------------------------------
+
+
+def test_saved_bytes_hand_counts_elementwise():
+    x = torch.randn(10, 3)
+    n = x.numel() * 4
+    assert saved_bytes(torch.exp, x) == n  # exp saves its result
+    assert saved_bytes(lambda t: t.sin().sin(), x) == 2 * n  # x and sin(x)
+    assert saved_bytes(lambda a, b: a * b, x, x.clone()) == 2 * n
+    # Two views of one storage, both saved by mul: the storage counts once.
+    y = torch.randn(10, 4)
+    assert saved_bytes(lambda t: t[:, :2] * t[:, 2:], y) == y.numel() * 4
+
+
+def test_saved_bytes_kinds_linear():
+    linear = nn.Linear(6, 5)
+    x = torch.randn(4, 6)
+    report = saved_tensors(linear, x)
+    assert report.bytes_of("input") == 4 * 6 * 4
+    assert report.bytes_of("parameter") == 5 * 6 * 4  # the weight; the bias is not needed
+    assert report.bytes_of("activation") == 0
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2])
+def test_saved_bytes_nonlocal_hand_count(shape):
+    # query, key (C'), the N x N attention, value (C) and out (for gamma * out), float32.
+    b, c, cq, h, w = shape
+    n = h * w
+    x = torch.randn(b, c, h, w)
+    expected = 4 * b * (2 * cq * n + n * n + 2 * c * n)
+    assert saved_bytes(_with_gamma(NonLocal2d(c, cq)), x, kind="activation") == expected
+
+
+@needs_fused
+@pytest.mark.parametrize("shape", SHAPES[:2])
+def test_saved_bytes_fused_cca_hand_count(shape):
+    # query, key, value, the (H+W-1)-entry attention, and out (for gamma * out).
+    b, c, cq, h, w = shape
+    n = h * w
+    x = torch.randn(b, c, h, w)
+    module = _with_gamma(CrissCrossAttention(c, cq, impl="fused"))
+    expected = 4 * b * n * (2 * cq + c + (h + w - 1) + c)
+    assert saved_bytes(module, x, kind="activation") == expected
+
+
+def test_saved_bytes_meta_equal_cpu():
+    x = torch.randn(2, 8, 5, 6)
+    for module in [NonLocal2d(8, 2), RecurrentCrissCrossAttention(8, 2, 2)]:
+        meta = copy.deepcopy(module).to("meta")
+        assert saved_bytes(meta, x.to("meta")) == saved_bytes(module, x)
+
+
+# ---------------------------------------------------------------------------
+# Peak memory
+# ---------------------------------------------------------------------------
+
+
+def test_peak_tracking_hand_count():
+    x = torch.randn(1000)
+    n = x.numel() * 4
+    # forward: exp(x) (n); backward: grad * exp(x) (n), becomes x.grad; plus scalars.
+    peak = peak_memory(torch.exp, x).peak_bytes
+    assert 2 * n <= peak <= 2 * n + 64
+    # forward only: just the output
+    assert n <= peak_memory(torch.exp, x, backward=False).peak_bytes <= n + 64
+
+
+def test_peak_tracking_sees_freed_temporaries():
+    x = torch.randn(100)
+
+    def fn(t):
+        big = torch.ones(10_000)  # 40 kB, freed before returning
+        return t * big[:100]
+
+    assert peak_memory(fn, x, backward=False).peak_bytes >= 40_000
+
+
+@pytest.mark.parametrize(
+    "build", [lambda: NonLocal2d(16, 2), lambda: RecurrentCrissCrossAttention(16, 2, 2)]
+)
+def test_peak_tracking_matches_profiler_and_meta(build):
+    module = _with_gamma(build())
+    x = torch.randn(2, 16, 7, 9)
+    tracked = peak_memory(module, x).peak_bytes
+    logged = peak_memory(module, x, method="profiler").peak_bytes
+    assert abs(tracked - logged) <= 64  # the allocator log holds a few scalars more
+    meta = copy.deepcopy(module).to("meta")
+    assert peak_memory(meta, x.to("meta")).peak_bytes == tracked
+
+
+def test_peak_memory_bad_method():
+    with pytest.raises(ValueError, match="method"):
+        peak_memory(torch.exp, torch.randn(3), method="rss")
+    with pytest.raises(ValueError, match="CUDA"):
+        peak_memory(torch.exp, torch.randn(3), method="cuda")
+
+
+def test_attention_map_bytes():
+    assert attention_map_bytes("dense", 97, 97) == 9409**2 * 4
+    assert attention_map_bytes("criss_cross", 5, 7, batch=2) == 2 * 35 * 11 * 4
+    # 5x7 with 4x2 blocks pads to 8x8: Q = (2, 4), 8 + 8 entries per position.
+    assert attention_map_bytes("issa", 5, 7, block_size=(4, 2)) == 64 * (8 + 8) * 4
+    with pytest.raises(ValueError, match="kind"):
+        attention_map_bytes("sparse", 3, 3)
+
+
+# ---------------------------------------------------------------------------
+# Reachability and influence
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(3, 5), (7, 4), (1, 6), (5, 1), (4, 4)])
+def test_criss_cross_reachability(size):
+    h, w = size
+    one = criss_cross_reachability(h, w, 1)
+    assert torch.equal(one, criss_cross_mask(h, w))
+    assert one.sum(1).eq(h + w - 1).all()
+    assert criss_cross_reachability(h, w, 2).all()
+    assert torch.equal(criss_cross_reachability(h, w, 3), criss_cross_reachability(h, w, 2))
+    if h > 1 and w > 1:
+        assert not one.all()
+
+
+def test_boolean_power_path_graph():
+    # A path 0-1-2-3 with self loops: k steps reach distance k.
+    m = torch.eye(4, dtype=torch.bool) | torch.diag(torch.ones(3, dtype=torch.bool), 1)
+    m = m | m.T
+    assert not boolean_power(m, 2)[0, 3]
+    assert boolean_power(m, 3)[0, 3]
+    with pytest.raises(ValueError, match="power"):
+        boolean_power(m, 0)
+
+
+def test_issa_reachability_all_after_two_steps():
+    from ccnet_edu.issa import interlaced_masks
+
+    long_mask, short_mask = interlaced_masks(7, 9, (2, 3))
+    assert not long_mask.all() and not short_mask.all()
+    assert issa_reachability(7, 9, (2, 3)).all()
+
+
+@pytest.mark.parametrize("size", [(5, 7), (6, 4)])
+def test_influence_rcca_one_loop_is_the_cross_two_loops_everything(size):
+    h, w = size
+    x = torch.randn(2, 6, h, w, dtype=torch.float64)
+    cross = criss_cross_mask(h, w).reshape(h * w, h, w)
+    for pixel in [(0, 0), (h // 2, w - 1), (h - 1, 1)]:
+        one = _with_gamma(RecurrentCrissCrossAttention(6, 1, qk_channels=2)).double()
+        influence = influence_map(one, x, pixel)
+        reach = cross[pixel[0] * w + pixel[1]]
+        assert (influence[~reach] == 0).all()
+        assert (influence[reach] > 0).all()
+        two = _with_gamma(RecurrentCrissCrossAttention(6, 2, qk_channels=2)).double()
+        assert (influence_map(two, x, pixel) > 0).all()
+
+
+def test_influence_gamma_zero_is_identity():
+    module = RecurrentCrissCrossAttention(4, 2, qk_channels=1)  # gamma = 0: y = x
+    influence = influence_map(module, torch.randn(1, 4, 5, 5), (2, 3))
+    expected = torch.zeros(5, 5)
+    expected[2, 3] = 4.0  # d(sum_c y_c)/dx_c = 1 for each of the 4 channels
+    assert torch.equal(influence, expected)
+
+
+def test_influence_issa_reaches_everything():
+    x = torch.randn(1, 4, 7, 9, dtype=torch.float64)
+    influence = influence_map(lambda t: interlaced_sparse_attention(t, (2, 3)), x, (3, 4))
+    assert (influence > 0).all()
+
+
+def test_influence_conv_stack_bounded_by_receptive_field():
+    stack = conv_stack(3, depth=2, kernel_size=3, activation=False).double()
+    influence = influence_map(stack, torch.randn(1, 3, 11, 11, dtype=torch.float64), (5, 5))
+    inside = torch.zeros(11, 11, dtype=torch.bool)
+    inside[3:8, 3:8] = True  # two 3x3 layers: radius 2
+    assert (influence[~inside] == 0).all()
+    assert (influence[inside] > 0).all()
+
+
+def test_influence_bad_pixel():
+    with pytest.raises(ValueError, match="pixel"):
+        influence_map(nn.Identity(), torch.randn(1, 2, 3, 3), (3, 0))
+
+
+# ---------------------------------------------------------------------------
+# Comparison table, sweep and CLI (tiny shapes)
+# ---------------------------------------------------------------------------
+
+
+def test_comparison_table_small():
+    rows = comparison_table(
+        9, 7, 16, 2, repeats=1, impl="reference", progress=False, time_budget=None
+    )
+    names = [r.model for r in rows]
+    assert names[0] == "non-local" and any(n.startswith("RCCA R=2") for n in names)
+    dense = rows[0]
+    assert dense.gflops * 1e9 == pytest.approx(nonlocal_flops(9, 7, 16, 2)["total"])
+    assert dense.gflops_formula == pytest.approx(dense.gflops)
+    assert all(r.peak_mb > 0 and r.saved_mb > 0 and r.time_s > 0 and r.runs == 1 for r in rows)
+    claims = paper_claims(rows)
+    rcca2 = next(r for r in rows if r.model.startswith("RCCA R=2"))
+    assert claims["flops_reduction"] == pytest.approx(1 - rcca2.gflops / dense.gflops)
+    text = format_table(rows)
+    assert all(name in text for name in names)
+    assert "fewer" in format_claims(claims)
+
+
+def test_scaling_sweep_skips_over_limit():
+    sizes = (6, 16)
+    unlimited = scaling_sweep(sizes, 8, 2, timing=False, progress=False)
+    small, large = (p.peak_mb for p in unlimited if p.model == "non-local")
+    assert small < large
+    points = scaling_sweep(
+        sizes, 8, 2, memory_limit_mb=(small + large) / 2, repeats=1, progress=False
+    )
+    dense = [p for p in points if p.model == "non-local"]
+    assert dense[0].peak_mb is not None
+    assert dense[1].peak_mb is None and dense[1].note.startswith("skipped")
+    assert all(p.gflops > 0 for p in points)
+    assert fit_exponent([1, 2, 4], [3, 12, 48]) == pytest.approx(2.0)
+
+
+def test_cli_small(tmp_path, capsys):
+    out_csv = tmp_path / "t.csv"
+    code = main(
+        [
+            "--height", "17", "--width", "9", "--channels", "8", "--qk-channels", "2",
+            "--repeats", "1", "--quiet", "--impl", "reference", "--csv", str(out_csv),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "non-local" in printed and "fewer" in printed
+    with open(out_csv) as f:
+        assert len(list(csv.DictReader(f))) == 6
