@@ -5,6 +5,8 @@
   // point it at the copy in _static/vendor so nothing is fetched from anywhere else.
   var base = new URL("vendor/html-manager", document.currentScript.src).href;
   window.require.config({ paths: { "@jupyter-widgets/html-manager/dist": base } });
+  // The bundled widget libraries read their asset folder from this global instead.
+  window.__jupyter_widgets_assets_path__ = base + "/";
 
   // The widgets typeset their labels with the MathJax 2 API (MathJax.Hub.Queue); the book uses
   // MathJax 3. Give MathJax 3 that one entry point, once it has loaded (deferred, so before
