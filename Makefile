@@ -105,8 +105,9 @@ notebooks: venv
 	    --ExecutePreprocessor.store_widget_state=True \
 	    --ExecutePreprocessor.timeout=600 $(NOTEBOOKS)
 
+# Jupyter refuses to run as root without --allow-root (containers and CI machines run as root).
 lab: $(VENV)/.installed-lab
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf _build _build.log .cache book/_static/vendor .pytest_cache .ruff_cache
