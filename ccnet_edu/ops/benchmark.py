@@ -1,0 +1,280 @@
+"""Side-by-side benchmark of four criss-cross attention implementations.
+
+* ``fused``     -- the C++/CUDA operator (:func:`ccnet_edu.ops.criss_cross_attention`);
+* ``reference`` -- the readable PyTorch version of this library;
+* ``einsum``    -- mmcv's formulation (:func:`ccnet_edu.ops.baselines.einsum_criss_cross`);
+* ``bmm``       -- the original CCNet pure-PyTorch code
+  (:func:`ccnet_edu.ops.baselines.bmm_criss_cross`).
+
+Each is timed in one run, forward alone and forward + backward, median of
+``repeats`` (CUDA events on a GPU, ``perf_counter`` on the CPU), with its peak
+memory (``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the allocator
+events recorded by ``torch.profiler`` with ``profile_memory=True``, which see
+the operator's internal buffers too). Before anything is timed every
+implementation's output is compared with the float64 reference.
+
+Run ``python -m ccnet_edu.ops bench [--quick] [--csv FILE]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .. import functional as Fn
+from . import baselines
+
+__all__ = [
+    "Case",
+    "Row",
+    "IMPLS",
+    "DEFAULT_CASES",
+    "QUICK_CASES",
+    "run",
+    "format_table",
+    "write_csv",
+    "matmul_gflops",
+    "flops",
+]
+
+IMPLS = ("fused", "reference", "einsum", "bmm")
+MODES = ("forward", "forward+backward")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One problem size: batch, C' (query/key channels), C (value channels), H, W."""
+
+    batch: int
+    qk_channels: int
+    channels: int
+    height: int
+    width: int
+
+    def __str__(self) -> str:
+        return f"B={self.batch} C'={self.qk_channels} C={self.channels} {self.height}x{self.width}"
+
+
+#: The CCNet setting (769x769 crop, output stride 8, C=512, C'=64) and a larger map.
+DEFAULT_CASES = [Case(1, 64, 512, 97, 97), Case(1, 64, 512, 128, 256)]
+QUICK_CASES = [Case(1, 16, 128, 33, 41)]
+
+
+@dataclass
+class Row:
+    """One measurement."""
+
+    case: str
+    impl: str
+    mode: str
+    median_ms: float
+    ratio_vs_einsum: float  # einsum time / this time: > 1 means faster than einsum
+    peak_mib: float
+    max_error: float  # max |out - reference| / max |reference|
+
+
+def flops(case: Case, mode: str) -> float:
+    """Multiply-adds x 2 of the attention itself (SPEC section 1), no 1x1 convolutions.
+
+    Forward: energies (C') and aggregation (C) over H+W-1 positions per pixel;
+    backward: dA (C), grad_value (C), grad_query and grad_key (C' each).
+    """
+    n = case.batch * case.height * case.width * (case.height + case.width - 1)
+    forward = 2 * n * (case.qk_channels + case.channels)
+    backward = 2 * n * (2 * case.qk_channels + 2 * case.channels)
+    return forward + (backward if mode == "forward+backward" else 0)
+
+
+def _implementations() -> dict[str, Callable]:
+    from . import criss_cross_attention as fused
+
+    return {
+        "fused": fused,
+        "reference": Fn.criss_cross_attention_reference,
+        "einsum": baselines.einsum_criss_cross,
+        "bmm": baselines.bmm_criss_cross,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_ms(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            start_s = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start_s) * 1e3)
+    return statistics.median(times)
+
+
+def _peak_mib(fn: Callable[[], None], device: torch.device) -> float:
+    """Peak memory allocated *during* ``fn`` (inputs excluded), MiB."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        fn()
+    # Every allocation and free of the CPU allocator, in time order.
+    events = sorted(
+        (e.time_range.start, e.cpu_memory_usage) for e in prof.events() if e.name == "[memory]"
+    )
+    live = peak = 0
+    for _, delta in events:
+        live += delta
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def _make_step(impl: Callable, inputs, grad_out, mode: str) -> Callable[[], None]:
+    query, key, value = inputs
+    if mode == "forward":
+
+        def step() -> None:
+            with torch.no_grad():
+                impl(query, key, value)
+
+    else:
+        leaves = [t.detach().requires_grad_() for t in inputs]
+
+        def step() -> None:
+            out, _ = impl(*leaves)
+            out.backward(grad_out)
+            for leaf in leaves:
+                leaf.grad = None
+
+    return step
+
+
+def run(
+    cases: list[Case] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    repeats: int = 7,
+    warmup: int = 2,
+    progress: bool = True,
+    seed: int = 0,
+) -> list[Row]:
+    """Benchmark every implementation on every case; returns one :class:`Row` each.
+
+    Raises:
+        AssertionError: an implementation disagrees with the reference (checked
+            before timing, relative error above 1e-4 in float32).
+    """
+    from tqdm.auto import tqdm
+
+    cases = DEFAULT_CASES if cases is None else cases
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    impls = _implementations()
+    generator = torch.Generator().manual_seed(seed)
+    rows: list[Row] = []
+    bar = tqdm(total=len(cases) * len(impls) * len(MODES), disable=not progress, desc="bench")
+    for case in cases:
+        shape = (case.batch, case.qk_channels, case.height, case.width)
+        query = torch.randn(shape, generator=generator)
+        key = torch.randn(shape, generator=generator)
+        value = torch.randn(
+            (case.batch, case.channels, case.height, case.width), generator=generator
+        )
+        reference, _ = Fn.criss_cross_attention_reference(
+            query.double(), key.double(), value.double()
+        )
+        inputs = [t.to(device) for t in (query, key, value)]
+        grad_out = torch.randn(value.shape, generator=generator).to(device)
+
+        # Correctness first: nothing is timed unless it computes the same thing.
+        errors = {}
+        for name, impl in impls.items():
+            with torch.no_grad():
+                out, _ = impl(*inputs)
+            errors[name] = (
+                (out.double().cpu() - reference).abs().max() / reference.abs().max()
+            ).item()
+            if errors[name] > 1e-4:
+                raise AssertionError(
+                    f"{name} differs from the reference on {case}: {errors[name]:.2e}"
+                )
+        del out
+
+        for mode in MODES:
+            timed = {}
+            for name, impl in impls.items():
+                step = _make_step(impl, inputs, grad_out, mode)
+                ms = _time_ms(step, device, repeats, warmup)
+                timed[name] = (ms, _peak_mib(step, device))
+                bar.update()
+            for name, (ms, peak) in timed.items():
+                ratio = timed["einsum"][0] / ms
+                rows.append(Row(str(case), name, mode, ms, ratio, peak, errors[name]))
+    bar.close()
+    return rows
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5, device: torch.device | str = "cpu") -> float:
+    """Measured float32 matmul throughput (GFLOP/s): the machine's arithmetic ceiling."""
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    ms = _time_ms(lambda: torch.mm(a, b), device, repeats, warmup=1)
+    return 2 * size**3 / (ms * 1e-3) / 1e9
+
+
+def format_table(rows: list[Row], gflops: float | None = None) -> str:
+    """A Markdown table; with ``gflops`` also the arithmetic floor and the fused op's share."""
+    head = "| case | mode | impl | median ms | einsum / impl | peak MiB | max rel. error |"
+    lines = [head, "|" + "---|" * 7]
+    for r in rows:
+        lines.append(
+            f"| {r.case} | {r.mode} | {r.impl} | {r.median_ms:.1f} | {r.ratio_vs_einsum:.2f}x "
+            f"| {r.peak_mib:.1f} | {r.max_error:.1e} |"
+        )
+    if gflops:
+        lines.append("")
+        lines.append(f"float32 matmul: {gflops:.0f} GFLOP/s")
+        for r in rows:
+            if r.impl != "fused":
+                continue
+            case = _parse_case(r.case)
+            floor_ms = flops(case, r.mode) / (gflops * 1e9) * 1e3
+            lines.append(
+                f"fused {r.mode} at {r.case}: {flops(case, r.mode) / 1e9:.2f} GFLOP, floor "
+                f"{floor_ms:.1f} ms, measured {r.median_ms:.1f} ms "
+                f"({floor_ms / r.median_ms:.0%} of the matmul rate)"
+            )
+    return "\n".join(lines)
+
+
+def _parse_case(text: str) -> Case:
+    parts = dict(p.split("=") for p in text.split()[:3])
+    height, width = text.split()[3].split("x")
+    return Case(int(parts["B"]), int(parts["C'"]), int(parts["C"]), int(height), int(width))
+
+
+def write_csv(rows: list[Row], path: str) -> None:
+    """Write the rows as CSV."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)

@@ -1,0 +1,290 @@
+// Criss-cross attention on the CPU, and the operator's registration.
+//
+// The fast CPU path organises the work around the two kinds of lines of the
+// map: every row i and every column j is a small matrix product, computed with
+// the register tile of cca_common.h (tile_fma<6, 16>) while the line's data
+// sits in L1/L2.  Three parallel sweeps per direction, each writing disjoint
+// pixels, so no atomics and no per-thread copies of the outputs:
+//   forward : columns (column energies) -> rows (row energies, softmax,
+//             row aggregation) -> columns (column aggregation)
+//   backward: columns (column dA) -> rows (row dA, softmax backward, row parts
+//             of dQ, dK, dV) -> columns (column parts of dQ, dK, dV)
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cca_common.h"
+#include "cca_portable.h"
+
+namespace ccnet_edu {
+namespace {
+
+// ------------------------------------------------------------- tile drivers
+
+template <int R, int X, typename T, typename a_t, typename b_t>
+inline void run_tile(T* out, int64_t o_r, bool add, const a_t* a, int64_t a_r, int64_t a_k,
+                     const b_t* b, int64_t b_k, int64_t n) {
+  T acc[R][X];
+  for (int r = 0; r < R; ++r)
+    for (int x = 0; x < X; ++x) acc[r][x] = T(0);
+  tile_fma<R, X>(acc, a, a_r, a_k, b, b_k, n);
+  for (int r = 0; r < R; ++r)
+    for (int x = 0; x < X; ++x) out[r * o_r + x] = add ? out[r * o_r + x] + acc[r][x] : acc[r][x];
+}
+
+// out[r * o_r + x] (+)= sum_k a[r * a_r + k * a_k] * b[k * b_k + x]   for r < rows, x < cols.
+// Column blocks outside, row blocks inside: the (n x 16) panel of b stays in L1
+// while every row block of a streams past it.
+template <typename T, typename a_t, typename b_t>
+void line_matmul(T* out, int64_t o_r, bool add, const a_t* a, int64_t a_r, int64_t a_k,
+                 const b_t* b, int64_t b_k, int64_t rows, int64_t cols, int64_t n) {
+  constexpr int R = 6, X = 16;
+  int64_t x = 0;
+  for (; x + X <= cols; x += X) {
+    int64_t r = 0;
+    for (; r + R <= rows; r += R)
+      run_tile<R, X>(out + r * o_r + x, o_r, add, a + r * a_r, a_r, a_k, b + x, b_k, n);
+    for (; r < rows; ++r)
+      run_tile<1, X>(out + r * o_r + x, o_r, add, a + r * a_r, a_r, a_k, b + x, b_k, n);
+  }
+  for (; x < cols; ++x) {
+    int64_t r = 0;
+    for (; r + R <= rows; r += R)
+      run_tile<R, 1>(out + r * o_r + x, o_r, add, a + r * a_r, a_r, a_k, b + x, b_k, n);
+    for (; r < rows; ++r)
+      run_tile<1, 1>(out + r * o_r + x, o_r, add, a + r * a_r, a_r, a_k, b + x, b_k, n);
+  }
+}
+
+// dst[c * count + t] = src[t * stride + c]: a line of pixel vectors as a (C, count) panel.
+template <typename T, typename scalar_t>
+void transpose_line(T* dst, const scalar_t* src, int64_t stride, int64_t count, int64_t channels) {
+  for (int64_t t = 0; t < count; ++t)
+    for (int64_t c = 0; c < channels; ++c) dst[c * count + t] = static_cast<T>(src[t * stride + c]);
+}
+
+// The column slots of column j as a dense (H, H) matrix with a zero diagonal:
+// dense[i * H + i2] = w[pixel (i, j), slot of row i2].  The centre belongs to the
+// row part, so its zero adds nothing to the column products.
+template <typename T, typename w_t>
+void dense_column(T* dense, const w_t* w_col, int64_t row_stride, int64_t H, int64_t W) {
+  for (int64_t i = 0; i < H; ++i)
+    for (int64_t i2 = 0; i2 < H; ++i2)
+      dense[i * H + i2] =
+          i2 == i ? T(0) : static_cast<T>(w_col[i * row_stride + W + column_slot(i2, i)]);
+}
+
+// Lines per task: enough multiply-adds per task (~2^18) that a small map runs on
+// one thread instead of paying a parallel region per sweep.
+inline int64_t line_grain(int64_t fmas_per_line) {
+  return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, fmas_per_line));
+}
+
+// -------------------------------------------------------------- forward
+
+template <typename scalar_t>
+void forward_lines(const scalar_t* q, const scalar_t* k, const scalar_t* v, acc_t<scalar_t>* att,
+                   acc_t<scalar_t>* out, int64_t B, int64_t H, int64_t W, int64_t Ck, int64_t Cv) {
+  using T = acc_t<scalar_t>;
+  const int64_t L = H + W - 1;
+
+  // Column energies: e[i, i2] = q(i, j) . k(i2, j), kept for i2 != i.
+  at::parallel_for(0, B * W, line_grain(H * H * Ck), [&](int64_t begin, int64_t end) {
+    std::vector<T> kt(Ck * H), e(H * H);
+    for (int64_t line = begin; line < end; ++line) {
+      const int64_t b = line / W, j = line % W;
+      transpose_line(kt.data(), k + pixel(b, 0, j, H, W) * Ck, W * Ck, H, Ck);  // (C', H)
+      line_matmul(e.data(), H, false, q + pixel(b, 0, j, H, W) * Ck, W * Ck, 1, kt.data(), H, H,
+                  H, Ck);                                                        // (H, H)
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t n = 0; n + 1 < H; ++n)
+          att[pixel(b, i, j, H, W) * L + W + n] = e[i * H + column_row(n, i)];
+    }
+  });
+
+  // Rows: row energies, then every pixel of the row has all L energies:
+  // softmax, and the row half of the aggregation while the row is in cache.
+  at::parallel_for(0, B * H, line_grain(W * W * (Ck + Cv)), [&](int64_t begin, int64_t end) {
+    std::vector<T> kt(Ck * W);
+    for (int64_t line = begin; line < end; ++line) {
+      const int64_t row = pixel(line / H, line % H, 0, H, W);
+      transpose_line(kt.data(), k + row * Ck, Ck, W, Ck);  // (C', W)
+      line_matmul(att + row * L, L, false, q + row * Ck, Ck, 1, kt.data(), W, W, W, Ck);
+      for (int64_t j = 0; j < W; ++j) softmax_row(att + (row + j) * L, L);
+      // out(i, j) = sum_j2 A[(i, j), j2] v(i, j2)
+      line_matmul(out + row * Cv, Cv, false, att + row * L, L, 1, v + row * Cv, Cv, W, Cv, W);
+    }
+  });
+
+  // Columns: out(i, j) += sum_{i2 != i} A[(i, j), slot of i2] v(i2, j)
+  at::parallel_for(0, B * W, line_grain(H * H * Cv), [&](int64_t begin, int64_t end) {
+    std::vector<T> dense(H * H);
+    for (int64_t line = begin; line < end; ++line) {
+      const int64_t col = pixel(line / W, 0, line % W, H, W);
+      dense_column(dense.data(), att + col * L, W * L, H, W);
+      line_matmul(out + col * Cv, W * Cv, true, dense.data(), H, 1, v + col * Cv, W * Cv, H, Cv,
+                  H);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
+                                               const at::Tensor& key_in,
+                                               const at::Tensor& value_in) {
+  check_inputs(query_in, key_in, value_in);
+  const auto query = channels_last(query_in), key = channels_last(key_in),
+             value = channels_last(value_in);
+  const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
+  const int64_t H = query.size(2), W = query.size(3), L = H + W - 1;
+  const auto dtype = query.scalar_type(), acc = acc_scalar_type(dtype);
+  auto att = at::empty({B, H, W, L}, query.options().dtype(acc));
+  auto out = empty_channels_last(value, Cv, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cca_forward_cpu", [&] {
+    using T = acc_t<scalar_t>;
+    forward_lines<scalar_t>(query.const_data_ptr<scalar_t>(), key.const_data_ptr<scalar_t>(),
+                            value.const_data_ptr<scalar_t>(), att.data_ptr<T>(),
+                            out.data_ptr<T>(), B, H, W, Ck, Cv);
+  });
+  return {out.to(dtype), att.to(dtype)};
+}
+
+// -------------------------------------------------------------- backward
+
+template <typename scalar_t>
+void backward_lines(const scalar_t* go, const scalar_t* ga, const scalar_t* att,
+                    const scalar_t* q, const scalar_t* k, const scalar_t* v, acc_t<scalar_t>* g,
+                    acc_t<scalar_t>* dq, acc_t<scalar_t>* dk, acc_t<scalar_t>* dv, int64_t B,
+                    int64_t H, int64_t W, int64_t Ck, int64_t Cv) {
+  using T = acc_t<scalar_t>;
+  const int64_t L = H + W - 1;
+
+  // Column half of dA: g[(i, j), slot of i2] = dout(i, j) . v(i2, j)
+  at::parallel_for(0, B * W, line_grain(H * H * Cv), [&](int64_t begin, int64_t end) {
+    std::vector<T> vt(Cv * H), e(H * H);
+    for (int64_t line = begin; line < end; ++line) {
+      const int64_t b = line / W, j = line % W, col = pixel(b, 0, j, H, W);
+      transpose_line(vt.data(), v + col * Cv, W * Cv, H, Cv);  // (C, H)
+      line_matmul(e.data(), H, false, go + col * Cv, W * Cv, 1, vt.data(), H, H, H, Cv);
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t n = 0; n + 1 < H; ++n)
+          g[pixel(b, i, j, H, W) * L + W + n] = e[i * H + column_row(n, i)];
+    }
+  });
+
+  // Rows: row half of dA, softmax backward (g becomes dE), row parts of the gradients.
+  at::parallel_for(0, B * H, line_grain(W * W * (2 * Ck + 2 * Cv)), [&](int64_t begin, int64_t end) {
+    std::vector<T> vt(Cv * W);
+    for (int64_t line = begin; line < end; ++line) {
+      const int64_t row = pixel(line / H, line % H, 0, H, W);
+      transpose_line(vt.data(), v + row * Cv, Cv, W, Cv);  // (C, W)
+      line_matmul(g + row * L, L, false, go + row * Cv, Cv, 1, vt.data(), W, W, W, Cv);
+      for (int64_t u = row; u < row + W; ++u) {
+        if (ga != nullptr)
+          for (int64_t l = 0; l < L; ++l) g[u * L + l] += static_cast<T>(ga[u * L + l]);
+        softmax_backward_row(att + u * L, g + u * L, L);
+      }
+      // dq(i, j) = sum_j2 dE[(i, j), j2] k(i, j2)
+      line_matmul(dq + row * Ck, Ck, false, g + row * L, L, 1, k + row * Ck, Ck, W, Ck, W);
+      // dk(i, j2) = sum_j dE[(i, j), j2] q(i, j)       (a transposed: a_r = 1, a_k = L)
+      line_matmul(dk + row * Ck, Ck, false, g + row * L, 1, L, q + row * Ck, Ck, W, Ck, W);
+      // dv(i, j2) = sum_j A[(i, j), j2] dout(i, j)
+      line_matmul(dv + row * Cv, Cv, false, att + row * L, 1, L, go + row * Cv, Cv, W, Cv, W);
+    }
+  });
+
+  // Columns: the column parts, through dense (H, H) matrices with a zero diagonal.
+  at::parallel_for(0, B * W, line_grain(H * H * (2 * Ck + Cv)), [&](int64_t begin, int64_t end) {
+    std::vector<T> de(H * H), da(H * H);
+    for (int64_t line = begin; line < end; ++line) {
+      const int64_t col = pixel(line / W, 0, line % W, H, W);
+      dense_column(de.data(), g + col * L, W * L, H, W);
+      dense_column(da.data(), att + col * L, W * L, H, W);
+      line_matmul(dq + col * Ck, W * Ck, true, de.data(), H, 1, k + col * Ck, W * Ck, H, Ck, H);
+      line_matmul(dk + col * Ck, W * Ck, true, de.data(), 1, H, q + col * Ck, W * Ck, H, Ck, H);
+      line_matmul(dv + col * Cv, W * Cv, true, da.data(), 1, H, go + col * Cv, W * Cv, H, Cv, H);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+    const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_att_in,
+    const at::Tensor& attention_in, const at::Tensor& query_in, const at::Tensor& key_in,
+    const at::Tensor& value_in) {
+  check_inputs(query_in, key_in, value_in);
+  const auto query = channels_last(query_in), key = channels_last(key_in),
+             value = channels_last(value_in), grad_out = channels_last(grad_out_in);
+  const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
+  const int64_t H = query.size(2), W = query.size(3), L = H + W - 1;
+  const auto dtype = query.scalar_type(), acc = acc_scalar_type(dtype);
+  check_backward(grad_out, attention_in, query, value);
+  const auto attention = attention_in.to(dtype).contiguous();
+  at::Tensor grad_att;
+  if (grad_att_in.has_value() && grad_att_in->defined())
+    grad_att = grad_att_in->to(dtype).contiguous();
+
+  auto g = at::empty({B, H, W, L}, query.options().dtype(acc));
+  auto grad_query = empty_channels_last(query, Ck, acc);
+  auto grad_key = empty_channels_last(query, Ck, acc);
+  auto grad_value = empty_channels_last(value, Cv, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cca_backward_cpu", [&] {
+    using T = acc_t<scalar_t>;
+    backward_lines<scalar_t>(
+        grad_out.const_data_ptr<scalar_t>(),
+        grad_att.defined() ? grad_att.const_data_ptr<scalar_t>() : nullptr,
+        attention.const_data_ptr<scalar_t>(), query.const_data_ptr<scalar_t>(),
+        key.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(), g.data_ptr<T>(),
+        grad_query.data_ptr<T>(), grad_key.data_ptr<T>(), grad_value.data_ptr<T>(), B, H, W, Ck,
+        Cv);
+  });
+  return {grad_query.to(dtype), grad_key.to(dtype), grad_value.to(dtype)};
+}
+
+// ------------------------------------------------- the portable path on CPU
+
+struct CpuLaunch {
+  template <class F>
+  void operator()(int64_t n, const F& f) const {
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t idx = begin; idx < end; ++idx) f(idx);
+    });
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> portable_forward_cpu(const at::Tensor& query,
+                                                        const at::Tensor& key,
+                                                        const at::Tensor& value) {
+  return portable_forward(query, key, value, CpuLaunch{});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> portable_backward_cpu(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_att,
+    const at::Tensor& attention, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value) {
+  return portable_backward(grad_out, grad_att, attention, query, key, value, CpuLaunch{});
+}
+
+}  // namespace
+}  // namespace ccnet_edu
+
+// The schemas.  Autograd and the fake (meta) kernels are registered from
+// Python (ccnet_edu/ops/__init__.py) with torch.library.
+TORCH_LIBRARY(ccnet_edu, m) {
+  m.def("criss_cross_attention(Tensor query, Tensor key, Tensor value) -> (Tensor, Tensor)");
+  m.def(
+      "criss_cross_attention_backward(Tensor grad_out, Tensor? grad_attention, "
+      "Tensor attention, Tensor query, Tensor key, Tensor value) -> (Tensor, Tensor, Tensor)");
+  // What the CUDA build runs, executed on the CPU (for tests; no autograd).
+  m.def("portable_criss_cross_attention(Tensor query, Tensor key, Tensor value) -> (Tensor, Tensor)");
+  m.def(
+      "portable_criss_cross_attention_backward(Tensor grad_out, Tensor? grad_attention, "
+      "Tensor attention, Tensor query, Tensor key, Tensor value) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(ccnet_edu, CPU, m) {
+  m.impl("criss_cross_attention", &ccnet_edu::forward_cpu);
+  m.impl("criss_cross_attention_backward", &ccnet_edu::backward_cpu);
+  m.impl("portable_criss_cross_attention", &ccnet_edu::portable_forward_cpu);
+  m.impl("portable_criss_cross_attention_backward", &ccnet_edu::portable_backward_cpu);
+}

@@ -1,0 +1,300 @@
+"""The C++/CUDA criss-cross operator (``ccnet_edu.ops``) against the readable reference.
+
+Every check compares with :func:`ccnet_edu.functional.criss_cross_attention_reference`
+evaluated in float64 on the same (rounded) inputs, on random data with odd,
+non-square and degenerate sizes and batch > 1. Both CPU code paths are tested:
+the fast one (register tiles over rows and columns) and the portable one (the
+CUDA build's element bodies, run on the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from ccnet_edu import functional as Fn
+from ccnet_edu import ops
+from ccnet_edu.ops import baselines
+
+# (B, C', C, H, W): odd, non-square, one row, one column, one pixel, batch > 1.
+SHAPES = [(2, 5, 7, 5, 9), (1, 3, 4, 1, 6), (3, 2, 33, 7, 1), (2, 4, 19, 1, 1), (2, 16, 40, 13, 11)]
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+# (rtol, atol) against float64: float16/bfloat16 keep 11/8 significant bits in
+# their inputs and outputs (the arithmetic itself accumulates in float32).
+TOL = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+}
+FORWARD = {
+    "fast": lambda q, k, v: torch.ops.ccnet_edu.criss_cross_attention(q, k, v),
+    "portable": lambda q, k, v: torch.ops.ccnet_edu.portable_criss_cross_attention(q, k, v),
+}
+BACKWARD = {
+    "fast": lambda *a: torch.ops.ccnet_edu.criss_cross_attention_backward(*a),
+    "portable": lambda *a: torch.ops.ccnet_edu.portable_criss_cross_attention_backward(*a),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _built() -> None:
+    """Build (or load from the cache) the CPU operator once; a failure fails every test."""
+    ops.load(cuda=False)
+
+
+def _inputs(shape, dtype, device="cpu"):
+    batch, qk, channels, height, width = shape
+    query = torch.randn(batch, qk, height, width, device=device).to(dtype)
+    key = torch.randn(batch, qk, height, width, device=device).to(dtype)
+    value = torch.randn(batch, channels, height, width, device=device).to(dtype)
+    return query, key, value
+
+
+def _reference_with_grads(query, key, value, grad_out, grad_att):
+    """Reference in float64 from the same inputs: out, attention and the three gradients."""
+    q, k, v = (t.detach().double().cpu().requires_grad_() for t in (query, key, value))
+    out, att = Fn.criss_cross_attention_reference(q, k, v)
+    loss = (out * grad_out.double().cpu()).sum() + (att * grad_att.double().cpu()).sum()
+    return (out, att, *torch.autograd.grad(loss, (q, k, v)))
+
+
+def _assert_close(actual, expected, dtype, scale=1.0):
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(
+        actual.detach().double().cpu(), expected.detach(), rtol=rtol, atol=atol * scale
+    )
+
+
+@pytest.mark.parametrize("path", ["fast", "portable"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_reference(shape, dtype, path):
+    """Forward (out, attention) and the gradients wrt query, key, value."""
+    query, key, value = _inputs(shape, dtype)
+    batch, _, channels, height, width = shape
+    grad_out = torch.randn(batch, channels, height, width).to(dtype)
+    grad_att = torch.randn(batch, height, width, height + width - 1).to(dtype)
+    expected = _reference_with_grads(query, key, value, grad_out, grad_att)
+
+    out, att = FORWARD[path](query, key, value)
+    assert out.shape == value.shape and out.dtype == dtype
+    assert att.shape == (batch, height, width, height + width - 1) and att.dtype == dtype
+    _assert_close(out, expected[0], dtype)
+    _assert_close(att, expected[1], dtype)
+    grads = BACKWARD[path](grad_out, grad_att, att, query, key, value)
+    # Gradients sum up to C and H+W-1 products of rounded numbers: scale atol with the size.
+    for grad, want in zip(grads, expected[2:], strict=True):
+        assert grad.dtype == dtype
+        _assert_close(grad, want, dtype, scale=max(1.0, want.abs().max().item()))
+
+
+def test_autograd_through_registered_formula():
+    """``ops.criss_cross_attention`` differentiates through ``register_autograd``."""
+    query, key, value = (t.requires_grad_() for t in _inputs((2, 3, 6, 4, 7), torch.float64))
+    grad_out = torch.randn_like(value)
+    out, att = ops.criss_cross_attention(query, key, value)
+    grads = torch.autograd.grad((out * grad_out).sum() + att[..., 0].sum(), (query, key, value))
+    ref_out, ref_att = Fn.criss_cross_attention_reference(query, key, value)
+    loss = (ref_out * grad_out).sum() + ref_att[..., 0].sum()
+    for grad, want in zip(grads, torch.autograd.grad(loss, (query, key, value)), strict=True):
+        torch.testing.assert_close(grad, want)
+
+
+def test_gradcheck_float64():
+    """Numerical vs analytical Jacobian of both outputs, in float64."""
+    query, key, value = (t.requires_grad_() for t in _inputs((2, 3, 4, 3, 5), torch.float64))
+    assert torch.autograd.gradcheck(ops.criss_cross_attention, (query, key, value))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_opcheck(dtype):
+    """Schema, fake kernel, autograd registration, AOT dispatch (torch.library.opcheck)."""
+    for shape in [(2, 3, 5, 4, 6), (1, 2, 3, 1, 5)]:
+        query, key, value = (t.requires_grad_() for t in _inputs(shape, dtype))
+        torch.library.opcheck(
+            torch.ops.ccnet_edu.criss_cross_attention.default, (query, key, value)
+        )
+
+
+@pytest.mark.parametrize("path", ["fast", "portable"])
+def test_every_output_element_is_written(path):
+    """Uninitialised memory is filled with NaN (deterministic mode): no NaN may survive."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert torch.empty(8).isnan().all(), "poisoning is not active: the test would prove nothing"
+        shape = (2, 3, 21, 5, 7)  # C = 21: a full register tile of 16 channels plus a tail
+        query, key, value = _inputs(shape, torch.float32)
+        out, att = FORWARD[path](query, key, value)
+        grad_out = torch.randn_like(value)
+        grads = BACKWARD[path](grad_out, None, att, query, key, value)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for tensor in (out, att, *grads):
+        assert torch.isfinite(tensor).all()
+
+
+def test_torch_compile_matches_eager():
+    """The op inside ``torch.compile`` (fake kernel + autograd), forward and backward."""
+
+    def block(query, key, value, gamma):
+        out, att = ops.criss_cross_attention(query, key, value)
+        return gamma * out + value, att.amax(dim=-1)
+
+    inputs = [t.requires_grad_() for t in _inputs((2, 4, 6, 5, 7), torch.float32)]
+    gamma = torch.tensor(0.7, requires_grad=True)
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    results = []
+    for fn in (block, compiled):
+        y, peak = fn(*inputs, gamma)
+        grads = torch.autograd.grad((y * y).sum() + peak.sum(), (*inputs, gamma))
+        results.append((y, peak, *grads))
+    for eager, comp in zip(*results, strict=True):
+        torch.testing.assert_close(comp, eager)
+
+
+def test_meta_device_shapes():
+    query, key, value = _inputs((2, 3, 8, 5, 6), torch.float32, device="meta")
+    out, att = ops.criss_cross_attention(query, key, value)
+    assert out.device.type == "meta" and out.shape == (2, 8, 5, 6)
+    assert att.shape == (2, 5, 6, 10)
+
+
+@pytest.mark.parametrize("baseline", [baselines.einsum_criss_cross, baselines.bmm_criss_cross])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_baselines_match_reference(baseline, shape):
+    """mmcv's einsum and CCNet's bmm formulations compute the same attention."""
+    query, key, value = _inputs(shape, torch.float64)
+    out, padded = baseline(query, key, value)
+    ref_out, ref_att = Fn.criss_cross_attention_reference(query, key, value)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(Fn.attention_from_padded(padded), ref_att)
+
+
+def test_functional_impl_selection():
+    query, key, value = _inputs((2, 3, 5, 4, 6), torch.float64)
+    want, want_att = Fn.criss_cross_attention(query, key, value, return_attention=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # CPU operator available: "auto" must not warn
+        for impl in ("fused", "auto"):
+            got, got_att = Fn.criss_cross_attention(
+                query, key, value, return_attention=True, impl=impl
+            )
+            torch.testing.assert_close(got, want)
+            torch.testing.assert_close(got_att, want_att)
+
+
+def test_fallback_warns_once_and_fused_raises(monkeypatch):
+    """No operator: "auto" warns once and uses the reference, "fused" raises."""
+    monkeypatch.setitem(ops._state, "cpu", ops.BuildError("no C++ compiler found"))
+    monkeypatch.setattr(ops, "_warned", set())
+    query, key, value = _inputs((1, 2, 3, 4, 5), torch.float64)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+        out = Fn.criss_cross_attention(query, key, value, impl="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second time: silent
+        Fn.criss_cross_attention(query, key, value, impl="auto")
+    torch.testing.assert_close(out, Fn.criss_cross_attention(query, key, value))
+    with pytest.raises(RuntimeError, match="not available on cpu: no C\\+\\+ compiler"):
+        Fn.criss_cross_attention(query, key, value, impl="fused")
+
+
+def test_bad_input_is_rejected():
+    query, key, value = _inputs((1, 2, 3, 4, 5), torch.float32)
+    with pytest.raises(ValueError, match="query and key"):
+        ops.criss_cross_attention(query, key[:, :1], value)
+    with pytest.raises(TypeError, match="dtype"):
+        ops.criss_cross_attention(query, key, value.double())
+    with pytest.raises(RuntimeError, match="attention must be"):
+        torch.ops.ccnet_edu.criss_cross_attention_backward(
+            value, None, torch.zeros(1, 4, 5, 3), query, key, value
+        )
+
+
+def test_module_with_fused_impl():
+    """CrissCrossAttention(impl="fused") == impl="reference" with gamma != 0."""
+    from ccnet_edu.cca import CrissCrossAttention
+
+    reference = CrissCrossAttention(16, impl="reference").double()
+    with torch.no_grad():
+        reference.gamma.fill_(0.8)
+    fused = CrissCrossAttention(16, impl="fused").double()
+    fused.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64, requires_grad=True)
+    y_ref = reference(x)
+    y = fused(x)
+    torch.testing.assert_close(y, y_ref)
+    (g_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    torch.testing.assert_close(g, g_ref)
+
+
+def test_benchmark_checks_before_timing():
+    """The benchmark compares the fused op with the reference before it times anything."""
+    from ccnet_edu.ops import benchmark
+
+    rows = benchmark.run([benchmark.Case(1, 4, 8, 5, 6)], repeats=1, warmup=0, progress=False)
+    assert {row.impl for row in rows} == set(benchmark.IMPLS)
+    assert all(row.max_error < 1e-4 for row in rows)
+
+
+def test_build_command_prints_library():
+    env = dict(os.environ, PYTHONWARNINGS="error")
+    result = subprocess.run(
+        [sys.executable, "-m", "ccnet_edu.ops", "build", "--no-cuda"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ccnet_edu_cca_cpu.so" in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.skipif(ops.find_nvcc() is None, reason="nvcc not found: cannot build the CUDA kernels")
+def test_cuda_extension_compiles_and_links():
+    """nvcc compiles csrc/cca_cuda.cu and the library links and loads (no GPU needed)."""
+    info = ops.load_cuda()
+    assert info.library.exists()
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(
+        "ccnet_edu::criss_cross_attention", "CUDA"
+    )
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(
+        "ccnet_edu::criss_cross_attention_backward", "CUDA"
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_gpu_matches_reference(shape, dtype):
+    ops.load(cuda=True)
+    query, key, value = _inputs(shape, dtype, device="cuda")
+    batch, _, channels, height, width = shape
+    grad_out = torch.randn(batch, channels, height, width, device="cuda").to(dtype)
+    grad_att = torch.randn(batch, height, width, height + width - 1, device="cuda").to(dtype)
+    expected = _reference_with_grads(query, key, value, grad_out, grad_att)
+    out, att = torch.ops.ccnet_edu.criss_cross_attention(query, key, value)
+    _assert_close(out, expected[0], dtype)
+    _assert_close(att, expected[1], dtype)
+    grads = torch.ops.ccnet_edu.criss_cross_attention_backward(
+        grad_out, grad_att, att, query, key, value
+    )
+    for grad, want in zip(grads, expected[2:], strict=True):
+        _assert_close(grad, want, dtype, scale=max(1.0, want.abs().max().item()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_gpu_gradcheck_and_opcheck():
+    ops.load(cuda=True)
+    query, key, value = (
+        t.requires_grad_() for t in _inputs((2, 3, 4, 3, 5), torch.float64, device="cuda")
+    )
+    assert torch.autograd.gradcheck(ops.criss_cross_attention, (query, key, value))
+    torch.library.opcheck(torch.ops.ccnet_edu.criss_cross_attention.default, (query, key, value))
