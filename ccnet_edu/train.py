@@ -399,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=int, default=d["val_size"], help="0 skips evaluation")
     p.add_argument("--val-seed", type=int, default=d["val_seed"])
     p.add_argument("--save", type=Path, default=None, help="checkpoint path")
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="with --all: where to write NAME[_seed<S>].pt (default: the package's "
+                   "checkpoints folder)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: cores / processes)")
     p.add_argument("--ddp", action="store_true", help="run under torchrun with DDP")
@@ -442,10 +445,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             unknown = [n for n in names if n not in SHIPPED]
             if unknown:
                 raise SystemExit(f"--names: unknown {unknown}; shipped models: {list(SHIPPED)}")
+            out_dir = args.out_dir or CHECKPOINT_DIR
+            suffix = f"_seed{args.seed}" if args.seed != 0 else ""
             for name in names:
                 head, ccl = SHIPPED[name]
                 results.append(_run_one(config_for(head, ccl), args, device,
-                                        CHECKPOINT_DIR / f"{name}.pt", command))
+                                        out_dir / f"{name}{suffix}.pt", command))
         else:
             results.append(_run_one(config_for(args.head, args.ccl), args, device,
                                     args.save, command))

@@ -100,15 +100,29 @@ def test_metrics_by_hand():
 
 
 def test_evaluate_perfect_and_constant_models():
-    class Oracle(torch.nn.Module):  # predicts from the image: beacon colour known
-        def forward(self, x):
-            return torch.zeros(x.shape[0], 4, *x.shape[-2:])
+    from ccnet_edu.data import make_sample
 
-    m = evaluate(Oracle(), length=4, size=48, batch_size=2)
-    # Always "background": pixel accuracy = background share, IoU 0 for the beacon classes.
-    assert 0.8 < m["pixel_acc"] < 1.0
-    assert m["far_acc"] == 0.0
-    assert m["iou"][1:] == [0.0, 0.0, 0.0] or m["miou"] < 0.5
+    class Background(torch.nn.Module):  # always predicts class 0
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 4, *x.shape[-2:]).index_fill_(1, torch.tensor([0]), 1)
+
+    class Oracle(torch.nn.Module):  # replays the labels of the samples evaluate() draws
+        def __init__(self):
+            super().__init__()
+            self.next = 0
+
+        def forward(self, x):
+            labels = [make_sample(10_000, self.next + i, size=48)["label"] for i in range(len(x))]
+            self.next += len(x)
+            return torch.nn.functional.one_hot(torch.stack(labels), 4).permute(0, 3, 1, 2).float()
+
+    labels = torch.stack([make_sample(10_000, i, size=48)["label"] for i in range(4)])
+    m = evaluate(Background(), length=4, size=48, batch_size=2)
+    assert m["pixel_acc"] == pytest.approx(float((labels == 0).double().mean()))
+    assert m["iou"][0] == pytest.approx(m["pixel_acc"])  # background predicted everywhere
+    assert m["iou"][1:] == [0.0, 0.0, 0.0] and m["far_acc"] == 0.0
+    perfect = evaluate(Oracle(), length=4, size=48, batch_size=2)
+    assert perfect["miou"] == 1.0 and perfect["pixel_acc"] == 1.0 and perfect["far_acc"] == 1.0
 
 
 def test_checkpoint_round_trip(tmp_path):
