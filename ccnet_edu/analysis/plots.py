@@ -149,13 +149,17 @@ def plot_scaling(
 def plot_comparison(rows: Sequence[Row], metrics: Sequence[str] = ("gflops", "peak_mb")) -> Any:
     """Bar charts (log scale) of comparison rows, one panel per metric; returns the figure."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(3.5 * len(metrics) + 2, 3.5), squeeze=False, sharey=True
+    )
     for ax, metric in zip(axes[0], metrics, strict=True):
         shown = [r for r in rows if getattr(r, metric) is not None]
         ax.barh([r.model for r in shown], [getattr(r, metric) for r in shown])
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short axes
         ax.set_xlabel(_METRICS[metric])
-        ax.invert_yaxis()
+    axes[0][0].invert_yaxis()  # shared y: inverting once puts the first row on top
     fig.tight_layout()
     return fig
