@@ -97,6 +97,7 @@ class TrainConfig(dict):
         width=16,
         mid_channels=32,
         dropout=0.1,
+        sync_bn=True,
         val_seed=10_000,
         val_size=200,
     )
@@ -116,6 +117,26 @@ class TrainConfig(dict):
 # --------------------------------------------------------------------------- sync batch norm
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum a tensor over all processes; the gradient is summed the same way.
+
+    Every process's loss depends on the sum, so d(total loss)/d(local tensor)
+    is the sum over processes of d(loss_r)/d(sum): another all-reduce.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
 class AllReduceBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose batch statistics are taken over all processes (any backend).
 
@@ -130,12 +151,10 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         if dist.get_world_size() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         channels = x.shape[1]
         count = x.new_full((1,), x.numel() / channels)
         stats = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])  # (2C+1,)
-        stats = all_reduce(stats)  # sum over processes, gradient included
+        stats = _AllReduceSum.apply(stats)  # sum over processes, gradient included
         total = stats[-1]
         mean = stats[:channels] / total  # (C,)
         var = stats[channels : 2 * channels] / total - mean * mean  # biased, as BN normalises
@@ -297,7 +316,8 @@ def train(
 
         ccl = CategoryConsistentLoss(num_classes=NUM_CLASSES)
     if world > 1:
-        model = convert_sync_batchnorm(model, device)
+        if config["sync_bn"]:
+            model = convert_sync_batchnorm(model, device)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -405,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: cores / processes)")
     p.add_argument("--ddp", action="store_true", help="run under torchrun with DDP")
+    p.add_argument("--no-sync-bn", action="store_true",
+                   help="with --ddp: per-process batch norm statistics (for comparison)")
     p.add_argument("--digest-dir", default=None,
                    help="write each rank's final state-dict SHA-256 to DIR/rank<r>.txt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -435,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         return TrainConfig(head=head, ccl=ccl, ccl_weight=args.ccl_weight, steps=args.steps,
                            batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                            size=args.size, width=args.width, mid_channels=args.mid_channels,
-                           dropout=args.dropout,
+                           dropout=args.dropout, sync_bn=not args.no_sync_bn,
                            val_seed=args.val_seed, val_size=args.val_size)
 
     results = []
