@@ -13,6 +13,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 #include <vector>
 
 #include "cca_common.h"
@@ -33,6 +36,52 @@ inline void run_tile(T* out, int64_t o_r, bool add, const a_t* a, int64_t a_r, i
   for (int r = 0; r < R; ++r)
     for (int x = 0; x < X; ++x) out[r * o_r + x] = add ? out[r * o_r + x] + acc[r][x] : acc[r][x];
 }
+
+#if defined(__AVX2__) && defined(__FMA__)
+// tile_fma<6, 16> for float, spelled in AVX2 intrinsics: the same 96 FMAs per k
+// in the same order (acc[r][x] = fma(a[r, k], b[k, x], acc[r][x])), but with
+// the 12 accumulators pinned in ymm registers and a[r, k] broadcast straight
+// from memory. g++ vectorises the generic template too, but spills the
+// accumulators to the stack, which costs a factor of ~3 here.
+template <>
+inline void run_tile<6, 16, float, float, float>(float* out, int64_t o_r, bool add,
+                                                 const float* a, int64_t a_r, int64_t a_k,
+                                                 const float* b, int64_t b_k, int64_t n) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
+         c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(),
+         c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps(), c40 = _mm256_setzero_ps(),
+         c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(b + k * b_k), b1 = _mm256_loadu_ps(b + k * b_k + 8);
+    const float* ak = a + k * a_k;
+    __m256 ar = _mm256_broadcast_ss(ak);
+    c00 = _mm256_fmadd_ps(ar, b0, c00);
+    c01 = _mm256_fmadd_ps(ar, b1, c01);
+    ar = _mm256_broadcast_ss(ak + a_r);
+    c10 = _mm256_fmadd_ps(ar, b0, c10);
+    c11 = _mm256_fmadd_ps(ar, b1, c11);
+    ar = _mm256_broadcast_ss(ak + 2 * a_r);
+    c20 = _mm256_fmadd_ps(ar, b0, c20);
+    c21 = _mm256_fmadd_ps(ar, b1, c21);
+    ar = _mm256_broadcast_ss(ak + 3 * a_r);
+    c30 = _mm256_fmadd_ps(ar, b0, c30);
+    c31 = _mm256_fmadd_ps(ar, b1, c31);
+    ar = _mm256_broadcast_ss(ak + 4 * a_r);
+    c40 = _mm256_fmadd_ps(ar, b0, c40);
+    c41 = _mm256_fmadd_ps(ar, b1, c41);
+    ar = _mm256_broadcast_ss(ak + 5 * a_r);
+    c50 = _mm256_fmadd_ps(ar, b0, c50);
+    c51 = _mm256_fmadd_ps(ar, b1, c51);
+  }
+  const __m256 acc[6][2] = {{c00, c01}, {c10, c11}, {c20, c21},
+                            {c30, c31}, {c40, c41}, {c50, c51}};
+  for (int r = 0; r < 6; ++r)
+    for (int h = 0; h < 2; ++h) {
+      float* o = out + r * o_r + 8 * h;
+      _mm256_storeu_ps(o, add ? _mm256_add_ps(_mm256_loadu_ps(o), acc[r][h]) : acc[r][h]);
+    }
+}
+#endif
 
 // out[r * o_r + x] (+)= sum_k a[r * a_r + k * a_k] * b[k * b_k + x]   for r < rows, x < cols.
 // Column blocks outside, row blocks inside: the (n x 16) panel of b stays in L1

@@ -2,8 +2,9 @@
 
 The sources are compiled on first use with ``torch.utils.cpp_extension.load``
 (ninja) into a cache directory keyed by the torch version and CUDA flavour,
-``~/.cache/ccnet_edu/torch-<version>-<cu130|cpu>/`` (override with the
-environment variable ``CCNET_EDU_BUILD_DIR``). Two libraries:
+``~/.cache/ccnet_edu/torch-<version>-<cu130|cpu>/<library>-<hash of the csrc path>/``
+(override the first part with the environment variable ``CCNET_EDU_BUILD_DIR``).
+Two libraries:
 
 * ``ccnet_edu_cca_cpu``  -- the schemas, the CPU kernels and the portable path;
   needs only a C++ compiler.
@@ -16,6 +17,7 @@ no ``nvcc``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -115,7 +117,10 @@ def _load(name: str, sources: tuple[str, ...], *, cuda: bool, verbose: bool) -> 
     cpp_extension = _cpp_extension()
     if shutil.which("ninja") is None and not _venv_ninja():
         raise BuildError("ninja is not installed (pip install ninja)")
-    directory = build_dir() / name
+    # One subdirectory per source tree: two checkouts sharing the cache would
+    # otherwise rebuild each other's library on every load.
+    tree = hashlib.sha1(str(csrc_dir()).encode()).hexdigest()[:8]
+    directory = build_dir() / f"{name}-{tree}"
     directory.mkdir(parents=True, exist_ok=True)
     src = csrc_dir()
     missing = [s for s in sources + HEADERS if not (src / s).exists()]
