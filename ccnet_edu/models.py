@@ -338,8 +338,8 @@ def load_pretrained(name: str, map_location: str | torch.device = "cpu") -> Segm
     if not path.is_file():
         raise FileNotFoundError(
             f"no shipped checkpoint {name!r}: {path} does not exist (available: "
-            f"{pretrained_names() or 'none'}). Produce it with "
-            f"`python -m ccnet_edu.train --head {name} --save {path}` "
-            f"or all of them with `python -m ccnet_edu.train --all`."
+            f"{pretrained_names() or 'none'}). The shipped models are made by "
+            f"`python -m ccnet_edu.train --all --seed 0` (and `--seed 1` for the *_seed1 "
+            f"ones); one model by `python -m ccnet_edu.train --head HEAD --save {path}`."
         )
     return load_checkpoint(path, map_location=map_location)
