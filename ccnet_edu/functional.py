@@ -81,25 +81,29 @@ def criss_cross_attention_reference(
     query, key: (B, C', H, W); value: (B, C, H, W).
     out: (B, C, H, W); attention: (B, H, W, H+W-1) in the layout of this module.
     """
-    height = query.shape[2]
+    batch, _, height, width = query.shape
+    others = column_index(height, query.device)  # (H, H-1)
+    index = others[None, :, None, :].expand(batch, height, width, height - 1)  # (B, H, W, H-1)
 
     # Energies along the row of each pixel: e[b, i, j, j'] = q(i, j) . k(i, j')
     energy_row = torch.einsum("bcij,bcik->bijk", query, key)  # (B, H, W, W)
     # ... and along its column, without the centre: e[b, i, j, n] = q(i, j) . k(i'_n, j)
     energy_col = torch.einsum("bcij,bckj->bijk", query, key)  # (B, H, W, H)
-    others = column_index(height, query.device)  # (H, H-1)
-    energy_col = energy_col.gather(-1, others[None, :, None, :].expand(*energy_col.shape[:3], -1))
-    # (B, H, W, H-1)
+    energy_col = energy_col.gather(-1, index)  # (B, H, W, H-1)
 
     # One softmax over the whole criss-cross set of H + W - 1 positions.
     energy = torch.cat([energy_row, energy_col], dim=-1)  # (B, H, W, H+W-1)
     affinity = F.softmax(energy, dim=-1)
-    affinity_row, affinity_col = affinity.split([energy_row.shape[-1], height - 1], dim=-1)
+    affinity_row, affinity_col = affinity.split([width, height - 1], dim=-1)
 
-    # Aggregate: out(i, j) = sum_j' A_row * v(i, j') + sum_n A_col * v(i'_n, j)
+    # Aggregate: out(i, j) = sum_j' A_row v(i, j') + sum_i' A_col v(i', j).
+    # The column weights go back onto all H rows, 0 on the centre (the row holds it):
+    # gathering the values instead would copy v H-1 times, (B, C, H, H-1, W), and
+    # autograd would keep that copy for backward.
+    affinity_col = affinity.new_zeros(batch, height, width, height).scatter(-1, index, affinity_col)
+    # (B, H, W, H)
     out_row = torch.einsum("bijk,bcik->bcij", affinity_row, value)  # (B, C, H, W)
-    value_col = value[:, :, others, :]  # (B, C, H, H-1, W): value_col[b,c,i,n,j] = v(i'_n, j)
-    out_col = torch.einsum("bijn,bcinj->bcij", affinity_col, value_col)  # (B, C, H, W)
+    out_col = torch.einsum("bijk,bckj->bcij", affinity_col, value)  # (B, C, H, W)
     return out_row + out_col, affinity
 
 

@@ -83,7 +83,7 @@ def test_nonlocal_flops_equal_closed_form(shape):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("recurrence", [1, 2, 3])
 def test_reference_rcca_flops_equal_closed_form_plus_duplicate_centre(shape, recurrence):
-    # The readable CCA computes H column energies and drops the centre: +2 B N C' per loop.
+    # The readable CCA handles the centre twice in the column: +2 B N (C' + C) per loop.
     b, c, cq, h, w = shape
     x = torch.randn(b, c, h, w)
     module = RecurrentCrissCrossAttention(c, recurrence, qk_channels=cq, impl="reference")
@@ -91,7 +91,7 @@ def test_reference_rcca_flops_equal_closed_form_plus_duplicate_centre(shape, rec
     split = flops_by_kind(module, x)
     assert split["projections"] == expected["projections"]
     assert split["attention"] == expected["attention"] + recurrence * duplicate_centre_flops(
-        h, w, cq, b
+        h, w, cq, c, b
     )
 
 
@@ -168,7 +168,8 @@ def test_paper_setting_flops_claim():
     dense = count_flops(NonLocal2d(512, 64).to("meta"), x)
     rcca = count_flops(RecurrentCrissCrossAttention(512, 2, 64).to("meta"), x)
     assert dense == nonlocal_flops(97, 97, 512, 64)["total"]
-    assert rcca == rcca_flops(97, 97, 512, 64, 2)["total"] + 2 * duplicate_centre_flops(97, 97, 64)
+    duplicate = 2 * duplicate_centre_flops(97, 97, 64, 512)
+    assert rcca == rcca_flops(97, 97, 512, 64, 2)["total"] + duplicate
     assert 0.84 < 1 - rcca / dense < 0.86
 
 

@@ -31,10 +31,12 @@ per call (``custom_mapping``), so nothing breaks when the operator is not built.
 Why the readable criss-cross attention measures slightly *more* than the
 closed form: :func:`ccnet_edu.functional.criss_cross_attention_reference`
 computes the column energies over all ``H`` rows and then drops the centre
-with a gather (the centre is already in the row part).  The counter sees the
-``H`` energies, so the measured count is the closed form plus the ``2 N C'``
-FLOPs of the duplicated centre energy (0.5% at 97 x 97).  The tests check
-that relation exactly rather than hiding it.
+with a gather (the centre is already in the row part), and aggregates the
+column over all ``H`` rows with a weight of 0 on the centre (cheaper in memory
+than gathering the values).  The counter sees those ``H`` entries, so the
+measured count is the closed form plus ``2 N (C' + C)`` FLOPs spent on the
+centre a second time (0.5% at 97 x 97).  The tests check that relation
+exactly rather than hiding it.
 """
 
 from __future__ import annotations
@@ -335,9 +337,13 @@ def issa_flops(
     return out
 
 
-def duplicate_centre_flops(height: int, width: int, qk_channels: int, batch: int = 1) -> int:
-    """FLOPs the readable CCA spends on the centre energy twice: ``2 B H W C'``.
+def duplicate_centre_flops(
+    height: int, width: int, qk_channels: int, value_channels: int, batch: int = 1
+) -> int:
+    """FLOPs the readable CCA spends on the centre a second time: ``2 B H W (C' + C)``.
 
-    See the module docstring; measured(reference) = closed form + this, per loop.
+    ``2 B H W C'`` for the centre energy computed in the column too, and
+    ``2 B H W C`` for the column aggregation's zero-weight centre term.  See the
+    module docstring; measured(reference) = closed form + this, per loop.
     """
-    return 2 * batch * height * width * qk_channels
+    return 2 * batch * height * width * (qk_channels + value_channels)
