@@ -114,6 +114,15 @@ void transpose_line(T* dst, const scalar_t* src, int64_t stride, int64_t count, 
     for (int64_t c = 0; c < channels; ++c) dst[c * count + t] = static_cast<T>(src[t * stride + c]);
 }
 
+// Same, from a tensor of any strides: dst[c * count + t] = src[t * pixel_stride + c * channel_stride].
+template <typename T, typename scalar_t>
+void gather_panel(T* dst, const scalar_t* src, int64_t pixel_stride, int64_t channel_stride,
+                  int64_t count, int64_t channels) {
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t t = 0; t < count; ++t)
+      dst[c * count + t] = static_cast<T>(src[t * pixel_stride + c * channel_stride]);
+}
+
 // The column slots of column j as a dense (H, H) matrix with a zero diagonal:
 // dense[i * H + i2] = w[pixel (i, j), slot of row i2].  The centre belongs to the
 // row part, so its zero adds nothing to the column products.
@@ -201,9 +210,13 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
 
 // -------------------------------------------------------------- backward
 
+// value is read through its own strides (sv = its B, C, H, W strides): it only
+// enters as transposed (C, line) panels, so the backward needs no channels-last
+// copy of it -- one full-size buffer less at the memory peak of training.
 template <typename scalar_t>
 void backward_lines(const scalar_t* go, const scalar_t* ga, const scalar_t* att,
-                    const scalar_t* q, const scalar_t* k, const scalar_t* v, acc_t<scalar_t>* g,
+                    const scalar_t* q, const scalar_t* k, const scalar_t* v,
+                    const int64_t* sv, acc_t<scalar_t>* g,
                     acc_t<scalar_t>* dq, acc_t<scalar_t>* dk, acc_t<scalar_t>* dv, int64_t B,
                     int64_t H, int64_t W, int64_t Ck, int64_t Cv) {
   using T = acc_t<scalar_t>;
@@ -214,7 +227,7 @@ void backward_lines(const scalar_t* go, const scalar_t* ga, const scalar_t* att,
     std::vector<T> vt(Cv * H), e(H * H);
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / W, j = line % W, col = pixel(b, 0, j, H, W);
-      transpose_line(vt.data(), v + col * Cv, W * Cv, H, Cv);  // (C, H)
+      gather_panel(vt.data(), v + b * sv[0] + j * sv[3], sv[2], sv[1], H, Cv);  // (C, H)
       line_matmul(e.data(), H, false, go + col * Cv, W * Cv, 1, vt.data(), H, H, H, Cv);
       for (int64_t i = 0; i < H; ++i)
         for (int64_t n = 0; n + 1 < H; ++n)
@@ -227,7 +240,8 @@ void backward_lines(const scalar_t* go, const scalar_t* ga, const scalar_t* att,
     std::vector<T> vt(Cv * W);
     for (int64_t line = begin; line < end; ++line) {
       const int64_t row = pixel(line / H, line % H, 0, H, W);
-      transpose_line(vt.data(), v + row * Cv, Cv, W, Cv);  // (C, W)
+      const scalar_t* v_row = v + (line / H) * sv[0] + (line % H) * sv[2];
+      gather_panel(vt.data(), v_row, sv[3], sv[1], W, Cv);  // (C, W)
       line_matmul(g + row * L, L, false, go + row * Cv, Cv, 1, vt.data(), W, W, W, Cv);
       for (int64_t u = row; u < row + W; ++u) {
         if (ga != nullptr)
@@ -263,11 +277,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& value_in) {
   check_inputs(query_in, key_in, value_in);
   const auto query = channels_last(query_in), key = channels_last(key_in),
-             value = channels_last(value_in), grad_out = channels_last(grad_out_in);
+             grad_out = channels_last(grad_out_in);
+  const auto& value = value_in;  // read through its strides, see backward_lines
   const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
   const int64_t H = query.size(2), W = query.size(3), L = H + W - 1;
   const auto dtype = query.scalar_type(), acc = acc_scalar_type(dtype);
   check_backward(grad_out, attention_in, query, value);
+  const int64_t sv[4] = {value.stride(0), value.stride(1), value.stride(2), value.stride(3)};
   const auto attention = attention_in.to(dtype).contiguous();
   at::Tensor grad_att;
   if (grad_att_in.has_value() && grad_att_in->defined())
@@ -283,7 +299,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
         grad_out.const_data_ptr<scalar_t>(),
         grad_att.defined() ? grad_att.const_data_ptr<scalar_t>() : nullptr,
         attention.const_data_ptr<scalar_t>(), query.const_data_ptr<scalar_t>(),
-        key.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(), g.data_ptr<T>(),
+        key.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(), sv, g.data_ptr<T>(),
         grad_query.data_ptr<T>(), grad_key.data_ptr<T>(), grad_value.data_ptr<T>(), B, H, W, Ck,
         Cv);
   });

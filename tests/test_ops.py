@@ -94,6 +94,26 @@ def test_matches_reference(shape, dtype, path):
         _assert_close(grad, want, dtype, scale=max(1.0, want.abs().max().item()))
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_any_input_layout(layout):
+    """Channels-last and non-contiguous inputs (the backward reads value through its strides)."""
+    query, key, value = _inputs((2, 3, 6, 5, 7), torch.float64)
+    if layout == "channels_last":
+        query, key, value = (
+            t.contiguous(memory_format=torch.channels_last) for t in (query, key, value)
+        )
+    else:
+        value = torch.randn(2, 12, 5, 7, dtype=torch.float64)[:, ::2]  # channel stride 2HW
+    grad_out = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    grad_att = torch.randn(2, 5, 7, 11, dtype=torch.float64)
+    expected = _reference_with_grads(query, key, value, grad_out, grad_att)
+    for path in ("fast", "portable"):
+        out, att = FORWARD[path](query, key, value)
+        grads = BACKWARD[path](grad_out, grad_att, att, query, key, value)
+        for got, want in zip((out, att, *grads), expected, strict=True):
+            _assert_close(got, want, torch.float64)
+
+
 def test_autograd_through_registered_formula():
     """``ops.criss_cross_attention`` differentiates through ``register_autograd``."""
     query, key, value = (t.requires_grad_() for t in _inputs((2, 3, 6, 4, 7), torch.float64))

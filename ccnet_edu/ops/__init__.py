@@ -137,12 +137,6 @@ def criss_cross_attention(
             f"impl='fused': the criss-cross operator is not available on "
             f"{query.device.type}: {reason}"
         )
-    # The kernels work on per-pixel vectors. Converting here, once, means the
-    # tensors autograd saves are already channels-last and the backward does
-    # not copy them a second time (the op's own conversion is then a no-op).
-    query, key, value = (
-        t.contiguous(memory_format=torch.channels_last) for t in (query, key, value)
-    )
     return torch.ops.ccnet_edu.criss_cross_attention(query, key, value)
 
 
