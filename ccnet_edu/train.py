@@ -61,10 +61,12 @@ __all__ = [
     "SHIPPED",
 ]
 
-# The command that produces the checkpoints in ccnet_edu/checkpoints/ (each
-# checkpoint also records, in ``meta["command"]``, the exact command that made
-# it; the shipped ones were made by two processes running side by side, each
-# with ``--all --names ...`` for half of the models, which gives the same result).
+# The command that produces the checkpoints in ccnet_edu/checkpoints/; with
+# ``--seed 1`` it writes the ``*_seed1`` set.  Each checkpoint also records,
+# in ``meta["command"]``, the exact command that made it: the seed-0 set was
+# made by two processes side by side, each ``--all --seed 0 --threads 1
+# --names ...`` for half of the models (the same result: every model is
+# trained from its own seed), the seed-1 set by ``--all --seed 1 --threads 1``.
 CHECKPOINT_COMMAND = "python -m ccnet_edu.train --all --seed 0"
 # name -> (head, use the category consistent loss)
 SHIPPED = {
