@@ -31,7 +31,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # pytest exits 5 when it collected no test: that is a failure here, never a silent success.
 # $(call pytest,ARGS...) runs pytest and explains exit code 5; any other failure passes through.
 define pytest
-rc=0; $(PY) -m pytest $(1) || rc=$$?; \
+echo "pytest $(1)"; rc=0; $(PY) -m pytest $(1) || rc=$$?; \
 if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests for: $(1)" >&2; fi; \
 exit $$rc
 endef
@@ -82,14 +82,14 @@ ops: venv
 	$(PY) -m ccnet_edu.ops build
 
 unit: venv
-	$(call pytest,tests/ --ignore=tests/test_book_render.py -p no:cacheprovider)
+	@$(call pytest,tests/ --ignore=tests/test_book_render.py -p no:cacheprovider)
 
 nbval: venv
-	$(call pytest,--nbval --nbval-current-env -p no:cacheprovider notebooks/)
+	@$(call pytest,--nbval --nbval-current-env -p no:cacheprovider notebooks/)
 
 # Needs the built book and Chromium; in `make test` a missing one is an error, not a skip.
 render: venv
-	export BOOK_RENDER_REQUIRED=1; $(call pytest,tests/test_book_render.py -p no:cacheprovider -v)
+	@export BOOK_RENDER_REQUIRED=1; $(call pytest,tests/test_book_render.py -p no:cacheprovider -v)
 
 test: venv
 	$(MAKE) --no-print-directory lint
