@@ -606,11 +606,14 @@ def explorer(
 
             return click
 
+        # One layout and one style shared by every cell: a widget model each would triple
+        # the widget state a notebook stores (and the book embeds).
+        cell_layout = widgets.Layout(width="14px", height="14px", padding="0")
+        cell_style = widgets.ButtonStyle()
         cells = []
         for i in range(h):
             for j in range(w):
-                b = widgets.Button(layout=widgets.Layout(width="14px", height="14px", padding="0"),
-                                   tooltip=f"({i}, {j})")
+                b = widgets.Button(layout=cell_layout, style=cell_style, tooltip=f"({i}, {j})")
                 b.on_click(pick(i, j))
                 cells.append(b)
         grid_box = widgets.GridBox(
