@@ -83,20 +83,110 @@ inline void run_tile<6, 16, float, float, float>(float* out, int64_t o_r, bool a
 }
 #endif
 
+// ------------------------------------------------------------ softmax
+
+// The softmax of the forward runs over H + W - 1 energies per pixel, one expf
+// each: ~1.8 M calls at 97 x 97, ~8% of the forward through libm.  For float
+// the CPU computes it eight lanes at a time with the classic Cephes exp
+// (range reduction by ln 2, degree-5 polynomial, 2^n built in the exponent
+// bits; ~1 ulp, well inside the tests' float tolerance).  Other types use the
+// shared scalar softmax_row of cca_common.h.
+template <typename T>
+inline void softmax_line(T* e, int64_t n) {
+  softmax_row(e, n);
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+inline __m256 exp256(__m256 x) {
+  // min/max with x as the second operand: a NaN energy stays NaN (minps
+  // returns its second operand when either is NaN).
+  x = _mm256_max_ps(_mm256_set1_ps(-87.3365447505531f), _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), x));
+  // x = n ln2 + r, |r| <= ln2 / 2; ln 2 split in two so n * ln2 is exact.
+  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f),
+                                                   _mm256_set1_ps(0.5f)));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i pow2n = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2n));
+}
+
+inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+template <>
+inline void softmax_line<float>(float* e, int64_t n) {
+  const int64_t n8 = n - n % 8;
+  float m = e[0];
+  for (int64_t l = n8; l < n; ++l) m = e[l] > m ? e[l] : m;
+  if (n8 > 0) {
+    __m256 mv = _mm256_loadu_ps(e);
+    for (int64_t l = 8; l < n8; l += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(e + l));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    m = std::max(m, _mm_cvtss_f32(h));
+  }
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256 sv = _mm256_setzero_ps();
+  for (int64_t l = 0; l < n8; l += 8) {
+    const __m256 x = exp256(_mm256_sub_ps(_mm256_loadu_ps(e + l), mv));
+    _mm256_storeu_ps(e + l, x);
+    sv = _mm256_add_ps(sv, x);
+  }
+  float sum = hsum256(sv);
+  for (int64_t l = n8; l < n; ++l) {
+    e[l] = cca_exp(e[l] - m);
+    sum += e[l];
+  }
+  const float inv = 1.0f / sum;
+  const __m256 iv = _mm256_set1_ps(inv);
+  for (int64_t l = 0; l < n8; l += 8) _mm256_storeu_ps(e + l, _mm256_mul_ps(_mm256_loadu_ps(e + l), iv));
+  for (int64_t l = n8; l < n; ++l) e[l] *= inv;
+}
+#endif
+
 // out[r * o_r + x] (+)= sum_k a[r * a_r + k * a_k] * b[k * b_k + x]   for r < rows, x < cols.
 // Column blocks outside, row blocks inside: the (n x 16) panel of b stays in L1
 // while every row block of a streams past it.
+//
+// The panel is packed first (n rows of 16 contiguous values) whenever several
+// row blocks will read it: in place its rows sit b_k apart, and b_k is a
+// multiple of 2 KiB for the value and gradient lines (C = 512, or W * C for a
+// column), so all n rows of the panel fall into the same couple of L1 sets and
+// evict each other -- every tile then re-reads its panel from L2.
 template <typename T, typename a_t, typename b_t>
 void line_matmul(T* out, int64_t o_r, bool add, const a_t* a, int64_t a_r, int64_t a_k,
                  const b_t* b, int64_t b_k, int64_t rows, int64_t cols, int64_t n) {
   constexpr int R = 6, X = 16;
+  thread_local std::vector<b_t> panel;
+  const bool pack = rows >= 2 * R && b_k != X;
+  if (pack && panel.size() < static_cast<size_t>(n * X)) panel.resize(n * X);
   int64_t x = 0;
   for (; x + X <= cols; x += X) {
+    const b_t* bx = b + x;
+    int64_t bx_k = b_k;
+    if (pack) {
+      for (int64_t k = 0; k < n; ++k)
+        for (int c = 0; c < X; ++c) panel[k * X + c] = b[k * b_k + x + c];  // 16: no memmove call
+      bx = panel.data();
+      bx_k = X;
+    }
     int64_t r = 0;
     for (; r + R <= rows; r += R)
-      run_tile<R, X>(out + r * o_r + x, o_r, add, a + r * a_r, a_r, a_k, b + x, b_k, n);
+      run_tile<R, X>(out + r * o_r + x, o_r, add, a + r * a_r, a_r, a_k, bx, bx_k, n);
     for (; r < rows; ++r)
-      run_tile<1, X>(out + r * o_r + x, o_r, add, a + r * a_r, a_r, a_k, b + x, b_k, n);
+      run_tile<1, X>(out + r * o_r + x, o_r, add, a + r * a_r, a_r, a_k, bx, bx_k, n);
   }
   for (; x < cols; ++x) {
     int64_t r = 0;
@@ -123,6 +213,23 @@ void gather_panel(T* dst, const scalar_t* src, int64_t pixel_stride, int64_t cha
       dst[c * count + t] = static_cast<T>(src[t * pixel_stride + c * channel_stride]);
 }
 
+// dst[t * channels + c] = src[t * pixel_stride + c * channel_stride]: one line of a
+// tensor of any strides into channels-last order.  Eight channels at a time, so
+// the reads are eight streams along the line (contiguous for NCHW) and every
+// write fills 8 consecutive channels.
+template <typename scalar_t>
+void scatter_row(scalar_t* dst, const scalar_t* src, int64_t pixel_stride,
+                 int64_t channel_stride, int64_t count, int64_t channels) {
+  int64_t c = 0;
+  for (; c + 8 <= channels; c += 8)
+    for (int64_t t = 0; t < count; ++t)
+      for (int64_t cc = 0; cc < 8; ++cc)
+        dst[t * channels + c + cc] = src[t * pixel_stride + (c + cc) * channel_stride];
+  for (; c < channels; ++c)
+    for (int64_t t = 0; t < count; ++t)
+      dst[t * channels + c] = src[t * pixel_stride + c * channel_stride];
+}
+
 // The column slots of column j as a dense (H, H) matrix with a zero diagonal:
 // dense[i * H + i2] = w[pixel (i, j), slot of row i2].  The centre belongs to the
 // row part, so its zero adds nothing to the column products.
@@ -142,9 +249,16 @@ inline int64_t line_grain(int64_t fmas_per_line) {
 
 // -------------------------------------------------------------- forward
 
+// v is the channels-last value the sweeps read.  When the caller's value is not
+// channels-last, v_src (with strides sv) is that value and v is an empty buffer
+// of the same size: the row sweep fills each row of v from v_src right before
+// it uses it, so the row is transposed while it is in L2 and read from there,
+// instead of a separate whole-tensor copy (~15% of the forward) that goes
+// through memory twice.  The column sweep then reads the finished v.
 template <typename scalar_t>
-void forward_lines(const scalar_t* q, const scalar_t* k, const scalar_t* v, acc_t<scalar_t>* att,
-                   acc_t<scalar_t>* out, int64_t B, int64_t H, int64_t W, int64_t Ck, int64_t Cv) {
+void forward_lines(const scalar_t* q, const scalar_t* k, const scalar_t* v_src, const int64_t* sv,
+                   scalar_t* v, acc_t<scalar_t>* att, acc_t<scalar_t>* out, int64_t B, int64_t H,
+                   int64_t W, int64_t Ck, int64_t Cv) {
   using T = acc_t<scalar_t>;
   const int64_t L = H + W - 1;
 
@@ -170,7 +284,10 @@ void forward_lines(const scalar_t* q, const scalar_t* k, const scalar_t* v, acc_
       const int64_t row = pixel(line / H, line % H, 0, H, W);
       transpose_line(kt.data(), k + row * Ck, Ck, W, Ck);  // (C', W)
       line_matmul(att + row * L, L, false, q + row * Ck, Ck, 1, kt.data(), W, W, W, Ck);
-      for (int64_t j = 0; j < W; ++j) softmax_row(att + (row + j) * L, L);
+      for (int64_t j = 0; j < W; ++j) softmax_line(att + (row + j) * L, L);
+      if (v_src != nullptr)  // this row of the channels-last value, see above
+        scatter_row(v + row * Cv, v_src + (line / H) * sv[0] + (line % H) * sv[2], sv[3], sv[1],
+                    W, Cv);
       // out(i, j) = sum_j2 A[(i, j), j2] v(i, j2)
       line_matmul(out + row * Cv, Cv, false, att + row * L, L, 1, v + row * Cv, Cv, W, Cv, W);
     }
@@ -192,8 +309,16 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
                                                const at::Tensor& key_in,
                                                const at::Tensor& value_in) {
   check_inputs(query_in, key_in, value_in);
-  const auto query = channels_last(query_in), key = channels_last(key_in),
-             value = channels_last(value_in);
+  const auto query = channels_last(query_in), key = channels_last(key_in);
+  const auto& value_src = value_in;
+  // A value that is channels-last already is read in place; any other is
+  // transposed row by row inside the row sweep (see forward_lines).
+  const bool in_place = value_src.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const auto value = in_place ? value_src
+                              : empty_channels_last(value_src, value_src.size(1),
+                                                    value_src.scalar_type());
+  const int64_t sv[4] = {value_src.stride(0), value_src.stride(1), value_src.stride(2),
+                         value_src.stride(3)};
   const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
   const int64_t H = query.size(2), W = query.size(3), L = H + W - 1;
   const auto dtype = query.scalar_type(), acc = acc_scalar_type(dtype);
@@ -202,8 +327,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cca_forward_cpu", [&] {
     using T = acc_t<scalar_t>;
     forward_lines<scalar_t>(query.const_data_ptr<scalar_t>(), key.const_data_ptr<scalar_t>(),
-                            value.const_data_ptr<scalar_t>(), att.data_ptr<T>(),
-                            out.data_ptr<T>(), B, H, W, Ck, Cv);
+                            in_place ? nullptr : value_src.const_data_ptr<scalar_t>(), sv,
+                            value.data_ptr<scalar_t>(),
+                            att.data_ptr<T>(), out.data_ptr<T>(), B, H, W, Ck, Cv);
   });
   return {out.to(dtype), att.to(dtype)};
 }

@@ -114,6 +114,28 @@ def test_any_input_layout(layout):
             _assert_close(got, want, torch.float64)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_float32_softmax_and_value_layouts(layout):
+    """float32 fast path: the vectorised softmax (8 lanes + a tail of L % 8 energies,
+    large energies, exp underflow to ~0) and the value read in place, transposed row
+    by row from NCHW, or through arbitrary strides, all against float64."""
+    query, key, value = _inputs((2, 6, 20, 9, 12), torch.float64)  # L = 20: 2 x 8 + 4
+    query, key = query * 4, key * 4  # energies of order +-100: many weights underflow
+    if layout == "channels_last":
+        value = value.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        value = torch.randn(2, 40, 12, 9, dtype=torch.float64)[:, ::2].transpose(2, 3)
+    q, k, v = (t.float() for t in (query, key, value))
+    assert v.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    ref_out, ref_att = Fn.criss_cross_attention_reference(q.double(), k.double(), v.double())
+    out, att = torch.ops.ccnet_edu.criss_cross_attention(q, k, v)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.isfinite(att).all() and (att >= 0).all()
+    torch.testing.assert_close(att.double(), ref_att, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(att.sum(-1), torch.ones_like(att[..., 0]), rtol=0, atol=1e-5)
+
+
 def test_autograd_through_registered_formula():
     """``ops.criss_cross_attention`` differentiates through ``register_autograd``."""
     query, key, value = (t.requires_grad_() for t in _inputs((2, 3, 6, 4, 7), torch.float64))
