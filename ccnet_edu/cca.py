@@ -150,6 +150,13 @@ class RecurrentCrissCrossAttention(nn.Module):
         return f"recurrence={self.recurrence}"
 
 
+def _mid_channels(in_channels: int, mid_channels: int | None) -> int:
+    """The heads' reduced width: ``mid_channels``, or ``in_channels // 4`` (at least 1)."""
+    if mid_channels is None:
+        mid_channels = max(in_channels // 4, 1)
+    return _check_channels("mid_channels", mid_channels)
+
+
 def _norm(norm: Norm, channels: int) -> nn.Module:
     """``"bn"`` -> BatchNorm2d, ``"none"``/``None`` -> Identity, or call a factory."""
     if callable(norm):
@@ -230,9 +237,7 @@ class RCCAHead(nn.Module):
         super().__init__()
         self.in_channels = _check_channels("in_channels", in_channels)
         _check_channels("num_classes", num_classes)
-        if mid_channels is None:
-            mid_channels = max(in_channels // 4, 1)
-        _check_channels("mid_channels", mid_channels)
+        mid_channels = _mid_channels(in_channels, mid_channels)
         _check_channels("out_channels", out_channels)
 
         self.conva = _conv_norm_act(in_channels, mid_channels, norm, activation)
@@ -295,9 +300,7 @@ class FCNHead(nn.Module):
         super().__init__()
         self.in_channels = _check_channels("in_channels", in_channels)
         _check_channels("num_classes", num_classes)
-        if mid_channels is None:
-            mid_channels = max(in_channels // 4, 1)
-        _check_channels("mid_channels", mid_channels)
+        mid_channels = _mid_channels(in_channels, mid_channels)
         self.conv = _conv_norm_act(in_channels, mid_channels, norm, activation)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(mid_channels, num_classes, kernel_size=1)
