@@ -197,38 +197,58 @@ void line_matmul(T* out, int64_t o_r, bool add, const a_t* a, int64_t a_r, int64
   }
 }
 
-// dst[c * count + t] = src[t * stride + c]: a line of pixel vectors as a (C, count) panel.
-template <typename T, typename scalar_t>
-void transpose_line(T* dst, const scalar_t* src, int64_t stride, int64_t count, int64_t channels) {
-  for (int64_t t = 0; t < count; ++t)
-    for (int64_t c = 0; c < channels; ++c) dst[c * count + t] = static_cast<T>(src[t * stride + c]);
+// dst[x * d_x + r * d_r] (=, or += with kAdd) src[r * s_r + x * s_x] for r < rows,
+// x < cols: every layout change of the operator (a line of pixel vectors into a
+// (C, line) panel, an NCHW row into (W, C), a finished row back into NCHW) is
+// this with other strides.  float with d_r = s_x = 1 goes 8 x 8 blocks at a
+// time through AVX2 registers; everything else element by element, x outer so
+// that r walks along memory on both sides when it can.
+template <bool kAdd = false, typename T, typename S>
+void transpose(T* dst, int64_t d_x, int64_t d_r, const S* src, int64_t s_r, int64_t s_x,
+               int64_t rows, int64_t cols) {
+  for (int64_t x = 0; x < cols; ++x)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T value = static_cast<T>(src[r * s_r + x * s_x]);
+      dst[x * d_x + r * d_r] = kAdd ? dst[x * d_x + r * d_r] + value : value;
+    }
 }
 
-// Same, from a tensor of any strides: dst[c * count + t] = src[t * pixel_stride + c * channel_stride].
-template <typename T, typename scalar_t>
-void gather_panel(T* dst, const scalar_t* src, int64_t pixel_stride, int64_t channel_stride,
-                  int64_t count, int64_t channels) {
-  for (int64_t c = 0; c < channels; ++c)
-    for (int64_t t = 0; t < count; ++t)
-      dst[c * count + t] = static_cast<T>(src[t * pixel_stride + c * channel_stride]);
+#if defined(__AVX2__) && defined(__FMA__)
+// dst + x * d_x holds column x (8 values, r = 0..7) of the 8 rows src + r * s_r.
+template <bool kAdd>
+inline void transpose8x8(float* dst, int64_t d_x, const float* src, int64_t s_r) {
+  __m256 t[8], u[8];
+  for (int r = 0; r < 8; r += 2) {
+    const __m256 a = _mm256_loadu_ps(src + r * s_r), b = _mm256_loadu_ps(src + (r + 1) * s_r);
+    t[r] = _mm256_unpacklo_ps(a, b);      // a0 b0 a1 b1 | a4 b4 a5 b5
+    t[r + 1] = _mm256_unpackhi_ps(a, b);  // a2 b2 a3 b3 | a6 b6 a7 b7
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 0-3 (t[0..3]) and 4-7 (t[4..7])
+    u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int x = 0; x < 8; ++x) {  // u[x % 4] holds columns x and x + 4 of rows 0-3
+    const __m256 column = _mm256_permute2f128_ps(u[x % 4], u[4 + x % 4], x < 4 ? 0x20 : 0x31);
+    float* o = dst + x * d_x;
+    _mm256_storeu_ps(o, kAdd ? _mm256_add_ps(_mm256_loadu_ps(o), column) : column);
+  }
 }
 
-// dst[t * channels + c] = src[t * pixel_stride + c * channel_stride]: one line of a
-// tensor of any strides into channels-last order.  Eight channels at a time, so
-// the reads are eight streams along the line (contiguous for NCHW) and every
-// write fills 8 consecutive channels.
-template <typename scalar_t>
-void scatter_row(scalar_t* dst, const scalar_t* src, int64_t pixel_stride,
-                 int64_t channel_stride, int64_t count, int64_t channels) {
-  int64_t c = 0;
-  for (; c + 8 <= channels; c += 8)
-    for (int64_t t = 0; t < count; ++t)
-      for (int64_t cc = 0; cc < 8; ++cc)
-        dst[t * channels + c + cc] = src[t * pixel_stride + (c + cc) * channel_stride];
-  for (; c < channels; ++c)
-    for (int64_t t = 0; t < count; ++t)
-      dst[t * channels + c] = src[t * pixel_stride + c * channel_stride];
+template <bool kAdd = false>
+void transpose(float* dst, int64_t d_x, int64_t d_r, const float* src, int64_t s_r, int64_t s_x,
+               int64_t rows, int64_t cols) {
+  if (d_r != 1 || s_x != 1) return transpose<kAdd, float, float>(dst, d_x, d_r, src, s_r, s_x, rows, cols);
+  const int64_t r8 = rows - rows % 8, x8 = cols - cols % 8;
+  for (int64_t r = 0; r < r8; r += 8)
+    for (int64_t x = 0; x < x8; x += 8) transpose8x8<kAdd>(dst + x * d_x + r, d_x, src + r * s_r + x, s_r);
+  if (x8 < cols)  // the last columns, all rows
+    transpose<kAdd, float, float>(dst + x8 * d_x, d_x, 1, src + x8, s_r, 1, rows, cols - x8);
+  if (r8 < rows)  // the last rows, the columns done above
+    transpose<kAdd, float, float>(dst + r8, d_x, 1, src + r8 * s_r, s_r, 1, rows - r8, x8);
 }
+#endif
 
 // The column slots of column j as a dense (H, H) matrix with a zero diagonal:
 // dense[i * H + i2] = w[pixel (i, j), slot of row i2].  The centre belongs to the
@@ -267,7 +287,7 @@ void forward_lines(const scalar_t* q, const scalar_t* k, const scalar_t* v_src, 
     std::vector<T> kt(Ck * H), e(H * H);
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / W, j = line % W;
-      transpose_line(kt.data(), k + pixel(b, 0, j, H, W) * Ck, W * Ck, H, Ck);  // (C', H)
+      transpose(kt.data(), H, 1, k + pixel(b, 0, j, H, W) * Ck, W * Ck, 1, H, Ck);  // (C', H)
       line_matmul(e.data(), H, false, q + pixel(b, 0, j, H, W) * Ck, W * Ck, 1, kt.data(), H, H,
                   H, Ck);                                                        // (H, H)
       for (int64_t i = 0; i < H; ++i)
@@ -282,12 +302,12 @@ void forward_lines(const scalar_t* q, const scalar_t* k, const scalar_t* v_src, 
     std::vector<T> kt(Ck * W);
     for (int64_t line = begin; line < end; ++line) {
       const int64_t row = pixel(line / H, line % H, 0, H, W);
-      transpose_line(kt.data(), k + row * Ck, Ck, W, Ck);  // (C', W)
+      transpose(kt.data(), W, 1, k + row * Ck, Ck, 1, W, Ck);  // (C', W)
       line_matmul(att + row * L, L, false, q + row * Ck, Ck, 1, kt.data(), W, W, W, Ck);
       for (int64_t j = 0; j < W; ++j) softmax_line(att + (row + j) * L, L);
       if (v_src != nullptr)  // this row of the channels-last value, see above
-        scatter_row(v + row * Cv, v_src + (line / H) * sv[0] + (line % H) * sv[2], sv[3], sv[1],
-                    W, Cv);
+        transpose(v + row * Cv, Cv, 1, v_src + (line / H) * sv[0] + (line % H) * sv[2], sv[1],
+                  sv[3], Cv, W);
       // out(i, j) = sum_j2 A[(i, j), j2] v(i, j2)
       line_matmul(out + row * Cv, Cv, false, att + row * L, L, 1, v + row * Cv, Cv, W, Cv, W);
     }
@@ -336,98 +356,178 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
 
 // -------------------------------------------------------------- backward
 
-// value is read through its own strides (sv = its B, C, H, W strides): it only
-// enters as transposed (C, line) panels, so the backward needs no channels-last
-// copy of it -- one full-size buffer less at the memory peak of training.
+// The strides of a (B, C, H, W) tensor: the backward reads grad_out and value,
+// and writes the gradients, through them, so it works in the caller's layout
+// (NCHW from a convolution, say) without whole-tensor transposed copies.
+struct Strides {
+  int64_t b, c, i, j;
+  explicit Strides(const at::Tensor& t) : b(t.stride(0)), c(t.stride(1)), i(t.stride(2)), j(t.stride(3)) {}
+  int64_t at(int64_t bb, int64_t i_, int64_t j_) const { return bb * b + i_ * i + j_ * j; }
+};
+
+// Columns are handled in groups of up to kGroup: a column of an NCHW tensor has
+// its pixels W apart, so a column at a time would use 4 bytes of every 64-byte
+// cache line it loads; a group of 8 columns uses 32 of them.
+constexpr int64_t kGroup = 16;
+
+// Ask for the cache lines of n values step apart, from p on (first and last: a
+// group's strip of one NCHW row spans one or two lines).
+template <typename S>
+inline void prefetch_span(const S* p, int64_t n, int64_t step) {
+  __builtin_prefetch(p);
+  __builtin_prefetch(p + (n - 1) * step);
+}
+
+
+// The backward, three sweeps, each writing disjoint pixels (no atomics):
+//   rows   : dA's row half,    g[(i, j), j2] = dout(i, j) . v(i, j2)
+//   columns: dA's column half, then (dA complete) the softmax backward, dA -> dE,
+//            and the column parts of dQ, dK (channels-last scratch) and dV
+//            (written straight into grad_value)
+//   rows   : the row parts of dQ, dK, dV, added; dQ and dK copied out
+// grad_out rows are transposed into a per-thread (W, C) buffer when a sweep
+// needs them, and columns into per-thread panels, a group at a time.
 template <typename scalar_t>
-void backward_lines(const scalar_t* go, const scalar_t* ga, const scalar_t* att,
-                    const scalar_t* q, const scalar_t* k, const scalar_t* v,
-                    const int64_t* sv, acc_t<scalar_t>* g,
-                    acc_t<scalar_t>* dq, acc_t<scalar_t>* dk, acc_t<scalar_t>* dv, int64_t B,
-                    int64_t H, int64_t W, int64_t Ck, int64_t Cv) {
+void backward_lines(const scalar_t* go, const Strides& sgo, const scalar_t* ga,
+                    const scalar_t* att, const scalar_t* q, const scalar_t* k, const scalar_t* v,
+                    const Strides& sv, acc_t<scalar_t>* g, acc_t<scalar_t>* dq_cl,
+                    acc_t<scalar_t>* dk_cl, acc_t<scalar_t>* dq, const Strides& sdq,
+                    acc_t<scalar_t>* dk, const Strides& sdk, acc_t<scalar_t>* dv,
+                    const Strides& sdv, acc_t<scalar_t>* scratch, int64_t B, int64_t H,
+                    int64_t W, int64_t Ck, int64_t Cv) {
   using T = acc_t<scalar_t>;
   const int64_t L = H + W - 1;
 
-  // Column half of dA: g[(i, j), slot of i2] = dout(i, j) . v(i2, j)
-  at::parallel_for(0, B * W, line_grain(H * H * Cv), [&](int64_t begin, int64_t end) {
-    std::vector<T> vt(Cv * H), e(H * H);
+  // Rows: row half of dA, and the row part of dV, which needs only A and dout.
+  at::parallel_for(0, B * H, line_grain(2 * W * W * Cv), [&](int64_t begin, int64_t end) {
+    std::vector<T> vt(sv.j == 1 ? 0 : Cv * W), go_row(W * Cv), dv_row(W * Cv);
     for (int64_t line = begin; line < end; ++line) {
-      const int64_t b = line / W, j = line % W, col = pixel(b, 0, j, H, W);
-      gather_panel(vt.data(), v + b * sv[0] + j * sv[3], sv[2], sv[1], H, Cv);  // (C, H)
-      line_matmul(e.data(), H, false, go + col * Cv, W * Cv, 1, vt.data(), H, H, H, Cv);
-      for (int64_t i = 0; i < H; ++i)
-        for (int64_t n = 0; n + 1 < H; ++n)
-          g[pixel(b, i, j, H, W) * L + W + n] = e[i * H + column_row(n, i)];
-    }
-  });
-
-  // Rows: row half of dA, softmax backward (g becomes dE), row parts of the gradients.
-  at::parallel_for(0, B * H, line_grain(W * W * (2 * Ck + 2 * Cv)), [&](int64_t begin, int64_t end) {
-    std::vector<T> vt(Cv * W);
-    for (int64_t line = begin; line < end; ++line) {
-      const int64_t row = pixel(line / H, line % H, 0, H, W);
-      const scalar_t* v_row = v + (line / H) * sv[0] + (line % H) * sv[2];
-      gather_panel(vt.data(), v_row, sv[3], sv[1], W, Cv);  // (C, W)
-      line_matmul(g + row * L, L, false, go + row * Cv, Cv, 1, vt.data(), W, W, W, Cv);
-      for (int64_t u = row; u < row + W; ++u) {
-        if (ga != nullptr)
-          for (int64_t l = 0; l < L; ++l) g[u * L + l] += static_cast<T>(ga[u * L + l]);
-        softmax_backward_row(att + u * L, g + u * L, L);
+      const int64_t b = line / H, i = line % H, row = pixel(b, i, 0, H, W);
+      transpose(go_row.data(), Cv, 1, go + sgo.at(b, i, 0), sgo.c, sgo.j, Cv, W);  // (W, C)
+      // dA(i, j)[j2] = dout(i, j) . v(i, j2), v's row as a (C, W) panel: an NCHW
+      // row is one already (line_matmul packs it), any other is copied into one.
+      if (sv.j == 1) {
+        line_matmul(g + row * L, L, false, go_row.data(), Cv, 1, v + sv.at(b, i, 0), sv.c, W, W,
+                    Cv);
+      } else {
+        transpose(vt.data(), W, 1, v + sv.at(b, i, 0), sv.j, sv.c, W, Cv);
+        line_matmul(g + row * L, L, false, go_row.data(), Cv, 1, vt.data(), W, W, W, Cv);
       }
-      // dq(i, j) = sum_j2 dE[(i, j), j2] k(i, j2)
-      line_matmul(dq + row * Ck, Ck, false, g + row * L, L, 1, k + row * Ck, Ck, W, Ck, W);
-      // dk(i, j2) = sum_j dE[(i, j), j2] q(i, j)       (a transposed: a_r = 1, a_k = L)
-      line_matmul(dk + row * Ck, Ck, false, g + row * L, 1, L, q + row * Ck, Ck, W, Ck, W);
-      // dv(i, j2) = sum_j A[(i, j), j2] dout(i, j)
-      line_matmul(dv + row * Cv, Cv, false, att + row * L, 1, L, go + row * Cv, Cv, W, Cv, W);
+      // dv(i, j2) = sum_j A[(i, j), j2] dout(i, j)       (a transposed: a_r = 1, a_k = L)
+      line_matmul(dv_row.data(), Cv, false, att + row * L, 1, L, go_row.data(), Cv, W, Cv, W);
+      transpose(dv + sdv.at(b, i, 0), sdv.c, sdv.j, dv_row.data(), Cv, 1, W, Cv);
     }
   });
 
-  // Columns: the column parts, through dense (H, H) matrices with a zero diagonal.
-  at::parallel_for(0, B * W, line_grain(H * H * (2 * Ck + Cv)), [&](int64_t begin, int64_t end) {
-    std::vector<T> de(H * H), da(H * H);
+  // Columns, in groups: column half of dA, softmax backward, column parts.
+  // Panels 64 bytes more than C x H apart: C x H x 4 bytes is often a multiple of
+  // 2 KiB, and 16 store streams that far apart would alias in the L1 and the
+  // store buffer (4K aliasing).
+  const int64_t panel = Cv * H + 16;
+  at::parallel_for(0, B * W, line_grain(H * H * (2 * Cv + 2 * Ck)), [&](int64_t begin, int64_t end) {
+    T* vt = scratch + at::get_thread_num() * 2 * kGroup * panel;
+    T* go_col = vt + kGroup * panel;
+    std::vector<T> e(H * H), da(H * H);
+    for (int64_t first = begin; first < end;) {
+      const int64_t b = first / W, j0 = first % W;
+      const int64_t n_cols = std::min({kGroup, end - first, W - j0});
+      // Column j0 + jj of v as a (C, H) panel, of dout as (H, C), at jj * panel.
+      // Walking an NCHW tensor down its columns, every load is a new cache line
+      // the hardware prefetcher does not predict: the loop asks for the lines
+      // it will need a few steps ahead (~40% less time for these copies).
+      const scalar_t* v0 = v + sv.at(b, 0, j0);
+      for (int64_t c = 0; c < Cv; ++c) {
+        if (c + 2 < Cv)
+          for (int64_t t = 0; t < H; ++t) prefetch_span(v0 + (c + 2) * sv.c + t * sv.i, n_cols, sv.j);
+        transpose(vt + c * H, panel, 1, v0 + c * sv.c, sv.i, sv.j, H, n_cols);
+      }
+      for (int64_t c0 = 0; c0 < Cv; c0 += 8)  // 8 channels at a time, down the column
+        for (int64_t i = 0; i < H; ++i) {
+          const int64_t channels = std::min<int64_t>(8, Cv - c0);
+          if (i + 6 < H)
+            for (int64_t c = c0; c < c0 + channels; ++c)
+              prefetch_span(go + sgo.at(b, i + 6, j0) + c * sgo.c, n_cols, sgo.j);
+          transpose(go_col + i * Cv + c0, panel, 1, go + sgo.at(b, i, j0) + c0 * sgo.c, sgo.c,
+                    sgo.j, channels, n_cols);
+        }
+      for (int64_t jj = 0; jj < n_cols; ++jj) {
+        const int64_t j = j0 + jj, col = pixel(b, 0, j, H, W);
+        T* go_j = go_col + jj * panel;
+        T* dv_j = vt + jj * panel;  // (H, C), reuses the panel of v once it is read
+        line_matmul(e.data(), H, false, go_j, Cv, 1, vt + jj * panel, H, H, H, Cv);
+        for (int64_t i = 0; i < H; ++i) {
+          const int64_t u = col + i * W;
+          for (int64_t n = 0; n + 1 < H; ++n) g[u * L + W + n] = e[i * H + column_row(n, i)];
+          if (ga != nullptr)
+            for (int64_t l = 0; l < L; ++l) g[u * L + l] += static_cast<T>(ga[u * L + l]);
+          softmax_backward_row(att + u * L, g + u * L, L);
+        }
+        dense_column(e.data(), g + col * L, W * L, H, W);  // dE's column slots, (H, H)
+        dense_column(da.data(), att + col * L, W * L, H, W);
+        line_matmul(dq_cl + col * Ck, W * Ck, false, e.data(), H, 1, k + col * Ck, W * Ck, H, Ck, H);
+        line_matmul(dk_cl + col * Ck, W * Ck, false, e.data(), 1, H, q + col * Ck, W * Ck, H, Ck, H);
+        line_matmul(dv_j, Cv, false, da.data(), 1, H, go_j, Cv, H, Cv, H);
+      }
+      for (int64_t i = 0; i < H; ++i) {  // the group's column parts of dv, added to grad_value
+        if (i + 2 < H)
+          for (int64_t c = 0; c < Cv; ++c) prefetch_span(dv + sdv.at(b, i + 2, j0) + c * sdv.c, n_cols, sdv.j);
+        transpose<true>(dv + sdv.at(b, i, j0), sdv.c, sdv.j, vt + i * Cv, panel, 1, n_cols, Cv);
+      }
+      first += n_cols;
+    }
+  });
+
+  // Rows: the row parts of dQ and dK, added to the column parts.
+  at::parallel_for(0, B * H, line_grain(2 * W * W * Ck), [&](int64_t begin, int64_t end) {
     for (int64_t line = begin; line < end; ++line) {
-      const int64_t col = pixel(line / W, 0, line % W, H, W);
-      dense_column(de.data(), g + col * L, W * L, H, W);
-      dense_column(da.data(), att + col * L, W * L, H, W);
-      line_matmul(dq + col * Ck, W * Ck, true, de.data(), H, 1, k + col * Ck, W * Ck, H, Ck, H);
-      line_matmul(dk + col * Ck, W * Ck, true, de.data(), 1, H, q + col * Ck, W * Ck, H, Ck, H);
-      line_matmul(dv + col * Cv, W * Cv, true, da.data(), 1, H, go + col * Cv, W * Cv, H, Cv, H);
+      const int64_t b = line / H, i = line % H, row = pixel(b, i, 0, H, W);
+      // dq(i, j) += sum_j2 dE[(i, j), j2] k(i, j2)
+      line_matmul(dq_cl + row * Ck, Ck, true, g + row * L, L, 1, k + row * Ck, Ck, W, Ck, W);
+      // dk(i, j2) += sum_j dE[(i, j), j2] q(i, j)       (a transposed: a_r = 1, a_k = L)
+      line_matmul(dk_cl + row * Ck, Ck, true, g + row * L, 1, L, q + row * Ck, Ck, W, Ck, W);
+      // The finished row, into the gradients' own layouts.
+      transpose(dq + sdq.at(b, i, 0), sdq.c, sdq.j, dq_cl + row * Ck, Ck, 1, W, Ck);
+      transpose(dk + sdk.at(b, i, 0), sdk.c, sdk.j, dk_cl + row * Ck, Ck, 1, W, Ck);
     }
   });
 }
 
+// Gradients come back in the layout of the inputs they belong to (empty_like:
+// NCHW for NCHW inputs), so autograd does not copy them into it.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
-    const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_att_in,
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_att_in,
     const at::Tensor& attention_in, const at::Tensor& query_in, const at::Tensor& key_in,
-    const at::Tensor& value_in) {
-  check_inputs(query_in, key_in, value_in);
-  const auto query = channels_last(query_in), key = channels_last(key_in),
-             grad_out = channels_last(grad_out_in);
-  const auto& value = value_in;  // read through its strides, see backward_lines
+    const at::Tensor& value) {
+  check_inputs(query_in, key_in, value);
+  check_backward(grad_out, attention_in, query_in, value);
+  const auto query = channels_last(query_in), key = channels_last(key_in);
   const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
   const int64_t H = query.size(2), W = query.size(3), L = H + W - 1;
   const auto dtype = query.scalar_type(), acc = acc_scalar_type(dtype);
-  check_backward(grad_out, attention_in, query, value);
-  const int64_t sv[4] = {value.stride(0), value.stride(1), value.stride(2), value.stride(3)};
   const auto attention = attention_in.to(dtype).contiguous();
   at::Tensor grad_att;
   if (grad_att_in.has_value() && grad_att_in->defined())
     grad_att = grad_att_in->to(dtype).contiguous();
 
-  auto g = at::empty({B, H, W, L}, query.options().dtype(acc));
-  auto grad_query = empty_channels_last(query, Ck, acc);
-  auto grad_key = empty_channels_last(query, Ck, acc);
-  auto grad_value = empty_channels_last(value, Cv, acc);
+  auto g = at::empty({B, H, W, L}, query.options().dtype(acc));  // dA, then dE
+  auto dq_cl = empty_channels_last(query, Ck, acc), dk_cl = empty_channels_last(query, Ck, acc);
+  // The gradients in the layouts of their inputs.
+  auto grad_query = at::empty_like(query_in, query_in.options().dtype(acc));
+  auto grad_key = at::empty_like(key_in, key_in.options().dtype(acc));
+  auto grad_value = at::empty_like(value, value.options().dtype(acc));
+  // Per thread, the column panels of a group of v and of grad_out (a torch
+  // tensor, so that memory measurements see it).
+  auto scratch = at::empty({at::get_num_threads() * 2 * kGroup * (Cv * H + 16)}, g.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cca_backward_cpu", [&] {
     using T = acc_t<scalar_t>;
     backward_lines<scalar_t>(
-        grad_out.const_data_ptr<scalar_t>(),
+        grad_out.const_data_ptr<scalar_t>(), Strides(grad_out),
         grad_att.defined() ? grad_att.const_data_ptr<scalar_t>() : nullptr,
         attention.const_data_ptr<scalar_t>(), query.const_data_ptr<scalar_t>(),
-        key.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(), sv, g.data_ptr<T>(),
-        grad_query.data_ptr<T>(), grad_key.data_ptr<T>(), grad_value.data_ptr<T>(), B, H, W, Ck,
-        Cv);
+        key.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(), Strides(value),
+        g.data_ptr<T>(), dq_cl.data_ptr<T>(), dk_cl.data_ptr<T>(), grad_query.data_ptr<T>(),
+        Strides(grad_query), grad_key.data_ptr<T>(), Strides(grad_key), grad_value.data_ptr<T>(),
+        Strides(grad_value), scratch.data_ptr<T>(), B, H, W, Ck, Cv);
   });
   return {grad_query.to(dtype), grad_key.to(dtype), grad_value.to(dtype)};
 }

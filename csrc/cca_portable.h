@@ -45,6 +45,9 @@ inline void check_backward(const at::Tensor& grad_out, const at::Tensor& attenti
                   attention.size(2) == W && attention.size(3) == H + W - 1,
               "criss_cross_attention_backward: attention must be (B, H, W, H+W-1) = (", B, ", ",
               H, ", ", W, ", ", H + W - 1, "), got ", attention.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == query.scalar_type(),
+              "criss_cross_attention_backward: grad_out must have the dtype of query (",
+              query.scalar_type(), "), got ", grad_out.scalar_type());
   TORCH_CHECK(grad_out.sizes() == value.sizes(),
               "criss_cross_attention_backward: grad_out ", grad_out.sizes(),
               " must have the shape of value ", value.sizes());
@@ -64,6 +67,11 @@ inline at::Tensor empty_channels_last(const at::Tensor& like, int64_t channels,
                                       at::ScalarType dtype) {
   return at::empty({like.size(0), channels, like.size(2), like.size(3)},
                    like.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
+}
+
+// grad as a new tensor with the dtype and the layout (strides) of input.
+inline at::Tensor in_layout_of(const at::Tensor& grad, const at::Tensor& input) {
+  return at::empty_like(input).copy_(grad);
 }
 
 // --------------------------------------------------------- element functors
@@ -183,7 +191,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> portable_backward(
     launch(N * Ck, Scatter<T, T, scalar_t>{grad_key.data_ptr<T>(), gp, q, Ck, B, H, W});
     launch(N * Cv, Scatter<T, scalar_t, scalar_t>{grad_value.data_ptr<T>(), att, go, Cv, B, H, W});
   });
-  return {grad_query.to(dtype), grad_key.to(dtype), grad_value.to(dtype)};
+  // In the layouts of the inputs, as the fake kernel and the CPU operator give them.
+  return {in_layout_of(grad_query, query_in), in_layout_of(grad_key, key_in),
+          in_layout_of(grad_value, value_in)};
 }
 
 }  // namespace ccnet_edu

@@ -15,7 +15,8 @@ Operators (namespace ``ccnet_edu``):
 
 Layouts: ``out`` is (B, C, H, W) stored channels-last (``torch.channels_last``
 strides: the kernels work on per-pixel vectors); ``attention`` is
-(B, H, W, H+W-1) in the layout of :mod:`ccnet_edu.functional`.
+(B, H, W, H+W-1) in the layout of :mod:`ccnet_edu.functional`; the gradients
+of the backward have the layouts of query, key and value.
 """
 
 from __future__ import annotations
@@ -156,12 +157,9 @@ def _fake_forward(query, key, value):
 
 
 def _fake_backward(grad_out, grad_attention, attention, query, key, value):
-    def like(x):
-        return torch.empty(
-            x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last
-        )
-
-    return like(query), like(key), like(value)
+    # Each gradient has its input's layout (NCHW for NCHW inputs), so autograd
+    # need not copy it into that layout.
+    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
 
 def _setup_context(ctx, inputs, output):
