@@ -21,8 +21,17 @@ from ccnet_edu import functional as Fn
 from ccnet_edu import ops
 from ccnet_edu.ops import baselines
 
-# (B, C', C, H, W): odd, non-square, one row, one column, one pixel, batch > 1.
-SHAPES = [(2, 5, 7, 5, 9), (1, 3, 4, 1, 6), (3, 2, 33, 7, 1), (2, 4, 19, 1, 1), (2, 16, 40, 13, 11)]
+# (B, C', C, H, W): odd, non-square, one row, one column, one pixel, batch > 1, and
+# one wide enough for the backward's groups of 16 columns (16 + 16 + 5) and its
+# 8 x 8 transposes with row and channel tails.
+SHAPES = [
+    (2, 5, 7, 5, 9),
+    (1, 3, 4, 1, 6),
+    (3, 2, 33, 7, 1),
+    (2, 4, 19, 1, 1),
+    (2, 16, 40, 13, 11),
+    (2, 8, 21, 19, 37),
+]
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 # (rtol, atol) against float64: float16/bfloat16 keep 11/8 significant bits in
 # their inputs and outputs (the arithmetic itself accumulates in float32).
@@ -112,6 +121,33 @@ def test_any_input_layout(layout):
         grads = BACKWARD[path](grad_out, grad_att, att, query, key, value)
         for got, want in zip((out, att, *grads), expected, strict=True):
             _assert_close(got, want, torch.float64)
+
+
+@pytest.mark.parametrize("path", ["fast", "portable"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_gradients_come_back_in_the_inputs_layouts(layout, dtype, path):
+    """The backward reads grad_out through its strides and writes each gradient in
+    the layout of its input (what ``empty_like`` gives, as the fake kernel says),
+    so autograd has nothing to copy; values checked against float64."""
+    shape = (2, 8, 21, 19, 37)
+    query, key, value = _inputs(shape, dtype)
+    grad_out = torch.randn(2, 21, 19, 37).to(dtype)
+    if layout == "channels_last":
+        query, value, grad_out = (
+            t.contiguous(memory_format=torch.channels_last) for t in (query, value, grad_out)
+        )
+    elif layout == "strided":  # every stride odd: a crop of bigger tensors
+        value = torch.randn(2, 42, 19, 40).to(dtype)[:, ::2, :, 1:38]
+        grad_out = torch.randn(2, 21, 21, 37).to(dtype)[:, :, 1:20]
+        key = torch.randn(2, 8, 37, 19).to(dtype).transpose(2, 3)
+    grad_att = torch.randn(2, 19, 37, 55).to(dtype)
+    expected = _reference_with_grads(query, key, value, grad_out, grad_att)
+    _, att = FORWARD[path](query, key, value)
+    grads = BACKWARD[path](grad_out, grad_att, att, query, key, value)
+    for grad, inp, want in zip(grads, (query, key, value), expected[2:], strict=True):
+        assert grad.stride() == torch.empty_like(inp).stride()
+        _assert_close(grad, want, dtype, scale=max(1.0, want.abs().max().item()))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
