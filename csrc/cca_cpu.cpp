@@ -156,6 +156,30 @@ inline void softmax_line<float>(float* e, int64_t n) {
 }
 #endif
 
+// One leftover output column (cols % 16 of them: W = 97 leaves one) when a's rows
+// are contiguous: out[r * o_r] (+)= a_r . b_col.  The (R, 1) tile would run R
+// scalar multiply-add chains of length n, bound by the FMA latency: one such
+// column cost as much as ~10 tiled ones.  Here b's column is copied out once and
+// every row is a dot product over eight lanes (different summation order from
+// the tile, same float accumulation).
+template <typename T, typename a_t, typename b_t>
+void tail_column(T* out, int64_t o_r, bool add, const a_t* a, int64_t a_r, const b_t* b,
+                 int64_t b_k, int64_t rows, int64_t n) {
+  thread_local std::vector<T> column;
+  if (column.size() < static_cast<size_t>(n)) column.resize(n);
+  for (int64_t k = 0; k < n; ++k) column[k] = static_cast<T>(b[k * b_k]);
+  const int64_t n8 = n - n % 8;
+  for (int64_t r = 0; r < rows; ++r) {
+    const a_t* ar = a + r * a_r;
+    T lanes[8] = {};
+    for (int64_t k = 0; k < n8; k += 8)
+      for (int l = 0; l < 8; ++l) lanes[l] += static_cast<T>(ar[k + l]) * column[k + l];
+    T sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for (int64_t k = n8; k < n; ++k) sum += static_cast<T>(ar[k]) * column[k];
+    out[r * o_r] = add ? out[r * o_r] + sum : sum;
+  }
+}
+
 // out[r * o_r + x] (+)= sum_k a[r * a_r + k * a_k] * b[k * b_k + x]   for r < rows, x < cols.
 // Column blocks outside, row blocks inside: the (n x 16) panel of b stays in L1
 // while every row block of a streams past it.
@@ -189,6 +213,10 @@ void line_matmul(T* out, int64_t o_r, bool add, const a_t* a, int64_t a_r, int64
       run_tile<1, X>(out + r * o_r + x, o_r, add, a + r * a_r, a_r, a_k, bx, bx_k, n);
   }
   for (; x < cols; ++x) {
+    if (a_k == 1 && n >= 32) {  // see tail_column
+      tail_column(out + x, o_r, add, a, a_r, b + x, b_k, rows, n);
+      continue;
+    }
     int64_t r = 0;
     for (; r + R <= rows; r += R)
       run_tile<R, 1>(out + r * o_r + x, o_r, add, a + r * a_r, a_r, a_k, b + x, b_k, n);
@@ -267,6 +295,25 @@ inline int64_t line_grain(int64_t fmas_per_line) {
   return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, fmas_per_line));
 }
 
+// x as a channels-last tensor: x itself when it is one, else a copy made row by
+// row with transpose() (at::contiguous goes through a generic strided copy,
+// ~3x slower for an NCHW float tensor).
+at::Tensor channels_last_cpu(const at::Tensor& x) {
+  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return x;
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto y = empty_channels_last(x, C, x.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cca_channels_last", [&] {
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = y.data_ptr<scalar_t>();
+    const int64_t sb = x.stride(0), sc = x.stride(1), si = x.stride(2), sj = x.stride(3);
+    at::parallel_for(0, B * H, line_grain(W * C), [&](int64_t begin, int64_t end) {
+      for (int64_t line = begin; line < end; ++line)
+        transpose(dst + line * W * C, C, 1, src + (line / H) * sb + (line % H) * si, sc, sj, C, W);
+    });
+  });
+  return y;
+}
+
 // -------------------------------------------------------------- forward
 
 // v is the channels-last value the sweeps read.  When the caller's value is not
@@ -329,7 +376,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
                                                const at::Tensor& key_in,
                                                const at::Tensor& value_in) {
   check_inputs(query_in, key_in, value_in);
-  const auto query = channels_last(query_in), key = channels_last(key_in);
+  const auto query = channels_last_cpu(query_in), key = channels_last_cpu(key_in);
   const auto& value_src = value_in;
   // A value that is channels-last already is read in place; any other is
   // transposed row by row inside the row sweep (see forward_lines).
@@ -500,7 +547,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& value) {
   check_inputs(query_in, key_in, value);
   check_backward(grad_out, attention_in, query_in, value);
-  const auto query = channels_last(query_in), key = channels_last(key_in);
+  const auto query = channels_last_cpu(query_in), key = channels_last_cpu(key_in);
   const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
   const int64_t H = query.size(2), W = query.size(3), L = H + W - 1;
   const auto dtype = query.scalar_type(), acc = acc_scalar_type(dtype);
