@@ -81,6 +81,34 @@ inline void run_tile<6, 16, float, float, float>(float* out, int64_t o_r, bool a
       _mm256_storeu_ps(o, add ? _mm256_add_ps(_mm256_loadu_ps(o), acc[r][h]) : acc[r][h]);
     }
 }
+// A leftover single row (97 = 16 x 6 + 1): two accumulators per half of the
+// tile would be two FMA chains, bound by the FMA latency; even and odd k go to
+// separate accumulators, four chains, summed at the end.
+template <>
+inline void run_tile<1, 16, float, float, float>(float* out, int64_t o_r, bool add,
+                                                 const float* a, int64_t a_r, int64_t a_k,
+                                                 const float* b, int64_t b_k, int64_t n) {
+  (void)o_r, (void)a_r;
+  __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps(), d0 = _mm256_setzero_ps(),
+         d1 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 2 <= n; k += 2) {
+    const __m256 ar = _mm256_broadcast_ss(a + k * a_k), as = _mm256_broadcast_ss(a + (k + 1) * a_k);
+    c0 = _mm256_fmadd_ps(ar, _mm256_loadu_ps(b + k * b_k), c0);
+    c1 = _mm256_fmadd_ps(ar, _mm256_loadu_ps(b + k * b_k + 8), c1);
+    d0 = _mm256_fmadd_ps(as, _mm256_loadu_ps(b + (k + 1) * b_k), d0);
+    d1 = _mm256_fmadd_ps(as, _mm256_loadu_ps(b + (k + 1) * b_k + 8), d1);
+  }
+  if (k < n) {
+    const __m256 ar = _mm256_broadcast_ss(a + k * a_k);
+    c0 = _mm256_fmadd_ps(ar, _mm256_loadu_ps(b + k * b_k), c0);
+    c1 = _mm256_fmadd_ps(ar, _mm256_loadu_ps(b + k * b_k + 8), c1);
+  }
+  c0 = _mm256_add_ps(c0, d0);
+  c1 = _mm256_add_ps(c1, d1);
+  _mm256_storeu_ps(out, add ? _mm256_add_ps(_mm256_loadu_ps(out), c0) : c0);
+  _mm256_storeu_ps(out + 8, add ? _mm256_add_ps(_mm256_loadu_ps(out + 8), c1) : c1);
+}
 #endif
 
 // ------------------------------------------------------------ softmax
