@@ -269,6 +269,14 @@ class SANetLoss(nn.Module):
         present = present.scatter(1, index, 1.0)
         return present[:, :num_classes]
 
+    def _pixel_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy averaged over the labelled pixels; 0 (not 0/0 = NaN, as
+        ``F.cross_entropy``'s mean gives) when a batch has none, e.g. a crop
+        that lies entirely in an ignored region."""
+        labels = _resize_labels(target, logits.shape[2:])
+        total = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="sum")
+        return total / (labels != self.ignore_index).sum().clamp(min=1)
+
     def terms(self, output: SANetOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """The three losses separately: ``{"mask", "category", "dense"}``."""
         num_classes = output.mask.shape[1]
@@ -280,16 +288,8 @@ class SANetLoss(nn.Module):
                     f"target values must be in [0, {num_classes}) or ignore_index="
                     f"{self.ignore_index}, got {sorted(set(target[bad].tolist()))[:5]}"
                 )
-        mask = F.cross_entropy(
-            output.mask,
-            _resize_labels(target, output.mask.shape[2:]),
-            ignore_index=self.ignore_index,
-        )
-        dense = F.cross_entropy(
-            output.dense,
-            _resize_labels(target, output.dense.shape[2:]),
-            ignore_index=self.ignore_index,
-        )
+        mask = self._pixel_loss(output.mask, target)
+        dense = self._pixel_loss(output.dense, target)
         presence = self.presence(target, num_classes).to(output.category.dtype)
         category = F.binary_cross_entropy_with_logits(output.category, presence)
         return {"mask": mask, "category": category, "dense": dense}

@@ -189,6 +189,24 @@ def test_sanet_loss_equals_hand_composition():
     torch.testing.assert_close(loss_fn.presence(target, k), presence.float())
 
 
+def test_sanet_loss_with_every_pixel_ignored_is_finite():
+    """A batch whose labels are all ignore_index: the pixel terms are 0 with zero
+    gradient (F.cross_entropy's mean would be 0/0 = NaN and poison training);
+    the category term still trains towards "no class present"."""
+    torch.manual_seed(7)
+    logits = [torch.randn(2, 4, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    out = SANetOutput(mask=logits[0], dense=logits[1], category=logits[2][:, :, 0, 0])
+    target = torch.full((2, 6, 8), 255)
+    loss_fn = SANetLoss()
+    terms = loss_fn.terms(out, target)
+    assert terms["mask"].item() == 0.0 and terms["dense"].item() == 0.0
+    loss = loss_fn(out, target)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert logits[0].grad.abs().max() == 0 and logits[1].grad.abs().max() == 0
+    assert torch.isfinite(logits[2].grad).all() and logits[2].grad.abs().max() > 0
+
+
 def test_sanet_loss_backward_through_head():
     torch.manual_seed(6)
     head = SANetHead(CHANNELS, num_classes=3, channels=4)
