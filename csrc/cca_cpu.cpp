@@ -442,10 +442,11 @@ struct Strides {
 
 // Columns are handled in groups of up to kGroup: a column of an NCHW tensor has
 // its pixels W apart, so a column at a time would use 4 bytes of every 64-byte
-// cache line it loads; a group of 16 columns uses 64 bytes of every row it
-// visits (one or two lines).  Measured at 97 x 97: 8 was slower, and the panels
-// of 16 columns are 2 x 16 x C x H floats per thread (13 MB at C = 512).
-constexpr int64_t kGroup = 16;
+// cache line it loads; a group of 8 uses 32 bytes of every row it visits.
+// Measured at 97 x 97 (both built, timed alternately in one process): 16 is no
+// faster, and its panels (2 x 16 x C x H floats per thread) take twice the
+// memory -- 13 MB at C = 512 against 6.4 MB.
+constexpr int64_t kGroup = 8;
 
 // Ask for the cache lines of n values step apart, from p on (first and last: a
 // group's strip of one NCHW row spans one or two lines).
