@@ -10,9 +10,12 @@ CUDA build's element bodies, run on the CPU).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import warnings
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -355,6 +358,52 @@ def test_build_command_prints_library():
     assert result.returncode == 0, result.stderr
     assert "ccnet_edu_cca_cpu.so" in result.stdout
     assert result.stderr == ""
+
+
+def test_wheel_carries_the_operator_sources(tmp_path):
+    """A wheel (a non-editable install has no <repo>/csrc) carries csrc/ byte for
+    byte to <prefix>/share/ccnet_edu/csrc, where csrc_dir() looks when the
+    checkout's copy is not there."""
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src"  # build a copy: setuptools writes build/ and egg-info in place
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "ccnet_edu", "csrc"):
+        copy = shutil.copytree if (root / name).is_dir() else shutil.copy
+        copy(root / name, source / name)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("ccnet_edu-*.whl")
+    sources = sorted(p for p in (root / "csrc").iterdir() if p.suffix in (".h", ".cpp", ".cu"))
+    assert {p.name for p in sources} >= {"cca_common.h", "cca_cpu.cpp", "cca_cuda.cu"}
+    with zipfile.ZipFile(wheel) as archive:
+        data = [n for n in archive.namelist() if "/share/ccnet_edu/csrc/" in n]
+        assert sorted(n.rsplit("/", 1)[1] for n in data) == [p.name for p in sources]
+        for name in data:
+            assert archive.read(name) == (root / "csrc" / name.rsplit("/", 1)[1]).read_bytes()
+
+
+def test_csrc_dir_falls_back_to_the_installed_sources(tmp_path, monkeypatch):
+    from ccnet_edu.ops import _build
+
+    installed = tmp_path / "share" / "ccnet_edu" / "csrc"
+    assert _build.csrc_dir() == Path(_build.__file__).resolve().parents[2] / "csrc"
+    monkeypatch.setattr(_build, "__file__", str(tmp_path / "site" / "ccnet_edu" / "ops" / "_b.py"))
+    monkeypatch.setattr(_build.sysconfig, "get_path", lambda name: str(tmp_path))
+    assert _build.csrc_dir() == installed
 
 
 @pytest.mark.skipif(ops.find_nvcc() is None, reason="nvcc not found: cannot build the CUDA kernels")

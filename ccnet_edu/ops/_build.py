@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +62,12 @@ class BuildInfo:
 
 
 def csrc_dir() -> Path:
-    """The C++/CUDA sources: ``<repo>/csrc``."""
-    return Path(__file__).resolve().parents[2] / "csrc"
+    """The C++/CUDA sources: ``<repo>/csrc`` in a source checkout (editable install),
+    else ``<prefix>/share/ccnet_edu/csrc``, where a wheel installs them."""
+    checkout = Path(__file__).resolve().parents[2] / "csrc"
+    if (checkout / "cca_cpu.cpp").is_file():
+        return checkout
+    return Path(sysconfig.get_path("data")) / "share" / "ccnet_edu" / "csrc"
 
 
 def _flavour() -> str:
