@@ -360,29 +360,19 @@ def test_build_command_prints_library():
     assert result.stderr == ""
 
 
-def test_wheel_carries_the_operator_sources(tmp_path):
+def test_wheel_install_builds_from_its_own_sources(tmp_path):
     """A wheel (a non-editable install has no <repo>/csrc) carries csrc/ byte for
-    byte to <prefix>/share/ccnet_edu/csrc, where csrc_dir() looks when the
-    checkout's copy is not there."""
+    byte to share/ccnet_edu/csrc under the install prefix, and the installed
+    package's csrc_dir() finds them there."""
     root = Path(__file__).resolve().parents[1]
     source = tmp_path / "src"  # build a copy: setuptools writes build/ and egg-info in place
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "ccnet_edu", "csrc"):
         copy = shutil.copytree if (root / name).is_dir() else shutil.copy
         copy(root / name, source / name)
+    pip = [sys.executable, "-m", "pip", "-q"]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(source),
-        ],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
     )
@@ -395,15 +385,24 @@ def test_wheel_carries_the_operator_sources(tmp_path):
         for name in data:
             assert archive.read(name) == (root / "csrc" / name.rsplit("/", 1)[1]).read_bytes()
 
-
-def test_csrc_dir_falls_back_to_the_installed_sources(tmp_path, monkeypatch):
-    from ccnet_edu.ops import _build
-
-    installed = tmp_path / "share" / "ccnet_edu" / "csrc"
-    assert _build.csrc_dir() == Path(_build.__file__).resolve().parents[2] / "csrc"
-    monkeypatch.setattr(_build, "__file__", str(tmp_path / "site" / "ccnet_edu" / "ops" / "_b.py"))
-    monkeypatch.setattr(_build.sysconfig, "get_path", lambda name: str(tmp_path))
-    assert _build.csrc_dir() == installed
+    prefix = tmp_path / "prefix"
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "--prefix", str(prefix), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    (site,) = prefix.glob("lib/python*/site-packages")
+    found = subprocess.run(
+        [sys.executable, "-c", "import ccnet_edu.ops as o; print(o.__file__); print(o.csrc_dir())"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert Path(found[0]).is_relative_to(site)  # the installed copy, not this checkout
+    assert Path(found[1]) == (prefix / "share" / "ccnet_edu" / "csrc").resolve()
+    assert sorted(p.name for p in Path(found[1]).iterdir()) == [p.name for p in sources]
 
 
 @pytest.mark.skipif(ops.find_nvcc() is None, reason="nvcc not found: cannot build the CUDA kernels")

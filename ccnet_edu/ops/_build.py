@@ -18,6 +18,7 @@ no ``nvcc``.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import logging
 import os
 import shutil
@@ -63,11 +64,20 @@ class BuildInfo:
 
 def csrc_dir() -> Path:
     """The C++/CUDA sources: ``<repo>/csrc`` in a source checkout (editable install),
-    else ``<prefix>/share/ccnet_edu/csrc``, where a wheel installs them."""
+    else where a wheel put them, ``share/ccnet_edu/csrc`` under the install's prefix
+    (found through the distribution's file list, so ``--user`` and ``--prefix``
+    installs work too)."""
     checkout = Path(__file__).resolve().parents[2] / "csrc"
     if (checkout / "cca_cpu.cpp").is_file():
         return checkout
-    return Path(sysconfig.get_path("data")) / "share" / "ccnet_edu" / "csrc"
+    try:
+        files = importlib.metadata.distribution("ccnet-edu").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.name == "cca_cpu.cpp" and "csrc" in file.parts:
+            return Path(file.locate()).resolve().parent
+    return Path(sysconfig.get_path("data")) / "share" / "ccnet_edu" / "csrc"  # for the error
 
 
 def _flavour() -> str:
