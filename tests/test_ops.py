@@ -387,7 +387,9 @@ def test_wheel_install_builds_from_its_own_sources(tmp_path):
 
     prefix = tmp_path / "prefix"
     subprocess.run(
-        [*pip, "install", "--no-deps", "--no-index", "--prefix", str(prefix), str(wheel)],
+        # --ignore-installed: else pip uninstalls this environment's (editable) ccnet-edu first
+        [*pip, "install", "--no-deps", "--no-index", "--ignore-installed", "--prefix", str(prefix)]
+        + [str(wheel)],
         check=True,
         capture_output=True,
     )
@@ -403,6 +405,15 @@ def test_wheel_install_builds_from_its_own_sources(tmp_path):
     assert Path(found[0]).is_relative_to(site)  # the installed copy, not this checkout
     assert Path(found[1]) == (prefix / "share" / "ccnet_edu" / "csrc").resolve()
     assert sorted(p.name for p in Path(found[1]).iterdir()) == [p.name for p in sources]
+    # and this environment still imports the checkout (the install touched nothing here)
+    here = subprocess.run(
+        [sys.executable, "-c", "import ccnet_edu; print(ccnet_edu.__file__)"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert Path(here).is_relative_to(root)
 
 
 @pytest.mark.skipif(ops.find_nvcc() is None, reason="nvcc not found: cannot build the CUDA kernels")
