@@ -7,7 +7,9 @@
   (:func:`ccnet_edu.ops.baselines.bmm_criss_cross`).
 
 Each is timed in one run, forward alone and forward + backward, median of
-``repeats`` (CUDA events on a GPU, ``perf_counter`` on the CPU), with its peak
+``repeats`` (CUDA events on a GPU, ``perf_counter`` on the CPU; the four are
+timed in turn, one run of each per round, so that a slow spell of a shared
+machine does not fall on one of them only), with its peak
 memory (``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the allocator
 events recorded by ``torch.profiler`` with ``profile_memory=True``, which see
 the operator's internal buffers too). Before anything is timed every
@@ -109,23 +111,42 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _time_once_ms(fn: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    start_s = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start_s) * 1e3
+
+
 def _time_ms(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+    return statistics.median(_time_once_ms(fn, device) for _ in range(repeats))
+
+
+def _time_in_turn_ms(
+    steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median ms of each step, the steps timed in turn: one run of each per round,
+    the order rotating from round to round. On a shared machine a slow spell then
+    falls on every implementation alike instead of on whichever was being timed,
+    so the ratios hold even when the absolute times drift."""
+    for fn in steps.values():
+        for _ in range(warmup):
             fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            start_s = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start_s) * 1e3)
-    return statistics.median(times)
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_time_once_ms(steps[name], device))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _peak_mib(fn: Callable[[], None], device: torch.device) -> float:
@@ -243,12 +264,13 @@ def run(
         del out
 
         for mode in MODES:
+            steps = {name: _make_step(impls[name], inputs, grad_out, mode) for name in names}
+            medians = _time_in_turn_ms(steps, device, repeats, warmup)
             timed = {}
             for name in names:
-                step = _make_step(impls[name], inputs, grad_out, mode)
-                ms = _time_ms(step, device, repeats, warmup)
-                timed[name] = (ms, _peak_mib(step, device))
+                timed[name] = (medians[name], _peak_mib(steps[name], device))
                 bar.update()
+            del steps
             for name, (ms, peak) in timed.items():
                 ratio = timed["einsum"][0] / ms
                 rows.append(Row(str(case), name, mode, ms, ratio, peak, errors[name]))
