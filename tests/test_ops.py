@@ -215,6 +215,16 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(ops.criss_cross_attention, (query, key, value))
 
 
+@pytest.mark.parametrize("output", [0, 1], ids=["out only", "attention only"])
+def test_gradcheck_one_output_unused(output):
+    """The unused output's gradient reaches the backward as None, not as zeros
+    (``set_materialize_grads(False)``): both cases still differentiate right."""
+    query, key, value = (t.requires_grad_() for t in _inputs((2, 3, 4, 3, 5), torch.float64))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: ops.criss_cross_attention(q, k, v)[output], (query, key, value)
+    )
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_opcheck(dtype):
     """Schema, fake kernel, autograd registration, AOT dispatch (torch.library.opcheck)."""

@@ -166,6 +166,10 @@ def _setup_context(ctx, inputs, output):
     query, key, value = inputs
     _, attention = output
     ctx.save_for_backward(query, key, value, attention)
+    # An output nobody used arrives as None instead of a tensor of zeros: the
+    # attention map usually is not used, and its zeros would cost an (B, H, W, L)
+    # allocation, a fill and N * L additions in the backward.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_out, grad_attention):
