@@ -448,8 +448,6 @@ struct Strides {
 // memory -- 13 MB at C = 512 against 6.4 MB.
 constexpr int64_t kGroup = 8;
 
-
-
 // The backward, three sweeps, each writing disjoint pixels (no atomics):
 //   rows   : dA's row half, g[(i, j), j2] = dout(i, j) . v(i, j2), and dV's row
 //            part (it needs only A and dout), written into grad_value
