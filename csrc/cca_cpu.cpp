@@ -42,7 +42,9 @@ inline void run_tile(T* out, int64_t o_r, bool add, const a_t* a, int64_t a_r, i
 // in the same order (acc[r][x] = fma(a[r, k], b[k, x], acc[r][x])), but with
 // the 12 accumulators pinned in ymm registers and a[r, k] broadcast straight
 // from memory. g++ vectorises the generic template too, but spills the
-// accumulators to the stack, which costs a factor of ~3 here.
+// accumulators to the stack, which costs a factor of ~3 here.  Written as a
+// loop over __m256 acc[6][2] it spills as well: forward and backward 1.4x
+// slower (both builds timed alternately in one process), hence the unrolling.
 template <>
 inline void run_tile<6, 16, float, float, float>(float* out, int64_t o_r, bool add,
                                                  const float* a, int64_t a_r, int64_t a_k,
@@ -186,10 +188,9 @@ inline void softmax_line<float>(float* e, int64_t n) {
 
 // One leftover output column (cols % 16 of them: W = 97 leaves one) when a's rows
 // are contiguous: out[r * o_r] (+)= a_r . b_col.  The (R, 1) tile would run R
-// scalar multiply-add chains of length n, bound by the FMA latency: one such
-// column cost as much as ~10 tiled ones.  Here b's column is copied out once and
-// every row is a dot product over eight lanes (different summation order from
-// the tile, same float accumulation).
+// scalar multiply-add chains of length n, each bound by the FMA latency.  Here
+// b's column is copied out once and every row is a dot product over eight lanes
+// (different summation order from the tile, same float accumulation).
 template <typename T, typename a_t, typename b_t>
 void tail_column(T* out, int64_t o_r, bool add, const a_t* a, int64_t a_r, const b_t* b,
                  int64_t b_k, int64_t rows, int64_t n) {
@@ -324,8 +325,8 @@ inline int64_t line_grain(int64_t fmas_per_line) {
 }
 
 // x as a channels-last tensor: x itself when it is one, else a copy made row by
-// row with transpose() (at::contiguous goes through a generic strided copy,
-// ~3x slower for an NCHW float tensor).
+// row with transpose(), 8 x 8 register blocks for float (at::contiguous goes
+// through a generic strided copy).
 at::Tensor channels_last_cpu(const at::Tensor& x) {
   if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return x;
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -344,6 +345,15 @@ at::Tensor channels_last_cpu(const at::Tensor& x) {
 
 // -------------------------------------------------------------- forward
 
+// The strides of a (B, C, H, W) tensor: the sweeps read value and grad_out, and
+// write the gradients, through them, so they work in the caller's layout (NCHW
+// from a convolution, say) without whole-tensor transposed copies.
+struct Strides {
+  int64_t b, c, i, j;
+  explicit Strides(const at::Tensor& t) : b(t.stride(0)), c(t.stride(1)), i(t.stride(2)), j(t.stride(3)) {}
+  int64_t at(int64_t bb, int64_t i_, int64_t j_) const { return bb * b + i_ * i + j_ * j; }
+};
+
 // v is the channels-last value the sweeps read.  When the caller's value is not
 // channels-last, v_src (with strides sv) is that value and v is an empty buffer
 // of the same size: the row sweep fills each row of v from v_src right before
@@ -351,7 +361,7 @@ at::Tensor channels_last_cpu(const at::Tensor& x) {
 // instead of a separate whole-tensor copy (~15% of the forward) that goes
 // through memory twice.  The column sweep then reads the finished v.
 template <typename scalar_t>
-void forward_lines(const scalar_t* q, const scalar_t* k, const scalar_t* v_src, const int64_t* sv,
+void forward_lines(const scalar_t* q, const scalar_t* k, const scalar_t* v_src, const Strides& sv,
                    scalar_t* v, acc_t<scalar_t>* att, acc_t<scalar_t>* out, int64_t B, int64_t H,
                    int64_t W, int64_t Ck, int64_t Cv) {
   using T = acc_t<scalar_t>;
@@ -381,8 +391,7 @@ void forward_lines(const scalar_t* q, const scalar_t* k, const scalar_t* v_src, 
       line_matmul(att + row * L, L, false, q + row * Ck, Ck, 1, kt.data(), W, W, W, Ck);
       for (int64_t j = 0; j < W; ++j) softmax_line(att + (row + j) * L, L);
       if (v_src != nullptr)  // this row of the channels-last value, see above
-        transpose(v + row * Cv, Cv, 1, v_src + (line / H) * sv[0] + (line % H) * sv[2], sv[1],
-                  sv[3], Cv, W);
+        transpose(v + row * Cv, Cv, 1, v_src + sv.at(line / H, line % H, 0), sv.c, sv.j, Cv, W);
       // out(i, j) = sum_j2 A[(i, j), j2] v(i, j2)
       line_matmul(out + row * Cv, Cv, false, att + row * L, L, 1, v + row * Cv, Cv, W, Cv, W);
     }
@@ -412,8 +421,6 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
   const auto value = in_place ? value_src
                               : empty_channels_last(value_src, value_src.size(1),
                                                     value_src.scalar_type());
-  const int64_t sv[4] = {value_src.stride(0), value_src.stride(1), value_src.stride(2),
-                         value_src.stride(3)};
   const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
   const int64_t H = query.size(2), W = query.size(3), L = H + W - 1;
   const auto dtype = query.scalar_type(), acc = acc_scalar_type(dtype);
@@ -422,7 +429,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cca_forward_cpu", [&] {
     using T = acc_t<scalar_t>;
     forward_lines<scalar_t>(query.const_data_ptr<scalar_t>(), key.const_data_ptr<scalar_t>(),
-                            in_place ? nullptr : value_src.const_data_ptr<scalar_t>(), sv,
+                            in_place ? nullptr : value_src.const_data_ptr<scalar_t>(),
+                            Strides(value_src),
                             value.data_ptr<scalar_t>(),
                             att.data_ptr<T>(), out.data_ptr<T>(), B, H, W, Ck, Cv);
   });
@@ -430,15 +438,6 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
 }
 
 // -------------------------------------------------------------- backward
-
-// The strides of a (B, C, H, W) tensor: the backward reads grad_out and value,
-// and writes the gradients, through them, so it works in the caller's layout
-// (NCHW from a convolution, say) without whole-tensor transposed copies.
-struct Strides {
-  int64_t b, c, i, j;
-  explicit Strides(const at::Tensor& t) : b(t.stride(0)), c(t.stride(1)), i(t.stride(2)), j(t.stride(3)) {}
-  int64_t at(int64_t bb, int64_t i_, int64_t j_) const { return bb * b + i_ * i + j_ * j; }
-};
 
 // Columns are handled in groups of up to kGroup: a column of an NCHW tensor has
 // its pixels W apart, so a column at a time would use 4 bytes of every 64-byte
