@@ -309,13 +309,20 @@ void transpose(float* dst, int64_t d_x, int64_t d_r, const float* src, int64_t s
 
 // The column slots of column j as a dense (H, H) matrix with a zero diagonal:
 // dense[i * H + i2] = w[pixel (i, j), slot of row i2].  The centre belongs to the
-// row part, so its zero adds nothing to the column products.
+// row part, so its zero adds nothing to the column products.  Row i of it is two
+// runs of consecutive slots with the zero between them: rows i2 < i sit in slots
+// i2, rows i2 > i from slot column_slot(i + 1, i) on.  Two copies, not a loop
+// over column_slot: 2.2 instead of 14-18 us per 97 x 97 column, measured alone
+// (the forward builds one per column, the backward two).
 template <typename T, typename w_t>
 void dense_column(T* dense, const w_t* w_col, int64_t row_stride, int64_t H, int64_t W) {
-  for (int64_t i = 0; i < H; ++i)
-    for (int64_t i2 = 0; i2 < H; ++i2)
-      dense[i * H + i2] =
-          i2 == i ? T(0) : static_cast<T>(w_col[i * row_stride + W + column_slot(i2, i)]);
+  for (int64_t i = 0; i < H; ++i) {
+    const w_t* slots = w_col + i * row_stride + W;
+    T* row = dense + i * H;
+    std::copy(slots, slots + i, row);
+    row[i] = T(0);
+    std::copy(slots + column_slot(i + 1, i), slots + H - 1, row + i + 1);
+  }
 }
 
 // Lines per task: enough multiply-adds per task (~2^18) that a small map runs on
