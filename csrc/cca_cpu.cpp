@@ -3,12 +3,12 @@
 // The fast CPU path organises the work around the two kinds of lines of the
 // map: every row i and every column j is a small matrix product, computed with
 // the register tile of cca_common.h (tile_fma<6, 16>) while the line's data
-// sits in L1/L2.  Three parallel sweeps per direction, each writing disjoint
+// sits in L1/L2.  A few parallel sweeps per direction, each writing disjoint
 // pixels, so no atomics and no per-thread copies of the outputs:
-//   forward : columns (column energies) -> rows (row energies, softmax,
-//             row aggregation) -> columns (column aggregation)
-//   backward: columns (column dA) -> rows (row dA, softmax backward, row parts
-//             of dQ, dK, dV) -> columns (column parts of dQ, dK, dV)
+//   forward : columns (column energies) -> rows (row energies, softmax) ->
+//             columns (column aggregation) -> rows (row aggregation)
+//   backward: rows (row dA, row part of dV) -> columns (column dA, softmax
+//             backward, column parts of dQ, dK, dV) -> rows (row parts of dQ, dK)
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -361,18 +361,23 @@ struct Strides {
   int64_t at(int64_t bb, int64_t i_, int64_t j_) const { return bb * b + i_ * i + j_ * j; }
 };
 
-// v is the channels-last value the sweeps read.  When the caller's value is not
-// channels-last, v_src (with strides sv) is that value and v is an empty buffer
-// of the same size: the row sweep fills each row of v from v_src right before
-// it uses it, so the row is transposed while it is in L2 and read from there,
-// instead of a separate whole-tensor copy (~15% of the forward) that goes
-// through memory twice.  The column sweep then reads the finished v.
+// value is read through its strides sv.  When its channels are contiguous
+// (channels-last) its rows and columns are (pixels, C) matrices in place.  Any
+// other layout (NCHW from a convolution) needs them channels-last, and a
+// whole-tensor copy would be a (B, H, W, C) buffer of fresh memory on every
+// call (19 MiB at the paper's size; 64 MiB at 128 x 256, where every page of it
+// costs a page fault).  out is that buffer: the row sweep parks each row of
+// value in out, channels-last; the column sweep copies column j of it into a
+// per-thread panel and overwrites it with column j's half of the aggregation
+// (no other column needs column j's values); the last row sweep transposes each
+// row of value again, in cache, and adds the row half.
 template <typename scalar_t>
-void forward_lines(const scalar_t* q, const scalar_t* k, const scalar_t* v_src, const Strides& sv,
-                   scalar_t* v, acc_t<scalar_t>* att, acc_t<scalar_t>* out, int64_t B, int64_t H,
-                   int64_t W, int64_t Ck, int64_t Cv) {
+void forward_lines(const scalar_t* q, const scalar_t* k, const scalar_t* v, const Strides& sv,
+                   acc_t<scalar_t>* att, acc_t<scalar_t>* out, int64_t B, int64_t H, int64_t W,
+                   int64_t Ck, int64_t Cv) {
   using T = acc_t<scalar_t>;
   const int64_t L = H + W - 1;
+  const bool in_place = sv.c == 1;
 
   // Column energies: e[i, i2] = q(i, j) . k(i2, j), kept for i2 != i.
   at::parallel_for(0, B * W, line_grain(H * H * Ck), [&](int64_t begin, int64_t end) {
@@ -388,46 +393,58 @@ void forward_lines(const scalar_t* q, const scalar_t* k, const scalar_t* v_src, 
     }
   });
 
-  // Rows: row energies, then every pixel of the row has all L energies:
-  // softmax, and the row half of the aggregation while the row is in cache.
-  at::parallel_for(0, B * H, line_grain(W * W * (Ck + Cv)), [&](int64_t begin, int64_t end) {
+  // Rows: row energies, then every pixel of the row has all L energies: softmax.
+  // And this row of value, channels-last, parked in out for the column sweep.
+  at::parallel_for(0, B * H, line_grain(W * W * Ck), [&](int64_t begin, int64_t end) {
     std::vector<T> kt(Ck * W);
     for (int64_t line = begin; line < end; ++line) {
-      const int64_t row = pixel(line / H, line % H, 0, H, W);
+      const int64_t b = line / H, i = line % H, row = pixel(b, i, 0, H, W);
       transpose(kt.data(), W, 1, k + row * Ck, Ck, 1, W, Ck);  // (C', W)
       line_matmul(att + row * L, L, false, q + row * Ck, Ck, 1, kt.data(), W, W, W, Ck);
       for (int64_t j = 0; j < W; ++j) softmax_line(att + (row + j) * L, L);
-      if (v_src != nullptr)  // this row of the channels-last value, see above
-        transpose(v + row * Cv, Cv, 1, v_src + sv.at(line / H, line % H, 0), sv.c, sv.j, Cv, W);
-      // out(i, j) = sum_j2 A[(i, j), j2] v(i, j2)
-      line_matmul(out + row * Cv, Cv, false, att + row * L, L, 1, v + row * Cv, Cv, W, Cv, W);
+      if (!in_place) transpose(out + row * Cv, Cv, 1, v + sv.at(b, i, 0), sv.c, sv.j, Cv, W);
     }
   });
 
-  // Columns: out(i, j) += sum_{i2 != i} A[(i, j), slot of i2] v(i2, j)
+  // Columns: out(i, j) = sum_{i2 != i} A[(i, j), slot of i2] v(i2, j)
   at::parallel_for(0, B * W, line_grain(H * H * Cv), [&](int64_t begin, int64_t end) {
-    std::vector<T> dense(H * H);
+    std::vector<T> dense(H * H), panel(in_place ? 0 : H * Cv);
     for (int64_t line = begin; line < end; ++line) {
-      const int64_t col = pixel(line / W, 0, line % W, H, W);
+      const int64_t b = line / W, j = line % W, col = pixel(b, 0, j, H, W);
       dense_column(dense.data(), att + col * L, W * L, H, W);
-      line_matmul(out + col * Cv, W * Cv, true, dense.data(), H, 1, v + col * Cv, W * Cv, H, Cv,
-                  H);
+      if (in_place) {
+        line_matmul(out + col * Cv, W * Cv, false, dense.data(), H, 1, v + sv.at(b, 0, j), sv.i,
+                    H, Cv, H);
+      } else {  // column j of value, (H, C), out of out before the result replaces it
+        for (int64_t i = 0; i < H; ++i)
+          std::copy(out + (col + i * W) * Cv, out + (col + i * W + 1) * Cv, panel.data() + i * Cv);
+        line_matmul(out + col * Cv, W * Cv, false, dense.data(), H, 1, panel.data(), Cv, H, Cv, H);
+      }
+    }
+  });
+
+  // Rows: out(i, j) += sum_j2 A[(i, j), j2] v(i, j2)
+  at::parallel_for(0, B * H, line_grain(W * W * Cv), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> v_buf(in_place ? 0 : W * Cv);
+    for (int64_t line = begin; line < end; ++line) {
+      const int64_t b = line / H, i = line % H, row = pixel(b, i, 0, H, W);
+      const scalar_t* v_row = v + sv.at(b, i, 0);
+      int64_t v_k = sv.j;
+      if (!in_place) {  // (W, C)
+        transpose(v_buf.data(), Cv, 1, v_row, sv.c, sv.j, Cv, W);
+        v_row = v_buf.data();
+        v_k = Cv;
+      }
+      line_matmul(out + row * Cv, Cv, true, att + row * L, L, 1, v_row, v_k, W, Cv, W);
     }
   });
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
                                                const at::Tensor& key_in,
-                                               const at::Tensor& value_in) {
-  check_inputs(query_in, key_in, value_in);
+                                               const at::Tensor& value) {
+  check_inputs(query_in, key_in, value);
   const auto query = channels_last_cpu(query_in), key = channels_last_cpu(key_in);
-  const auto& value_src = value_in;
-  // A value that is channels-last already is read in place; any other is
-  // transposed row by row inside the row sweep (see forward_lines).
-  const bool in_place = value_src.is_contiguous(at::MemoryFormat::ChannelsLast);
-  const auto value = in_place ? value_src
-                              : empty_channels_last(value_src, value_src.size(1),
-                                                    value_src.scalar_type());
   const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
   const int64_t H = query.size(2), W = query.size(3), L = H + W - 1;
   const auto dtype = query.scalar_type(), acc = acc_scalar_type(dtype);
@@ -436,10 +453,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cca_forward_cpu", [&] {
     using T = acc_t<scalar_t>;
     forward_lines<scalar_t>(query.const_data_ptr<scalar_t>(), key.const_data_ptr<scalar_t>(),
-                            in_place ? nullptr : value_src.const_data_ptr<scalar_t>(),
-                            Strides(value_src),
-                            value.data_ptr<scalar_t>(),
-                            att.data_ptr<T>(), out.data_ptr<T>(), B, H, W, Ck, Cv);
+                            value.const_data_ptr<scalar_t>(), Strides(value), att.data_ptr<T>(),
+                            out.data_ptr<T>(), B, H, W, Ck, Cv);
   });
   return {out.to(dtype), att.to(dtype)};
 }
