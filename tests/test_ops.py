@@ -175,10 +175,11 @@ def test_same_bits_on_any_number_of_threads():
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "channels_last_crop"])
 def test_float32_softmax_and_value_layouts(layout):
     """float32 fast path: the vectorised softmax (8 lanes + a tail of L % 8 energies,
-    large energies, exp underflow to ~0) and the value read in place, transposed row
+    large energies, exp underflow to ~0) and the value read in place (any value whose
+    channels are contiguous, a crop of a channels-last tensor too), transposed row
     by row from NCHW, or through arbitrary strides, all against float64."""
     query, key, value = _inputs((2, 6, 20, 9, 12), torch.float64)  # L = 20: 2 x 8 + 4
     query, key = query * 4, key * 4  # energies of order +-100: many weights underflow
@@ -187,6 +188,9 @@ def test_float32_softmax_and_value_layouts(layout):
     elif layout == "strided":
         value = torch.randn(2, 40, 12, 9, dtype=torch.float64)[:, ::2].transpose(2, 3)
     q, k, v = (t.float() for t in (query, key, value))
+    if layout == "channels_last_crop":  # channel stride 1, pixel strides of a bigger map
+        v = torch.randn(2, 11, 14, 23)[:, 1:10, 1:13, :20].permute(0, 3, 1, 2)
+        assert v.shape == value.shape and v.stride(1) == 1
     assert v.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
     ref_out, ref_att = Fn.criss_cross_attention_reference(q.double(), k.double(), v.double())
     out, att = torch.ops.ccnet_edu.criss_cross_attention(q, k, v)
