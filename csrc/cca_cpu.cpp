@@ -447,11 +447,12 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
   const auto query = channels_last_cpu(query_in), key = channels_last_cpu(key_in);
   const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
   const int64_t H = query.size(2), W = query.size(3), L = H + W - 1;
-  const auto dtype = query.scalar_type(), acc = acc_scalar_type(dtype);
-  auto att = at::empty({B, H, W, L}, query.options().dtype(acc));
-  auto out = empty_channels_last(value, Cv, acc);
+  const auto dtype = query.scalar_type();
+  at::Tensor att, out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cca_forward_cpu", [&] {
     using T = acc_t<scalar_t>;
+    att = at::empty({B, H, W, L}, query.options().dtype(acc_dtype<scalar_t>()));
+    out = empty_channels_last(value, Cv, acc_dtype<scalar_t>());
     forward_lines<scalar_t>(query.const_data_ptr<scalar_t>(), key.const_data_ptr<scalar_t>(),
                             value.const_data_ptr<scalar_t>(), Strides(value), att.data_ptr<T>(),
                             out.data_ptr<T>(), B, H, W, Ck, Cv);
@@ -581,27 +582,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   const auto query = channels_last_cpu(query_in), key = channels_last_cpu(key_in);
   const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
   const int64_t H = query.size(2), W = query.size(3), L = H + W - 1;
-  const auto dtype = query.scalar_type(), acc = acc_scalar_type(dtype);
+  const auto dtype = query.scalar_type();
   const auto attention = attention_in.to(dtype).contiguous();
   at::Tensor grad_att;
   if (grad_att_in.has_value() && grad_att_in->defined())
     grad_att = grad_att_in->to(dtype).contiguous();
-
-  auto g = at::empty({B, H, W, L}, query.options().dtype(acc));  // dA, then dE
-  auto dq_cl = empty_channels_last(query, Ck, acc), dk_cl = empty_channels_last(query, Ck, acc);
-  // The gradients in the layouts of their inputs.
-  auto grad_query = at::empty_like(query_in, query_in.options().dtype(acc));
-  auto grad_key = at::empty_like(key_in, key_in.options().dtype(acc));
-  auto grad_value = at::empty_like(value, value.options().dtype(acc));
-  // Per thread, the column panels of a group of v; and dout channels-last (see
-  // backward_lines).  Torch tensors, so that memory measurements see them: with
-  // go_cl the fwd+bwd peak at 97 x 97 is 85.8 MiB against einsum's 90.9.
   // Inside somebody else's parallel region the sweeps run inline, on one thread.
   const int64_t slots = at::in_parallel_region() ? 1 : at::get_num_threads();
-  auto scratch = at::empty({slots * kGroup * Cv * H}, g.options());
-  auto go_cl = at::empty({B * H * W * Cv}, g.options());
+
+  at::Tensor grad_query, grad_key, grad_value;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cca_backward_cpu", [&] {
     using T = acc_t<scalar_t>;
+    const auto acc = query.options().dtype(acc_dtype<scalar_t>());
+    auto g = at::empty({B, H, W, L}, acc);  // dA, then dE
+    auto dq_cl = empty_channels_last(query, Ck, acc_dtype<scalar_t>());
+    auto dk_cl = empty_channels_last(query, Ck, acc_dtype<scalar_t>());
+    // The gradients in the layouts of their inputs.
+    grad_query = at::empty_like(query_in, acc);
+    grad_key = at::empty_like(key_in, acc);
+    grad_value = at::empty_like(value, acc);
+    // Per thread, the column panels of a group of v; and dout channels-last (see
+    // backward_lines).  Torch tensors, so that memory measurements see them.
+    auto scratch = at::empty({slots * kGroup * Cv * H}, acc);
+    auto go_cl = at::empty({B * H * W * Cv}, acc);
     backward_lines<scalar_t>(
         grad_out.const_data_ptr<scalar_t>(), Strides(grad_out),
         grad_att.defined() ? grad_att.const_data_ptr<scalar_t>() : nullptr,

@@ -53,9 +53,11 @@ inline void check_backward(const at::Tensor& grad_out, const at::Tensor& attenti
               " must have the shape of value ", value.sizes());
 }
 
-// The accumulation dtype as a tensor option: float, or double for double.
-inline at::ScalarType acc_scalar_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
+// The accumulation dtype of scalar_t as a tensor option (float, or double for
+// double), read off the type the dispatch chose, never recomputed at run time.
+template <typename scalar_t>
+inline constexpr at::ScalarType acc_dtype() {
+  return c10::CppTypeToScalarType<acc_t<scalar_t>>::value;
 }
 
 // (B, C, H, W) view whose memory is (B, H, W, C): per-pixel vectors are contiguous.
@@ -139,12 +141,13 @@ std::tuple<at::Tensor, at::Tensor> portable_forward(const at::Tensor& query_in,
              value = channels_last(value_in);
   const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
   const int64_t H = query.size(2), W = query.size(3), L = H + W - 1, N = B * H * W;
-  const auto dtype = query.scalar_type(), acc = acc_scalar_type(dtype);
+  const auto dtype = query.scalar_type();
 
-  auto att = at::empty({B, H, W, L}, query.options().dtype(acc));  // (B, H, W, L)
-  auto out = empty_channels_last(value, Cv, acc);                   // (B, C, H, W)
+  at::Tensor att, out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cca_portable_forward", [&] {
     using T = acc_t<scalar_t>;
+    att = at::empty({B, H, W, L}, query.options().dtype(acc_dtype<scalar_t>()));  // (B, H, W, L)
+    out = empty_channels_last(value, Cv, acc_dtype<scalar_t>());                   // (B, C, H, W)
     T* a = att.data_ptr<T>();
     launch(N * L, SlotDot<T, scalar_t>{a, query.const_data_ptr<scalar_t>(),
                                        key.const_data_ptr<scalar_t>(), Ck, B, H, W});
@@ -167,17 +170,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> portable_backward(
   const auto attention = attention_in.to(query.scalar_type()).contiguous();
   const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
   const int64_t H = query.size(2), W = query.size(3), L = H + W - 1, N = B * H * W;
-  const auto dtype = query.scalar_type(), acc = acc_scalar_type(dtype);
+  const auto dtype = query.scalar_type();
   at::Tensor grad_att;
   if (grad_att_in.has_value() && grad_att_in->defined())
     grad_att = grad_att_in->to(dtype).contiguous();
 
-  auto g = at::empty({B, H, W, L}, query.options().dtype(acc));  // dA, then dE
-  auto grad_query = empty_channels_last(query, Ck, acc);
-  auto grad_key = empty_channels_last(query, Ck, acc);
-  auto grad_value = empty_channels_last(value, Cv, acc);
+  at::Tensor g, grad_query, grad_key, grad_value;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cca_portable_backward", [&] {
     using T = acc_t<scalar_t>;
+    constexpr auto acc = acc_dtype<scalar_t>();
+    g = at::empty({B, H, W, L}, query.options().dtype(acc));  // dA, then dE
+    grad_query = empty_channels_last(query, Ck, acc);
+    grad_key = empty_channels_last(query, Ck, acc);
+    grad_value = empty_channels_last(value, Cv, acc);
     T* gp = g.data_ptr<T>();
     const scalar_t* att = attention.const_data_ptr<scalar_t>();
     const scalar_t* q = query.const_data_ptr<scalar_t>();

@@ -44,7 +44,7 @@ HEADERS = ("cca_common.h", "cca_portable.h")
 # -O3 and the host's vector units (AVX2 + FMA here); -ffp-contract=fast lets g++
 # fuse a * b + c into one FMA as nvcc does (ISO C++ mode turns that off);
 # -fopenmp because at::parallel_for is an inline OpenMP loop compiled into *our* code.
-CPU_CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
+CPU_CFLAGS = ["-O3", "-march=x86-64-v3", "-mtune=generic", "-ffp-contract=fast", "-fopenmp"]
 CPU_LDFLAGS = ["-fopenmp"]
 
 
