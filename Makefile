@@ -36,7 +36,8 @@ if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests for: $(1)" >&2; f
 exit $$rc
 endef
 
-.PHONY: help venv book book-strict book-assets check-toc test lint ops unit nbval render \
+.PHONY: help venv book book-strict book-assets check-toc test lint ops ops-sanitize ops-other-tune \
+        unit nbval render \
         notebooks lab clean
 
 help:
@@ -81,6 +82,36 @@ lint: venv
 ops: venv
 	$(PY) -m ccnet_edu.ops build
 
+# The operator tests once more against two other builds of the CPU library, each in its own
+# cache directory: under AddressSanitizer + UndefinedBehaviorSanitizer (any report aborts the
+# run; the sanitizer runtimes are preloaded because python itself is not instrumented), and
+# with a non-generic -mtune (a tuning that once miscompiled a dtype choice), so that a
+# code-generation-sensitive bug shows on any build machine.
+SAN_CFLAGS  := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
+CXX_FOR_SAN := $(or $(CXX),c++)
+ifeq ($(shell uname -m),x86_64)
+OTHER_TUNE  := -mtune=rocketlake
+else
+OTHER_TUNE  := -mtune=neoverse-n1
+endif
+OPS_TESTS   := tests/test_ops.py -p no:cacheprovider -q -k "not wheel_install"
+
+ops-sanitize: venv
+	@export CCNET_EDU_BUILD_DIR=$(CURDIR)/.cache/ops-sanitize \
+	    CCNET_EDU_EXTRA_CFLAGS="$(SAN_CFLAGS)" \
+	    CCNET_EDU_EXTRA_LDFLAGS="-fsanitize=address,undefined" \
+	    ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    LD_PRELOAD="$$($(CXX_FOR_SAN) -print-file-name=libasan.so) $$($(CXX_FOR_SAN) -print-file-name=libubsan.so)"; \
+	$(PY) -m ccnet_edu.ops build --no-cuda; \
+	$(call pytest,$(OPS_TESTS))
+
+ops-other-tune: venv
+	@export CCNET_EDU_BUILD_DIR=$(CURDIR)/.cache/ops-other-tune \
+	    CCNET_EDU_EXTRA_CFLAGS="$(OTHER_TUNE)"; \
+	$(PY) -m ccnet_edu.ops build --no-cuda; \
+	$(call pytest,$(OPS_TESTS))
+
 unit: venv
 	@$(call pytest,tests/ --ignore=tests/test_book_render.py -p no:cacheprovider)
 
@@ -95,6 +126,8 @@ test: venv
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory ops
 	$(MAKE) --no-print-directory unit
+	$(MAKE) --no-print-directory ops-sanitize
+	$(MAKE) --no-print-directory ops-other-tune
 	$(MAKE) --no-print-directory nbval
 	$(MAKE) --no-print-directory book-strict
 	$(MAKE) --no-print-directory render

@@ -578,7 +578,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& attention_in, const at::Tensor& query_in, const at::Tensor& key_in,
     const at::Tensor& value) {
   check_inputs(query_in, key_in, value);
-  check_backward(grad_out, attention_in, query_in, value);
+  check_backward(grad_out, grad_att_in, attention_in, query_in, value);
   const auto query = channels_last_cpu(query_in), key = channels_last_cpu(key_in);
   const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
   const int64_t H = query.size(2), W = query.size(3), L = H + W - 1;

@@ -31,26 +31,49 @@ inline void check_inputs(const at::Tensor& query, const at::Tensor& key, const a
                   value.size(3) == query.size(3),
               "criss_cross_attention: value ", value.sizes(), " must share B, H, W with query ",
               query.sizes());
+  TORCH_CHECK(query.size(2) >= 1 && query.size(3) >= 1,
+              "criss_cross_attention: the map must have H >= 1 and W >= 1, got H = ",
+              query.size(2), ", W = ", query.size(3));
+  TORCH_CHECK(at::isFloatingType(query.scalar_type()),
+              "criss_cross_attention: query, key and value must be float16, bfloat16, float32 or "
+              "float64, got ", query.scalar_type());
   TORCH_CHECK(query.scalar_type() == key.scalar_type() &&
                   query.scalar_type() == value.scalar_type(),
-              "criss_cross_attention: query, key and value must share one dtype");
+              "criss_cross_attention: query, key and value must share one dtype, got ",
+              query.scalar_type(), ", ", key.scalar_type(), " and ", value.scalar_type());
   TORCH_CHECK(query.device() == key.device() && query.device() == value.device(),
-              "criss_cross_attention: query, key and value must be on one device");
+              "criss_cross_attention: query, key and value must be on one device, got ",
+              query.device(), ", ", key.device(), " and ", value.device());
 }
 
-inline void check_backward(const at::Tensor& grad_out, const at::Tensor& attention,
-                           const at::Tensor& query, const at::Tensor& value) {
+// The backward's extra inputs: grad_out like value; attention (and grad_attention, when
+// given) (B, H, W, H+W-1); all of query's dtype and device.
+inline void check_backward(const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_att,
+                           const at::Tensor& attention, const at::Tensor& query,
+                           const at::Tensor& value) {
   const int64_t B = query.size(0), H = query.size(2), W = query.size(3);
-  TORCH_CHECK(attention.dim() == 4 && attention.size(0) == B && attention.size(1) == H &&
-                  attention.size(2) == W && attention.size(3) == H + W - 1,
-              "criss_cross_attention_backward: attention must be (B, H, W, H+W-1) = (", B, ", ",
-              H, ", ", W, ", ", H + W - 1, "), got ", attention.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == query.scalar_type(),
-              "criss_cross_attention_backward: grad_out must have the dtype of query (",
-              query.scalar_type(), "), got ", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.sizes() == value.sizes(),
-              "criss_cross_attention_backward: grad_out ", grad_out.sizes(),
-              " must have the shape of value ", value.sizes());
+  const auto expect_attention = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.dim() == 4 && t.size(0) == B && t.size(1) == H && t.size(2) == W &&
+                    t.size(3) == H + W - 1,
+                "criss_cross_attention_backward: ", name, " must be (B, H, W, H+W-1) = (", B,
+                ", ", H, ", ", W, ", ", H + W - 1, "), got ", t.sizes());
+  };
+  const auto expect_like_query = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.scalar_type() == query.scalar_type(), "criss_cross_attention_backward: ", name,
+                " must have the dtype of query (", query.scalar_type(), "), got ",
+                t.scalar_type());
+    TORCH_CHECK(t.device() == query.device(), "criss_cross_attention_backward: ", name,
+                " must be on the device of query (", query.device(), "), got ", t.device());
+  };
+  expect_attention(attention, "attention");
+  expect_like_query(attention, "attention");
+  TORCH_CHECK(grad_out.sizes() == value.sizes(), "criss_cross_attention_backward: grad_out ",
+              grad_out.sizes(), " must have the shape of value ", value.sizes());
+  expect_like_query(grad_out, "grad_out");
+  if (grad_att.has_value() && grad_att->defined()) {
+    expect_attention(*grad_att, "grad_attention");
+    expect_like_query(*grad_att, "grad_attention");
+  }
 }
 
 // The accumulation dtype of scalar_t as a tensor option (float, or double for
@@ -164,9 +187,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> portable_backward(
     const at::Tensor& attention_in, const at::Tensor& query_in, const at::Tensor& key_in,
     const at::Tensor& value_in, Launch launch) {
   check_inputs(query_in, key_in, value_in);
+  check_backward(grad_out_in, grad_att_in, attention_in, query_in, value_in);
   const auto query = channels_last(query_in), key = channels_last(key_in),
              value = channels_last(value_in), grad_out = channels_last(grad_out_in);
-  check_backward(grad_out, attention_in, query, value);
   const auto attention = attention_in.to(query.scalar_type()).contiguous();
   const int64_t B = query.size(0), Ck = query.size(1), Cv = value.size(1);
   const int64_t H = query.size(2), W = query.size(3), L = H + W - 1, N = B * H * W;

@@ -333,6 +333,75 @@ def test_bad_input_is_rejected():
         )
 
 
+def _backward_args(dtype=torch.float32):
+    query, key, value = _inputs((2, 2, 3, 4, 5), dtype)
+    out, attention = torch.ops.ccnet_edu.criss_cross_attention(query, key, value)
+    grad_attention = torch.randn_like(attention)
+    return [torch.randn_like(value), grad_attention, attention, query, key, value]
+
+
+# (what to change in the backward's arguments, the message it must raise)
+BAD_BACKWARD = {
+    "grad_attention of shape (3,)": (
+        lambda a: a.__setitem__(1, torch.zeros(3)),
+        "grad_attention must be \\(B, H, W, H\\+W-1\\)",
+    ),
+    "grad_attention one slot short": (
+        lambda a: a.__setitem__(1, a[1][..., :-1]),
+        "grad_attention must be",
+    ),
+    "grad_attention float64": (
+        lambda a: a.__setitem__(1, a[1].double()),
+        "grad_attention must have the dtype",
+    ),
+    "grad_attention on meta": (
+        lambda a: a.__setitem__(1, a[1].to("meta")),
+        "grad_attention must be on the device",
+    ),
+    "grad_out on meta": (
+        lambda a: a.__setitem__(0, a[0].to("meta")),
+        "grad_out must be on the device",
+    ),
+    "attention on meta": (
+        lambda a: a.__setitem__(2, a[2].to("meta")),
+        "attention must be on the device",
+    ),
+    "attention float64": (
+        lambda a: a.__setitem__(2, a[2].double()),
+        "attention must have the dtype",
+    ),
+    "grad_out float64": (lambda a: a.__setitem__(0, a[0].double()), "grad_out must have the dtype"),
+}
+
+
+@pytest.mark.parametrize("path", ["fast", "portable"])
+@pytest.mark.parametrize("case", list(BAD_BACKWARD))
+def test_registered_backward_checks_its_inputs(case, path):
+    """Direct calls of the registered backward validate every input before reading it
+    (a short grad_attention was once read out of bounds; a meta grad_out once returned
+    uninitialised gradients)."""
+    change, message = BAD_BACKWARD[case]
+    args = _backward_args()
+    change(args)
+    with pytest.raises(RuntimeError, match=message):
+        BACKWARD[path](*args)
+
+
+@pytest.mark.parametrize("path", ["fast", "portable"])
+def test_registered_forward_checks_its_inputs(path):
+    query, key, value = (t.round().long() for t in _inputs((1, 2, 3, 4, 5), torch.float32))
+    with pytest.raises(
+        RuntimeError, match="must be float16, bfloat16, float32 or float64, got Long"
+    ):
+        FORWARD[path](query, key, value)
+    empty = torch.zeros(1, 2, 0, 0)
+    with pytest.raises(RuntimeError, match="H >= 1 and W >= 1, got H = 0, W = 0"):
+        FORWARD[path](empty, empty, torch.zeros(1, 3, 0, 0))
+    query, key, value = _inputs((1, 2, 3, 4, 5), torch.float32)
+    with pytest.raises(RuntimeError, match="value must be on the device of query"):
+        FORWARD[path](query, key, value.to("meta"))
+
+
 def test_module_with_fused_impl():
     """CrissCrossAttention(impl="fused") == impl="reference" with gamma != 0."""
     from ccnet_edu.cca import CrissCrossAttention
@@ -442,6 +511,9 @@ def test_wheel_install_builds_from_its_own_sources(tmp_path):
 
 
 @pytest.mark.skipif(ops.find_nvcc() is None, reason="nvcc not found: cannot build the CUDA kernels")
+@pytest.mark.skipif(
+    ops._build.sanitized(), reason="the sanitizer run builds the CPU library only (no nvcc)"
+)
 def test_cuda_extension_compiles_and_links():
     """nvcc compiles csrc/cca_cuda.cu and the library links and loads (no GPU needed)."""
     info = ops.load_cuda()

@@ -21,11 +21,22 @@ of the backward have the layouts of query, key and value.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import torch
 
-from ._build import BuildError, BuildInfo, build_dir, csrc_dir, find_nvcc, load_cpu, load_cuda
+from ._build import (
+    BuildError,
+    BuildInfo,
+    build_dir,
+    csrc_dir,
+    find_nvcc,
+    load_cpu,
+    load_cuda,
+    select_isa,
+    supported_isas,
+)
 
 __all__ = [
     "BuildError",
@@ -33,12 +44,16 @@ __all__ = [
     "build_dir",
     "criss_cross_attention",
     "csrc_dir",
+    "find_nvcc",
     "is_available",
     "load",
+    "select_isa",
+    "self_test",
+    "supported_isas",
     "usable_for",
 ]
 
-# device type -> BuildInfo (loaded) or BuildError (cannot); absent = not tried yet
+# device type -> BuildInfo (loaded and verified) or BuildError (cannot); absent = not tried yet
 _state: dict[str, BuildInfo | BuildError] = {}
 _warned: set[str] = set()
 
@@ -49,10 +64,79 @@ def _try(kind: str, verbose: bool = False) -> BuildInfo | BuildError:
             info = load_cpu(verbose) if kind == "cpu" else load_cuda(verbose)
             if kind == "cpu":
                 _register_python_side()
+            if kind == "cpu" or torch.cuda.is_available():
+                start = time.perf_counter()
+                self_test(kind)
+                info.extra["self_test_seconds"] = time.perf_counter() - start
             _state[kind] = info
         except BuildError as error:
             _state[kind] = error
     return _state[kind]
+
+
+# Self-test cases: (B, C', C, H, W), odd and non-square, batch 2.
+_SELF_TEST_SHAPES = ((2, 3, 5, 5, 7), (2, 4, 9, 7, 3))
+_SELF_TEST_TOL = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-10, 1e-12)}
+_SELF_TEST_NAMES = ("out", "attention", "grad_query", "grad_key", "grad_value")
+
+
+def _forward_backward(fn, tensors, dtype, device) -> list[torch.Tensor]:
+    """``fn(query, key, value)`` and its backward from (grad_out, grad_attention), in float64."""
+    query, key, value, grad_out, grad_attention = (t.to(device, dtype, copy=True) for t in tensors)
+    leaves = [t.requires_grad_() for t in (query, key, value)]
+    out, attention = fn(*leaves)
+    torch.autograd.backward((out, attention), (grad_out, grad_attention))
+    results = [out.detach(), attention.detach()] + [t.grad for t in leaves]
+    return [t.double().cpu() for t in results]
+
+
+def self_test(device_type: str = "cpu") -> None:
+    """Check a freshly loaded library against the readable reference.
+
+    A tiny forward and backward (both outputs, with an attention gradient) in
+    float32 and float64, at odd, non-square sizes with batch 2, on ``device_type``,
+    against :func:`ccnet_edu.functional.criss_cross_attention_reference` in
+    float64 on the CPU.  A compiler that miscompiled the library (a wrong dtype,
+    wrong arithmetic) is caught here, before ``impl="auto"`` trusts it.
+
+    Raises:
+        BuildError: an output or gradient differs, or the operator raised.
+    """
+    from ..functional import criss_cross_attention_reference
+
+    generator = torch.Generator().manual_seed(0)
+    for batch, qk_channels, channels, height, width in _SELF_TEST_SHAPES:
+        sizes = [  # query, key, value, grad_out, grad_attention
+            (batch, qk_channels, height, width),
+            (batch, qk_channels, height, width),
+            (batch, channels, height, width),
+            (batch, channels, height, width),
+            (batch, height, width, height + width - 1),
+        ]
+        tensors = [torch.randn(size, dtype=torch.float64, generator=generator) for size in sizes]
+        expected = _forward_backward(criss_cross_attention_reference, tensors, torch.float64, "cpu")
+        for dtype, (rtol, atol) in _SELF_TEST_TOL.items():
+            case = f"{device_type}, {dtype}, (B, C', C, H, W) = {sizes[0][:2] + sizes[2][1:]}"
+            try:
+                got = _forward_backward(
+                    torch.ops.ccnet_edu.criss_cross_attention, tensors, dtype, device_type
+                )
+            except Exception as error:  # the library is unusable: say how it failed
+                first_line = (str(error).splitlines() or [""])[0]
+                raise BuildError(
+                    f"self-test failed ({case}): {type(error).__name__}: {first_line}"
+                ) from error
+            for name, g, e in zip(_SELF_TEST_NAMES, got, expected, strict=True):
+                if g.shape != e.shape:
+                    raise BuildError(
+                        f"self-test failed ({case}): {name} has shape {tuple(g.shape)}, "
+                        f"expected {tuple(e.shape)}"
+                    )
+                if not torch.allclose(g, e, rtol=rtol, atol=atol):
+                    raise BuildError(
+                        f"self-test failed ({case}): {name} differs from the reference by up "
+                        f"to {(g - e).abs().max().item():.3g}; the compiled library is not used"
+                    )
 
 
 def _why_not(device_type: str) -> str | None:
@@ -144,7 +228,19 @@ def criss_cross_attention(
 # ------------------------------------------------------------------ registration
 
 
+def _check_devices(op: str, query: torch.Tensor, **others: torch.Tensor | None) -> None:
+    # The dispatcher sends a call that mixes meta and real tensors to the fake kernel;
+    # without this check it would return uninitialised tensors on query's device.
+    for name, tensor in others.items():
+        if tensor is not None and tensor.device != query.device:
+            raise RuntimeError(
+                f"{op}: {name} must be on the device of query ({query.device}), "
+                f"got {tensor.device}"
+            )
+
+
 def _fake_forward(query, key, value):
+    _check_devices("criss_cross_attention", query, key=key, value=value)
     batch, _, height, width = query.shape
     out = torch.empty(
         (batch, value.shape[1], height, width),
@@ -157,6 +253,15 @@ def _fake_forward(query, key, value):
 
 
 def _fake_backward(grad_out, grad_attention, attention, query, key, value):
+    _check_devices(
+        "criss_cross_attention_backward",
+        query,
+        key=key,
+        value=value,
+        grad_out=grad_out,
+        attention=attention,
+        grad_attention=grad_attention,
+    )
     # Each gradient has its input's layout (NCHW for NCHW inputs), so autograd
     # need not copy it into that layout.
     return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
@@ -188,13 +293,12 @@ def _register_python_side() -> None:
     global _registered
     if _registered:
         return
-    torch.library.register_fake("ccnet_edu::criss_cross_attention")(_fake_forward)
-    torch.library.register_fake("ccnet_edu::criss_cross_attention_backward")(_fake_backward)
+    for prefix in ("", "portable_"):
+        torch.library.register_fake(f"ccnet_edu::{prefix}criss_cross_attention")(_fake_forward)
+        torch.library.register_fake(f"ccnet_edu::{prefix}criss_cross_attention_backward")(
+            _fake_backward
+        )
     torch.library.register_autograd(
         "ccnet_edu::criss_cross_attention", _backward, setup_context=_setup_context
     )
     _registered = True
-
-
-# Re-exported for ``python -m ccnet_edu.ops build``.
-_ = (csrc_dir, find_nvcc)

@@ -7,15 +7,20 @@ import sys
 
 
 def _build(args: argparse.Namespace) -> int:
-    from . import BuildError, build_dir, find_nvcc, load_cpu, load_cuda
+    from . import BuildError, build_dir, find_nvcc, load, supported_isas
 
     print(f"build directory: {build_dir()}")
+    print(f"CPU ISA levels this CPU runs: {', '.join(supported_isas())}")
     try:
-        info = load_cpu(verbose=args.verbose)
+        (info,) = load(cuda=False, verbose=args.verbose)
     except BuildError as error:
         print(f"CPU operator: FAILED: {error}")
         return 1
-    print(f"CPU operator:  {info.library}  ({info.seconds:.1f} s)")
+    print(
+        f"CPU operator:  {info.library}  ({info.seconds:.1f} s, ISA {info.extra['isa']}, "
+        f"self-test passed in {info.extra['self_test_seconds']:.2f} s)"
+    )
+    print(f"  flags: {' '.join(info.extra['cflags'])}")
     if args.no_cuda:
         print("CUDA operator: not requested (--no-cuda)")
         return 0
@@ -23,13 +28,18 @@ def _build(args: argparse.Namespace) -> int:
         print("CUDA operator: skipped: nvcc not found (set CUDA_HOME to build the GPU kernels)")
         return 0
     try:
-        info = load_cuda(verbose=args.verbose)
+        info = load(cuda=True, verbose=args.verbose)[-1]
     except BuildError as error:
         print(f"CUDA operator: FAILED: {error}")
         return 1
+    tested = (
+        f"self-test passed in {info.extra['self_test_seconds']:.2f} s"
+        if "self_test_seconds" in info.extra
+        else "not self-tested: no GPU here"
+    )
     print(
         f"CUDA operator: {info.library}  ({info.seconds:.1f} s, nvcc {info.extra['nvcc']}, "
-        f"TORCH_CUDA_ARCH_LIST={info.extra['arch']})"
+        f"TORCH_CUDA_ARCH_LIST={info.extra['arch']}, {tested})"
     )
     return 0
 

@@ -1,0 +1,220 @@
+"""How the C++ operator is built, cached, verified and given up on (``ccnet_edu.ops._build``).
+
+The library is built for an explicit ISA level chosen from the CPU's own features, cached
+under a key of everything that goes into it (sources by content, not by file time), checked
+against the readable reference as soon as it is loaded, and any failure on the way is a
+``BuildError`` that ``impl="auto"`` falls back from.  The builds here go into fresh
+temporary cache directories, in subprocesses, so they never touch the session's library.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from ccnet_edu import ops
+from ccnet_edu.ops import _build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+not_under_sanitizer = pytest.mark.skipif(
+    _build.sanitized(), reason="builds its own libraries; run once, in the plain unit run"
+)
+
+
+def _python(code: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter that imports the package copy under ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(cwd), **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _copy_checkout(tmp_path: Path) -> Path:
+    copy = tmp_path / "checkout"
+    copy.mkdir()
+    shutil.copytree(ROOT / "ccnet_edu", copy / "ccnet_edu", ignore=shutil.ignore_patterns("*.pt"))
+    shutil.copytree(ROOT / "csrc", copy / "csrc")
+    return copy
+
+
+# A float64 module with gamma != 0 through impl="auto", forward and backward, against the
+# readable reference; prints the library it loaded.  Any warning is an error.
+AUTO_FLOAT64 = """
+    import warnings
+    warnings.simplefilter("error")
+    import torch
+    from ccnet_edu import ops
+    from ccnet_edu.cca import CrissCrossAttention
+
+    torch.manual_seed(0)
+    fused = CrissCrossAttention(8, 3, impl="auto").double()
+    torch.nn.init.constant_(fused.gamma, 0.7)
+    reference = CrissCrossAttention(8, 3, impl="reference").double()
+    reference.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 8, 7, 5, dtype=torch.float64, requires_grad=True)
+    results = []
+    for module in (fused, reference):
+        x.grad = None
+        y = module(x)
+        y.square().sum().backward()
+        results.append((y.detach(), x.grad.clone()))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-12)
+    (info,) = ops.load(cuda=False)
+    print(info.library)
+"""
+
+
+@needs_compiler
+@not_under_sanitizer
+def test_fresh_cache_float64_auto_then_an_edit_with_an_old_mtime_rebuilds(tmp_path):
+    """In a cache nobody used, a float64 module through impl="auto" equals the reference;
+    then a source edit that keeps the file's old modification time still rebuilds."""
+    checkout = _copy_checkout(tmp_path)
+    env = {"CCNET_EDU_BUILD_DIR": str(tmp_path / "cache")}
+    first = _python(AUTO_FLOAT64, env, checkout)
+    assert first.returncode == 0, first.stderr
+    first_library = Path(first.stdout.split()[-1])
+    assert first_library.is_relative_to(tmp_path / "cache") and first_library.exists()
+
+    header = checkout / "csrc" / "cca_common.h"
+    stat = header.stat()
+    header.write_text(header.read_text() + "\n// an edit that changes no behaviour\n")
+    os.utime(header, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the file time says "unchanged"
+    second = _python(AUTO_FLOAT64, env, checkout)
+    assert second.returncode == 0, second.stderr
+    second_library = Path(second.stdout.split()[-1])
+    assert second_library.parent != first_library.parent  # a new key, so a new build
+    assert second_library.exists() and first_library.exists()
+
+
+FALLBACK = """
+    import warnings
+    import torch
+    from ccnet_edu import functional as Fn
+    q, k, v = torch.randn(1, 2, 4, 5), torch.randn(1, 2, 4, 5), torch.randn(1, 3, 4, 5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = Fn.criss_cross_attention(q, k, v, impl="auto")
+        Fn.criss_cross_attention(q, k, v, impl="auto")
+    torch.testing.assert_close(out, Fn.criss_cross_attention(q, k, v))
+    print(len(caught), "|", caught[0].message if caught else "")
+    try:
+        Fn.criss_cross_attention(q, k, v, impl="fused")
+    except RuntimeError as error:
+        print("fused:", error)
+"""
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("bad build dir", "cannot create the build directory"),
+        ("no compiler", "compiler '/nonexistent/c++' not found"),
+        ("unknown ISA", "CCNET_EDU_CPU_ISA='x86-64-v9' is not an ISA level"),
+    ],
+)
+def test_what_cannot_build_is_a_fallback_not_a_crash(tmp_path, setting, message):
+    """An unusable cache directory, a missing compiler or an impossible ISA level: "auto"
+    warns once and uses the reference, "fused" raises with the reason."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = {
+        "bad build dir": {"CCNET_EDU_BUILD_DIR": str(blocker / "cache")},
+        "no compiler": {"CCNET_EDU_BUILD_DIR": str(tmp_path / "c"), "CXX": "/nonexistent/c++"},
+        "unknown ISA": {
+            "CCNET_EDU_BUILD_DIR": str(tmp_path / "c"),
+            "CCNET_EDU_CPU_ISA": "x86-64-v9",
+        },
+    }[setting]
+    result = _python(FALLBACK, env, ROOT)
+    assert result.returncode == 0, result.stderr
+    count, warning = result.stdout.splitlines()[0].split(" | ")
+    assert count == "1" and message in warning and "using the reference" in warning
+    assert message in result.stdout.splitlines()[1]
+    assert result.stdout.splitlines()[1].startswith("fused: impl='fused'")
+
+
+def test_isa_levels_follow_the_cpu(monkeypatch):
+    v3 = frozenset(_build._X86_64_V3_FEATURES | {"sse2", "avx512f"})
+    monkeypatch.setattr(_build.platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv("CCNET_EDU_CPU_ISA", raising=False)
+    monkeypatch.setattr(_build, "_cpu_features", lambda: v3)
+    assert _build.supported_isas() == ["x86-64-v3", "x86-64"]
+    assert _build.select_isa() == "x86-64-v3"
+    # an AVX-only CPU (no AVX2/FMA): the baseline build, never -march=x86-64-v3
+    monkeypatch.setattr(_build, "_cpu_features", lambda: frozenset({"sse2", "avx"}))
+    assert _build.supported_isas() == ["x86-64"]
+    with pytest.raises(ops.BuildError, match="runs only \\['x86-64'\\]"):
+        monkeypatch.setenv("CCNET_EDU_CPU_ISA", "x86-64-v3")
+        _build.select_isa()
+    monkeypatch.setattr(_build.platform, "machine", lambda: "aarch64")
+    monkeypatch.delenv("CCNET_EDU_CPU_ISA")
+    assert _build.select_isa() == "portable"
+    assert _build.cpu_flags("portable")[0] == _build.CPU_CFLAGS + _build._extra(
+        "CCNET_EDU_EXTRA_CFLAGS"
+    )
+
+
+def test_no_build_targets_the_build_machine():
+    for isa in _build.ISA_LEVELS:
+        cflags, _ = _build.cpu_flags(isa)
+        assert not any("native" in flag for flag in cflags), cflags
+    assert "-mtune=generic" in _build.ISA_LEVELS["x86-64-v3"]
+
+
+def test_cache_key_reads_contents_and_every_flag(tmp_path):
+    source = tmp_path / "a.h"
+    source.write_text("int x;\n")
+    key = _build.content_key(["torch", "-O3"], [source])
+    assert key == _build.content_key(["torch", "-O3"], [source])
+    assert key != _build.content_key(["torch", "-O2"], [source])
+    stat = source.stat()
+    source.write_text("int y;\n")
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert key != _build.content_key(["torch", "-O3"], [source])
+
+
+def test_the_loaded_library_names_its_isa_and_key():
+    (info,) = ops.load(cuda=False)
+    assert info.extra["isa"] == _build.select_isa()
+    assert info.extra["isa"] in info.library.parent.name
+    assert info.extra["key"][:16] in info.library.parent.name
+    assert info.extra["self_test_seconds"] >= 0
+
+
+def test_a_library_that_fails_its_self_test_is_not_used(monkeypatch):
+    """A wrong result from the compiled operator is a BuildError naming the output, and
+    impl="auto" then falls back with one warning."""
+    real = ops._forward_backward
+
+    def off_by_a_little(fn, tensors, dtype, device):
+        results = real(fn, tensors, dtype, device)
+        if fn is torch.ops.ccnet_edu.criss_cross_attention and dtype == torch.float64:
+            results[3] = results[3] + 1e-6  # grad_key
+        return results
+
+    monkeypatch.setattr(ops, "_forward_backward", off_by_a_little)
+    with pytest.raises(ops.BuildError, match="float64.*grad_key differs from the reference"):
+        ops.self_test("cpu")
+
+    def raising(fn, tensors, dtype, device):
+        if fn is torch.ops.ccnet_edu.criss_cross_attention:
+            raise RuntimeError("expected scalar type Double but found Float")
+        return real(fn, tensors, dtype, device)
+
+    monkeypatch.setattr(ops, "_forward_backward", raising)
+    with pytest.raises(ops.BuildError, match="self-test failed .*found Float"):
+        ops.self_test("cpu")
