@@ -1,11 +1,13 @@
 # ccnet-edu: build the book and run every check.
 #   make book       build the rendered book into _build/html (strict: warnings are errors)
-#   make test       ruff, the C++/CUDA op build, unit tests, nbval, strict book build, render test
+#   make test       ruff, the C++/CUDA op build, unit tests, the op tests under sanitizers and
+#                   another -mtune, nbval, strict book build, render test
 #   make lab        JupyterLab on notebooks/
 #   make notebooks  re-execute every notebook in place, storing outputs and widget state
+#   make lock       re-resolve the dependencies and rewrite constraints.txt
 #   make clean      remove build output and caches
 # The first target that needs it creates .venv and installs the project into it; the install is
-# redone only when pyproject.toml changes (a stamp file in .venv records it).
+# redone only when pyproject.toml or constraints.txt changes (a stamp file in .venv records it).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -38,24 +40,41 @@ endef
 
 .PHONY: help venv book book-strict book-assets check-toc test lint ops ops-sanitize ops-other-tune \
         unit nbval render \
-        notebooks lab clean
+        notebooks lab lock clean
 
-help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+help:  # the comment block at the top of this file, up to its first non-comment line
+	@awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' Makefile
 
 # ---------------------------------------------------------------- environment
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-book-test: pyproject.toml | $(BIN)/activate
-	$(PY) -m pip install --disable-pip-version-check -e ".[book,test]"
+# Every install is constrained by the lock file, so a fresh machine gets the versions the
+# stored notebook outputs were made with; `make lock` refreshes it (see the README).
+LOCK     ?= constraints.txt
+EXTRAS   := book,test,export
+PIP      := $(PY) -m pip install --disable-pip-version-check -c $(LOCK)
+
+$(VENV)/.installed-book-test: pyproject.toml $(LOCK) | $(BIN)/activate
+	$(PIP) -e ".[$(EXTRAS)]"
 	touch $@
 
-$(VENV)/.installed-lab: pyproject.toml | $(BIN)/activate
-	$(PY) -m pip install --disable-pip-version-check -e ".[book,test,lab]"
+$(VENV)/.installed-lab: pyproject.toml $(LOCK) | $(BIN)/activate
+	$(PIP) -e ".[$(EXTRAS),lab]"
 	touch $@ $(VENV)/.installed-book-test
 
 venv: $(VENV)/.installed-book-test
+
+# Resolve the project's dependencies afresh in a throw-away environment and pin what it got.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --disable-pip-version-check -q ".[$(EXTRAS),lab]"
+	{ echo "# The versions \`make\` installs (pip -c). Made by \`make lock\` on $$(date -u +%F) with"; \
+	  echo "# $$(.lock-venv/bin/python --version) on $$(uname -m); edit pyproject.toml, not this file."; \
+	  .lock-venv/bin/python -m pip freeze --exclude ccnet-edu --exclude pip; } > $(LOCK)
+	rm -rf .lock-venv build
+	@echo "wrote $(LOCK): review the diff, re-run 'make notebooks' if versions changed, commit both"
 
 # ---------------------------------------------------------------- book
 book-assets:

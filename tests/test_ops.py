@@ -554,3 +554,16 @@ def test_gpu_gradcheck_and_opcheck():
     )
     assert torch.autograd.gradcheck(ops.criss_cross_attention, (query, key, value))
     torch.library.opcheck(torch.ops.ccnet_edu.criss_cross_attention.default, (query, key, value))
+
+
+def test_auto_uses_only_what_was_measured_faster(monkeypatch):
+    """impl="auto" picks the fused operator only on device types where it was measured
+    faster than the reference; on CUDA (never timed on a GPU) it quietly uses the reference."""
+    from types import SimpleNamespace
+
+    assert "cuda" not in ops.MEASURED_FASTER
+    monkeypatch.setattr(ops, "_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a choice, not a failure: no warning
+        assert not ops.usable_for(SimpleNamespace(device=torch.device("cuda")))
+        assert ops.usable_for(torch.zeros(1))

@@ -47,6 +47,7 @@ __all__ = [
     "find_nvcc",
     "is_available",
     "load",
+    "MEASURED_FASTER",
     "select_isa",
     "self_test",
     "supported_isas",
@@ -180,11 +181,24 @@ def is_available(device: torch.device | str = "cpu") -> bool:
     return _why_not(torch.device(device).type) is None
 
 
+#: Device types on which the fused operator has been measured faster than the readable
+#: reference (``python -m ccnet_edu.ops bench``, results in the project's notes and
+#: ``benchmarks/``).  The CUDA kernels are the portable element bodies, one thread per
+#: element, and have not yet been timed on a GPU, so ``impl="auto"`` does not pick them.
+#: "meta" (shapes only, for FLOP and memory accounting) stands for what the CPU runs.
+MEASURED_FASTER = frozenset({"cpu", "meta"})
+
+
 def usable_for(tensor: torch.Tensor) -> bool:
     """Whether ``impl="auto"`` should use the operator for ``tensor``.
 
-    The first ``False`` per device type emits one warning saying why.
+    Only on device types in :data:`MEASURED_FASTER` (on others, such as CUDA, "auto"
+    quietly uses the reference: a choice, not a failure).  Where the operator cannot
+    be built or failed its self-test, the first ``False`` per device type emits one
+    warning saying why.
     """
+    if tensor.device.type not in MEASURED_FASTER:
+        return False
     reason = _why_not(tensor.device.type)
     if reason is None:
         return True
@@ -234,8 +248,7 @@ def _check_devices(op: str, query: torch.Tensor, **others: torch.Tensor | None) 
     for name, tensor in others.items():
         if tensor is not None and tensor.device != query.device:
             raise RuntimeError(
-                f"{op}: {name} must be on the device of query ({query.device}), "
-                f"got {tensor.device}"
+                f"{op}: {name} must be on the device of query ({query.device}), got {tensor.device}"
             )
 
 
