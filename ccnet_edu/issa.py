@@ -1,6 +1,7 @@
-"""Interlaced sparse self-attention (ISSA, SPEC §4).
+"""Interlaced sparse self-attention (ISSA).
 
-Huang, Yuan et al. (arXiv 1907.12273) replace one dense affinity ``A``
+Huang, Yuan et al., *Interlaced Sparse Self-Attention for Semantic
+Segmentation* (arXiv 1907.12273), replace one dense affinity ``A``
 (N x N, every position attends to every position) by the product of two
 sparse ones, ``A ≈ A_S · A_L``.  Both factors are ordinary self-attention,
 but restricted to *groups* of positions:
@@ -16,16 +17,27 @@ After the long step, position ``u`` has mixed in every position with its
 offset; after the short step it has mixed in its block, whose members between
 them carry every offset.  So two sparse steps reach all ``N`` positions.
 
+Paper and code.  The factorisation, the two groupings, the order (long range
+first) and the default ``8 x 8`` blocks are the paper's.  The layers are the
+authors' code, openseg-group/openseg.pytorch, ``lib/models/modules/isa_block.py``
+(``SelfAttentionBlock2D``, ``ISA_Block``, ``ISA_Module``) and
+``lib/models/nets/isanet.py`` (``ISANet``): the centred zero padding, the two
+layers of 1x1 conv + BN + ReLU in *each* of the query and key projections,
+the bare 1x1 value convolution, the scale ``key_channels^-1/2`` and the output
+projection.  ``tests/test_official_restatements.py`` restates those modules
+from their published structure, copies their weights role by role into the
+modules below and checks that outputs and input gradients agree.
+
 Padding.  ``H, W`` are padded with zeros up to multiples of ``P_h, P_w``; the
 padding is split evenly between top and bottom (left and right).  When the
 amount is odd the *extra* row goes to the **bottom** (the extra column to the
-**right**), as in the reference implementation (openseg.pytorch).  The padded
-positions **take part** in the attention like any other position (zero
-features before the projections; in the functional form without projections
-their key is the zero vector, so every query gives them the energy 0).  They
-are not masked: this is what the reference does.  The padding is cropped away
-at the end.  Everything index-related below (groups, masks, dense matrices)
-lives on the *padded* grid of ``N' = H'·W'`` positions, flattened row-major.
+**right**), as in the authors' ``ISA_Block``.  The padded positions **take
+part** in the attention like any other position (zero features before the
+projections; in the functional form without projections their key is the zero
+vector, so every query gives them the energy 0).  They are not masked, as in
+the authors' code.  The padding is cropped away at the end.  Everything
+index-related below (groups, masks, dense matrices) lives on the *padded* grid
+of ``N' = H'·W'`` positions, flattened row-major.
 
 Scale.  Energies are scaled dot products ``q·k / sqrt(d)`` with ``d`` the key
 channels.  Without projections the query and key are the input itself, so
@@ -323,23 +335,41 @@ def interlaced_attention_to_dense(
 # ---------------------------------------------------------------------------
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
+def _conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int = 1, bias: bool = False
+) -> nn.Sequential:
+    """Conv + BN + ReLU, the authors' ``Conv2d`` followed by ``ModuleHelper.BNReLU``."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
+    )
+
+
+def _query_key_projection(in_channels: int, key_channels: int) -> nn.Sequential:
+    """Two layers of 1x1 conv + BN + ReLU, ``in -> key -> key`` (``f_query``/``f_key``)."""
+    return nn.Sequential(
+        _conv_bn_relu(in_channels, key_channels),
+        _conv_bn_relu(key_channels, key_channels),
     )
 
 
 class SelfAttentionBlock(nn.Module):
     """Self-attention applied to a batch of groups (one step of ISSA).
 
-    query, key: 1x1 conv + BN + ReLU to ``key_channels``; value: 1x1 conv to
-    ``value_channels``; scale ``key_channels^-1/2``; output projection
-    1x1 conv + BN + ReLU to ``out_channels``; no residual (the ISA head adds
-    the input back by concatenation).  With ``projections=False`` all four
-    maps are the identity and the block is :func:`group_attention` with
-    ``q = k = v`` and scale ``C^-1/2``.
+    The layers of the authors' ``SelfAttentionBlock2D``
+    (openseg.pytorch, ``lib/models/modules/isa_block.py``):
+
+    * ``query``, ``key``: *two* layers of 1x1 conv (no bias) + BN + ReLU each,
+      ``in_channels -> key_channels -> key_channels`` (``query[0]``, ``query[1]``);
+    * ``value``: one 1x1 conv (no bias) to ``value_channels``, no BN, no ReLU;
+    * energies scaled by ``key_channels^-1/2``, softmax over the group;
+    * ``out_proj``: 1x1 conv (no bias) + BN + ReLU to ``out_channels`` (the
+      authors' ``W``); no residual (the ISA head adds the input back by
+      concatenation).
+
+    With ``projections=False`` all four maps are the identity and the block is
+    :func:`group_attention` with ``q = k = v`` and scale ``C^-1/2``.
     """
 
     def __init__(
@@ -354,10 +384,10 @@ class SelfAttentionBlock(nn.Module):
         self.key_channels = key_channels
         self.projections = projections
         if projections:
-            self.query = _conv_bn_relu(in_channels, key_channels)
-            self.key = _conv_bn_relu(in_channels, key_channels)
-            self.value = nn.Conv2d(in_channels, value_channels, 1, bias=False)
-            self.out_proj = _conv_bn_relu(value_channels, out_channels)
+            self.query = _query_key_projection(in_channels, key_channels)  # f_query
+            self.key = _query_key_projection(in_channels, key_channels)  # f_key
+            self.value = nn.Conv2d(in_channels, value_channels, 1, bias=False)  # f_value
+            self.out_proj = _conv_bn_relu(value_channels, out_channels)  # W
         else:
             self.query = self.key = self.value = self.out_proj = nn.Identity()
 
@@ -372,10 +402,16 @@ class SelfAttentionBlock(nn.Module):
 class InterlacedSparseSelfAttention(nn.Module):
     """Interlaced sparse self-attention: a long-range step, then a short-range step.
 
+    The authors' ``ISA_Block``: centred zero padding to multiples of the
+    block, the long-range permutation, one :class:`SelfAttentionBlock`, the
+    short-range permutation, a second :class:`SelfAttentionBlock` (its own
+    weights, input ``out_channels``), back to the grid, crop.
+
     Args:
         in_channels: C of the input.
-        block_size: ``(P_h, P_w)`` (reference default 8 x 8).
-        key_channels: query/key channels (default ``C // 2``, at least 1).
+        block_size: ``(P_h, P_w)`` (the paper's and the code's default 8 x 8).
+        key_channels: query/key channels (default ``C // 2``, at least 1, as
+            ISANet's 512 -> 256).
         value_channels: value channels (default C).
         out_channels: output channels (default C).
         projections: ``False`` makes every projection the identity (then the
@@ -451,13 +487,30 @@ class InterlacedSparseSelfAttention(nn.Module):
 
 
 class ISAHead(nn.Module):
-    """ISANet segmentation head.
+    """ISANet segmentation head, as the authors' ``ISANet`` (``lib/models/nets/isanet.py``).
 
-    Following the reference ISANet: a 3x3 conv + BN + ReLU reduces the
-    backbone features to ``channels`` (default ``in_channels // 4``, e.g.
-    2048 -> 512); ISSA with key channels ``channels // 2``; the reduced
-    features (the block input) are concatenated with the ISSA output and fused
-    by a 1x1 conv + BN + ReLU + Dropout2d; a 1x1 conv gives the class logits.
+    ::
+
+        x (C_in) -> reduce: 3x3 conv (with bias) -> C + BN + ReLU
+                 -> issa:   InterlacedSparseSelfAttention(C, key C // 2, value C, out C)
+                 -> concat [reduced, issa output]  (2C)
+                 -> fuse:   1x1 conv (no bias) -> C + BN + ReLU + Dropout2d
+                 -> classifier: 1x1 conv -> num_classes
+
+    ``C`` is ``channels`` (default ``in_channels // 4``, e.g. 2048 -> 512 as in
+    ISANet).  The ``issa`` + concat + ``fuse`` part is the authors'
+    ``ISA_Module`` with one block size; ISANet adds the ``reduce`` convolution
+    before it (whose bias is redundant in front of BN but is kept, as there, so
+    that weights copy one to one) and the classifier after it.  The dropout
+    default 0.05 is ISANet's.  ISANet's auxiliary head on the third backbone
+    stage is not part of this module.
+
+    Args:
+        in_channels: C_in, backbone feature channels (2048 for ResNet-101).
+        num_classes: number of output classes.
+        channels: C, the reduced width ISSA runs at (default ``in_channels // 4``).
+        block_size: ``(P_h, P_w)`` of ISSA.
+        dropout: Dropout2d probability after the fusion (ISANet: 0.05).
     """
 
     def __init__(
@@ -466,7 +519,7 @@ class ISAHead(nn.Module):
         num_classes: int,
         channels: int | None = None,
         block_size: BlockSize = (8, 8),
-        dropout: float = 0.1,
+        dropout: float = 0.05,
     ) -> None:
         super().__init__()
         if not isinstance(in_channels, int) or in_channels < 1:
@@ -475,7 +528,7 @@ class ISAHead(nn.Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         channels = channels or max(in_channels // 4, 1)
         self.in_channels = in_channels
-        self.reduce = _conv_bn_relu(in_channels, channels, kernel_size=3)
+        self.reduce = _conv_bn_relu(in_channels, channels, kernel_size=3, bias=True)
         self.issa = InterlacedSparseSelfAttention(channels, block_size)
         self.fuse = nn.Sequential(_conv_bn_relu(2 * channels, channels), nn.Dropout2d(dropout))
         self.classifier = nn.Conv2d(channels, num_classes, 1)

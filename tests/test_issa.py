@@ -256,6 +256,37 @@ def test_module_defaults_and_gradcheck():
     assert torch.autograd.gradcheck(small, (x,), fast_mode=True)
 
 
+def test_query_and_key_are_two_conv_bn_relu_layers_as_in_the_authors_code():
+    # openseg.pytorch isa_block.py: f_query = f_key = conv(in->k) BN ReLU conv(k->k) BN ReLU,
+    # f_value a bare conv, W = conv BN ReLU; every conv without bias.
+    step = InterlacedSparseSelfAttention(6, (2, 3), key_channels=3, value_channels=5,
+                                         out_channels=4).long_range
+    for projection in (step.query, step.key):
+        assert len(projection) == 2
+        for layer, (c_in, c_out) in zip(projection, [(6, 3), (3, 3)], strict=True):
+            conv, bn, relu = layer
+            assert isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (1, 1)
+            assert (conv.in_channels, conv.out_channels) == (c_in, c_out)
+            assert conv.bias is None
+            assert isinstance(bn, torch.nn.BatchNorm2d) and bn.num_features == c_out
+            assert isinstance(relu, torch.nn.ReLU)
+    assert isinstance(step.value, torch.nn.Conv2d) and step.value.bias is None
+    assert (step.value.in_channels, step.value.out_channels) == (6, 5)
+    assert [type(m) for m in step.out_proj] == [
+        torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU
+    ]
+    # weights per step: 2 (C C_k + C_k^2 + 2·2 C_k) + C C_v + C_v C_out + 2 C_out
+    expected = 2 * (6 * 3 + 3 * 3 + 4 * 3) + 6 * 5 + 5 * 4 + 2 * 4
+    assert sum(p.numel() for p in step.parameters()) == expected
+
+
+def test_isa_head_follows_isanet():
+    head = ISAHead(16, num_classes=5)
+    assert head.reduce[0].kernel_size == (3, 3) and head.reduce[0].bias is not None
+    assert head.fuse[0][0].bias is None and head.fuse[1].p == 0.05
+    assert head.issa.long_range.key_channels == 2  # channels // 2, as ISANet's 512 -> 256
+
+
 def test_isa_head_shapes():
     torch.manual_seed(7)
     head = ISAHead(16, num_classes=5, block_size=(3, 2)).eval()

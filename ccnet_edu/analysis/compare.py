@@ -94,7 +94,7 @@ def paper_candidates(
     block_size: tuple[int, int] = (8, 8),
     include: Iterable[str] = ("non-local", "rcca", "issa", "sa"),
 ) -> list[Candidate]:
-    """The modules of the CCNet comparison, built like the paper's (SPEC §2, §6).
+    """The modules of the CCNet comparison, built like the paper's (CCNet, Huang et al.).
 
     * non-local: :class:`~ccnet_edu.NonLocal2d` in ``"ccnet"`` mode (same
       projections as CCA, dense pattern);
@@ -102,7 +102,9 @@ def paper_candidates(
       (R = 1 *is* one CCA block) with ``impl`` (``"auto"``: the fused operator
       when it builds);
     * ISSA: :class:`~ccnet_edu.InterlacedSparseSelfAttention`, block 8 x 8,
-      key channels C' (as CCA), value and output channels C;
+      key channels C' (as CCA; the authors' ISANet uses C / 2), value and
+      output channels C, each step with the authors' two-layer query and key
+      projections;
     * SA: :class:`~ccnet_edu.SqueezeAttention` with the paper's defaults
       (branches at C/4 channels, pooling 8).
     """

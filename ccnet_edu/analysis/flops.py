@@ -25,7 +25,8 @@ conventions, which every number in this package inherits:
 The counter does not know the fused criss-cross operator of
 :mod:`ccnet_edu.ops` (one opaque call).  :func:`flop_formulas` teaches it: the
 operator computes exactly the ``H + W - 1`` energies and the aggregation of
-SPEC §1 for each pixel, and its backward twice that.  The formulas are passed
+criss-cross attention (CCNet, Huang et al.; the book's chapter *Criss-cross
+attention step by step*) for each pixel, and its backward twice that.  The formulas are passed
 per call (``custom_mapping``), so nothing breaks when the operator is not built.
 
 Why the readable criss-cross attention measures slightly *more* than the
@@ -250,14 +251,14 @@ def flops_by_kind(fn: Callable[..., Any], *inputs: Any) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------
-# Closed forms (SPEC §1, §4, §6)
+# Closed forms (the book's chapters on CCA, RCCA, ISSA and the non-local block)
 # ---------------------------------------------------------------------------
 
 
 def cca_flops(
     height: int, width: int, channels: int, qk_channels: int, batch: int = 1
 ) -> dict[str, int]:
-    """Closed-form forward FLOPs of one criss-cross attention block (SPEC §1).
+    """Closed-form forward FLOPs of one criss-cross attention block (CCNet, Huang et al.).
 
     ``projections = 2 N C (2 C' + C)`` (three 1x1 convs, bias not counted),
     ``energy = 2 N (H + W - 1) C'``, ``aggregation = 2 N (H + W - 1) C``,
@@ -278,7 +279,7 @@ def cca_flops(
 def rcca_flops(
     height: int, width: int, channels: int, qk_channels: int, recurrence: int = 2, batch: int = 1
 ) -> dict[str, int]:
-    """Closed-form forward FLOPs of recurrent CCA: ``R`` times one CCA block (SPEC §2)."""
+    """Closed-form forward FLOPs of recurrent CCA: ``R`` times one CCA block (shared weights)."""
     return {
         k: recurrence * v
         for k, v in cca_flops(height, width, channels, qk_channels, batch).items()
@@ -288,7 +289,7 @@ def rcca_flops(
 def nonlocal_flops(
     height: int, width: int, channels: int, qk_channels: int, batch: int = 1
 ) -> dict[str, int]:
-    """Closed-form forward FLOPs of the CCNet-style non-local block (SPEC §6).
+    """Closed-form forward FLOPs of the non-local block the CCNet paper compares against.
 
     Same projections as CCA, but every pixel attends to all ``N = H W``:
     ``energy = 2 B N^2 C'``, ``aggregation = 2 B N^2 C``.
@@ -316,17 +317,26 @@ def issa_flops(
     """Closed-form forward FLOPs of :class:`~ccnet_edu.issa.InterlacedSparseSelfAttention`.
 
     Both steps run on the padded grid of ``N' = H' W'`` positions and each
-    has its own projections (query/key ``C -> C_k``, value ``C -> C_v``,
-    output ``C_v -> C``; convolutions without bias).  The long step attends
-    within groups of ``Q_h Q_w`` positions, the short step within blocks of
+    has its own projections, as in the authors' code: query and key are two
+    1x1 convolutions each (``C -> C_k -> C_k``), the value one (``C -> C_v``)
+    and the output projection one (``C_v -> C``); convolutions without bias,
+    BN and ReLU not counted.  Per step and position that is
+    ``2 (2 C C_k + 2 C_k^2 + C C_v + C_v C)``.  The long step attends within
+    groups of ``Q_h Q_w`` positions, the short step within blocks of
     ``P_h P_w``: ``attention = 2 N' (Q_h Q_w + P_h P_w) (C_k + C_v)``.
+    The output channels are ``C`` (the module's default), so both steps have
+    the same projections.
     """
     p_h, p_w = block_size
     key_channels = key_channels or max(channels // 2, 1)
     value_channels = value_channels or channels
     q_h, q_w = math.ceil(height / p_h), math.ceil(width / p_w)
     n = batch * (q_h * p_h) * (q_w * p_w)
-    per_step_projections = 2 * n * (2 * channels * key_channels + 2 * channels * value_channels)
+    per_step_projections = 2 * n * (
+        2 * channels * key_channels  # first query and key layers, C -> C_k
+        + 2 * key_channels * key_channels  # second query and key layers, C_k -> C_k
+        + 2 * channels * value_channels  # value C -> C_v and output projection C_v -> C
+    )
     out = {
         "projections": 2 * per_step_projections,
         "energy": 2 * n * (q_h * q_w + p_h * p_w) * key_channels,
