@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,13 @@ import pytest
 import torch
 
 from ccnet_edu.models import (
+    CHECKPOINT_DIR,
     HEADS,
     SegmentationModel,
+    add_digest,
     load_checkpoint,
     load_pretrained,
+    pretrained_names,
     save_checkpoint,
     state_dict_digest,
 )
@@ -138,7 +142,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no_such_head.*ccnet_edu\.train"):
+    with pytest.raises(ValueError, match=r"name must be one of the shipped.*no_such_head"):
         load_pretrained("no_such_head")
     with pytest.raises(FileNotFoundError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
@@ -155,6 +159,97 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(ValueError, match="not a ccnet_edu checkpoint"):
         load_checkpoint(other)
+
+
+def test_checkpoint_stores_the_digest_and_a_flipped_byte_is_caught(tmp_path):
+    torch.manual_seed(0)
+    model = SegmentationModel("fcn").eval()
+    marker = 1234.5678  # a value whose float32 bytes occur once in the file
+    with torch.no_grad():
+        model.head.classifier.bias[2] = marker
+    path = save_checkpoint(tmp_path / "m.pt", model, {})
+    payload = torch.load(path, weights_only=True)
+    assert payload["state_dict_digest"] == state_dict_digest(model)
+    data = bytearray(path.read_bytes())
+    at = data.find(struct.pack("<f", marker))
+    assert at > 0 and data.find(struct.pack("<f", marker), at + 1) == -1
+    data[at] ^= 0x01  # one bit of the tensor data
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    # torch itself loads the damaged file without complaint ...
+    torch.load(damaged, weights_only=True)
+    # ... the digest does not.
+    with pytest.raises(ValueError, match=r"damaged.pt is damaged: its weights do not match"):
+        load_checkpoint(damaged)
+
+
+def _payload(tmp_path, name, **changes):
+    """A checkpoint file with ``changes`` applied to a valid payload (digest recomputed)."""
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "valid.pt", SegmentationModel("fcn"), {"seed": 0})
+    payload = torch.load(path, weights_only=True)
+    for key, value in changes.items():
+        if value is None:
+            payload.pop(key)
+        else:
+            payload[key] = value
+    out = tmp_path / name
+    torch.save(payload, out)
+    return out
+
+
+def test_checkpoint_without_digest_says_how_to_add_one(tmp_path):
+    old = _payload(tmp_path, "old.pt", state_dict_digest=None)
+    with pytest.raises(ValueError, match=r"old.pt predates weight digests.*add_digest"):
+        load_checkpoint(old)
+    before = torch.load(old, weights_only=True)
+    add_digest(old)
+    after = torch.load(old, weights_only=True)
+    assert after["meta"] == before["meta"] and after["config"] == before["config"]
+    for key, tensor in before["state_dict"].items():
+        assert torch.equal(after["state_dict"][key], tensor)
+    assert load_checkpoint(old).meta == {"seed": 0}
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"head": "fcn", "width": 1e6}, r"width must be an int, got float"),
+        ({"head": "fcn", "width": 0}, r"width must be >= 1"),
+        ({"head": "fcn", "width": True}, r"width must be an int, got bool"),
+        ({"head": "fcn", "dropout": 2.0}, r"dropout must be <= 1"),
+        ({"head": "fcn", "dropout": float("nan")}, r"dropout must be finite"),
+        ({"head": "deeplab"}, r"head must be one of"),
+        ({"head": "fcn", "depth": 3}, r"unknown keys \['depth'\]"),
+        ("fcn", r"config must be a dict"),
+        # valid values, but not the model whose weights the file holds
+        ({"head": "fcn", "width": 10**6}, r"does not match its config"),
+        ({"head": "rcca2"}, r"does not match its config"),
+    ],
+)
+def test_checkpoint_config_is_validated_before_the_model_is_built(tmp_path, config, message):
+    path = _payload(tmp_path, "bad_config.pt", config=config)
+    with pytest.raises(ValueError, match=message) as info:
+        load_checkpoint(path)
+    assert "bad_config.pt" in str(info.value)
+
+
+def test_load_pretrained_reads_only_shipped_names():
+    for name in ("../checkpoints/rcca2", "/etc/passwd", "rcca2.pt", "", "RCCA2"):
+        with pytest.raises(ValueError, match="name must be one of the shipped checkpoints"):
+            load_pretrained(name)
+    with pytest.raises(TypeError, match="name must be a str"):
+        load_pretrained(Path("rcca2"))
+
+
+def test_every_shipped_checkpoint_has_a_verified_digest():
+    names = pretrained_names()
+    assert {"fcn", "rcca2", "rcca2_ccl"} <= set(names)
+    for name in names:
+        payload = torch.load(CHECKPOINT_DIR / f"{name}.pt", weights_only=True)
+        model = load_pretrained(name)  # verifies the digest
+        assert state_dict_digest(model) == payload["state_dict_digest"], name
+        assert not model.training
 
 
 def test_all_reduce_batchnorm_is_batchnorm_outside_a_process_group():
