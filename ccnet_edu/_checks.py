@@ -27,6 +27,7 @@ __all__ = [
     "check_feature_map",
     "check_tensor",
     "check_same_device",
+    "check_device",
     "check_positive_pair",
     "check_int",
     "check_float",
@@ -244,6 +245,18 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise ValueError(f"all inputs must be on one device, got {listed}")
+
+
+def check_device(name: str, device: object, *, optional: bool = False) -> torch.device | None:
+    """A device given as a ``str`` or ``torch.device`` (``None`` too when ``optional``)."""
+    if device is None and optional:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name} must be a str or torch.device, got {_describe(device)}")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"{name} {device!r} is not a device ({err})") from None
 
 
 # --------------------------------------------------------------------------- output paths
