@@ -1,20 +1,217 @@
-"""Input validation shared by every module.
+"""Input validation shared by every module, and the argument types of the command lines.
 
-Bad input should fail at the door with a message that names the argument and
-says what was expected, not deep inside an ``einsum`` with a shape error.
+Bad input should fail at the door with a message that names the argument,
+says what was expected and what came, before any allocation or work, not
+deep inside an ``einsum`` with a shape error.  The rules, everywhere:
+
+* a wrong *type* raises ``TypeError``, a wrong *value* raises ``ValueError``;
+* booleans are not integers (``True`` channels is a bug, not a 1) and floats
+  are not sizes (``width=1e6`` is refused, not truncated);
+* floating-point arguments must be finite (NaN passes every ``<`` test and
+  silently poisons a result).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import math
+import numbers
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
 __all__ = [
     "check_feature_map",
+    "check_tensor",
     "check_same_device",
+    "check_device",
     "check_positive_pair",
+    "check_int",
+    "check_float",
+    "check_probability",
+    "check_bool",
+    "check_str",
+    "check_choice",
+    "check_callable",
+    "check_int_sequence",
+    "check_index",
+    "check_writable",
+    "OneLineArgumentParser",
+    "cli_int",
+    "cli_float",
+    "cli_writable",
 ]
+
+
+def _describe(value: object) -> str:
+    """``type value`` for an error message, the value shortened."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+# --------------------------------------------------------------------------- scalars
+
+
+def check_int(
+    name: str, value: object, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """An integer (``bool`` and ``float`` refused) in ``[minimum, maximum]``; returns ``int``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {_describe(value)}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_float(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+) -> float:
+    """A finite real number (int or float, not ``bool``) in range; returns ``float``.
+
+    ``exclusive_minimum`` makes the lower bound strict (``> minimum``).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None:
+        if exclusive_minimum and value <= minimum:
+            raise ValueError(f"{name} must be > {minimum:g}, got {value:g}")
+        if not exclusive_minimum and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum:g}, got {value:g}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum:g}, got {value:g}")
+    return value
+
+
+def check_probability(name: str, value: object) -> float:
+    """A probability: a finite real number in [0, 1]."""
+    return check_float(name, value, minimum=0.0, maximum=1.0)
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``True`` or ``False`` (``0``/``1``/``"yes"`` refused: a flag is not a number)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+    return value
+
+
+def check_str(name: str, value: object) -> str:
+    """A ``str``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {_describe(value)}")
+    return value
+
+
+def check_choice(name: str, value: object, choices: Sequence[Any]) -> Any:
+    """One of ``choices`` (compared with ``==``; a ``bool`` never matches an ``int`` choice)."""
+    for choice in choices:
+        if type(value) is type(choice) and value == choice:
+            return value
+    raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_callable(name: str, value: object) -> Callable[..., Any]:
+    """Something that can be called."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {_describe(value)}")
+    return value
+
+
+def check_positive_pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
+    """Turn ``value`` (an int or a pair) into a pair of ints >= 1."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list, torch.Size)):
+        pair = tuple(value)
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {_describe(value)}")
+    if len(pair) != 2 or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair
+    ):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_int_sequence(
+    name: str, value: object, *, minimum: int | None = None, length: int | None = None
+) -> tuple[int, ...]:
+    """A non-empty list or tuple of ints (each checked like :func:`check_int`)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a list or tuple of ints, got {_describe(value)}")
+    if len(value) == 0:
+        raise ValueError(f"{name} must not be empty")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name} must have {length} entries, got {len(value)}: {value!r}")
+    return tuple(check_int(f"{name}[{k}]", v, minimum=minimum) for k, v in enumerate(value))
+
+
+def check_index(name: str, value: object, grid: Sequence[int]) -> tuple[int, int]:
+    """A pixel ``(i, j)`` of a grid of size ``grid = (H, W)``: ``0 <= i < H``, ``0 <= j < W``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (i, j) of ints, got {_describe(value)}")
+    i = check_int(f"{name}[0]", value[0])
+    j = check_int(f"{name}[1]", value[1])
+    height, width = grid
+    if not (0 <= i < height and 0 <= j < width):
+        raise ValueError(f"{name} must lie in the grid of size ({height}, {width}), got {(i, j)}")
+    return i, j
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def check_tensor(
+    name: str,
+    x: object,
+    *,
+    dim: int | Sequence[int] | None = None,
+    kind: str | None = None,
+    nonempty: bool = True,
+    layout: str = "",
+) -> torch.Tensor:
+    """Check that ``x`` is a tensor with ``dim`` dimensions and a dtype of ``kind``.
+
+    ``kind``: ``"float"`` (floating point), ``"int"`` (integer, not bool) or
+    ``"bool"``; ``layout`` names the dimensions for the message, e.g.
+    ``"(B, H, W)"``.  ``nonempty`` refuses a tensor with no elements.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {_describe(x)}")
+    if dim is not None:
+        dims = (dim,) if isinstance(dim, int) else tuple(dim)
+        if x.dim() not in dims:
+            expected = " or ".join(str(d) for d in dims)
+            shown = f" {layout}" if layout else ""
+            raise ValueError(
+                f"{name} must have {expected} dimensions{shown}, got {x.dim()} "
+                f"with shape {tuple(x.shape)}"
+            )
+    if kind == "float" and not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+    if kind == "int" and (x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool):
+        raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
+    if kind == "bool" and x.dtype != torch.bool:
+        raise TypeError(f"{name} must have dtype torch.bool, got {x.dtype}")
+    if nonempty and x.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    return x
 
 
 def check_feature_map(
@@ -24,28 +221,21 @@ def check_feature_map(
     channels: int | None = None,
     channels_from: str | None = None,
 ) -> torch.Tensor:
-    """Check that ``x`` is a floating-point tensor of shape (B, C, H, W).
+    """Check that ``x`` is a non-empty floating-point tensor of shape (B, C, H, W).
 
     ``channels`` (if given) is the expected C; ``channels_from`` names where
     that number comes from, for the error message (e.g. ``"in_channels"``).
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(
-            f"{name} must have 4 dimensions (B, C, H, W), got {x.dim()} "
-            f"with shape {tuple(x.shape)}"
-        )
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+    check_tensor(name, x, dim=4, kind="float", nonempty=False, layout="(B, C, H, W)")
+    assert isinstance(x, torch.Tensor)
     if channels is not None and x.shape[1] != channels:
         origin = f" ({channels_from}={channels})" if channels_from else ""
         raise ValueError(
             f"{name} must have {channels} channels{origin}, got {x.shape[1]} "
             f"with shape {tuple(x.shape)}"
         )
-    if min(x.shape[2], x.shape[3]) < 1:
-        raise ValueError(f"{name} must have H, W >= 1, got shape {tuple(x.shape)}")
+    if min(x.shape) < 1:
+        raise ValueError(f"{name} must have B, C, H, W >= 1 (not empty), got {tuple(x.shape)}")
     return x
 
 
@@ -57,14 +247,119 @@ def check_same_device(**tensors: torch.Tensor) -> None:
         raise ValueError(f"all inputs must be on one device, got {listed}")
 
 
-def check_positive_pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
-    """Turn ``value`` (an int or a pair) into a pair of ints >= 1."""
-    if isinstance(value, int):
-        pair = (value, value)
-    else:
-        pair = tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return pair  # type: ignore[return-value]
+def check_device(name: str, device: object, *, optional: bool = False) -> torch.device | None:
+    """A device given as a ``str`` or ``torch.device`` (``None`` too when ``optional``)."""
+    if device is None and optional:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name} must be a str or torch.device, got {_describe(device)}")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"{name} {device!r} is not a device ({err})") from None
+
+
+# --------------------------------------------------------------------------- output paths
+
+
+def check_writable(name: str, path: object, *, directory: bool = False) -> Path:
+    """Check, before any work, that ``path`` can be written (nothing is created).
+
+    A file path must not be a directory; a directory path must not be a file;
+    the nearest existing ancestor must be a writable directory (missing
+    folders in between are created later, when the output is written).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {_describe(path)}")
+    path = Path(path)
+    if str(path) == "":
+        raise ValueError(f"{name} must not be empty")
+    if path.exists():
+        if directory and not path.is_dir():
+            raise ValueError(f"{name} {str(path)!r} exists and is not a directory")
+        if not directory and path.is_dir():
+            raise ValueError(f"{name} {str(path)!r} is a directory, expected a file path")
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{name} {str(path)!r} is not writable")
+        return path
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{name} {str(path)!r} cannot be created: {str(ancestor)!r} is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {str(path)!r} cannot be created: {str(ancestor)!r} is read-only")
+    return path
+
+
+# --------------------------------------------------------------------------- command lines
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr, exit code 2.
+
+    The stock parser prints the whole usage block before the message; with a
+    score of options that buries the one line that matters.
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def cli_int(
+    minimum: int | None = None, maximum: int | None = None, multiple_of: int | None = None
+) -> Callable[[str], int]:
+    """An argparse ``type``: an int in ``[minimum, maximum]``, a multiple of ``multiple_of``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
+        if multiple_of is not None and value % multiple_of:
+            raise argparse.ArgumentTypeError(f"must be a multiple of {multiple_of}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def cli_float(
+    minimum: float | None = None, maximum: float | None = None, exclusive_minimum: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite float in range (``exclusive_minimum``: ``> minimum``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+        if minimum is not None:
+            if exclusive_minimum and value <= minimum:
+                raise argparse.ArgumentTypeError(f"must be > {minimum:g}, got {text}")
+            if not exclusive_minimum and value < minimum:
+                raise argparse.ArgumentTypeError(f"must be >= {minimum:g}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum:g}, got {text}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+def cli_writable(
+    parser: argparse.ArgumentParser, option: str, path: object, *, directory: bool = False
+) -> None:
+    """:func:`check_writable` for a command-line option: a usage error (exit 2) if not."""
+    if path is None:
+        return
+    try:
+        check_writable(option, path, directory=directory)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))

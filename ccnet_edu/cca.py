@@ -1,4 +1,4 @@
-"""Criss-cross attention modules and the CCNet segmentation head (SPEC §1, §2).
+"""Criss-cross attention modules and the CCNet segmentation head (CCNet, Sec. 3.1-3.3).
 
 [CCNet](https://arxiv.org/abs/1811.11721) (Huang et al., ICCV 2019 / TPAMI 2020)
 gives every pixel a view of its whole row and column.  Applied twice with the
@@ -22,7 +22,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._checks import check_feature_map, check_same_device
+from ._checks import (
+    check_bool,
+    check_choice,
+    check_feature_map,
+    check_int,
+    check_probability,
+    check_same_device,
+)
 from .functional import Impl, criss_cross_attention
 
 __all__ = [
@@ -40,21 +47,15 @@ Norm = str | Callable[[int], nn.Module] | None
 
 def _check_channels(name: str, value: object) -> int:
     """An int >= 1 (``bool`` is rejected: ``True`` channels is a bug, not a 1)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
+    return check_int(name, value, minimum=1)
 
 
 def _check_impl(impl: object) -> str:
-    if impl not in _IMPLS:
-        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
-    return impl  # type: ignore[return-value]
+    return check_choice("impl", impl, _IMPLS)
 
 
 class CrissCrossAttention(nn.Module):
-    """One criss-cross attention block (SPEC §1).
+    """One criss-cross attention block (CCNet, Huang et al., ICCV 2019, Sec. 3.2, Eqs. (1)-(2)).
 
     For each pixel ``u`` the ``query`` of ``u`` is compared (dot product, the
     *energy*) with the ``key`` of the ``H + W - 1`` pixels of its row and
@@ -76,7 +77,7 @@ class CrissCrossAttention(nn.Module):
         super().__init__()
         self.in_channels = _check_channels("in_channels", in_channels)
         if qk_channels is None:
-            qk_channels = max(in_channels // 8, 1)
+            qk_channels = max(self.in_channels // 8, 1)
         self.qk_channels = _check_channels("qk_channels", qk_channels)
         self.impl = _check_impl(impl)
 
@@ -93,6 +94,7 @@ class CrissCrossAttention(nn.Module):
         """``x`` (B, C, H, W) -> ``y`` (B, C, H, W) [, attention (B, H, W, H+W-1)]."""
         check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
         check_same_device(x=x, gamma=self.gamma)
+        check_bool("return_attention", return_attention)
         query = self.query(x)  # (B, C', H, W)
         key = self.key(x)  # (B, C', H, W)
         value = self.value(x)  # (B, C, H, W)
@@ -111,7 +113,7 @@ class RecurrentCrissCrossAttention(nn.Module):
 
     After one loop pixel ``u`` has seen its row and column; after two loops it
     has seen every pixel ``p``, through the pixels ``(row(u), col(p))`` and
-    ``(row(p), col(u))`` (SPEC §2).  The weights are shared, so ``R`` adds
+    ``(row(p), col(u))`` (CCNet, Sec. 3.3).  The weights are shared, so ``R`` adds
     compute but no parameters.
 
     Args:
@@ -129,17 +131,15 @@ class RecurrentCrissCrossAttention(nn.Module):
         impl: Impl = "reference",
     ):
         super().__init__()
-        if not isinstance(recurrence, int) or isinstance(recurrence, bool):
-            raise TypeError(f"recurrence must be an int, got {type(recurrence).__name__}")
-        if recurrence < 1:
-            raise ValueError(f"recurrence must be >= 1, got {recurrence}")
-        self.recurrence = recurrence
+        self.recurrence = check_int("recurrence", recurrence, minimum=1)
         self.cca = CrissCrossAttention(in_channels, qk_channels=qk_channels, impl=impl)
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """``x`` (B, C, H, W) -> ``y`` [, list of ``R`` attentions (B, H, W, H+W-1)]."""
+        check_feature_map("x", x, channels=self.cca.in_channels, channels_from="in_channels")
+        check_bool("return_attention", return_attention)
         attentions = []
         for _ in range(self.recurrence):
             x, attention = self.cca(x, return_attention=True)  # same weights every loop
@@ -155,6 +155,15 @@ def _mid_channels(in_channels: int, mid_channels: int | None) -> int:
     if mid_channels is None:
         mid_channels = max(in_channels // 4, 1)
     return _check_channels("mid_channels", mid_channels)
+
+
+def _check_norm_activation(norm: object, activation: object) -> None:
+    """Check the norm and activation choices before any layer is built."""
+    if not callable(norm) and not (norm is None or norm in ("bn", "none")):
+        raise ValueError(
+            f"norm must be 'bn', 'none' or a callable channels -> module, got {norm!r}"
+        )
+    check_choice("activation", activation, ("relu", "leaky_relu", "none"))
 
 
 def _norm(norm: Norm, channels: int) -> nn.Module:
@@ -192,7 +201,7 @@ def _conv_norm_act(
 
 
 class RCCAHead(nn.Module):
-    """The CCNet segmentation head (SPEC §2).
+    """The CCNet segmentation head (CCNet, Huang et al., ICCV 2019, Sec. 3.1).
 
     ::
 
@@ -239,6 +248,12 @@ class RCCAHead(nn.Module):
         _check_channels("num_classes", num_classes)
         mid_channels = _mid_channels(in_channels, mid_channels)
         _check_channels("out_channels", out_channels)
+        check_int("recurrence", recurrence, minimum=1)
+        if qk_channels is not None:
+            _check_channels("qk_channels", qk_channels)
+        _check_impl(impl)
+        check_probability("dropout", dropout)
+        _check_norm_activation(norm, activation)
 
         self.conva = _conv_norm_act(in_channels, mid_channels, norm, activation)
         self.rcca = RecurrentCrissCrossAttention(
@@ -254,8 +269,8 @@ class RCCAHead(nn.Module):
     def context(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The RCCA features after ``convb``, (B, mid, H, W), and the per-loop attentions.
 
-        Exposed separately because the category consistent loss (SPEC §3)
-        works on these features.
+        Exposed separately because the category consistent loss (CCNet, TPAMI
+        version, Sec. 3.4) works on these features.
         """
         check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
         features = self.conva(x)  # (B, mid, H, W)
@@ -266,6 +281,7 @@ class RCCAHead(nn.Module):
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """``x`` (B, C_in, H, W) -> logits (B, num_classes, H, W) [, per-loop attentions]."""
+        check_bool("return_attention", return_attention)
         context, attentions = self.context(x)
         # The head sees both the local backbone features and the long-range context.
         fused = self.bottleneck(torch.cat([x, context], dim=1))  # (B, out_channels, H, W)
@@ -277,7 +293,7 @@ class FCNHead(nn.Module):
     """A plain FCN head: 3x3 conv + norm + act + Dropout2d + 1x1 conv.
 
     CCNet attaches one to the third backbone stage as an auxiliary
-    classifier, weighted 0.4 in the loss (SPEC §2).
+    classifier, weighted 0.4 in the loss (CCNet's official code, as in PSPNet).
 
     Args:
         in_channels: input channels.
@@ -301,6 +317,8 @@ class FCNHead(nn.Module):
         self.in_channels = _check_channels("in_channels", in_channels)
         _check_channels("num_classes", num_classes)
         mid_channels = _mid_channels(in_channels, mid_channels)
+        check_probability("dropout", dropout)
+        _check_norm_activation(norm, activation)
         self.conv = _conv_norm_act(in_channels, mid_channels, norm, activation)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(mid_channels, num_classes, kernel_size=1)

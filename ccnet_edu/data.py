@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from ._checks import check_float, check_int
+
 __all__ = [
     "NUM_CLASSES",
     "CLASS_NAMES",
@@ -61,6 +63,19 @@ def _randint(gen: torch.Generator, low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, (), generator=gen).item())
 
 
+def _check_sample_args(
+    size: object, num_shapes: object, beacon_size: object, noise: object
+) -> tuple[int, int, int, float]:
+    """The generator's settings, checked: sizes are ints, the image holds the beacon."""
+    beacon_size = check_int("beacon_size", beacon_size, minimum=1)
+    size = check_int("size", size, minimum=4 * beacon_size)
+    num_shapes = check_int("num_shapes", num_shapes, minimum=1)
+    noise = check_float("noise", noise, minimum=0.0)
+    if size < 24:  # a shape has radius up to 10 and must fit inside the image
+        raise ValueError(f"size must be >= 24 (room for the shapes), got {size}")
+    return size, num_shapes, beacon_size, noise
+
+
 def make_sample(
     seed: int,
     index: int,
@@ -79,10 +94,9 @@ def make_sample(
       ``shape_mask`` (size, size) bool, the pixels of the grey shapes,
       ``beacon_size`` (int).
     """
-    if size < 4 * beacon_size:
-        raise ValueError(f"size must be at least 4 * beacon_size = {4 * beacon_size}, got {size}")
-    if num_shapes < 1:
-        raise ValueError(f"num_shapes must be >= 1, got {num_shapes}")
+    seed = check_int("seed", seed, minimum=0)
+    index = check_int("index", index, minimum=0)
+    size, num_shapes, beacon_size, noise = _check_sample_args(size, num_shapes, beacon_size, noise)
     # One generator per sample, seeded from (seed, index): order-independent.
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(index))
 
@@ -151,18 +165,21 @@ class BeaconShapes(Dataset):
         beacon_size: int = 6,
         noise: float = 0.12,
     ) -> None:
-        if not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be a positive int, got {length!r}")
+        self.length = check_int("length", length, minimum=1)
+        self.seed = check_int("seed", seed, minimum=0)
+        size, num_shapes, beacon_size, noise = _check_sample_args(
+            size, num_shapes, beacon_size, noise
+        )
         if size % 8 != 0:
             raise ValueError(f"size must be a multiple of 8 (output stride 8), got {size}")
-        self.length = length
-        self.seed = seed
         self.kwargs = dict(size=size, num_shapes=num_shapes, beacon_size=beacon_size, noise=noise)
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"index must be an int, got {type(index).__name__}")
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of {self.length}")
         sample = make_sample(self.seed, index % self.length, **self.kwargs)
@@ -170,6 +187,12 @@ class BeaconShapes(Dataset):
 
     def batch(self, indices: range | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Stack several samples: images (B, 3, S, S), labels (B, S, S)."""
+        if not isinstance(indices, (range, list, tuple)):
+            raise TypeError(
+                f"indices must be a range or a list of ints, got {type(indices).__name__}"
+            )
+        if len(indices) == 0:
+            raise ValueError("indices must not be empty")
         images, labels = zip(*(self[i] for i in indices), strict=True)
         return torch.stack(images), torch.stack(labels)
 
@@ -180,6 +203,10 @@ def distance_to_beacon(sample: dict) -> torch.Tensor:
     Used to split the accuracy into "near" pixels, which a backbone's
     receptive field can connect to the beacon, and "far" ones, which need context.
     """
+    if not isinstance(sample, dict) or not {"label", "beacon_corner", "beacon_size"} <= set(
+        sample
+    ):
+        raise TypeError("sample must be a dict from make_sample (label, beacon_corner, ...)")
     label = sample["label"]
     size = label.shape[-1]
     br, bc = sample["beacon_corner"]

@@ -24,7 +24,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_same_device
+from ._checks import (
+    check_bool,
+    check_choice,
+    check_device,
+    check_int,
+    check_same_device,
+    check_tensor,
+)
 from .functional import check_qkv, column_index
 
 __all__ = [
@@ -44,12 +51,12 @@ __all__ = [
 Kind = Literal["criss_cross", "recurrent", "dense", "issa"]
 
 
+_STEPS = ("long", "short", "combined")
+_KINDS = ("criss_cross", "recurrent", "dense", "issa")
+
+
 def _check_size(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
+    return check_int(name, value, minimum=1)
 
 
 def dense_attention(
@@ -76,6 +83,7 @@ def dense_attention(
         ``out`` (B, C, H, W), or ``(out, attention)``.
     """
     check_qkv(query, key, value)  # shapes, dtypes and devices, with named errors
+    check_bool("return_attention", return_attention)
     batch, channels, height, width = value.shape
     n = height * width
 
@@ -104,10 +112,11 @@ def criss_cross_mask(
     """The criss-cross pattern as a bool (N, N) matrix, ``N = H * W`` (row-major).
 
     ``mask[u, p]`` is True when ``p`` lies in the row or the column of ``u``
-    (SPEC §1); each row has exactly ``H + W - 1`` True entries.
+    (CCNet, Sec. 3.2); each row has exactly ``H + W - 1`` True entries.
     """
     _check_size("height", height)
     _check_size("width", width)
+    device = check_device("device", device, optional=True)
     position = torch.arange(height * width, device=device)
     row, col = position // width, position % width  # (N,), (N,)
     return (row[:, None] == row[None, :]) | (col[:, None] == col[None, :])
@@ -124,6 +133,7 @@ def criss_cross_index(
     """
     _check_size("height", height)
     _check_size("width", width)
+    device = check_device("device", device, optional=True)
     i = torch.arange(height, device=device)[:, None, None]  # (H, 1, 1)
     j = torch.arange(width, device=device)[None, :, None]  # (1, W, 1)
     row = i * width + torch.arange(width, device=device)[None, None, :]  # (H, 1, W)
@@ -132,17 +142,13 @@ def criss_cross_index(
     return torch.cat([row.expand(height, width, width), col], dim=-1)  # (H, W, H+W-1)
 
 
-def _check_criss_cross(attention: object) -> torch.Tensor:
-    if not isinstance(attention, torch.Tensor):
-        raise TypeError(f"attention must be a torch.Tensor, got {type(attention).__name__}")
-    if attention.dim() != 4:
-        raise ValueError(
-            f"attention must have shape (B, H, W, H+W-1), got {tuple(attention.shape)}"
-        )
+def _check_criss_cross(attention: object, name: str = "attention") -> torch.Tensor:
+    check_tensor(name, attention, dim=4, kind="float", layout="(B, H, W, H+W-1)")
+    assert isinstance(attention, torch.Tensor)
     _, height, width, length = attention.shape
     if length != height + width - 1:
         raise ValueError(
-            f"attention must have H+W-1 = {height + width - 1} entries in its last "
+            f"{name} must have H+W-1 = {height + width - 1} entries in its last "
             f"dimension, got shape {tuple(attention.shape)}"
         )
     return attention
@@ -182,8 +188,21 @@ def recurrent_attention_to_dense(attentions: Sequence[torch.Tensor]) -> torch.Te
     path, as in the CCNet paper's figures: it leaves out the value
     projections and the ``gamma``-scaled residual.
     """
-    if isinstance(attentions, torch.Tensor) or len(attentions) == 0:
-        raise TypeError("attentions must be a non-empty list of (B, H, W, H+W-1) tensors")
+    if not isinstance(attentions, (list, tuple)):
+        raise TypeError(
+            f"attentions must be a list of (B, H, W, H+W-1) tensors, got "
+            f"{type(attentions).__name__}"
+        )
+    if len(attentions) == 0:
+        raise ValueError("attentions must not be empty (one tensor per loop)")
+    for r, attention in enumerate(attentions):
+        _check_criss_cross(attention, f"attentions[{r}]")
+        if attention.shape != attentions[0].shape:
+            raise ValueError(
+                f"attentions[{r}] must have the shape of attentions[0] "
+                f"{tuple(attentions[0].shape)}, got {tuple(attention.shape)}"
+            )
+    check_same_device(**{f"attentions[{r}]": a for r, a in enumerate(attentions)})
     effective = None
     for attention in attentions:
         dense = criss_cross_attention_to_dense(attention)  # (B, N, N)
@@ -207,8 +226,8 @@ def interlaced_masks(
 def _check_dense(dense: object, height: int, width: int) -> torch.Tensor:
     _check_size("height", height)
     _check_size("width", width)
-    if not isinstance(dense, torch.Tensor):
-        raise TypeError(f"dense attention must be a torch.Tensor, got {type(dense).__name__}")
+    check_tensor("dense attention", dense, kind="float")
+    assert isinstance(dense, torch.Tensor)
     n = height * width
     if dense.dim() != 3 or dense.shape[1:] != (n, n):
         raise ValueError(
@@ -231,12 +250,17 @@ def issa_attention_to_dense(
     :class:`~ccnet_edu.InterlacedSparseSelfAttention` or
     :func:`ccnet_edu.issa.interlaced_sparse_attention`; ``height, width`` the
     input size.  ``step`` picks ``A_L``, ``A_S`` or the effective
-    ``A_S @ A_L`` (long step first, SPEC §4).
+    ``A_S @ A_L`` (long step first: ISSA, Huang et al., arXiv 1907.12273, Sec. 3).
     """
     from .issa import interlaced_attention_to_dense  # lazy: issa may import this module
 
-    if isinstance(attention, torch.Tensor) or len(attention) != 2:
+    if not isinstance(attention, (list, tuple)) or len(attention) != 2:
         raise TypeError("attention must be the pair (long_attention, short_attention)")
+    check_tensor("attention[0] (long_attention)", attention[0], dim=4, kind="float")
+    check_tensor("attention[1] (short_attention)", attention[1], dim=4, kind="float")
+    check_choice("step", step, _STEPS)
+    _check_size("height", height)
+    _check_size("width", width)
     long_dense, short_dense = interlaced_attention_to_dense(
         attention[0], attention[1], height, width, block_size
     )
@@ -274,6 +298,8 @@ def attention_to_dense(
       (:func:`issa_attention_to_dense`).  The result lives on the *padded*
       grid of ``N' = H' W'`` positions.
     """
+    check_choice("kind", kind, _KINDS)
+    check_choice("step", step, _STEPS)
     if kind == "criss_cross":
         return criss_cross_attention_to_dense(attention)  # type: ignore[arg-type]
     if kind == "recurrent":
@@ -281,8 +307,12 @@ def attention_to_dense(
     if kind == "dense":
         if height is not None and width is not None:
             return _check_dense(attention, height, width)
-        if not isinstance(attention, torch.Tensor) or attention.dim() != 3:
-            raise ValueError("attention must be a dense (B, N, N) tensor for kind='dense'")
+        check_tensor("attention", attention, dim=3, kind="float", layout="(B, N, N)")
+        if attention.shape[1] != attention.shape[2]:  # type: ignore[union-attr]
+            raise ValueError(
+                f"attention must be a dense (B, N, N) tensor for kind='dense', got shape "
+                f"{tuple(attention.shape)}"  # type: ignore[union-attr]
+            )
         return attention
     if kind == "issa":
         if height is None or width is None or block_size is None:
@@ -300,6 +330,8 @@ def query_map(dense: torch.Tensor, i: int, j: int, height: int, width: int) -> t
     takes from pixel ``(i', j')``.
     """
     _check_dense(dense, height, width)
+    i = check_int("i", i)
+    j = check_int("j", j)
     if not (0 <= i < height):
         raise ValueError(f"i must be in [0, height={height}), got {i}")
     if not (0 <= j < width):
@@ -327,6 +359,11 @@ def attention_query_map(
     computed on the padded grid and cropped back to (H, W): weight given to
     the zero padding is dropped, so the map may sum to less than one.
     """
+    check_choice("kind", kind, _KINDS)
+    i = check_int("i", i)
+    j = check_int("j", j)
+    if kind == "recurrent" and (not isinstance(attention, (list, tuple)) or not attention):
+        raise TypeError("attention must be a non-empty list of loops for kind='recurrent'")
     if kind in ("criss_cross", "recurrent"):
         first = attention if kind == "criss_cross" else attention[0]  # type: ignore[index]
         _check_criss_cross(first)

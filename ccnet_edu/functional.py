@@ -1,4 +1,4 @@
-"""Criss-cross attention as plain tensor operations (SPEC §1).
+"""Criss-cross attention as plain tensor operations (CCNet, Huang et al., ICCV 2019, Sec. 3.2).
 
 For a pixel ``u = (i, j)`` the *criss-cross set* is its row ``i`` and its
 column ``j``: ``H + W - 1`` positions, ``u`` itself counted once.  Each pixel
@@ -24,7 +24,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_feature_map, check_same_device
+from ._checks import (
+    check_bool,
+    check_choice,
+    check_device,
+    check_feature_map,
+    check_int,
+    check_same_device,
+    check_tensor,
+)
 
 __all__ = [
     "criss_cross_attention",
@@ -45,6 +53,8 @@ def column_index(height: int, device: torch.device | str | None = None) -> torch
     ``column_index(4)[1] == [0, 2, 3]``: the centre is skipped because the row
     part of the criss-cross set already holds it.
     """
+    height = check_int("height", height, minimum=1)
+    device = check_device("device", device, optional=True)
     others = torch.arange(height - 1, device=device)  # (H-1,)
     rows = torch.arange(height, device=device)[:, None]  # (H, 1)
     return others[None, :] + (others[None, :] >= rows).long()  # (H, H-1)
@@ -81,6 +91,7 @@ def criss_cross_attention_reference(
     query, key: (B, C', H, W); value: (B, C, H, W).
     out: (B, C, H, W); attention: (B, H, W, H+W-1) in the layout of this module.
     """
+    check_qkv(query, key, value)
     batch, _, height, width = query.shape
     others = column_index(height, query.device)  # (H, H-1)
     index = others[None, :, None, :].expand(batch, height, width, height - 1)  # (B, H, W, H-1)
@@ -132,27 +143,45 @@ def criss_cross_attention(
         ``out`` (B, C, H, W), or ``(out, attention)`` with ``return_attention``.
     """
     check_qkv(query, key, value)
+    check_bool("return_attention", return_attention)
+    check_choice("impl", impl, ("reference", "fused", "auto"))
     if impl == "reference":
         out, attention = criss_cross_attention_reference(query, key, value)
-    elif impl in ("fused", "auto"):
+    else:  # "fused" or "auto"
         from . import ops  # imported lazily: building the operator is optional
 
         if impl == "fused" or ops.usable_for(query):
             out, attention = ops.criss_cross_attention(query, key, value)
         else:
             out, attention = criss_cross_attention_reference(query, key, value)
-    else:
-        raise ValueError(f"impl must be 'reference', 'fused' or 'auto', got {impl!r}")
     return (out, attention) if return_attention else out
+
+
+def _check_attention(attention: object, layout: str) -> torch.Tensor:
+    return check_tensor("attention", attention, dim=4, kind="float", layout=layout)
 
 
 def attention_to_channels_first(attention: torch.Tensor) -> torch.Tensor:
     """(B, H, W, H+W-1) -> (B, H+W-1, H, W), the original CCNet CUDA kernels' layout."""
+    _check_attention(attention, "(B, H, W, H+W-1)")
+    _, height, width, length = attention.shape
+    if length != height + width - 1:
+        raise ValueError(
+            f"attention must have H+W-1 = {height + width - 1} entries in its last "
+            f"dimension, got shape {tuple(attention.shape)}"
+        )
     return attention.permute(0, 3, 1, 2)
 
 
 def attention_from_channels_first(attention: torch.Tensor) -> torch.Tensor:
     """(B, H+W-1, H, W) -> (B, H, W, H+W-1), the inverse of :func:`attention_to_channels_first`."""
+    _check_attention(attention, "(B, H+W-1, H, W)")
+    _, length, height, width = attention.shape
+    if length != height + width - 1:
+        raise ValueError(
+            f"attention must have H+W-1 = {height + width - 1} channels (dimension 1), "
+            f"got shape {tuple(attention.shape)}"
+        )
     return attention.permute(0, 2, 3, 1)
 
 
@@ -162,6 +191,7 @@ def attention_to_padded(attention: torch.Tensor) -> torch.Tensor:
     This is the layout of the pure-PyTorch CCNet code, whose column energies
     carry the centre masked with ``-inf`` (so a weight of exactly 0 here).
     """
+    _check_attention(attention, "(B, H, W, H+W-1)")
     batch, height, width, length = attention.shape
     if length != height + width - 1:
         raise ValueError(
@@ -177,6 +207,7 @@ def attention_to_padded(attention: torch.Tensor) -> torch.Tensor:
 
 def attention_from_padded(attention: torch.Tensor) -> torch.Tensor:
     """(B, H, W, H+W) ``[column | row]`` -> (B, H, W, H+W-1) (drops the centre of the column)."""
+    _check_attention(attention, "(B, H, W, H+W)")
     batch, height, width, length = attention.shape
     if length != height + width:
         raise ValueError(

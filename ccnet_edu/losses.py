@@ -1,4 +1,4 @@
-"""Category consistent loss (CCL, SPEC §3, CCNet TPAMI version).
+"""Category consistent loss (CCL): CCNet, TPAMI version (Huang et al., 2020), Sec. 3.4.
 
 CCNet's TPAMI version adds a loss on a small per-pixel embedding ``h`` (the
 RCCA features reduced to, e.g., 16 channels) that pulls the pixels of one
@@ -20,6 +20,10 @@ no part; with a single class ``l_dis = 0``.  The terms are computed **per
 image** and then **averaged over the images of the batch that have at least
 one labelled pixel** (an image with none contributes nothing; a batch with
 none gives 0).
+
+The number of classes K is an argument, never read off the labels: memory
+is (B, N, K) for the memberships and (B, K, K) for the pairs, so one stray
+label of 200000 must be an error, not a 640 GB allocation.
 """
 
 from __future__ import annotations
@@ -28,13 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_feature_map
+from ._checks import check_feature_map, check_float, check_int, check_same_device, check_tensor
 
 __all__ = ["phi_var", "category_consistent_terms", "CategoryConsistentLoss"]
 
 
 def phi_var(distance: torch.Tensor, delta_v: float = 0.5, delta_d: float = 1.5) -> torch.Tensor:
     """The piecewise pull penalty φ_var(d): zero inside δ_v, quadratic to δ_d, then linear."""
+    check_tensor("distance", distance, kind="float", nonempty=False)
+    delta_v, delta_d = _check_deltas(delta_v, delta_d)
     quadratic = (distance - delta_v).clamp(min=0) ** 2
     # Beyond δ_d the penalty grows linearly (bounded gradient for far outliers),
     # shifted by (δ_d − δ_v)² so that both pieces meet at d = δ_d.
@@ -42,11 +48,34 @@ def phi_var(distance: torch.Tensor, delta_v: float = 0.5, delta_d: float = 1.5) 
     return torch.where(distance > delta_d, linear, quadratic)
 
 
+def _check_deltas(delta_v: object, delta_d: object) -> tuple[float, float]:
+    delta_v = check_float("delta_v", delta_v, minimum=0.0)
+    delta_d = check_float("delta_d", delta_d, minimum=0.0)
+    if not delta_v < delta_d:
+        raise ValueError(
+            f"delta_v and delta_d must satisfy 0 <= delta_v < delta_d, got "
+            f"delta_v={delta_v}, delta_d={delta_d}"
+        )
+    return delta_v, delta_d
+
+
+def _check_classes(num_classes: object, ignore_index: object) -> tuple[int, int]:
+    num_classes = check_int("num_classes", num_classes, minimum=1)
+    ignore_index = check_int("ignore_index", ignore_index)
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(
+            f"ignore_index must not be a class index in [0, num_classes={num_classes}), "
+            f"got {ignore_index}"
+        )
+    return num_classes, ignore_index
+
+
 def _check_labels(labels: object, embedding: torch.Tensor) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(f"labels must have an integer dtype (class indices), got {labels.dtype}")
+    check_same_device(embedding=embedding, labels=labels)
     if labels.dim() != 3 or labels.shape[0] != embedding.shape[0]:
         raise ValueError(
             f"labels must have shape (B, H, W) with B={embedding.shape[0]} (the embedding's "
@@ -62,29 +91,28 @@ def _check_labels(labels: object, embedding: torch.Tensor) -> torch.Tensor:
 def category_consistent_terms(
     embedding: torch.Tensor,
     labels: torch.Tensor,
+    num_classes: int,
     delta_v: float = 0.5,
     delta_d: float = 1.5,
     ignore_index: int = 255,
-    num_classes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The three CCL terms ``(l_var, l_dis, l_reg)``, each averaged over the batch.
 
     Args:
         embedding: (B, D, H, W) floating tensor, the per-pixel embedding ``h``.
-        labels: (B, H, W) integer class indices (resized with nearest
-            neighbour to (H, W) if their size differs).
-        num_classes: K; inferred from the largest label when ``None`` (giving
-            it avoids reading the labels, e.g. on the ``meta`` device).
+        labels: (B, H, W) integer class indices in ``[0, num_classes)`` or
+            ``ignore_index`` (resized with nearest neighbour to (H, W) if their
+            size differs).
+        num_classes: K, the number of classes (any other label is an error).
+        delta_v, delta_d: the margins δ_v < δ_d of φ_var and of the push term.
+        ignore_index: the label of pixels that take no part (not a class index).
     """
     check_feature_map("embedding", embedding)
     labels = _check_labels(labels, embedding)
-    batch, dim = embedding.shape[:2]
+    num_classes, ignore_index = _check_classes(num_classes, ignore_index)
+    delta_v, delta_d = _check_deltas(delta_v, delta_d)
     valid = labels != ignore_index  # (B, H, W)
-    if num_classes is None:
-        if labels.device.type == "meta":
-            raise ValueError("num_classes must be given for labels on the meta device")
-        num_classes = int(labels[valid].max().item()) + 1 if bool(valid.any()) else 1
-    if labels.device.type != "meta":
+    if labels.device.type != "meta":  # value checks need real data
         bad = valid & ((labels < 0) | (labels >= num_classes))
         if bool(bad.any()):
             raise ValueError(
@@ -130,38 +158,36 @@ def category_consistent_terms(
 class CategoryConsistentLoss(nn.Module):
     """``α l_var + β l_dis + γ l_reg`` (the segmentation loss is added by the caller).
 
-    Defaults (from the discriminative loss): δ_v = 0.5, δ_d = 1.5, α = β = 1,
-    γ = 0.001.  ``forward(embedding (B, D, H, W), labels (B, H, W))`` returns a
-    scalar; :meth:`terms` returns ``(l_var, l_dis, l_reg)``.
+    ``num_classes`` K is required: labels must lie in ``[0, K)`` or be
+    ``ignore_index``.  Defaults (from the discriminative loss): δ_v = 0.5,
+    δ_d = 1.5, α = β = 1, γ = 0.001.  ``forward(embedding (B, D, H, W),
+    labels (B, H, W))`` returns a scalar; :meth:`terms` returns
+    ``(l_var, l_dis, l_reg)``.
     """
 
     def __init__(
         self,
+        num_classes: int,
         delta_v: float = 0.5,
         delta_d: float = 1.5,
         alpha: float = 1.0,
         beta: float = 1.0,
         gamma: float = 0.001,
         ignore_index: int = 255,
-        num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if not 0 <= delta_v < delta_d:
-            raise ValueError(
-                f"delta_v and delta_d must satisfy 0 <= delta_v < delta_d, got "
-                f"delta_v={delta_v}, delta_d={delta_d}"
-            )
-        self.delta_v, self.delta_d = delta_v, delta_d
-        self.alpha, self.beta, self.gamma = alpha, beta, gamma
-        self.ignore_index = ignore_index
-        self.num_classes = num_classes
+        self.num_classes, self.ignore_index = _check_classes(num_classes, ignore_index)
+        self.delta_v, self.delta_d = _check_deltas(delta_v, delta_d)
+        self.alpha = check_float("alpha", alpha, minimum=0.0)
+        self.beta = check_float("beta", beta, minimum=0.0)
+        self.gamma = check_float("gamma", gamma, minimum=0.0)
 
     def terms(
         self, embedding: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(l_var, l_dis, l_reg)``, each a scalar averaged over the batch."""
         return category_consistent_terms(
-            embedding, labels, self.delta_v, self.delta_d, self.ignore_index, self.num_classes
+            embedding, labels, self.num_classes, self.delta_v, self.delta_d, self.ignore_index
         )
 
     def forward(self, embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,9 @@ The network is ``backbone -> head -> upsample``:
   stride 2, so the features come out at **output stride 8** (a 96x96 image
   gives a 12x12 map).  Its theoretical receptive field is 35 pixels: by
   construction it cannot connect a pixel to something 40 pixels away.
-* :class:`ContextHead` -- the layout of the CCNet head (SPEC §2): reduce,
-  *context module*, transform, concatenate with the backbone features, fuse,
-  classify.  Every convolution of the head is 1x1, so the only way
+* :class:`ContextHead` -- the layout of the CCNet head (Huang et al.,
+  ICCV 2019, Sec. 3.1): reduce, *context module*, transform, concatenate
+  with the backbone features, fuse, classify.  Every convolution of the head is 1x1, so the only way
   information travels between positions in the head is the context module.
   That turns the comparison into a controlled experiment: the ``"fcn"`` head
   is the same head with no context module (identity), the others differ from
@@ -28,7 +28,8 @@ The network is ``backbone -> head -> upsample``:
   baseline, and blur what the attention contributes.)
 
 With ``embedding_channels > 0`` the head also returns a per-pixel embedding
-of the context features for the category consistent loss (SPEC §3).
+of the context features for the category consistent loss (CCNet, TPAMI
+2020 version, Sec. 3.4).
 
 Trained weights ship in ``ccnet_edu/checkpoints/``; :func:`load_pretrained`
 loads them with their metadata (the command, seed and metrics that made them).
@@ -38,6 +39,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_feature_map
+from ._checks import (
+    check_bool,
+    check_choice,
+    check_feature_map,
+    check_int,
+    check_probability,
+    check_str,
+    check_writable,
+)
 
 __all__ = [
     "HEADS",
@@ -53,11 +64,15 @@ __all__ = [
     "Backbone",
     "ContextHead",
     "SegmentationModel",
+    "make_context",
     "build_model",
+    "check_config",
+    "state_dict_digest",
     "save_checkpoint",
     "load_checkpoint",
     "load_pretrained",
     "pretrained_names",
+    "add_digest",
 ]
 
 HEADS = ("fcn", "rcca1", "rcca2", "nonlocal", "isa", "sa")
@@ -82,6 +97,7 @@ class Backbone(nn.Module):
 
     def __init__(self, width: int = 16):
         super().__init__()
+        width = check_int("width", width, minimum=1)
         self.out_channels = 4 * width
         self.layers = nn.Sequential(
             _conv_bn_relu(3, width, stride=2),  # stride 2
@@ -104,6 +120,8 @@ def make_context(head: str, channels: int) -> nn.Module | None:
     The library modules are imported here, not at the top, so that this file
     depends only on the module a head actually uses.
     """
+    check_choice("head", head, HEADS)
+    channels = check_int("channels", channels, minimum=1)
     if head == "fcn":
         return None
     if head in ("rcca1", "rcca2"):
@@ -146,6 +164,15 @@ class ContextHead(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
+        in_channels = check_int("in_channels", in_channels, minimum=1)
+        num_classes = check_int("num_classes", num_classes, minimum=1)
+        if context is not None and not isinstance(context, nn.Module):
+            raise TypeError(f"context must be an nn.Module or None, got {type(context).__name__}")
+        mid_channels = check_int("mid_channels", mid_channels, minimum=1)
+        out_channels = check_int("out_channels", out_channels, minimum=1)
+        embedding_channels = check_int("embedding_channels", embedding_channels, minimum=0)
+        dropout = check_probability("dropout", dropout)
+        self.in_channels = in_channels
         self.reduce = _conv_bn_relu(in_channels, mid_channels, kernel=1)
         self.context = context if context is not None else nn.Identity()
         self.transform = _conv_bn_relu(mid_channels, mid_channels, kernel=1)
@@ -162,6 +189,8 @@ class ContextHead(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False) -> dict[str, Any]:
         """``x`` (B, C_in, h, w) -> dict: ``logits`` (B, K, h, w) [, embedding, attention]."""
+        check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
+        check_bool("return_attention", return_attention)
         features = self.reduce(x)  # (B, mid, h, w)
         attention = None
         if return_attention and not isinstance(self.context, nn.Identity):
@@ -201,15 +230,15 @@ class SegmentationModel(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        self.config = dict(
-            head=head,
-            num_classes=num_classes,
-            width=width,
-            mid_channels=mid_channels,
-            embedding_channels=embedding_channels,
-            dropout=dropout,
+        self.config = check_config(
+            dict(
+                head=head,
+                num_classes=num_classes,
+                width=width,
+                mid_channels=mid_channels,
+                embedding_channels=embedding_channels,
+                dropout=dropout,
+            )
         )
         self.backbone = Backbone(width)
         self.head = ContextHead(
@@ -235,6 +264,7 @@ class SegmentationModel(nn.Module):
         (B, K, H/8, W/8), ``features`` (backbone), ``embedding`` (if any) and
         ``attention`` (what the context module returns with ``return_attention``).
         """
+        check_bool("return_all", return_all)
         features = self.backbone(x)  # (B, 4w, H/8, W/8)
         out = self.head(features, return_attention=return_all)
         logits = F.interpolate(
@@ -248,6 +278,34 @@ class SegmentationModel(nn.Module):
         return out
 
 
+def check_config(config: object) -> dict[str, Any]:
+    """Validate a :class:`SegmentationModel` configuration; returns it complete (with defaults).
+
+    The bounds are the constructor's: ``head`` one of :data:`HEADS`,
+    ``num_classes``, ``width``, ``mid_channels`` ints >= 1,
+    ``embedding_channels`` an int >= 0, ``dropout`` a probability.  Unknown
+    keys are refused.  Raises ``TypeError`` / ``ValueError`` naming the key.
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    unknown = sorted(str(k) for k in config if k not in _CONFIG_DEFAULTS)
+    if unknown:
+        raise ValueError(f"config has unknown keys {unknown}; known: {sorted(_CONFIG_DEFAULTS)}")
+    full = {**_CONFIG_DEFAULTS, **config}
+    check_str("head", full["head"])
+    check_choice("head", full["head"], HEADS)
+    for key in ("num_classes", "width", "mid_channels"):
+        check_int(key, full[key], minimum=1)
+    check_int("embedding_channels", full["embedding_channels"], minimum=0)
+    full["dropout"] = check_probability("dropout", full["dropout"])
+    return full
+
+
+_CONFIG_DEFAULTS: dict[str, Any] = dict(
+    head="rcca2", num_classes=4, width=16, mid_channels=32, embedding_channels=0, dropout=0.1
+)
+
+
 def build_model(head: str, **config: Any) -> SegmentationModel:
     """``SegmentationModel(head, **config)``; see :class:`SegmentationModel`."""
     return SegmentationModel(head, **config)
@@ -256,28 +314,37 @@ def build_model(head: str, **config: Any) -> SegmentationModel:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def state_dict_digest(model: nn.Module) -> str:
-    """SHA-256 of all parameters and buffers (names, shapes, bytes): equal weights, equal digest."""
+def _state_dict_of(source: object) -> Mapping[str, torch.Tensor]:
+    if isinstance(source, nn.Module):
+        return getattr(source, "module", source).state_dict()  # unwrap DistributedDataParallel
+    if isinstance(source, Mapping):
+        for key, value in source.items():
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"state dict entries must be str -> torch.Tensor, got {key!r} -> "
+                    f"{type(value).__name__}"
+                )
+        return source
+    raise TypeError(f"source must be an nn.Module or a state dict, got {type(source).__name__}")
+
+
+def state_dict_digest(source: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of all parameters and buffers (names, dtypes, shapes, bytes).
+
+    ``source`` is a module or its state dict; equal weights give an equal
+    digest, and one flipped bit anywhere in the tensor data changes it.
+    :func:`save_checkpoint` stores it, :func:`load_checkpoint` checks it.
+    """
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(_state_dict_of(source).items()):
         t = tensor.detach().cpu().contiguous()
         h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # the raw bytes, any dtype
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | Path, model: SegmentationModel, meta: dict[str, Any]) -> Path:
-    """Save weights + config + ``meta`` (command, seed, metrics, ...) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    payload = {
-        "format": _FORMAT,
-        "config": dict(model.config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": dict(meta),
-    }
+def _write_payload(path: Path, payload: dict[str, Any]) -> Path:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     # Refuse metadata that a safe (weights_only) load could not read back.
@@ -288,8 +355,60 @@ def save_checkpoint(path: str | Path, model: SegmentationModel, meta: dict[str, 
         raise TypeError(
             f"meta must hold only plain Python values (str, int, float, list, dict): {err}"
         ) from err
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())  # one write: no half-written file on the usual errors
     return path
+
+
+def save_checkpoint(path: str | Path, model: SegmentationModel, meta: dict[str, Any]) -> Path:
+    """Save weights + config + their SHA-256 digest + ``meta`` (command, seed, metrics, ...).
+
+    ``model`` may be wrapped in DistributedDataParallel.  ``meta`` must hold
+    plain Python values only (it is read back with ``weights_only=True``).
+    """
+    path = check_writable("path", path)
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    if not isinstance(model, SegmentationModel):
+        raise TypeError(f"model must be a SegmentationModel, got {type(model).__name__}")
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "format": _FORMAT,
+        "config": dict(model.config),
+        "state_dict": state_dict,
+        "state_dict_digest": state_dict_digest(state_dict),
+        "meta": dict(meta),
+    }
+    return _write_payload(path, payload)
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged zip/pickle
+        raise ValueError(
+            f"checkpoint {path} is corrupt or not a torch file ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ValueError(f"checkpoint {path} is not a ccnet_edu checkpoint (format {_FORMAT!r})")
+    state_dict = payload.get("state_dict")
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
+    ):
+        raise ValueError(f"checkpoint {path}: 'state_dict' is not a dict of named tensors")
+    return payload
+
+
+def _map_location(map_location: object) -> torch.device:
+    if not isinstance(map_location, (str, torch.device)):
+        raise TypeError(
+            f"map_location must be a str or torch.device, got {type(map_location).__name__}"
+        )
+    try:
+        return torch.device(map_location)
+    except RuntimeError as err:
+        raise ValueError(f"map_location {map_location!r} is not a device: {err}") from None
 
 
 def load_checkpoint(
@@ -297,30 +416,81 @@ def load_checkpoint(
 ) -> SegmentationModel:
     """Load a checkpoint written by :func:`save_checkpoint`; metadata in ``model.meta``.
 
+    Nothing in the file is trusted before it is checked, in this order: the
+    file is a ``weights_only`` torch file of this format; its weights match
+    the SHA-256 digest stored at save time; its config passes
+    :func:`check_config`; the model that config describes, built on the
+    ``meta`` device (no memory), has exactly the shapes of the stored weights.
+    Only then is the real model built, so a damaged config cannot ask for
+    more memory than the weights in the file occupy.
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not a readable ccnet_edu checkpoint (truncated, corrupt,
-            or something else).
+            another format), its weights do not match their digest, it has no digest
+            (saved before digests were stored), or its config is invalid or does not
+            match its weights.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    device = _map_location(map_location)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged zip/pickle
+    payload = _read_payload(path)
+    stored = payload.get("state_dict_digest")
+    if stored is None:
         raise ValueError(
-            f"checkpoint {path} is corrupt or not a torch file ({type(err).__name__}: {err})"
-        ) from err
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"checkpoint {path} is not a ccnet_edu checkpoint (format {_FORMAT!r})")
-    model = SegmentationModel(**payload["config"])
+            f"checkpoint {path} predates weight digests (it has no 'state_dict_digest'); "
+            "if you trust the file, add one with ccnet_edu.models.add_digest(path)"
+        )
+    computed = state_dict_digest(payload["state_dict"])
+    if stored != computed:
+        raise ValueError(
+            f"checkpoint {path} is damaged: its weights do not match the digest stored at "
+            f"save time (stored {str(stored)[:16]}..., computed {computed[:16]}...)"
+        )
     try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not match its config: {err}") from err
-    model.meta = payload["meta"]
+        config = check_config(payload.get("config"))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} has an invalid config: {err}") from None
+    with torch.device("meta"):  # shapes only: a huge config allocates nothing
+        skeleton = SegmentationModel(**config)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in payload["state_dict"].items()}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))[:3]
+        extra = sorted(set(found) - set(expected))[:3]
+        shape = [k for k in expected if k in found and expected[k] != found[k]][:3]
+        raise ValueError(
+            f"checkpoint {path} does not match its config {config}: missing {missing}, "
+            f"unexpected {extra}, other shapes {shape}"
+        )
+    model = SegmentationModel(**config)
+    model.load_state_dict(payload["state_dict"])
+    meta = payload.get("meta", {})
+    model.meta = meta if isinstance(meta, dict) else {}
     model.eval()
-    return model.to(map_location)
+    return model.to(device)
+
+
+def add_digest(path: str | Path, out: str | Path | None = None) -> Path:
+    """Give a checkpoint saved before digests were stored its ``state_dict_digest``.
+
+    Reads ``path`` (``weights_only``), adds the digest of the weights it holds
+    and writes the payload back (to ``out`` if given); the weights, config and
+    meta are not changed.  Only do this to a file you trust: the digest
+    vouches for the weights as they are now.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    target = check_writable("out", path if out is None else out)
+    payload = _read_payload(path)
+    payload["state_dict_digest"] = state_dict_digest(payload["state_dict"])
+    return _write_payload(target, payload)
 
 
 def pretrained_names() -> list[str]:
@@ -331,15 +501,18 @@ def pretrained_names() -> list[str]:
 def load_pretrained(name: str, map_location: str | torch.device = "cpu") -> SegmentationModel:
     """Load the shipped checkpoint ``name`` (e.g. ``"rcca2"``), in eval mode.
 
-    The metadata (``model.meta``) records the exact command and seed that
-    produced it and its validation metrics.
+    ``name`` must be one of :func:`pretrained_names` (nothing outside the
+    package's checkpoints folder is read).  The metadata (``model.meta``)
+    records the exact command and seed that produced it and its validation
+    metrics.
     """
-    path = CHECKPOINT_DIR / f"{name}.pt"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no shipped checkpoint {name!r}: {path} does not exist (available: "
-            f"{pretrained_names() or 'none'}). The shipped models are made by "
-            f"`python -m ccnet_edu.train --all --seed 0` (and `--seed 1` for the *_seed1 "
-            f"ones); one model by `python -m ccnet_edu.train --head HEAD --save {path}`."
+    check_str("name", name)
+    names = pretrained_names()
+    if name not in names:
+        raise ValueError(
+            f"name must be one of the shipped checkpoints {names or '(none)'}, got {name!r}. "
+            f"They are made by `python -m ccnet_edu.train --all --seeds 0 1 "
+            f"--overwrite-shipped`; one model by "
+            f"`python -m ccnet_edu.train --head HEAD --save PATH`."
         )
-    return load_checkpoint(path, map_location=map_location)
+    return load_checkpoint(CHECKPOINT_DIR / f"{name}.pt", map_location=map_location)

@@ -1,4 +1,4 @@
-"""The non-local block, the dense baseline of criss-cross attention (SPEC §6).
+"""The non-local block (Wang et al., CVPR 2018, Sec. 3): dense baseline of criss-cross attention.
 
 [Non-local neural networks](https://arxiv.org/abs/1711.07971) (Wang et al.,
 CVPR 2018) let every position attend to every other position: an ``N x N``
@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ._checks import check_feature_map, check_same_device
+from ._checks import check_bool, check_choice, check_feature_map, check_same_device
 from .cca import _check_channels
 from .dense import dense_attention
 
@@ -48,9 +48,7 @@ class NonLocal2d(nn.Module):
     def __init__(self, in_channels: int, qk_channels: int | None = None, mode: Mode = "ccnet"):
         super().__init__()
         self.in_channels = _check_channels("in_channels", in_channels)
-        if mode not in ("ccnet", "original"):
-            raise ValueError(f"mode must be 'ccnet' or 'original', got {mode!r}")
-        self.mode = mode
+        self.mode = check_choice("mode", mode, ("ccnet", "original"))
         if qk_channels is None:
             qk_channels = max(in_channels // (8 if mode == "ccnet" else 2), 1)
         self.qk_channels = _check_channels("qk_channels", qk_channels)
@@ -77,6 +75,7 @@ class NonLocal2d(nn.Module):
         """``x`` (B, C, H, W) -> ``y`` (B, C, H, W) [, attention (B, N, N), N = H*W]."""
         check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
         check_same_device(x=x, weights=next(self.parameters()))
+        check_bool("return_attention", return_attention)
         if self.mode == "ccnet":
             # Same projections as criss-cross attention, every position allowed.
             out, attention = dense_attention(

@@ -1,4 +1,4 @@
-"""Squeeze-and-excitation and squeeze-and-attention (SPEC §5).
+"""Squeeze-and-excitation and squeeze-and-attention (SANet, Zhong et al., CVPR 2020, Sec. 3).
 
 Zhong et al. (SANet, CVPR 2020) read segmentation as two tasks: *pixel-wise
 prediction* and *pixel grouping* (which pixels belong together).  Their SA
@@ -38,7 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_feature_map, check_positive_pair
+from ._checks import (
+    check_bool,
+    check_choice,
+    check_feature_map,
+    check_float,
+    check_int,
+    check_positive_pair,
+    check_probability,
+    check_same_device,
+)
 
 __all__ = ["SqueezeExcitation", "SqueezeAttention", "SANetHead", "SANetOutput", "SANetLoss"]
 
@@ -52,9 +61,7 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> 
 
 
 def _check_channels(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return check_int(name, value, minimum=1)
 
 
 class SqueezeExcitation(nn.Module):
@@ -77,6 +84,7 @@ class SqueezeExcitation(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W) -> y (B, C, H, W) [, channel weights (B, C, 1, 1)]."""
         check_feature_map("x", x, channels=self.channels, channels_from="channels")
+        check_bool("return_attention", return_attention)
         squeezed = x.mean(dim=(2, 3))  # (B, C): squeeze, the whole map to one vector
         weights = torch.sigmoid(self.fc(squeezed))[:, :, None, None]  # (B, C, 1, 1): excitation
         y = x * weights
@@ -106,8 +114,7 @@ class SqueezeAttention(nn.Module):
         out_channels = max(in_channels // 4, 1) if out_channels is None else out_channels
         self.out_channels = _check_channels("out_channels", out_channels)
         self.pool = check_positive_pair("pool", pool)
-        if gate not in ("sigmoid", "relu"):
-            raise ValueError(f"gate must be 'sigmoid' or 'relu', got {gate!r}")
+        check_choice("gate", gate, ("sigmoid", "relu"))
         self.conv_main = _conv_bn_relu(in_channels, out_channels)
         self.conv_att = nn.Sequential(
             _conv_bn_relu(in_channels, out_channels),
@@ -117,6 +124,7 @@ class SqueezeAttention(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The attention branch alone: (B, C, H, W) -> x_att (B, C_out, H, W)."""
+        check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
         height, width = x.shape[2:]
         p_h, p_w = self.pool
         # Squeeze, but only down to a (ceil(H/p_h), ceil(W/p_w)) grid: pixel groups keep a place.
@@ -131,6 +139,7 @@ class SqueezeAttention(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W) -> y (B, C_out, H, W) [, x_att (B, C_out, H, W)]."""
         check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
+        check_bool("return_attention", return_attention)
         x_res = self.conv_main(x)  # (B, C_out, H, W): pixel-wise features
         x_att = self.attention(x)  # (B, C_out, H, W): pixel-group attention
         y = x_att * x_res + x_att
@@ -179,18 +188,30 @@ class SANetHead(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        if isinstance(in_channels_list, (str, bytes)) or not isinstance(
+            in_channels_list, Sequence
+        ):
+            raise TypeError(
+                f"in_channels_list must be a list of 4 ints, got {type(in_channels_list).__name__}"
+            )
         in_channels_list = list(in_channels_list)
         if len(in_channels_list) != 4:
             raise ValueError(
                 f"in_channels_list must give the channels of 4 stages, got {in_channels_list!r}"
             )
-        for c in in_channels_list:
-            _check_channels("in_channels_list entries", c)
+        for k, c in enumerate(in_channels_list):
+            _check_channels(f"in_channels_list[{k}]", c)
         _check_channels("num_classes", num_classes)
+        if channels is not None:
+            _check_channels("channels", channels)
+        if mid_channels is not None:
+            _check_channels("mid_channels", mid_channels)
+        check_positive_pair("pool", pool)
+        check_probability("dropout", dropout)
         self.in_channels_list = in_channels_list
         self.sa = nn.ModuleList(SqueezeAttention(c, channels, pool) for c in in_channels_list)
         total = sum(m.out_channels for m in self.sa)
-        mid_channels = mid_channels or max(total // 4, 1)
+        mid_channels = mid_channels if mid_channels is not None else max(total // 4, 1)
         self.mask_head = nn.Sequential(
             _conv_bn_relu(total, mid_channels),
             nn.Dropout2d(dropout),
@@ -201,10 +222,25 @@ class SANetHead(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor]) -> SANetOutput:
         """features: four (B, C_s, H_s, W_s) maps -> :class:`SANetOutput`."""
-        if not isinstance(features, (list, tuple)) or len(features) != 4:
-            raise ValueError("features must be a list or tuple of 4 stage outputs")
+        if not isinstance(features, (list, tuple)):
+            raise TypeError(
+                f"features must be a list or tuple of 4 stage outputs, got "
+                f"{type(features).__name__}"
+            )
+        if len(features) != 4:
+            raise ValueError(
+                f"features must be a list or tuple of 4 stage outputs, got {len(features)}"
+            )
         for s, (x, c) in enumerate(zip(features, self.in_channels_list, strict=True)):
             check_feature_map(f"features[{s}]", x, channels=c, channels_from="in_channels_list")
+        batch = features[0].shape[0]
+        for s, x in enumerate(features):
+            if x.shape[0] != batch:
+                raise ValueError(
+                    f"features[{s}] must have the batch size of features[0] ({batch}), got "
+                    f"shape {tuple(x.shape)}"
+                )
+        check_same_device(**{f"features[{s}]": x for s, x in enumerate(features)})
         size = features[0].shape[2:]
         outputs, attentions = [], []
         for x, sa in zip(features, self.sa, strict=True):
@@ -222,14 +258,15 @@ class SANetHead(nn.Module):
         )
 
 
-def _check_target(target: object, batch: int) -> torch.Tensor:
+def _check_target(target: object, batch: int | None) -> torch.Tensor:
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
         raise TypeError(f"target must have an integer dtype (class indices), got {target.dtype}")
-    if target.dim() != 3 or target.shape[0] != batch:
+    if target.dim() != 3 or (batch is not None and target.shape[0] != batch):
+        with_batch = f" with B={batch}" if batch is not None else ""
         raise ValueError(
-            f"target must have shape (B, H, W) with B={batch}, got {tuple(target.shape)}"
+            f"target must have shape (B, H, W){with_batch}, got {tuple(target.shape)}"
         )
     return target.long()
 
@@ -256,12 +293,17 @@ class SANetLoss(nn.Module):
 
     def __init__(self, alpha: float = 0.2, beta: float = 0.8, ignore_index: int = 255) -> None:
         super().__init__()
-        self.alpha = alpha
-        self.beta = beta
-        self.ignore_index = ignore_index
+        self.alpha = check_float("alpha", alpha, minimum=0.0)
+        self.beta = check_float("beta", beta, minimum=0.0)
+        self.ignore_index = check_int("ignore_index", ignore_index)
 
     def presence(self, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """(B, H, W) labels -> (B, K) float presence targets (1 where the class occurs)."""
+        """(B, H, W) labels -> (B, K) float presence targets (1 where the class occurs).
+
+        Every label must lie in ``[0, num_classes)`` or be ``ignore_index``.
+        """
+        num_classes = check_int("num_classes", num_classes, minimum=1)
+        target = self._check_target_values(_check_target(target, None), num_classes)
         valid = target != self.ignore_index
         # Send ignored pixels to an extra column K that is dropped afterwards.
         index = torch.where(valid, target, torch.full_like(target, num_classes)).flatten(1)
@@ -277,10 +319,7 @@ class SANetLoss(nn.Module):
         total = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="sum")
         return total / (labels != self.ignore_index).sum().clamp(min=1)
 
-    def terms(self, output: SANetOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The three losses separately: ``{"mask", "category", "dense"}``."""
-        num_classes = output.mask.shape[1]
-        target = _check_target(target, output.mask.shape[0])
+    def _check_target_values(self, target: torch.Tensor, num_classes: int) -> torch.Tensor:
         if target.device.type != "meta":  # value checks need real data
             bad = (target != self.ignore_index) & ((target < 0) | (target >= num_classes))
             if bool(bad.any()):
@@ -288,6 +327,19 @@ class SANetLoss(nn.Module):
                     f"target values must be in [0, {num_classes}) or ignore_index="
                     f"{self.ignore_index}, got {sorted(set(target[bad].tolist()))[:5]}"
                 )
+        return target
+
+    def terms(self, output: SANetOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three losses separately: ``{"mask", "category", "dense"}``."""
+        if not isinstance(output, SANetOutput):
+            raise TypeError(f"output must be a SANetOutput, got {type(output).__name__}")
+        check_feature_map("output.mask", output.mask)
+        check_feature_map("output.dense", output.dense, channels=output.mask.shape[1],
+                          channels_from="output.mask")
+        num_classes = output.mask.shape[1]
+        target = _check_target(target, output.mask.shape[0])
+        check_same_device(output=output.mask, target=target)
+        target = self._check_target_values(target, num_classes)
         mask = self._pixel_loss(output.mask, target)
         dense = self._pixel_loss(output.dense, target)
         presence = self.presence(target, num_classes).to(output.category.dtype)

@@ -3,7 +3,15 @@
 Single process (CPU or GPU)::
 
     python -m ccnet_edu.train --head rcca2 --steps 500 --save rcca2.pt
-    python -m ccnet_edu.train --all          # the shipped checkpoints (see CHECKPOINT_COMMAND)
+    python -m ccnet_edu.train --all --seeds 0 1 2      # every shipped model, 3 seeds, ./checkpoints
+    python -m ccnet_edu.train --all --names rcca2_ccl --ccl-weight 0.1   # -> rcca2_ccl0.1.pt
+
+``--all`` writes ``NAME.pt`` for seed 0 and ``NAME_seed<k>.pt`` for seed k
+into ``--out-dir`` (default ``./checkpoints``); writing into the package's
+own ``ccnet_edu/checkpoints`` (the shipped files, see
+:data:`CHECKPOINT_COMMAND`) needs ``--overwrite-shipped``.  Every numeric
+option is checked when the command line is read (a bad value is a usage
+error, exit code 2, before any work), and so is every output path.
 
 Several processes with DistributedDataParallel (gloo on CPU, NCCL on GPU)::
 
@@ -38,6 +46,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._checks import (
+    OneLineArgumentParser,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_probability,
+    check_str,
+    check_tensor,
+    cli_float,
+    cli_int,
+    cli_writable,
+)
 from .data import NUM_CLASSES, BeaconShapes, distance_to_beacon, make_sample
 from .models import (
     CHECKPOINT_DIR,
@@ -57,17 +78,21 @@ __all__ = [
     "confusion_matrix",
     "metrics_from_confusion",
     "main",
+    "checkpoint_name",
+    "loss_curve",
     "CHECKPOINT_COMMAND",
     "SHIPPED",
 ]
 
-# The command that produces the checkpoints in ccnet_edu/checkpoints/; with
-# ``--seed 1`` it writes the ``*_seed1`` set.  Each checkpoint also records,
-# in ``meta["command"]``, the exact command that made it: the seed-0 set was
-# made by two processes side by side, each ``--all --seed 0 --threads 1
-# --names ...`` for half of the models (the same result: every model is
-# trained from its own seed), the seed-1 set by ``--all --seed 1 --threads 1``.
-CHECKPOINT_COMMAND = "python -m ccnet_edu.train --all --seed 0"
+# The command that writes the checkpoints in ccnet_edu/checkpoints/ (seeds 0
+# and 1: ``NAME.pt`` and ``NAME_seed1.pt``).  Each checkpoint also records,
+# in ``meta["command"]``, the exact command that made it.  The files shipped
+# now were made before ``--seeds`` and ``--overwrite-shipped`` existed, when
+# ``--all`` wrote into the package by default: the seed-0 set by two
+# processes side by side, each ``--all --seed 0 --threads 1 --names ...`` for
+# half of the models (the same result: every model is trained from its own
+# seed), the seed-1 set by ``--all --seed 1 --threads 1``.
+CHECKPOINT_COMMAND = "python -m ccnet_edu.train --all --seeds 0 1 --overwrite-shipped"
 # name -> (head, use the category consistent loss)
 SHIPPED = {
     "fcn": ("fcn", False),
@@ -81,6 +106,11 @@ SHIPPED = {
 # Pixels farther than this (Chebyshev, in pixels) from the beacon are "far":
 # beyond half the 35-pixel receptive field of the backbone, with margin.
 FAR = 24
+# The smallest image side: a multiple of the output stride 8 with room for
+# the beacon and the shapes (make_sample needs 4 * beacon_size = 24).
+MIN_SIZE = 24
+# meta["loss_curve"] holds the mean loss of every window of this many steps.
+LOSS_CURVE_EVERY = 20
 
 
 class TrainConfig(dict):
@@ -107,13 +137,26 @@ class TrainConfig(dict):
     def __init__(self, **kwargs: Any):
         unknown = set(kwargs) - set(self.DEFAULTS)
         if unknown:
-            raise TypeError(f"unknown TrainConfig keys {sorted(unknown)}")
+            raise TypeError(
+                f"unknown TrainConfig keys {sorted(unknown)}; known: {sorted(self.DEFAULTS)}"
+            )
         super().__init__({**self.DEFAULTS, **kwargs})
-        if self["head"] not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self['head']!r}")
-        for key in ("steps", "batch_size", "size"):
-            if int(self[key]) < 1:
-                raise ValueError(f"{key} must be >= 1, got {self[key]}")
+        check_str("head", self["head"])
+        check_choice("head", self["head"], HEADS)
+        for key in ("ccl", "sync_bn"):
+            check_bool(key, self[key])
+        for key in ("steps", "batch_size", "width", "mid_channels"):
+            check_int(key, self[key], minimum=1)
+        for key in ("seed", "val_seed", "val_size"):
+            check_int(key, self[key], minimum=0)
+        size = check_int("size", self["size"], minimum=MIN_SIZE)
+        if size % 8:
+            raise ValueError(f"size must be a multiple of 8 (the output stride), got {size}")
+        self["ccl_weight"] = check_float("ccl_weight", self["ccl_weight"], minimum=0.0,
+                                         exclusive_minimum=True)
+        self["lr"] = check_float("lr", self["lr"], minimum=0.0, exclusive_minimum=True)
+        self["weight_decay"] = check_float("weight_decay", self["weight_decay"], minimum=0.0)
+        self["dropout"] = check_probability("dropout", self["dropout"])
 
 
 # --------------------------------------------------------------------------- sync batch norm
@@ -148,6 +191,22 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
     (or in eval mode) it is an ordinary BatchNorm2d.
     """
 
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        check_int("num_features", num_features, minimum=1)
+        check_float("eps", eps, minimum=0.0, exclusive_minimum=True)
+        check_probability("momentum", momentum)
+        check_bool("affine", affine)
+        if track_running_stats is not True:
+            raise ValueError("track_running_stats must be True (the statistics are all-reduced)")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
@@ -174,6 +233,9 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """Synchronise every BatchNorm2d across processes: torch's SyncBatchNorm on CUDA,
     :class:`AllReduceBatchNorm2d` elsewhere."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    device = _device("device", device)
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
@@ -203,7 +265,22 @@ def segmentation_loss(
     The CCL works on the embedding at feature resolution (stride 8), so the
     labels are taken at the centre of each 8x8 cell (nearest neighbour).
     """
-    loss = F.cross_entropy(out["logits"], labels)
+    if not isinstance(out, dict) or "logits" not in out:
+        raise TypeError("out must be the dict a SegmentationModel returns with return_all=True")
+    logits = out["logits"]
+    check_tensor("out['logits']", logits, dim=4, kind="float", layout="(B, K, H, W)")
+    check_tensor("labels", labels, dim=3, kind="int", layout="(B, H, W)")
+    if labels.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(
+            f"labels must have shape (B, H, W) = {tuple(logits.shape[:1] + logits.shape[2:])} "
+            f"(the logits' batch and size), got {tuple(labels.shape)}"
+        )
+    if ccl is not None and not isinstance(ccl, nn.Module):
+        raise TypeError(f"ccl must be an nn.Module or None, got {type(ccl).__name__}")
+    if ccl is not None and "embedding" not in out:
+        raise ValueError("ccl needs out['embedding']: build the model with embedding_channels > 0")
+    ccl_weight = check_float("ccl_weight", ccl_weight, minimum=0.0)
+    loss = F.cross_entropy(logits, labels)
     parts = {"ce": float(loss.detach())}
     if ccl is not None:
         embedding = out["embedding"]  # (B, E, h, w)
@@ -216,7 +293,25 @@ def segmentation_loss(
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K, K) int64 counts, rows = true class, columns = predicted class."""
+    """(K, K) int64 counts, rows = true class, columns = predicted class.
+
+    Every entry of ``pred`` and ``target`` must lie in ``[0, K)``: the counts
+    are sized by ``num_classes``, never by the data.
+    """
+    num_classes = check_int("num_classes", num_classes, minimum=1)
+    check_tensor("pred", pred, kind="int", nonempty=False)
+    check_tensor("target", target, kind="int", nonempty=False)
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must have one shape, got {tuple(pred.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    for name, t in (("pred", pred), ("target", target)):
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+            raise ValueError(
+                f"{name} must hold classes in [0, num_classes={num_classes}), got values in "
+                f"[{int(t.min())}, {int(t.max())}]"
+            )
     index = target.reshape(-1) * num_classes + pred.reshape(-1)
     return torch.bincount(index, minlength=num_classes * num_classes).reshape(
         num_classes, num_classes
@@ -225,6 +320,9 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
 
 def metrics_from_confusion(confusion: torch.Tensor) -> dict[str, Any]:
     """mIoU (over classes present in targets or predictions), pixel accuracy, per-class IoU."""
+    check_tensor("confusion", confusion, dim=2, layout="(K, K)")
+    if confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must be square (K, K), got {tuple(confusion.shape)}")
     confusion = confusion.double()
     tp = confusion.diag()
     union = confusion.sum(0) + confusion.sum(1) - tp
@@ -253,6 +351,16 @@ def evaluate(
     Also ``far_acc``: the accuracy on shape pixels more than :data:`FAR`
     pixels from the beacon, the part of the task that needs context.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_int("seed", seed, minimum=0)
+    length = check_int("length", length, minimum=1)
+    size = check_int("size", size, minimum=MIN_SIZE)
+    if size % 8:
+        raise ValueError(f"size must be a multiple of 8 (the output stride), got {size}")
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    device = _device("device", device)
+    check_bool("progress", progress)
     was_training = model.training
     model.eval()
     confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
@@ -282,6 +390,16 @@ def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
     return base * (1 - step / total) ** power
 
 
+def _device(name: str, device: object) -> torch.device:
+    """``device`` as a ``torch.device`` (a str or a device), or a named error."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name} must be a str or torch.device, got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"{name} {device!r} is not a device: {err}") from None
+
+
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -302,8 +420,17 @@ def train(
     norm and each process trains on its slice of every global batch.
     ``log`` (if given) receives one dict of losses per step.
     """
-    device = torch.device(device)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    device = _device("device", device)
+    check_bool("progress", progress)
+    if log is not None and not isinstance(log, list):
+        raise TypeError(f"log must be a list or None, got {type(log).__name__}")
     rank, world = _dist_info()
+    if config["batch_size"] % world:
+        raise ValueError(
+            f"batch_size {config['batch_size']} must be divisible by the world size {world}"
+        )
     torch.manual_seed(config["seed"])  # same initial weights in every process
     model: nn.Module = SegmentationModel(
         config["head"],
@@ -329,8 +456,6 @@ def train(
         model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
     )
     batch, steps = config["batch_size"], config["steps"]
-    if batch % world:
-        raise ValueError(f"batch_size {batch} must be divisible by the world size {world}")
     local = batch // world
     data = BeaconShapes(steps * batch, seed=config["seed"], size=config["size"])
     model.train()
@@ -358,21 +483,62 @@ def train(
     return model
 
 
-def _checkpoint_name(head: str, ccl: bool) -> str:
-    return head + ("_ccl" if ccl else "")
+def checkpoint_name(head: str, ccl: bool = False, ccl_weight: float = 1.0, seed: int = 0) -> str:
+    """The file stem ``--all`` writes: ``HEAD[_ccl[WEIGHT]][_seed<k>]``.
+
+    The CCL weight appears only when it is not 1 (``rcca2_ccl0.1``), the seed
+    only when it is not 0 (``rcca2_seed1``): the shipped names are
+    ``checkpoint_name(head, ccl)`` for seed 0.
+    """
+    check_choice("head", head, HEADS)
+    check_bool("ccl", ccl)
+    ccl_weight = check_float("ccl_weight", ccl_weight, minimum=0.0, exclusive_minimum=True)
+    seed = check_int("seed", seed, minimum=0)
+    name = head
+    if ccl:
+        name += "_ccl" + ("" if ccl_weight == 1.0 else f"{ccl_weight:g}")
+    return name + (f"_seed{seed}" if seed else "")
+
+
+def loss_curve(log: Sequence[dict[str, float]], every: int = LOSS_CURVE_EVERY) -> dict[str, Any]:
+    """The learning curve of a run, small enough for a checkpoint's metadata.
+
+    ``log`` is what :func:`train` appends (one dict of losses per step).
+    Returns ``{"every": every, "step": [...], "loss": [...], ...}``: for each
+    window of ``every`` consecutive steps (the last one may be shorter) the
+    number of steps done at its end and the mean of each logged loss over it
+    (``loss``, ``ce`` and, with the CCL, ``ccl``).  Under ``--ddp`` these are
+    rank 0's losses on its slice of each batch.
+    """
+    if isinstance(log, (str, bytes)) or not isinstance(log, Sequence):
+        raise TypeError(f"log must be a list of dicts, got {type(log).__name__}")
+    if not all(isinstance(entry, dict) for entry in log):
+        raise TypeError("log must be a list of dicts (what train(log=...) appends)")
+    every = check_int("every", every, minimum=1)
+    keys = [k for k in ("loss", "ce", "ccl") if log and all(k in entry for entry in log)]
+    curve: dict[str, Any] = {"every": every, "step": []}
+    curve.update({k: [] for k in keys})
+    for start in range(0, len(log), every):
+        window = log[start : start + every]
+        curve["step"].append(start + len(window))
+        for k in keys:
+            curve[k].append(round(sum(float(e[k]) for e in window) / len(window), 6))
+    return curve
 
 
 def _run_one(config: TrainConfig, args: argparse.Namespace, device: torch.device,
              save: Path | None, command: str) -> dict[str, Any]:
     rank, world = _dist_info()
+    log: list[dict[str, float]] = []
     start = time.perf_counter()
-    model = train(config, device=device, progress=not args.quiet)
+    model = train(config, device=device, progress=not args.quiet, log=log)
     seconds = time.perf_counter() - start
+    name = checkpoint_name(config["head"], config["ccl"], config["ccl_weight"])
     result: dict[str, Any] = {}
     if rank == 0 and config["val_size"] > 0:
         result = evaluate(model, seed=config["val_seed"], length=config["val_size"],
                           size=config["size"], device=device, progress=not args.quiet)
-        print(f"{_checkpoint_name(config['head'], config['ccl']):>10}: "
+        print(f"{name:>10} seed {config['seed']}: "
               f"mIoU {result['miou']:.3f}  pixel acc {result['pixel_acc']:.3f}  "
               f"far-shape acc {result['far_acc']:.3f}  ({seconds:.0f} s)", flush=True)
     if args.digest_dir:
@@ -380,16 +546,17 @@ def _run_one(config: TrainConfig, args: argparse.Namespace, device: torch.device
         Path(args.digest_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.digest_dir) / f"rank{rank}.txt").write_text(digest + "\n")
     if save is not None and rank == 0:
-        # Back to plain BatchNorm2d names/types: the state dict is the same either way.
         meta = {
             "command": command,
             "seed": config["seed"],
             "config": dict(config),
             "metrics": result,
             "world_size": world,
-            "train_seconds": round(seconds, 1),
+            "train_seconds": round(seconds, 3),
+            "loss_curve": loss_curve(log),
             "torch": str(torch.__version__),
         }
+        # Back to plain BatchNorm2d names/types: the state dict is the same either way.
         plain = SegmentationModel(**model.config)
         plain.load_state_dict(model.state_dict())
         save_checkpoint(save, plain, meta)
@@ -397,46 +564,153 @@ def _run_one(config: TrainConfig, args: argparse.Namespace, device: torch.device
     return result
 
 
+def _shipped_names(text: str) -> list[str]:
+    """argparse type of ``--names``: comma-separated names of :data:`SHIPPED`."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SHIPPED]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated names from {','.join(SHIPPED)}, got {text!r}"
+        )
+    return names
+
+
+def _device_option(text: str) -> str:
+    """argparse type of ``--device``: ``auto`` or anything ``torch.device`` reads."""
+    if text != "auto":
+        try:
+            torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(
+                f"expected auto, cpu, cuda or cuda:N, got {text!r}"
+            ) from None
+    return text
+
+
+_DEFAULT_OUT_DIR = Path("checkpoints")
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig.DEFAULTS
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="python -m ccnet_edu.train", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--head", choices=HEADS, default=d["head"])
+    p.add_argument("--head", choices=HEADS, default=None,
+                   help=f"the head to train (default {d['head']}; not with --all)")
     p.add_argument("--all", action="store_true",
-                   help="train every shipped model and write ccnet_edu/checkpoints/*.pt")
-    p.add_argument("--names", default=None,
+                   help="train every shipped model (or --names) and write OUT_DIR/NAME*.pt")
+    p.add_argument("--names", type=_shipped_names, default=None,
                    help="with --all: only these shipped models, comma-separated "
                    f"(from {','.join(SHIPPED)})")
-    p.add_argument("--ccl", action="store_true", help="add the category consistent loss")
-    p.add_argument("--ccl-weight", type=float, default=d["ccl_weight"])
-    p.add_argument("--steps", type=int, default=d["steps"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="global batch size")
-    p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--size", type=int, default=d["size"], help="image side (multiple of 8)")
-    p.add_argument("--width", type=int, default=d["width"])
-    p.add_argument("--mid-channels", type=int, default=d["mid_channels"])
-    p.add_argument("--dropout", type=float, default=d["dropout"])
-    p.add_argument("--val-size", type=int, default=d["val_size"], help="0 skips evaluation")
-    p.add_argument("--val-seed", type=int, default=d["val_seed"])
-    p.add_argument("--save", type=Path, default=None, help="checkpoint path")
+    p.add_argument("--ccl", action="store_true",
+                   help="add the category consistent loss (not with --all)")
+    p.add_argument("--ccl-weight", type=cli_float(0.0, exclusive_minimum=True),
+                   default=d["ccl_weight"],
+                   help="weight of the CCL (> 0); != 1 is recorded in the name: rcca2_ccl0.1")
+    p.add_argument("--steps", type=cli_int(1), default=d["steps"])
+    p.add_argument("--batch-size", type=cli_int(1), default=d["batch_size"],
+                   help="global batch size (a multiple of the number of processes)")
+    p.add_argument("--lr", type=cli_float(0.0, exclusive_minimum=True), default=d["lr"])
+    p.add_argument("--seed", type=cli_int(0), default=d["seed"])
+    p.add_argument("--seeds", type=cli_int(0), nargs="+", default=None,
+                   help="with --all: train every model for each of these seeds")
+    p.add_argument("--size", type=cli_int(MIN_SIZE, multiple_of=8), default=d["size"],
+                   help=f"image side (a multiple of 8, >= {MIN_SIZE})")
+    p.add_argument("--width", type=cli_int(1), default=d["width"])
+    p.add_argument("--mid-channels", type=cli_int(1), default=d["mid_channels"])
+    p.add_argument("--dropout", type=cli_float(0.0, 1.0), default=d["dropout"])
+    p.add_argument("--val-size", type=cli_int(0), default=d["val_size"],
+                   help="0 skips evaluation")
+    p.add_argument("--val-seed", type=cli_int(0), default=d["val_seed"])
+    p.add_argument("--save", type=Path, default=None, help="checkpoint path (not with --all)")
     p.add_argument("--out-dir", type=Path, default=None,
-                   help="with --all: where to write NAME[_seed<S>].pt (default: the package's "
-                   "checkpoints folder)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: cores / processes)")
+                   help=f"with --all: where to write NAME[_seed<S>].pt (default: "
+                   f"./{_DEFAULT_OUT_DIR})")
+    p.add_argument("--overwrite-shipped", action="store_true",
+                   help=f"allow writing into the package's shipped checkpoints ({CHECKPOINT_DIR}); "
+                   "with --all and no --out-dir, write there")
+    p.add_argument("--device", type=_device_option, default="auto",
+                   help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=cli_int(0), default=0,
+                   help="torch threads (0: cores / processes)")
     p.add_argument("--ddp", action="store_true", help="run under torchrun with DDP")
     p.add_argument("--no-sync-bn", action="store_true",
                    help="with --ddp: per-process batch norm statistics (for comparison)")
-    p.add_argument("--digest-dir", default=None,
+    p.add_argument("--digest-dir", type=Path, default=None,
                    help="write each rank's final state-dict SHA-256 to DIR/rank<r>.txt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
+def _is_shipped_dir(path: Path) -> bool:
+    return path.absolute().resolve() == CHECKPOINT_DIR.resolve()
+
+
+def _check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[Path]:
+    """Everything the parser cannot check alone; returns the checkpoint paths to write."""
+    if args.all:
+        for option, given in (("--head", args.head is not None), ("--ccl", args.ccl),
+                              ("--save", args.save is not None)):
+            if given:
+                p.error(f"{option} does not go with --all (use --names to pick models)")
+        seeds = args.seeds if args.seeds is not None else [args.seed]
+        if len(set(seeds)) != len(seeds):
+            p.error(f"--seeds must not repeat a seed, got {seeds}")
+        if args.overwrite_shipped and args.out_dir is not None and not _is_shipped_dir(
+            args.out_dir
+        ):
+            p.error(f"--overwrite-shipped writes into {CHECKPOINT_DIR}; it does not go with "
+                    f"--out-dir {args.out_dir}")
+        out_dir = args.out_dir or (CHECKPOINT_DIR if args.overwrite_shipped else _DEFAULT_OUT_DIR)
+        if _is_shipped_dir(out_dir) and not args.overwrite_shipped:
+            p.error(f"--out-dir {out_dir} is the package's shipped checkpoints folder; add "
+                    "--overwrite-shipped to replace them")
+        cli_writable(p, "--out-dir", out_dir, directory=True)
+        names = args.names or list(SHIPPED)
+        paths = []
+        for seed in seeds:
+            for name in names:
+                head, ccl = SHIPPED[name]
+                paths.append(out_dir / f"{checkpoint_name(head, ccl, args.ccl_weight, seed)}.pt")
+    else:
+        for option, given in (("--names", args.names is not None),
+                              ("--seeds", args.seeds is not None),
+                              ("--out-dir", args.out_dir is not None)):
+            if given:
+                p.error(f"{option} goes only with --all")
+        paths = [args.save] if args.save is not None else []
+        if args.save is not None:
+            if _is_shipped_dir(args.save.parent) and not args.overwrite_shipped:
+                p.error(f"--save {args.save} is in the package's shipped checkpoints folder; "
+                        "add --overwrite-shipped to replace a shipped file")
+            cli_writable(p, "--save", args.save)
+    cli_writable(p, "--digest-dir", args.digest_dir, directory=True)
+    if args.no_sync_bn and not args.ddp:
+        p.error("--no-sync-bn goes only with --ddp")
+    if args.device != "auto" and torch.device(args.device).type == "cuda" and (
+        not torch.cuda.is_available()
+    ):
+        p.error(f"--device {args.device}: CUDA is not available here")
+    if args.ddp:
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            p.error("--ddp needs the environment set by torchrun "
+                    "(torchrun --standalone --nproc_per_node=2 -m ccnet_edu.train --ddp)")
+        world = int(os.environ["WORLD_SIZE"])
+        if args.batch_size % world:
+            p.error(f"--batch-size {args.batch_size} must be a multiple of the number of "
+                    f"processes ({world})")
+    return paths
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    args = build_parser().parse_args(argv)
+    """The command line (see the module docstring); returns the validation metrics of each run.
+
+    Every option is checked before any work: a bad value is a usage error
+    (one line on stderr, exit code 2).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    paths = _check_arguments(parser, args)
     command = "python -m ccnet_edu.train " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
@@ -446,18 +720,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     else:
         device = torch.device(args.device)
     if args.ddp:
-        if "RANK" not in os.environ:
-            raise SystemExit("--ddp needs the environment set by torchrun "
-                             "(torchrun --standalone --nproc_per_node=2 -m ccnet_edu.train --ddp)")
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     world = dist.get_world_size() if args.ddp else 1
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
 
-    def config_for(head: str, ccl: bool) -> TrainConfig:
+    def config_for(head: str, ccl: bool, seed: int) -> TrainConfig:
         return TrainConfig(head=head, ccl=ccl, ccl_weight=args.ccl_weight, steps=args.steps,
-                           batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           batch_size=args.batch_size, lr=args.lr, seed=seed,
                            size=args.size, width=args.width, mid_channels=args.mid_channels,
                            dropout=args.dropout, sync_bn=not args.no_sync_bn,
                            val_seed=args.val_seed, val_size=args.val_size)
@@ -465,19 +736,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     results = []
     try:
         if args.all:
-            names = args.names.split(",") if args.names else list(SHIPPED)
-            unknown = [n for n in names if n not in SHIPPED]
-            if unknown:
-                raise SystemExit(f"--names: unknown {unknown}; shipped models: {list(SHIPPED)}")
-            out_dir = args.out_dir or CHECKPOINT_DIR
-            suffix = f"_seed{args.seed}" if args.seed != 0 else ""
-            for name in names:
-                head, ccl = SHIPPED[name]
-                results.append(_run_one(config_for(head, ccl), args, device,
-                                        out_dir / f"{name}{suffix}.pt", command))
+            seeds = args.seeds if args.seeds is not None else [args.seed]
+            jobs = [(SHIPPED[name], seed) for seed in seeds for name in args.names or SHIPPED]
+            for ((head, ccl), seed), path in zip(jobs, paths, strict=True):
+                results.append(_run_one(config_for(head, ccl, seed), args, device, path, command))
         else:
-            results.append(_run_one(config_for(args.head, args.ccl), args, device,
-                                    args.save, command))
+            config = config_for(args.head or TrainConfig.DEFAULTS["head"], args.ccl, args.seed)
+            results.append(_run_one(config, args, device, paths[0] if paths else None, command))
     finally:
         if args.ddp:
             with contextlib.suppress(Exception):

@@ -25,14 +25,14 @@ def test_hand_example_one_dimension():
     # loss = 11/24 + 1 + 0.001 · 2
     emb = embedding_from_rows([[0.0], [2.0], [2.0], [2.0], [5.0]], 1, 5)
     labels = torch.tensor([[[0, 0, 1, 1, 1]]])
-    loss_fn = CategoryConsistentLoss()
+    loss_fn = CategoryConsistentLoss(num_classes=2)
     l_var, l_dis, l_reg = loss_fn.terms(emb, labels)
     assert l_var.item() == pytest.approx(11 / 24)
     assert l_dis.item() == pytest.approx(1.0)
     assert l_reg.item() == pytest.approx(2.0)
     assert loss_fn(emb, labels).item() == pytest.approx(11 / 24 + 1 + 0.002)
     # weights are applied as given
-    weighted = CategoryConsistentLoss(alpha=2.0, beta=0.5, gamma=0.1)(emb, labels)
+    weighted = CategoryConsistentLoss(2, alpha=2.0, beta=0.5, gamma=0.1)(emb, labels)
     assert weighted.item() == pytest.approx(2 * 11 / 24 + 0.5 + 0.2)
 
 
@@ -46,12 +46,12 @@ def test_hand_example_ignore_label_and_empty_class():
     # The ignored pixel's embedding (100, -100) must change nothing.
     emb = embedding_from_rows([[0.0, 0.0], [0.0, 2.0], [3.0, 1.0], [100.0, -100.0]], 2, 2)
     labels = torch.tensor([[[0, 0], [2, 255]]])
-    l_var, l_dis, l_reg = category_consistent_terms(emb, labels)
+    l_var, l_dis, l_reg = category_consistent_terms(emb, labels, 3)
     assert l_var.item() == pytest.approx(0.125)
     assert l_dis.item() == pytest.approx(0.0)
     assert l_reg.item() == pytest.approx((1 + math.sqrt(10)) / 2)
     # the same with the class relabelled 2 -> 1 (no empty class)
-    relabelled = category_consistent_terms(emb, torch.tensor([[[0, 0], [1, 255]]]))
+    relabelled = category_consistent_terms(emb, torch.tensor([[[0, 0], [1, 255]]]), 2)
     for a, b in zip((l_var, l_dis, l_reg), relabelled, strict=True):
         assert a.item() == pytest.approx(b.item())
 
@@ -61,7 +61,7 @@ def test_single_class_has_no_push_term():
     emb = torch.randn(1, 3, 4, 5, dtype=torch.float64)
     labels = torch.full((1, 4, 5), 2)
     labels[0, 0, 0] = 255
-    l_var, l_dis, l_reg = category_consistent_terms(emb, labels)
+    l_var, l_dis, l_reg = category_consistent_terms(emb, labels, 3)
     assert l_dis.item() == 0.0
     assert l_var.item() > 0 and l_reg.item() > 0
 
@@ -122,11 +122,14 @@ def test_matches_loop_reference_on_random_batch():
     labels[0, :2] = 255
     labels[1] = torch.where(labels[1] == 3, torch.full_like(labels[1], 1), labels[1])
     labels[2] = 255  # an image without labelled pixels takes no part in the batch mean
-    terms = torch.stack(category_consistent_terms(emb, labels))
+    terms = torch.stack(category_consistent_terms(emb, labels, 5))
     torch.testing.assert_close(terms, reference_terms(emb, labels))
     # batch mean = mean of the labelled images computed one by one
     one_by_one = torch.stack(
-        [torch.stack(category_consistent_terms(emb[i : i + 1], labels[i : i + 1])) for i in (0, 1)]
+        [
+            torch.stack(category_consistent_terms(emb[i : i + 1], labels[i : i + 1], 5))
+            for i in (0, 1)
+        ]
     ).mean(0)
     torch.testing.assert_close(terms, one_by_one)
 
@@ -137,8 +140,8 @@ def test_labels_resized_with_nearest():
     big = torch.randint(0, 4, (2, 8, 10))
     small = big[:, ::2, ::2]  # nearest with factor 2 picks pixel (2i, 2j)
     torch.testing.assert_close(
-        torch.stack(category_consistent_terms(emb, big)),
-        torch.stack(category_consistent_terms(emb, small)),
+        torch.stack(category_consistent_terms(emb, big, 4)),
+        torch.stack(category_consistent_terms(emb, small, 4)),
     )
 
 
@@ -147,7 +150,8 @@ def test_gradcheck_and_meta():
     emb = (torch.randn(2, 2, 3, 4, dtype=torch.float64) * 2).requires_grad_()
     labels = torch.randint(0, 3, (2, 3, 4))
     labels[0, 0, 0] = 255
-    assert torch.autograd.gradcheck(lambda e: CategoryConsistentLoss(gamma=0.5)(e, labels), (emb,))
+    loss_fn = CategoryConsistentLoss(3, gamma=0.5)
+    assert torch.autograd.gradcheck(lambda e: loss_fn(e, labels), (emb,))
     loss = CategoryConsistentLoss(num_classes=4)(
         torch.randn(2, 16, 5, 6, device="meta"),
         torch.zeros(2, 5, 6, dtype=torch.long, device="meta"),
@@ -157,7 +161,7 @@ def test_gradcheck_and_meta():
 
 def test_all_ignored_gives_zero():
     emb = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
-    loss = CategoryConsistentLoss()(emb, torch.full((2, 2, 2), 255))
+    loss = CategoryConsistentLoss(num_classes=4)(emb, torch.full((2, 2, 2), 255))
     assert loss.item() == 0.0
     loss.backward()
     assert bool(torch.isfinite(emb.grad).all())
@@ -166,7 +170,7 @@ def test_all_ignored_gives_zero():
 def test_bad_inputs():
     emb = torch.randn(1, 3, 4, 4)
     labels = torch.zeros(1, 4, 4, dtype=torch.long)
-    loss_fn = CategoryConsistentLoss()
+    loss_fn = CategoryConsistentLoss(num_classes=4)
     with pytest.raises(ValueError, match="embedding must have 4 dimensions"):
         loss_fn(torch.randn(3, 4, 4), labels)
     with pytest.raises(TypeError, match="embedding must have a floating-point dtype"):
@@ -178,6 +182,27 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="labels must be in"):
         CategoryConsistentLoss(num_classes=2)(emb, torch.full((1, 4, 4), 3))
     with pytest.raises(ValueError, match="delta_v and delta_d"):
-        CategoryConsistentLoss(delta_v=2.0, delta_d=1.0)
+        CategoryConsistentLoss(4, delta_v=2.0, delta_d=1.0)
     with pytest.raises(TypeError, match="labels must be a torch.Tensor"):
         loss_fn(emb, [[0]])
+
+
+def test_the_class_count_is_an_argument_not_read_off_the_labels():
+    """One stray label far beyond K is an error, not a (B, N, 200000) allocation."""
+    emb = torch.randn(2, 16, 12, 12)
+    labels = torch.randint(0, 4, (2, 12, 12))
+    labels[1, 5, 7] = 200_000
+    with pytest.raises(ValueError, match=r"labels must be in \[0, num_classes=4\).*200000"):
+        CategoryConsistentLoss(num_classes=4)(emb, labels)
+    with pytest.raises(ValueError, match="labels must be in"):
+        category_consistent_terms(emb, labels.clamp(max=4) - 5, 4)  # negative labels
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'num_classes'"):
+        CategoryConsistentLoss()
+    with pytest.raises(TypeError, match="num_classes must be an int, got float"):
+        CategoryConsistentLoss(0.5, 1.5)  # the old positional delta_v, delta_d
+    with pytest.raises(ValueError, match="ignore_index must not be a class index"):
+        CategoryConsistentLoss(4, ignore_index=2)
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        CategoryConsistentLoss(4, gamma=-1.0)
+    with pytest.raises(ValueError, match="delta_d must be finite"):
+        CategoryConsistentLoss(4, delta_d=float("nan"))

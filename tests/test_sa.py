@@ -242,8 +242,10 @@ def test_bad_inputs():
         SqueezeAttention(8, pool=0)
     with pytest.raises(ValueError, match="gate"):
         SqueezeAttention(8, gate="tanh")
-    with pytest.raises(ValueError, match="in_channels must be a positive int"):
+    with pytest.raises(ValueError, match="in_channels must be >= 1"):
         SqueezeAttention(0)
+    with pytest.raises(TypeError, match="in_channels must be an int, got float"):
+        SqueezeAttention(8.0)
     with pytest.raises(ValueError, match="in_channels_list must give the channels of 4"):
         SANetHead([8, 16, 32], 3)
     head = SANetHead(CHANNELS, 3, channels=4)

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -10,21 +11,30 @@ import pytest
 import torch
 
 from ccnet_edu.models import (
+    CHECKPOINT_DIR,
     HEADS,
     SegmentationModel,
+    add_digest,
     load_checkpoint,
     load_pretrained,
+    pretrained_names,
     save_checkpoint,
     state_dict_digest,
 )
 from ccnet_edu.train import (
+    SHIPPED,
     AllReduceBatchNorm2d,
     TrainConfig,
+    _check_arguments,
+    build_parser,
+    checkpoint_name,
     confusion_matrix,
     evaluate,
+    loss_curve,
     metrics_from_confusion,
     train,
 )
+from ccnet_edu.train import main as train_main
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -138,7 +148,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no_such_head.*ccnet_edu\.train"):
+    with pytest.raises(ValueError, match=r"name must be one of the shipped.*no_such_head"):
         load_pretrained("no_such_head")
     with pytest.raises(FileNotFoundError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
@@ -155,6 +165,97 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(ValueError, match="not a ccnet_edu checkpoint"):
         load_checkpoint(other)
+
+
+def test_checkpoint_stores_the_digest_and_a_flipped_byte_is_caught(tmp_path):
+    torch.manual_seed(0)
+    model = SegmentationModel("fcn").eval()
+    marker = 1234.5678  # a value whose float32 bytes occur once in the file
+    with torch.no_grad():
+        model.head.classifier.bias[2] = marker
+    path = save_checkpoint(tmp_path / "m.pt", model, {})
+    payload = torch.load(path, weights_only=True)
+    assert payload["state_dict_digest"] == state_dict_digest(model)
+    data = bytearray(path.read_bytes())
+    at = data.find(struct.pack("<f", marker))
+    assert at > 0 and data.find(struct.pack("<f", marker), at + 1) == -1
+    data[at] ^= 0x01  # one bit of the tensor data
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    # torch itself loads the damaged file without complaint ...
+    torch.load(damaged, weights_only=True)
+    # ... the digest does not.
+    with pytest.raises(ValueError, match=r"damaged.pt is damaged: its weights do not match"):
+        load_checkpoint(damaged)
+
+
+def _payload(tmp_path, name, **changes):
+    """A checkpoint file with ``changes`` applied to a valid payload (digest recomputed)."""
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "valid.pt", SegmentationModel("fcn"), {"seed": 0})
+    payload = torch.load(path, weights_only=True)
+    for key, value in changes.items():
+        if value is None:
+            payload.pop(key)
+        else:
+            payload[key] = value
+    out = tmp_path / name
+    torch.save(payload, out)
+    return out
+
+
+def test_checkpoint_without_digest_says_how_to_add_one(tmp_path):
+    old = _payload(tmp_path, "old.pt", state_dict_digest=None)
+    with pytest.raises(ValueError, match=r"old.pt predates weight digests.*add_digest"):
+        load_checkpoint(old)
+    before = torch.load(old, weights_only=True)
+    add_digest(old)
+    after = torch.load(old, weights_only=True)
+    assert after["meta"] == before["meta"] and after["config"] == before["config"]
+    for key, tensor in before["state_dict"].items():
+        assert torch.equal(after["state_dict"][key], tensor)
+    assert load_checkpoint(old).meta == {"seed": 0}
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"head": "fcn", "width": 1e6}, r"width must be an int, got float"),
+        ({"head": "fcn", "width": 0}, r"width must be >= 1"),
+        ({"head": "fcn", "width": True}, r"width must be an int, got bool"),
+        ({"head": "fcn", "dropout": 2.0}, r"dropout must be <= 1"),
+        ({"head": "fcn", "dropout": float("nan")}, r"dropout must be finite"),
+        ({"head": "deeplab"}, r"head must be one of"),
+        ({"head": "fcn", "depth": 3}, r"unknown keys \['depth'\]"),
+        ("fcn", r"config must be a dict"),
+        # valid values, but not the model whose weights the file holds
+        ({"head": "fcn", "width": 10**6}, r"does not match its config"),
+        ({"head": "rcca2"}, r"does not match its config"),
+    ],
+)
+def test_checkpoint_config_is_validated_before_the_model_is_built(tmp_path, config, message):
+    path = _payload(tmp_path, "bad_config.pt", config=config)
+    with pytest.raises(ValueError, match=message) as info:
+        load_checkpoint(path)
+    assert "bad_config.pt" in str(info.value)
+
+
+def test_load_pretrained_reads_only_shipped_names():
+    for name in ("../checkpoints/rcca2", "/etc/passwd", "rcca2.pt", "", "RCCA2"):
+        with pytest.raises(ValueError, match="name must be one of the shipped checkpoints"):
+            load_pretrained(name)
+    with pytest.raises(TypeError, match="name must be a str"):
+        load_pretrained(Path("rcca2"))
+
+
+def test_every_shipped_checkpoint_has_a_verified_digest():
+    names = pretrained_names()
+    assert {"fcn", "rcca2", "rcca2_ccl"} <= set(names)
+    for name in names:
+        payload = torch.load(CHECKPOINT_DIR / f"{name}.pt", weights_only=True)
+        model = load_pretrained(name)  # verifies the digest
+        assert state_dict_digest(model) == payload["state_dict_digest"], name
+        assert not model.training
 
 
 def test_all_reduce_batchnorm_is_batchnorm_outside_a_process_group():
@@ -205,3 +306,154 @@ def test_checkpoint_meta_must_be_plain(tmp_path):
     with pytest.raises(TypeError, match="meta must hold only plain"):
         save_checkpoint(tmp_path / "m.pt", SegmentationModel("fcn"), {"v": torch.__version__})
     assert not (tmp_path / "m.pt").exists()
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def _usage_error(capsys, argv):
+    """Run the CLI in-process; return its one-line error after checking exit code 2."""
+    with pytest.raises(SystemExit) as info:
+        train_main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m ccnet_edu.train: error: "), err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv,names",
+    [
+        (["--steps", "0"], "--steps"),
+        (["--steps", "1.5"], "--steps"),
+        (["--steps", "ten"], "--steps"),
+        (["--batch-size", "-4"], "--batch-size"),
+        (["--lr", "0"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--lr", "inf"], "--lr"),
+        (["--dropout", "1.5"], "--dropout"),
+        (["--dropout", "-0.1"], "--dropout"),
+        (["--size", "30"], "--size"),
+        (["--size", "16"], "--size"),
+        (["--width", "0"], "--width"),
+        (["--mid-channels", "0"], "--mid-channels"),
+        (["--seed", "-1"], "--seed"),
+        (["--ccl-weight", "0"], "--ccl-weight"),
+        (["--val-size", "-1"], "--val-size"),
+        (["--val-seed", "-1"], "--val-seed"),
+        (["--threads", "-2"], "--threads"),
+        (["--head", "deeplab"], "--head"),
+        (["--all", "--names", "fcn,deeplab"], "--names"),
+        (["--all", "--seeds"], "--seeds"),
+        (["--all", "--seeds", "0", "-1"], "--seeds"),
+        (["--all", "--seeds", "1", "1"], "--seeds"),
+        (["--device", "gpu"], "--device"),
+        (["--all", "--head", "fcn"], "--head"),
+        (["--all", "--ccl"], "--ccl"),
+        (["--all", "--save", "x.pt"], "--save"),
+        (["--seeds", "0", "1"], "--seeds"),
+        (["--names", "fcn"], "--names"),
+        (["--out-dir", "somewhere"], "--out-dir"),
+        (["--no-sync-bn"], "--no-sync-bn"),
+        (["--ddp"], "--ddp"),
+        (["--all", "--out-dir", str(CHECKPOINT_DIR)], "--overwrite-shipped"),
+        (["--save", str(CHECKPOINT_DIR / "rcca2.pt")], "--overwrite-shipped"),
+        (["--all", "--overwrite-shipped", "--out-dir", "elsewhere"], "--overwrite-shipped"),
+    ],
+)
+def test_cli_rejects_bad_options_before_any_work(capsys, argv, names):
+    assert names in _usage_error(capsys, argv)
+
+
+def test_cli_checks_output_paths_before_training(capsys, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setattr("ccnet_edu.train.train", None)  # any training would fail loudly
+    assert "--save" in _usage_error(capsys, ["--save", str(blocker / "m.pt")])
+    assert "--save" in _usage_error(capsys, ["--save", str(tmp_path)])  # a directory
+    assert "--out-dir" in _usage_error(capsys, ["--all", "--out-dir", str(blocker)])
+    assert "--out-dir" in _usage_error(capsys, ["--all", "--out-dir", str(blocker / "sub")])
+    assert "--digest-dir" in _usage_error(capsys, ["--digest-dir", str(blocker)])
+
+
+def test_cli_ddp_batch_must_split_over_processes(capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert "--batch-size 16 must be a multiple" in _usage_error(capsys, ["--ddp"])
+
+
+def test_cli_usage_error_is_exit_code_2_and_one_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "ccnet_edu.train", "--steps", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "python -m ccnet_edu.train: error: argument --steps: must be >= 1, got 0 (see --help)"
+    ]
+
+
+def test_cli_all_writes_outside_the_package_unless_asked(tmp_path, monkeypatch):
+    parser = build_parser()
+    monkeypatch.chdir(tmp_path)
+    paths = _check_arguments(parser, parser.parse_args(["--all", "--names", "fcn"]))
+    assert paths == [Path("checkpoints") / "fcn.pt"]
+    paths = _check_arguments(
+        parser, parser.parse_args(["--all", "--names", "rcca2,rcca2_ccl", "--overwrite-shipped",
+                                   "--seeds", "0", "2", "--ccl-weight", "0.1"])
+    )
+    assert paths == [CHECKPOINT_DIR / n for n in (
+        "rcca2.pt", "rcca2_ccl0.1.pt", "rcca2_seed2.pt", "rcca2_ccl0.1_seed2.pt")]
+
+
+def test_cli_all_several_seeds_names_and_meta(tmp_path, monkeypatch):
+    shipped = {p.name: p.stat().st_mtime_ns for p in CHECKPOINT_DIR.glob("*.pt")}
+    monkeypatch.chdir(tmp_path)
+    argv = ["--all", "--names", "fcn,rcca2_ccl", "--seeds", "0", "1", "--ccl-weight", "0.1",
+            "--steps", "3", "--batch-size", "2", "--size", "24", "--val-size", "0",
+            "--threads", "1", "--quiet"]
+    train_main(argv)
+    written = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
+    assert written == ["fcn.pt", "fcn_seed1.pt", "rcca2_ccl0.1.pt", "rcca2_ccl0.1_seed1.pt"]
+    model = load_checkpoint(tmp_path / "checkpoints" / "rcca2_ccl0.1_seed1.pt")
+    meta = model.meta
+    assert meta["command"] == "python -m ccnet_edu.train " + " ".join(argv)
+    assert meta["seed"] == 1 and meta["config"]["ccl_weight"] == 0.1 and meta["config"]["ccl"]
+    assert meta["train_seconds"] > 0
+    curve = meta["loss_curve"]
+    assert curve["every"] == 20 and curve["step"] == [3]
+    assert len(curve["loss"]) == len(curve["ce"]) == len(curve["ccl"]) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in CHECKPOINT_DIR.glob("*.pt")} == shipped
+
+
+def test_loss_curve_averages_windows():
+    log = [{"loss": float(k), "ce": 2.0 * k} for k in range(45)]
+    curve = loss_curve(log, every=20)
+    assert curve["step"] == [20, 40, 45]
+    assert curve["loss"] == [9.5, 29.5, 42.0]
+    assert curve["ce"] == [19.0, 59.0, 84.0]
+    assert "ccl" not in curve
+    assert loss_curve([]) == {"every": 20, "step": []}
+
+
+def test_checkpoint_name():
+    assert checkpoint_name("rcca2") == "rcca2"
+    assert checkpoint_name("rcca2", True) == "rcca2_ccl"
+    assert checkpoint_name("rcca2", True, 0.1, 3) == "rcca2_ccl0.1_seed3"
+    assert checkpoint_name("fcn", False, 0.1, 1) == "fcn_seed1"
+    assert all(checkpoint_name(h, c) == n for n, (h, c) in SHIPPED.items())
+
+
+def test_train_config_validates_every_key():
+    for key, value, error in [
+        ("steps", 0, ValueError), ("steps", 2.0, TypeError), ("steps", True, TypeError),
+        ("size", 36, ValueError), ("size", 16, ValueError), ("lr", 0.0, ValueError),
+        ("lr", float("nan"), ValueError), ("dropout", 1.5, ValueError),
+        ("ccl", 1, TypeError), ("ccl_weight", -1.0, ValueError), ("seed", -1, ValueError),
+        ("head", "deeplab", ValueError), ("val_size", -1, ValueError),
+    ]:
+        with pytest.raises(error, match=key):
+            TrainConfig(**{key: value})
+    with pytest.raises(TypeError, match="unknown TrainConfig keys"):
+        TrainConfig(epochs=3)
