@@ -354,6 +354,63 @@ def test_influence_conv_stack_bounded_by_receptive_field():
     assert (influence[inside] > 0).all()
 
 
+def _pixelwise_bn(channels: int) -> nn.Module:
+    # 1x1 convolution + BatchNorm: output pixel u depends on input pixel u alone, in eval().
+    return nn.Sequential(nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels)).double()
+
+
+def test_influence_measured_in_eval_mode():
+    module = _pixelwise_bn(3)  # training mode, as constructed
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    influence = influence_map(module, x, (1, 4))
+    assert (influence > 0).sum() == 1 and influence[1, 4] > 0
+    # In training mode the batch statistics tie every output to every input.
+    assert (influence_map(module, x, (1, 4), eval_mode=False) > 0).all()
+    assert module.training and all(m.training for m in module.modules())
+
+
+def test_influence_restores_mixed_modes():
+    module = _pixelwise_bn(2)
+    module[1].eval()  # a mix: the container trains, its BatchNorm does not
+    influence_map(module, torch.randn(1, 2, 4, 4, dtype=torch.float64), (0, 0))
+    assert module.training and module[0].training and not module[1].training
+    module.eval()
+    influence_map(module, torch.randn(1, 2, 4, 4, dtype=torch.float64), (0, 0), eval_mode=False)
+    assert not any(m.training for m in module.modules())
+
+
+def test_influence_issa_long_step_alone_is_its_group_in_eval_mode():
+    # The trap of the issue: ISSA holds BatchNorm, so its long-range step alone "reaches"
+    # every pixel in training mode but only its own long-range group in eval mode.
+    from ccnet_edu.issa import (
+        long_range_groups,
+        long_range_permute,
+        long_range_unpermute,
+        pad_to_blocks,
+    )
+
+    torch.manual_seed(0)
+    block = (2, 3)
+    issa = InterlacedSparseSelfAttention(4, block_size=block, key_channels=2).double()
+
+    def long_step(t: torch.Tensor) -> torch.Tensor:
+        feats, _ = pad_to_blocks(t, block)
+        out, _ = issa.long_range(long_range_permute(feats, block))
+        return long_range_unpermute(out, t.shape[0], *feats.shape[2:], block)
+
+    x = torch.randn(2, 4, 6, 9, dtype=torch.float64)  # multiples of the block: no padding
+    u = (3, 4)
+    issa.train()
+    assert (influence_map(long_step, x, u) > 0).all()  # a function is measured as it is
+    issa.eval()
+    influence = influence_map(long_step, x, u)
+    group = long_range_groups(6, 9, block)
+    members = group[(group == u[0] * 9 + u[1]).any(dim=1)][0]
+    expected = torch.zeros(6 * 9, dtype=torch.bool)
+    expected[members] = True
+    assert torch.equal(influence.flatten() > 0, expected)
+
+
 def test_influence_bad_pixel():
     with pytest.raises(ValueError, match="pixel"):
         influence_map(nn.Identity(), torch.randn(1, 2, 3, 3), (3, 0))

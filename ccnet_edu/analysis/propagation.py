@@ -6,15 +6,23 @@ Two views of "which input pixels can output pixel ``u`` see?".
 boolean ``N x N`` matrix of allowed pairs (``M[u, p]``: ``u`` attends to
 ``p``), one attention step moves information along the edges of ``M``, and
 ``R`` steps along the paths of length ``R``: the boolean power ``M^R``.  For
-criss-cross attention ``M^1`` is the cross and ``M^2`` is all ones (SPEC §2);
-for ISSA the short step follows the long one, so the pattern is the boolean
-product ``S · L`` (SPEC §4).
+criss-cross attention ``M^1`` is the cross and ``M^2`` is all ones, the
+argument of the CCNet paper for its two loops (Huang et al., ICCV 2019,
+Sec. 3.3); for ISSA the short-range step follows the long-range one, so the
+pattern is the boolean product ``M_S · M_L`` of their group patterns (Huang,
+Yuan et al., arXiv 1907.12273, Sec. 3).  The book's chapter *Recurrent
+criss-cross attention* proves both.
 
 **Influence** is measured on a real module with real (random) weights: the
 gradient of output pixel ``u`` with respect to the input,
 ``I(p) = Σ_c |∂(Σ_c' y[c', u]) / ∂x[c, p]|``, the quantity Luo et al. (2016)
 call the *effective receptive field*.  Reachability says where the influence
 *may* be non-zero; the gradient says where it *is*, and how large.
+
+The influence is measured with the module in ``eval()`` mode: in training
+mode a BatchNorm layer normalises with statistics of the whole batch and
+map, which makes every output depend on every input whatever the attention
+pattern (a 1x1 convolution followed by BatchNorm would "reach" every pixel).
 """
 
 from __future__ import annotations
@@ -68,8 +76,9 @@ def issa_reachability(
 ) -> torch.Tensor:
     """Bool (N', N') on ISSA's padded grid: the pattern of ``A_S · A_L``.
 
-    The long-range step first (``L``), then the short-range step (``S``):
-    ``u`` reaches ``p`` when some ``v`` in ``u``'s block shares ``p``'s offset.
+    The long-range step first (pattern ``M_L``), then the short-range step
+    (``M_S``): the product ``M_S · M_L``.  ``u`` reaches ``p`` when some ``v``
+    in ``u``'s block shares ``p``'s offset.
     """
     from ..issa import interlaced_masks
 
@@ -81,6 +90,8 @@ def influence_map(
     module: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     pixel: tuple[int, int],
+    *,
+    eval_mode: bool = True,
 ) -> torch.Tensor:
     """Measured influence of every input pixel on output pixel ``pixel``: (H, W) float.
 
@@ -88,6 +99,14 @@ def influence_map(
     gradient of the channel sum of output pixel ``u = pixel`` of the first
     image (Luo et al., 2016).  Exactly zero where ``y[u]`` does not depend on
     ``x[p]``.  ``module`` may return ``y`` or a tuple starting with ``y``.
+
+    An :class:`~torch.nn.Module` is measured in ``eval()`` mode, and every
+    submodule gets its own previous ``training`` flag back afterwards.  In
+    training mode BatchNorm normalises with the statistics of the whole batch
+    and map, so every output would depend on every input whatever the
+    attention pattern.  ``eval_mode=False`` measures the module in the mode it
+    is in (to show that effect).  A plain function is called as it is: put the
+    modules it uses in ``eval()`` yourself.
     """
     if x.dim() != 4:
         raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
@@ -95,11 +114,19 @@ def influence_map(
     height, width = x.shape[2:]
     if not (0 <= i < height and 0 <= j < width):
         raise ValueError(f"pixel must lie inside the {height} x {width} map, got {pixel}")
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        y = module(x)
-        y = y[0] if isinstance(y, (tuple, list)) else y
-        (grad,) = torch.autograd.grad(y[0, :, i, j].sum(), x)
+    # Remember every submodule's own flag: module.train(previous) would not restore a mix.
+    modes = [(m, m.training) for m in module.modules()] if isinstance(module, nn.Module) else []
+    if eval_mode and isinstance(module, nn.Module):
+        module.eval()
+    try:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = module(x)
+            y = y[0] if isinstance(y, (tuple, list)) else y
+            (grad,) = torch.autograd.grad(y[0, :, i, j].sum(), x)
+    finally:
+        for m, training in modes:
+            m.training = training
     return grad[0].abs().sum(dim=0).detach()  # (H, W)
 
 
@@ -129,9 +156,12 @@ def mean_influence(
     module: Callable[[torch.Tensor], torch.Tensor],
     inputs: Sequence[torch.Tensor],
     pixel: tuple[int, int],
+    *,
+    eval_mode: bool = True,
 ) -> torch.Tensor:
-    """:func:`influence_map` averaged over several inputs, (H, W)."""
-    return torch.stack([influence_map(module, x, pixel) for x in inputs]).mean(0)
+    """:func:`influence_map` averaged over several inputs, (H, W) (``eval()`` as there)."""
+    maps = [influence_map(module, x, pixel, eval_mode=eval_mode) for x in inputs]
+    return torch.stack(maps).mean(0)
 
 
 __all__ += ["reach_fraction", "mean_influence"]
