@@ -6,8 +6,8 @@
 * ``bmm``       -- the original CCNet pure-PyTorch code
   (:func:`ccnet_edu.ops.baselines.bmm_criss_cross`).
 
-Each is timed in one run, forward alone and forward + backward, median of
-``repeats`` (CUDA events on a GPU, ``perf_counter`` on the CPU; the four are
+Each is timed in one run, forward alone and forward + backward, median (and
+range) of ``repeats`` (CUDA events on a GPU, ``perf_counter`` on the CPU; the four are
 timed in turn, one run of each per round, so that a slow spell of a shared
 machine does not fall on one of them only), with its peak
 memory (``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the allocator
@@ -81,10 +81,14 @@ class Row:
     ratio_vs_einsum: float  # einsum time / this time: > 1 means faster than einsum
     peak_mib: float
     max_error: float  # max |out - reference| / max |reference|
+    min_ms: float = float("nan")  # fastest and slowest of the timed repeats
+    max_ms: float = float("nan")
 
 
 def flops(case: Case, mode: str) -> float:
-    """Multiply-adds x 2 of the attention itself (SPEC section 1), no 1x1 convolutions.
+    """Multiply-adds x 2 of the attention itself, no 1x1 convolutions.
+
+    The closed forms of the book's chapter "What it costs" (one multiply-add = 2 FLOPs).
 
     Forward: energies (C') and aggregation (C) over H+W-1 positions per pixel;
     backward: dA (C), grad_value (C), grad_query and grad_key (C' each).
@@ -130,12 +134,12 @@ def _time_ms(fn: Callable[[], None], device: torch.device, repeats: int, warmup:
     return statistics.median(_time_once_ms(fn, device) for _ in range(repeats))
 
 
-def _time_in_turn_ms(
+def _time_in_turn_samples(
     steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int
-) -> dict[str, float]:
-    """Median ms of each step, the steps timed in turn: one run of each per round,
-    the order rotating from round to round. On a shared machine a slow spell then
-    falls on every implementation alike instead of on whichever was being timed,
+) -> dict[str, list[float]]:
+    """Every timed run (ms) of each step, the steps timed in turn: one run of each per
+    round, the order rotating from round to round. On a shared machine a slow spell
+    then falls on every implementation alike instead of on whichever was being timed,
     so the ratios hold even when the absolute times drift."""
     for fn in steps.values():
         for _ in range(warmup):
@@ -146,7 +150,15 @@ def _time_in_turn_ms(
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             times[name].append(_time_once_ms(steps[name], device))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def _time_in_turn_ms(
+    steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median ms of each step, timed in turn (see :func:`_time_in_turn_samples`)."""
+    samples = _time_in_turn_samples(steps, device, repeats, warmup)
+    return {name: statistics.median(t) for name, t in samples.items()}
 
 
 def _peak_mib(fn: Callable[[], None], device: torch.device) -> float:
@@ -265,15 +277,20 @@ def run(
 
         for mode in MODES:
             steps = {name: _make_step(impls[name], inputs, grad_out, mode) for name in names}
-            medians = _time_in_turn_ms(steps, device, repeats, warmup)
-            timed = {}
+            samples = _time_in_turn_samples(steps, device, repeats, warmup)
+            peaks = {}
             for name in names:
-                timed[name] = (medians[name], _peak_mib(steps[name], device))
+                peaks[name] = _peak_mib(steps[name], device)
                 bar.update()
             del steps
-            for name, (ms, peak) in timed.items():
-                ratio = timed["einsum"][0] / ms
-                rows.append(Row(str(case), name, mode, ms, ratio, peak, errors[name]))
+            medians = {name: statistics.median(t) for name, t in samples.items()}
+            for name in names:
+                ms = medians[name]
+                spread = {"min_ms": min(samples[name]), "max_ms": max(samples[name])}
+                ratio = medians["einsum"] / ms
+                rows.append(
+                    Row(str(case), name, mode, ms, ratio, peaks[name], errors[name], **spread)
+                )
     bar.close()
     return rows
 
@@ -289,11 +306,15 @@ def matmul_gflops(size: int = 2048, repeats: int = 5, device: torch.device | str
 
 def format_table(rows: list[Row], gflops: float | None = None) -> str:
     """A Markdown table; with ``gflops`` also the arithmetic floor and the fused op's share."""
-    head = "| case | mode | impl | median ms | einsum / impl | peak MiB | max rel. error |"
-    lines = [head, "|" + "---|" * 7]
+    head = (
+        "| case | mode | impl | median ms | min-max ms | einsum / impl | peak MiB "
+        "| max rel. error |"
+    )
+    lines = [head, "|" + "---|" * 8]
     for r in rows:
         lines.append(
-            f"| {r.case} | {r.mode} | {r.impl} | {r.median_ms:.1f} | {r.ratio_vs_einsum:.2f}x "
+            f"| {r.case} | {r.mode} | {r.impl} | {r.median_ms:.1f} "
+            f"| {r.min_ms:.1f}-{r.max_ms:.1f} | {r.ratio_vs_einsum:.2f}x "
             f"| {r.peak_mib:.1f} | {r.max_error:.1e} |"
         )
     if gflops:
