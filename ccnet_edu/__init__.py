@@ -49,6 +49,7 @@ _SUBMODULES = (
     "viz",
     "data",
     "models",
+    "export",
     "train",
 )
 

@@ -10,8 +10,15 @@ Operators (namespace ``ccnet_edu``):
 * ``criss_cross_attention(query, key, value) -> (out, attention)``;
 * ``criss_cross_attention_backward(grad_out, grad_attention?, attention, query, key, value)
   -> (grad_query, grad_key, grad_value)``;
-* ``portable_criss_cross_attention[_backward]``: the CUDA build's code path run on
-  the CPU (one element per loop iteration), so CPU tests check what the GPU runs.
+* ``portable_criss_cross_attention[_backward]``: the element bodies the CUDA build
+  launches one thread per element, run on the CPU one element per loop iteration.
+  CPU tests of it check the GPU's index arithmetic and orchestration from the same
+  source; they do not check what nvcc makes of it (its FMA contraction and ``expf``
+  may differ in the last bits), the launches or the streams: that needs a GPU.
+
+The CPU library is built for an explicit ISA level, cached by content and
+self-tested against the readable reference when it is loaded (:func:`self_test`);
+see :mod:`ccnet_edu.ops._build`.
 
 Layouts: ``out`` is (B, C, H, W) stored channels-last (``torch.channels_last``
 strides: the kernels work on per-pixel vectors); ``attention`` is
