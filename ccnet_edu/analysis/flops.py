@@ -122,6 +122,21 @@ def flop_formulas() -> dict[Any, Callable[..., int]]:
 # ---------------------------------------------------------------------------
 
 
+def _check_einsum_args(equation: object, shapes: tuple) -> None:
+    """An equation string and one tuple of int sizes per operand, one size per index."""
+    check_str("equation", equation)
+    terms = equation.replace(" ", "").partition("->")[0].split(",")
+    for k, shape in enumerate(shapes):
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, torch.Size)):
+            raise TypeError(f"shapes[{k}] must be a tuple of ints, got {type(shape).__name__}")
+        for size in shape:
+            check_int(f"shapes[{k}] entries", size, minimum=0)
+        if k < len(terms) and "." not in terms[k] and len(terms[k]) != len(shape):
+            raise ValueError(
+                f"shapes[{k}] must have one size per index of {terms[k]!r}, got {tuple(shape)}"
+            )
+
+
 def einsum_flops(equation: str, *shapes: tuple[int, ...]) -> int:
     """FLOPs of ``torch.einsum(equation, *operands)`` from the operand shapes.
 
@@ -130,22 +145,12 @@ def einsum_flops(equation: str, *shapes: tuple[int, ...]) -> int:
     else (one operand, no summed index: a permutation, a reduction or an
     element-wise product) is 0, like every element-wise operator.
     """
-    check_str("equation", equation)
-    for k, shape in enumerate(shapes):
-        if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, torch.Size)):
-            raise TypeError(f"shapes[{k}] must be a tuple of ints, got {type(shape).__name__}")
-        for size in shape:
-            check_int(f"shapes[{k}] entries", size, minimum=0)
+    _check_einsum_args(equation, shapes)
     equation = equation.replace(" ", "")
     inputs, _, output = equation.partition("->")
     terms = inputs.split(",")
     if "." in equation or len(terms) != 2 or len(shapes) != 2:
         raise NotImplementedError(f"einsum_flops supports two operands, no '...': {equation!r}")
-    for k, (term, shape) in enumerate(zip(terms, shapes, strict=True)):
-        if len(term) != len(shape):
-            raise ValueError(
-                f"shapes[{k}] must have one size per index of {term!r}, got {tuple(shape)}"
-            )
     if not _:  # implicit output: the indices that appear once, sorted
         letters = "".join(terms)
         output = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
