@@ -220,8 +220,8 @@ class SANetHead(nn.Module):
         self.dense_head = nn.Conv2d(total, num_classes, 1)
         self.category_head = nn.Linear(total, num_classes)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> SANetOutput:
-        """features: four (B, C_s, H_s, W_s) maps -> :class:`SANetOutput`."""
+    def _check_features(self, features: object) -> None:
+        """Four feature maps with the stages' channels, one batch size, one device."""
         if not isinstance(features, (list, tuple)):
             raise TypeError(
                 f"features must be a list or tuple of 4 stage outputs, got "
@@ -241,6 +241,10 @@ class SANetHead(nn.Module):
                     f"shape {tuple(x.shape)}"
                 )
         check_same_device(**{f"features[{s}]": x for s, x in enumerate(features)})
+
+    def forward(self, features: Sequence[torch.Tensor]) -> SANetOutput:
+        """features: four (B, C_s, H_s, W_s) maps -> :class:`SANetOutput`."""
+        self._check_features(features)
         size = features[0].shape[2:]
         outputs, attentions = [], []
         for x, sa in zip(features, self.sa, strict=True):
@@ -329,17 +333,21 @@ class SANetLoss(nn.Module):
                 )
         return target
 
-    def terms(self, output: SANetOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The three losses separately: ``{"mask", "category", "dense"}``."""
+    def _check_inputs(self, output: object, target: object) -> torch.Tensor:
+        """``output`` a :class:`SANetOutput`; ``target`` (B, H, W) labels in [0, K) or ignored."""
         if not isinstance(output, SANetOutput):
             raise TypeError(f"output must be a SANetOutput, got {type(output).__name__}")
         check_feature_map("output.mask", output.mask)
         check_feature_map("output.dense", output.dense, channels=output.mask.shape[1],
                           channels_from="output.mask")
-        num_classes = output.mask.shape[1]
         target = _check_target(target, output.mask.shape[0])
         check_same_device(output=output.mask, target=target)
-        target = self._check_target_values(target, num_classes)
+        return self._check_target_values(target, output.mask.shape[1])
+
+    def terms(self, output: SANetOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three losses separately: ``{"mask", "category", "dense"}``."""
+        target = self._check_inputs(output, target)
+        num_classes = output.mask.shape[1]
         mask = self._pixel_loss(output.mask, target)
         dense = self._pixel_loss(output.dense, target)
         presence = self.presence(target, num_classes).to(output.category.dtype)

@@ -257,14 +257,8 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 # --------------------------------------------------------------------------- loss and metrics
 
 
-def segmentation_loss(
-    out: dict[str, Any], labels: torch.Tensor, ccl: nn.Module | None, ccl_weight: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy on the full-size logits [+ ``ccl_weight`` x category consistent loss].
-
-    The CCL works on the embedding at feature resolution (stride 8), so the
-    labels are taken at the centre of each 8x8 cell (nearest neighbour).
-    """
+def _check_loss_inputs(out: object, labels: object, ccl: object, ccl_weight: object) -> None:
+    """The arguments of :func:`segmentation_loss`, checked."""
     if not isinstance(out, dict) or "logits" not in out:
         raise TypeError("out must be the dict a SegmentationModel returns with return_all=True")
     logits = out["logits"]
@@ -279,8 +273,19 @@ def segmentation_loss(
         raise TypeError(f"ccl must be an nn.Module or None, got {type(ccl).__name__}")
     if ccl is not None and "embedding" not in out:
         raise ValueError("ccl needs out['embedding']: build the model with embedding_channels > 0")
-    ccl_weight = check_float("ccl_weight", ccl_weight, minimum=0.0)
-    loss = F.cross_entropy(logits, labels)
+    check_float("ccl_weight", ccl_weight, minimum=0.0)
+
+
+def segmentation_loss(
+    out: dict[str, Any], labels: torch.Tensor, ccl: nn.Module | None, ccl_weight: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy on the full-size logits [+ ``ccl_weight`` x category consistent loss].
+
+    The CCL works on the embedding at feature resolution (stride 8), so the
+    labels are taken at the centre of each 8x8 cell (nearest neighbour).
+    """
+    _check_loss_inputs(out, labels, ccl, ccl_weight)
+    loss = F.cross_entropy(out["logits"], labels)
     parts = {"ce": float(loss.detach())}
     if ccl is not None:
         embedding = out["embedding"]  # (B, E, h, w)
@@ -406,6 +411,24 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def _check_train_args(
+    config: object, device: object, progress: object, log: object
+) -> torch.device:
+    """The arguments of :func:`train`, checked before anything is built."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    device = _device("device", device)
+    check_bool("progress", progress)
+    if log is not None and not isinstance(log, list):
+        raise TypeError(f"log must be a list or None, got {type(log).__name__}")
+    world = _dist_info()[1]
+    if config["batch_size"] % world:
+        raise ValueError(
+            f"batch_size {config['batch_size']} must be divisible by the world size {world}"
+        )
+    return device
+
+
 def train(
     config: TrainConfig,
     *,
@@ -420,17 +443,8 @@ def train(
     norm and each process trains on its slice of every global batch.
     ``log`` (if given) receives one dict of losses per step.
     """
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    device = _device("device", device)
-    check_bool("progress", progress)
-    if log is not None and not isinstance(log, list):
-        raise TypeError(f"log must be a list or None, got {type(log).__name__}")
+    device = _check_train_args(config, device, progress, log)
     rank, world = _dist_info()
-    if config["batch_size"] % world:
-        raise ValueError(
-            f"batch_size {config['batch_size']} must be divisible by the world size {world}"
-        )
     torch.manual_seed(config["seed"])  # same initial weights in every process
     model: nn.Module = SegmentationModel(
         config["head"],

@@ -56,6 +56,15 @@ from matplotlib import pyplot as plt
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
+from ._checks import (
+    check_bool,
+    check_float,
+    check_index,
+    check_int,
+    check_positive_pair,
+    check_str,
+    check_tensor,
+)
 from .dense import (
     criss_cross_attention_to_dense,
     criss_cross_mask,
@@ -93,6 +102,52 @@ PHOTOS = ("chelsea", "astronaut", "coffee")
 Maps = dict[str, dict[str, torch.Tensor]]
 
 
+# --------------------------------------------------------------------------- argument checks
+
+
+def _check_image(image: object, name: str = "image") -> torch.Tensor:
+    """An RGB image (3, H, W), floating point."""
+    check_tensor(name, image, dim=3, kind="float", layout="(3, H, W)")
+    assert isinstance(image, torch.Tensor)
+    if image.shape[0] != 3:
+        raise ValueError(f"{name} must have 3 channels (RGB) first, got shape {tuple(image.shape)}")
+    return image
+
+
+def _check_grid(grid: object, name: str = "grid") -> tuple[int, int]:
+    """A grid size ``(h, w)``: a pair (not one int) of ints >= 1."""
+    if not isinstance(grid, (tuple, list, torch.Size)):
+        raise TypeError(f"{name} must be a pair (h, w) of ints, got {type(grid).__name__}")
+    return check_positive_pair(name, grid)
+
+
+def _flat_maps(maps: object, grid: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """``maps`` (nested or flat) as a flat ``{title: (N, N)}`` dict, each matrix checked."""
+    if not isinstance(maps, dict):
+        raise TypeError(f"maps must be a dict, got {type(maps).__name__}")
+    if not maps:
+        raise ValueError("maps is empty: nothing to draw")
+    nested = isinstance(next(iter(maps.values())), dict)
+    flat = flatten_maps(maps) if nested else maps
+    for title, matrix in flat.items():
+        check_tensor(f"maps[{title!r}]", matrix, dim=2, layout="(N, N)")
+        if grid is not None and tuple(matrix.shape) != (grid[0] * grid[1],) * 2:
+            n = grid[0] * grid[1]
+            raise ValueError(
+                f"maps[{title!r}] must be (N, N) with N = {n} for grid {grid}, got "
+                f"{tuple(matrix.shape)}"
+            )
+    return flat
+
+
+def _check_queries(queries: object, grid: tuple[int, int]) -> list[tuple[int, int]]:
+    if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence):
+        raise TypeError(f"queries must be a list of (i, j) pairs, got {type(queries).__name__}")
+    if len(queries) == 0:
+        raise ValueError("queries must not be empty")
+    return [check_index(f"queries[{k}]", q, grid) for k, q in enumerate(queries)]
+
+
 # --------------------------------------------------------------------------- the photograph
 
 
@@ -103,8 +158,10 @@ def load_photo(name: str = "chelsea", size: tuple[int, int] = (192, 288)) -> tor
     so nothing is fetched from the network.  The photo is resized
     (antialiased bilinear) to ``size``.
     """
+    check_str("name", name)
     if name not in PHOTOS:
         raise ValueError(f"name must be one of {PHOTOS} (bundled with scikit-image), got {name!r}")
+    size = _check_grid(size, "size")
     import skimage.data
 
     array = getattr(skimage.data, name)()  # (H0, W0, 3) uint8
@@ -125,7 +182,9 @@ def colour_position_features(
     """
     from skimage.color import rgb2lab
 
-    h, w = grid
+    _check_image(image)
+    h, w = _check_grid(grid)
+    position_weight = check_float("position_weight", position_weight, minimum=0.0)
     small = torch.nn.functional.adaptive_avg_pool2d(image[None].double(), (h, w))[0]  # (3, h, w)
     lab = torch.from_numpy(rgb2lab(small.permute(1, 2, 0).numpy())).permute(2, 0, 1) / 100
     side = max(h, w)
@@ -147,10 +206,10 @@ def squeeze_support(grid: tuple[int, int], pool: int | tuple[int, int]) -> torch
     """(N, N) float: uniform weights over the pixels SA's attention branch pools for each pixel.
 
     Pixel ``u`` lies in one ``pool`` window; the 3x3 convolution on the pooled
-    grid mixes that window with its 8 neighbours; rows sum to one.
+    near ones, rows sum to one.
     """
-    h, w = grid
-    p_h, p_w = (pool, pool) if isinstance(pool, int) else pool
+    h, w = _check_grid(grid)
+    p_h, p_w = check_positive_pair("pool", pool)
     wy = torch.arange(h) // p_h
     wx = torch.arange(w) // p_w
     win_y = wy[:, None].expand(h, w).reshape(-1)  # (N,) window row of each pixel
@@ -178,7 +237,12 @@ def photo_attention_maps(
     ``"ISSA"``: ``"long"``, ``"short"``, ``"combined"``; ``"SA"``: ``"pooled support"``.
     ``grid`` must be a multiple of ``block_size`` (no padding, so every row sums to one).
     """
-    h, w = grid
+    _check_image(image)
+    h, w = _check_grid(grid)
+    temperature = check_float("temperature", temperature, minimum=0.0, exclusive_minimum=True)
+    position_weight = check_float("position_weight", position_weight, minimum=0.0)
+    block_size = check_positive_pair("block_size", block_size)
+    check_positive_pair("pool", pool)
     if h % block_size[0] or w % block_size[1]:
         raise ValueError(f"grid {grid} must be a multiple of block_size {block_size}")
     features = colour_position_features(image, grid, position_weight)  # (1, 5, h, w)
@@ -187,7 +251,7 @@ def photo_attention_maps(
 
     _, dense = dense_attention(query, key, value, return_attention=True)  # (1, N, N)
     _, cross = criss_cross_attention(query, key, value, return_attention=True)  # (1, h, w, h+w-1)
-    # ISSA's two steps are dense attention restricted to their groups (SPEC §4).
+    # ISSA's two steps are dense attention restricted to their groups (ISSA, Sec. 3).
     long_mask, short_mask = interlaced_masks(h, w, block_size)
     _, long_step = dense_attention(query, key, value, mask=long_mask, return_attention=True)
     _, short_step = dense_attention(query, key, value, mask=short_mask, return_attention=True)
@@ -215,6 +279,11 @@ def model_attention_maps(
     image: (3, H, W).  Returns ``({module: {step: (N, N)}}, (h, w))`` on the
     feature grid (stride 8).  The FCN head has no attention: ``{}``.
     """
+    from .models import SegmentationModel
+
+    if not isinstance(model, SegmentationModel):
+        raise TypeError(f"model must be a SegmentationModel, got {type(model).__name__}")
+    _check_image(image)
     model.eval()
     out = model(image[None], return_all=True)
     grid = tuple(out["features"].shape[-2:])
@@ -244,6 +313,8 @@ def model_attention_maps(
 
 def flatten_maps(maps: Maps) -> dict[str, torch.Tensor]:
     """``{module: {step: A}}`` -> ``{"module · step": A}`` (single-step modules keep their name)."""
+    if not isinstance(maps, dict) or not all(isinstance(v, dict) for v in maps.values()):
+        raise TypeError("maps must be a nested dict {module: {step: (N, N) tensor}}")
     flat = {}
     for module, steps in maps.items():
         for step, matrix in steps.items():
@@ -253,10 +324,9 @@ def flatten_maps(maps: Maps) -> dict[str, torch.Tensor]:
 
 def query_map(matrix: torch.Tensor, query: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
     """Row ``u = i W + j`` of a dense (N, N) attention as an (h, w) numpy array."""
-    h, w = grid
-    i, j = query
-    if not (0 <= i < h and 0 <= j < w):
-        raise ValueError(f"query must lie in the grid {grid}, got {query}")
+    check_tensor("matrix", matrix, dim=2, layout="(N, N)")
+    h, w = _check_grid(grid)
+    i, j = check_index("query", query, (h, w))
     if matrix.shape[-2:] != (h * w, h * w):
         raise ValueError(f"matrix must be (N, N) with N = {h * w}, got {tuple(matrix.shape)}")
     return matrix[i * w + j].reshape(h, w).double().numpy()
@@ -308,9 +378,11 @@ def plot_query_maps(
     Each panel is scaled to its own maximum (a dense map spreads its weight over
     N pixels, a criss-cross map over H + W - 1: absolute colours would hide one).
     """
-    flat = flatten_maps(maps) if maps and isinstance(next(iter(maps.values())), dict) else maps
-    if not flat:
-        raise ValueError("maps is empty: nothing to draw")
+    _check_image(image)
+    grid = _check_grid(grid)
+    flat = _flat_maps(maps, grid)
+    queries = _check_queries(queries, grid)
+    panel_size = check_float("panel_size", panel_size, minimum=0.0, exclusive_minimum=True)
     rows, cols = len(queries), len(flat) + 1
     height, width = image.shape[-2:]
     aspect = height / width
@@ -334,8 +406,10 @@ def plot_query_maps(
 
 def plot_criss_cross_mask(height: int, width: int, query: tuple[int, int]) -> Figure:
     """The criss-cross set of ``query`` on the grid, and the whole (N, N) mask."""
+    height = check_int("height", height, minimum=1)
+    width = check_int("width", width, minimum=1)
+    i, j = check_index("query", query, (height, width))
     mask = criss_cross_mask(height, width)  # (N, N) bool
-    i, j = query
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4))
     left.imshow(mask[i * width + j].reshape(height, width).numpy(), cmap="Blues", vmin=0, vmax=1.3)
     left.plot(j, i, "r*", markersize=12)
@@ -357,7 +431,9 @@ def plot_issa_groups(height: int, width: int, block_size: tuple[int, int]) -> Fi
     Each group gets its own colour; numbers give the group index.  The grid must
     be a multiple of the block size (the book's figures avoid padding).
     """
-    p_h, p_w = block_size
+    height = check_int("height", height, minimum=1)
+    width = check_int("width", width, minimum=1)
+    p_h, p_w = block_size = check_positive_pair("block_size", block_size)
     if height % p_h or width % p_w:
         raise ValueError(f"grid ({height}, {width}) must be a multiple of block_size {block_size}")
     ys = torch.arange(height)[:, None].expand(height, width)
@@ -399,6 +475,16 @@ def plot_reachability(
     loops; with ``block_size`` a second row shows ISSA after its long and its
     short step (``L`` then ``S L``).
     """
+    height = check_int("height", height, minimum=1)
+    width = check_int("width", width, minimum=1)
+    query = check_index("query", query, (height, width))
+    loops = check_int("loops", loops, minimum=1)
+    if block_size is not None:
+        block_size = check_positive_pair("block_size", block_size)
+        if height % block_size[0] or width % block_size[1]:
+            raise ValueError(
+                f"grid ({height}, {width}) must be a multiple of block_size {block_size}"
+            )
     mask = criss_cross_mask(height, width).double()
     u = query[0] * width + query[1]
     rows = [[(f"CCA after loop {r}", None) for r in range(1, loops + 1)]]
@@ -443,8 +529,26 @@ def plot_segmentation(
     """Images (B, 3, S, S), their labels (B, S, S) and optionally each model's prediction."""
     from .data import CLASS_NAMES, PALETTE
 
+    check_tensor("images", images, dim=4, kind="float", layout="(B, 3, S, S)")
+    check_tensor("labels", labels, dim=3, kind="int", layout="(B, S, S)")
+    if images.shape[1] != 3 or labels.shape != images.shape[:1] + images.shape[2:]:
+        raise ValueError(
+            f"images must be (B, 3, S, S) and labels (B, S, S) of the same B and size, got "
+            f"{tuple(images.shape)} and {tuple(labels.shape)}"
+        )
+    predictions = {} if predictions is None else predictions
+    if not isinstance(predictions, dict):
+        raise TypeError(f"predictions must be a dict or None, got {type(predictions).__name__}")
+    for name, labelled in [("labels", labels)] + [
+        (f"predictions[{k!r}]", p) for k, p in predictions.items()
+    ]:
+        check_tensor(name, labelled, kind="int")
+        if labelled.shape != labels.shape:
+            raise ValueError(f"{name} must have shape {tuple(labels.shape)}, got "
+                             f"{tuple(labelled.shape)}")
+        if int(labelled.min()) < 0 or int(labelled.max()) >= len(PALETTE):
+            raise ValueError(f"{name} must hold classes in [0, {len(PALETTE)})")
     palette = np.array(PALETTE)
-    predictions = predictions or {}
     cols = 2 + len(predictions)
     rows = images.shape[0]
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.9 * rows + 0.4), squeeze=False)
@@ -478,7 +582,12 @@ def attention_animation(
     """An animation with one frame per query pixel, one panel per map."""
     from matplotlib import animation
 
-    flat = flatten_maps(maps) if maps and isinstance(next(iter(maps.values())), dict) else maps
+    _check_image(image)
+    grid = _check_grid(grid)
+    flat = _flat_maps(maps, grid)
+    queries = _check_queries(queries, grid)
+    interval = check_int("interval", interval, minimum=1)
+    panel_size = check_float("panel_size", panel_size, minimum=0.0, exclusive_minimum=True)
     height, width = image.shape[-2:]
     fig, axes = plt.subplots(
         1, len(flat), figsize=(panel_size * len(flat), panel_size * height / width + 0.4),
@@ -511,6 +620,7 @@ def attention_animation_html(
 
     Works in a static web page: no kernel, no network, no external script.
     """
+    dpi = check_int("dpi", dpi, minimum=1)
     anim = attention_animation(image, maps, grid, queries, **kwargs)
     anim._fig.set_dpi(dpi)
     return offline_jshtml(anim.to_jshtml(fps=None, embed_frames=True, default_mode="once"))
@@ -536,6 +646,7 @@ def offline_jshtml(html: str) -> str:
     and replace the Font Awesome icons by Unicode symbols.  Raises if a URL remains."""
     import re
 
+    check_str("html", html)
     html = re.sub(r"<link[^>]*font-awesome[^>]*>", "", html)
     for css_class, symbol in _ICONS.items():
         html = html.replace(f'<i class="{css_class}"></i>', symbol)
@@ -565,10 +676,13 @@ def explorer(
     import ipywidgets as widgets
     from IPython.display import display
 
-    if not maps:
+    _check_image(image)
+    if isinstance(maps, dict) and not maps:
         raise ValueError("maps is empty: this model has no attention to explore")
-    h, w = grid
-    i0, j0 = start if start is not None else (h // 2, w // 2)
+    h, w = grid = _check_grid(grid)
+    _flat_maps(flatten_maps(maps), grid)  # nested, every matrix (N, N) for the grid
+    i0, j0 = check_index("start", start, grid) if start is not None else (h // 2, w // 2)
+    check_bool("buttons", buttons)
     row = widgets.IntSlider(value=i0, min=0, max=h - 1, description="row i")
     col = widgets.IntSlider(value=j0, min=0, max=w - 1, description="column j")
     module = widgets.Dropdown(options=list(maps), description="module")
@@ -631,6 +745,9 @@ def figure_to_png(fig: Figure, dpi: int = 80) -> bytes:
     """Render ``fig`` to PNG bytes (works with the Agg backend; used by the tests)."""
     import io
 
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    dpi = check_int("dpi", dpi, minimum=1)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()

@@ -215,7 +215,8 @@ def test_interlaced_masks_reexport():
     expected_long, expected_short = issa.interlaced_masks(6, 5, (2, 2))
     assert torch.equal(long_mask, expected_long) and torch.equal(short_mask, expected_short)
     assert long_mask.dtype == torch.bool and long_mask.shape == short_mask.shape
-    # SPEC §4: after the long then the short step every position has reached every other.
+    # ISSA (arXiv 1907.12273, Sec. 3): after the long then the short step every position has
+    # reached every other.
     assert _bool_matmul(short_mask, long_mask).all()
 
 
