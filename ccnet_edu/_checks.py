@@ -60,7 +60,14 @@ def _describe(value: object) -> str:
 def check_int(
     name: str, value: object, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
-    """An integer (``bool`` and ``float`` refused) in ``[minimum, maximum]``; returns ``int``."""
+    """An integer (``bool`` and ``float`` refused) in ``[minimum, maximum]``; returns ``int``.
+
+    A symbolic size (``torch.SymInt``, what ``torch.export`` traces a tensor's shape as)
+    passes unchecked: it was read off a tensor, not typed by a caller, and turning it
+    into an ``int`` would fix the traced graph to one size.
+    """
+    if isinstance(value, torch.SymInt):
+        return value  # type: ignore[return-value]
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {_describe(value)}")
     value = int(value)

@@ -91,17 +91,6 @@ BlockSize = int | Sequence[int]
 # ---------------------------------------------------------------------------
 
 
-def _check_size(name: str, value: object, minimum: int) -> int:
-    """An int >= ``minimum`` (``bool`` and ``float`` refused).
-
-    A symbolic size (``torch.SymInt``, what ``torch.export`` traces a tensor's
-    shape as) passes unchecked: it was read off a tensor, not typed by a caller.
-    """
-    if isinstance(value, torch.SymInt):
-        return value  # type: ignore[return-value]
-    return check_int(name, value, minimum=minimum)
-
-
 def _traced(*values: object) -> bool:
     """Whether any of the sizes is symbolic (then the value checks are left to the tracer)."""
     return any(isinstance(v, torch.SymInt) for v in values)
@@ -109,7 +98,7 @@ def _traced(*values: object) -> bool:
 
 def _check_grid_size(height: object, width: object) -> tuple[int, int]:
     """The input size ``(H, W)``: ints >= 1."""
-    return _check_size("height", height, 1), _check_size("width", width, 1)
+    return check_int("height", height, minimum=1), check_int("width", width, minimum=1)
 
 
 def _check_map(name: str, x: object) -> torch.Tensor:
@@ -124,7 +113,9 @@ def _check_unpad(x: object, padding: object) -> tuple[int, int, int, int]:
         raise TypeError(f"padding must be a tuple (top, bottom, left, right), got {padding!r}")
     if len(padding) != 4:
         raise ValueError(f"padding must have 4 entries (top, bottom, left, right), got {padding!r}")
-    top, bottom, left, right = (_check_size(f"padding[{k}]", v, 0) for k, v in enumerate(padding))
+    top, bottom, left, right = (
+        check_int(f"padding[{k}]", v, minimum=0) for k, v in enumerate(padding)
+    )
     height, width = x.shape[2:]
     if not _traced(top, bottom, left, right) and (top + bottom >= height or left + right >= width):
         raise ValueError(
@@ -150,7 +141,7 @@ def _check_unpermute(
     maps of ``P_h x P_w`` (short range).
     """
     check_tensor(name, groups, dim=4, layout="(G, C, h, w)")
-    batch = _check_size("batch", batch, 1)
+    batch = check_int("batch", batch, minimum=1)
     height, width = _check_grid_size(height, width)
     p_h, p_w = check_positive_pair("block_size", block_size)
     if _traced(batch, height, width):

@@ -226,3 +226,31 @@ def test_a_library_that_fails_its_self_test_is_not_used(monkeypatch):
     monkeypatch.setattr(ops, "_forward_backward", raising)
     with pytest.raises(ops.BuildError, match="self-test failed .*found Float"):
         ops.self_test("cpu")
+
+
+FIRST_USE_IN_EXPORT = """
+    import torch
+    from ccnet_edu.cca import CrissCrossAttention
+
+    torch.manual_seed(0)
+    module = CrissCrossAttention(8, 3, impl="fused").eval()
+    torch.nn.init.constant_(module.gamma, 0.7)
+    batch = torch.export.Dim("batch", min=1, max=8)
+    # The operator is loaded and self-tested for the first time inside this trace.
+    program = torch.export.export(
+        module, (torch.randn(2, 8, 7, 5),), dynamic_shapes=({0: batch},)
+    )
+    x = torch.randn(3, 8, 7, 5)
+    torch.testing.assert_close(program.module()(x), module(x))
+    print("ok")
+"""
+
+
+@not_under_sanitizer
+def test_first_use_inside_a_trace_records_nothing_into_it(tmp_path):
+    """Loading and self-testing the library on its first use inside torch.export runs on
+    real tensors and leaves no trace in the graph (its batch-2 cases once ended up in an
+    exported model, which then failed at batch 3)."""
+    result = _python(FIRST_USE_IN_EXPORT, {}, ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "ok"

@@ -28,8 +28,10 @@ of the backward have the layouts of query, key and value.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -67,20 +69,39 @@ _state: dict[str, BuildInfo | BuildError] = {}
 _warned: set[str] = set()
 
 
+@contextlib.contextmanager
+def _outside_any_trace() -> Iterator[None]:
+    """Real tensors and no recording, even inside a trace.
+
+    The operator's first use may come while ``torch.export`` or ``make_fx`` traces a
+    model: loading and :func:`self_test` must then run on real tensors, and none of
+    the self-test's operations may be recorded into the traced graph.
+    """
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with torch._C.DisableTorchFunction(), _disable_current_modes():
+        yield
+
+
 def _try(kind: str, verbose: bool = False) -> BuildInfo | BuildError:
     if kind not in _state:
-        try:
-            info = load_cpu(verbose) if kind == "cpu" else load_cuda(verbose)
-            if kind == "cpu":
-                _register_python_side()
-            if kind == "cpu" or torch.cuda.is_available():
-                start = time.perf_counter()
-                self_test(kind)
-                info.extra["self_test_seconds"] = time.perf_counter() - start
-            _state[kind] = info
-        except BuildError as error:
-            _state[kind] = error
+        with _outside_any_trace():
+            _state[kind] = _load_and_test(kind, verbose)
     return _state[kind]
+
+
+def _load_and_test(kind: str, verbose: bool) -> BuildInfo | BuildError:
+    try:
+        info = load_cpu(verbose) if kind == "cpu" else load_cuda(verbose)
+        if kind == "cpu":
+            _register_python_side()
+        if kind == "cpu" or torch.cuda.is_available():
+            start = time.perf_counter()
+            self_test(kind)
+            info.extra["self_test_seconds"] = time.perf_counter() - start
+        return info
+    except BuildError as error:
+        return error
 
 
 # Self-test cases: (B, C', C, H, W), odd and non-square, batch 2.
