@@ -84,15 +84,14 @@ __all__ = [
     "SHIPPED",
 ]
 
-# The command that writes the checkpoints in ccnet_edu/checkpoints/ (seeds 0
-# and 1: ``NAME.pt`` and ``NAME_seed1.pt``).  Each checkpoint also records,
-# in ``meta["command"]``, the exact command that made it.  The files shipped
-# now were made before ``--seeds`` and ``--overwrite-shipped`` existed, when
-# ``--all`` wrote into the package by default: the seed-0 set by two
-# processes side by side, each ``--all --seed 0 --threads 1 --names ...`` for
-# half of the models (the same result: every model is trained from its own
-# seed), the seed-1 set by ``--all --seed 1 --threads 1``.
-CHECKPOINT_COMMAND = "python -m ccnet_edu.train --all --seeds 0 1 --overwrite-shipped"
+# The command that writes the checkpoints in ccnet_edu/checkpoints/: five seeds
+# of every shipped model (``NAME.pt`` for seed 0, ``NAME_seed<k>.pt``), then the
+# CCL at weight 0.1 with ``--names rcca2_ccl --ccl-weight 0.1`` added.  Each
+# checkpoint also records, in ``meta["command"]``, the exact command that made
+# it: the shipped files were made by two single-threaded processes side by side
+# (``--threads 1``, the models split with ``--names``; every model is trained
+# from its own seed, so the split does not change a result).
+CHECKPOINT_COMMAND = "python -m ccnet_edu.train --all --seeds 0 1 2 3 4 --overwrite-shipped"
 # name -> (head, use the category consistent loss)
 SHIPPED = {
     "fcn": ("fcn", False),
