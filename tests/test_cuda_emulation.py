@@ -62,8 +62,19 @@ def lib(tmp_path_factory) -> ctypes.CDLL:
     out = tmp_path_factory.mktemp("emulation") / "cca_lines_emulate.so"
     source = csrc_dir() / "cca_lines_emulate.cpp"
     subprocess.run(
-        [compiler, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-         str(source), "-o", str(out)],
+        [
+            compiler,
+            "-std=c++17",
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            str(source),
+            "-o",
+            str(out),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -95,8 +106,14 @@ def emulated_forward(lib, query, key, value, reverse=False):
     out = torch.full((batch, height, width, channels), float("nan"), dtype=query.dtype)
     att = torch.full((batch, height, width, height + width - 1), float("nan"), dtype=query.dtype)
     rc = lib.cca_lines_forward(
-        DTYPE_CODE[query.dtype], _shape(batch, qk, channels, height, width),
-        _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(att), int(reverse),
+        DTYPE_CODE[query.dtype],
+        _shape(batch, qk, channels, height, width),
+        _ptr(q),
+        _ptr(k),
+        _ptr(v),
+        _ptr(out),
+        _ptr(att),
+        int(reverse),
     )
     assert rc == 0
     return out.permute(0, 3, 1, 2), att
@@ -112,9 +129,16 @@ def emulated_backward(lib, grad_out, grad_att, att, query, key, value, reverse=F
         for c in (qk, qk, channels)
     ]
     rc = lib.cca_lines_backward(
-        DTYPE_CODE[query.dtype], _shape(batch, qk, channels, height, width),
-        _ptr(go), _ptr(ga), _ptr(att.contiguous()), _ptr(q), _ptr(k), _ptr(v),
-        *(_ptr(g) for g in grads), int(reverse),
+        DTYPE_CODE[query.dtype],
+        _shape(batch, qk, channels, height, width),
+        _ptr(go),
+        _ptr(ga),
+        _ptr(att.contiguous()),
+        _ptr(q),
+        _ptr(k),
+        _ptr(v),
+        *(_ptr(g) for g in grads),
+        int(reverse),
     )
     assert rc == 0
     return [g.permute(0, 3, 1, 2) for g in grads]
@@ -209,8 +233,10 @@ def test_every_work_item_is_one_cta(lib, shape):
     chunks = -(-channels // 128)
     directions = [0, 1] if height > 1 else [0]
 
-    both = [_work(lib, PASSES["stats"], 0, shape, i)
-            for i in range(lib.cca_lines_grid(PASSES["stats"], 0, _shape(*shape)))]
+    both = [
+        _work(lib, PASSES["stats"], 0, shape, i)
+        for i in range(lib.cca_lines_grid(PASSES["stats"], 0, _shape(*shape)))
+    ]
     expected = [(d, n, b) for d in directions for n in range(lines[d]) for b in range(blocks[d])]
     assert sorted(w[:3] for w in both) == expected
 
@@ -227,7 +253,12 @@ def test_every_work_item_is_one_cta(lib, shape):
         )
         expected = sorted(
             [(n, 0, b, c) for n in range(lines[d]) for b in range(blocks[d]) for c in range(chunks)]
-            + [(n, kind, b, 0) for n in range(lines[d]) for kind in (1, 2) for b in range(blocks[d])]
+            + [
+                (n, kind, b, 0)
+                for n in range(lines[d])
+                for kind in (1, 2)
+                for b in range(blocks[d])
+            ]
         )
         assert items == expected
     if height == 1:  # no column half: no column passes
