@@ -75,14 +75,18 @@ def dense_line_attention(
 
     query, key: (B, n, P, C') -- ``n`` lines of ``P`` positions; value: (B, n, P, C).
     ``mask_centre`` leaves out key ``p`` for query ``p`` (the column half).
-    Returns out (B, n, P, C) and lse (B, n, P).  The scale is 1, as in CCNet.
+    Returns out (B, n, P, C) in the inputs' dtype and lse (B, n, P) (float32 for 16-bit
+    inputs, whose scores are computed in float32).  The scale is 1, as in CCNet.
     """
+    dtype = query.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # scores and weights in float32, as FlexAttention
+        query, key, value = query.float(), key.float(), value.float()
     energy = query @ key.transpose(-1, -2)  # (B, n, P, P)
     if mask_centre:
         eye = torch.eye(energy.shape[-1], dtype=torch.bool, device=energy.device)
         energy = energy.masked_fill(eye, float("-inf"))
     lse = torch.logsumexp(energy, dim=-1)  # (B, n, P)
-    return torch.softmax(energy, dim=-1) @ value, lse
+    return (torch.softmax(energy, dim=-1) @ value).to(dtype), lse
 
 
 def _centre_masked(score: Tensor, batch: Tensor, head: Tensor, q_idx: Tensor, kv_idx: Tensor):
