@@ -28,6 +28,7 @@ namespace ccnet_edu {
 namespace {
 
 // ------------------------------------------------------------ the portable kernels
+// One thread per element, a grid-stride loop, on the current stream.
 
 template <class F>
 __global__ void for_each_index(int64_t n, F f) {
@@ -37,7 +38,6 @@ __global__ void for_each_index(int64_t n, F f) {
     f(idx);
 }
 
-// One thread per element, a grid-stride loop, on the current stream.
 struct CudaLaunch {
   template <class F>
   void operator()(int64_t n, const F& f) const {
