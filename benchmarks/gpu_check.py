@@ -35,6 +35,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -398,9 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("env", "sanitize", "bench"))
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results")
     parser.add_argument("--budget", type=float, default=100.0, help="seconds for the timing")
     args = parser.parse_args(argv)
+    if args.out is None:  # a dry run's CPU numbers never land among the GPU results
+        args.out = (
+            Path(tempfile.gettempdir()) / "ccnet_edu_gpu_check" / "dry_run"
+            if args.dry_run
+            else ROOT / "benchmarks" / "results"
+        )
     device = torch.device("cpu" if args.dry_run else "cuda")
     if not args.dry_run and not torch.cuda.is_available():
         print("no GPU visible to torch (use --dry-run to check the script on the CPU)")

@@ -12,8 +12,9 @@
 #                                            torch it has (PYTHON=... to pick another)
 #   bash benchmarks/gpu_check.sh --dry-run   everything but the GPU parts, on any machine
 #
-# It installs nothing.  Results go to $OUT when set, else to benchmarks/results/:
-# gpu_check.md (the table), gpu_check.csv, env.json, ceilings.json, logs/ (one per step).
+# It installs nothing.  Results go to $OUT when set, else to benchmarks/results/ (a dry run's
+# to a temporary folder, so that no CPU table lands among the GPU results): gpu_check.md (the
+# table), gpu_check.csv, env.json, ceilings.json, logs/ (one per step).
 # It must finish in under 4 minutes on one H100/H200: the timing gets what is left of
 # 225 s after the other steps, and the table marks what its budget left out.
 set -uo pipefail
@@ -28,7 +29,11 @@ esac
 dry_flag=$([ "$dry" = 1 ] && echo --dry-run || true)
 
 PY=${PYTHON:-python3}
-results=${OUT:-benchmarks/results}
+if [ "$dry" = 1 ]; then
+    results=${OUT:-${TMPDIR:-/tmp}/ccnet_edu_gpu_check/dry_run}
+else
+    results=${OUT:-benchmarks/results}
+fi
 logs=$results/logs
 mkdir -p "$logs"
 results=$(cd "$results" && pwd)

@@ -103,7 +103,8 @@ def _flex() -> Callable:
 
 @functools.cache
 def _compiled_flex() -> Callable:
-    return torch.compile(_flex(), dynamic=False)
+    # torch.compile's default: static shapes first, a dynamic kernel once a second shape comes.
+    return torch.compile(_flex())
 
 
 def _flex_with_lse(fn: Callable, query: Tensor, key: Tensor, value: Tensor, score_mod):

@@ -147,6 +147,14 @@ def test_same_bits_on_every_run(dtype):
             assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_opcheck_on_the_tiled_kernels(dtype):
+    """Schema, fake kernel (layouts and strides), autograd formula, on the tiled path."""
+    q, k, v, _, _ = _case((2, 16, 24, 5, 7), dtype, seed=6)
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    torch.library.opcheck(torch.ops.ccnet_edu.criss_cross_attention.default, leaves)
+
+
 def test_autograd_through_the_fused_operator():
     q, k, v, go, _ = _case((2, 8, 24, 9, 70), torch.float32, seed=4)
     leaves = [t.requires_grad_() for t in (q, k, v)]
