@@ -9,15 +9,16 @@ sanitizer workload and the timing table.
 ``--dry-run`` runs the same code on the CPU at tiny sizes (no GPU needed): it checks
 the script, not the numbers.
 
-The timing (bench): fused CUDA (the tiled kernels), flex (FlexAttention compiled),
+The timing (bench): fused CUDA (the tiled kernels; fused-nhwc: the same on inputs
+already channels-last, which the kernels read in place), flex (FlexAttention compiled),
 einsum (mmcv's formulation), reference (this library's readable PyTorch) and the
 portable CUDA kernels (one thread per element, the operator before the tiled kernels)
 at (1, 64, 512, 97x97), (8, 64, 512, 97x97) and (2, 64, 512, 128x256), float32 and
 bfloat16, forward and forward + backward (the gradient of ``out``; the attention map
 unused, as in training).  Each implementation is first checked against float64 on the
 same inputs; then it is warmed up (compilation included) and timed with CUDA events,
-median of up to 25 runs, its inputs rotated among three sets (the 8 x 97 x 97 inputs
-would otherwise sit in L2); its peak memory is the most allocated above the inputs.
+median of up to 25 runs, its inputs rotated among three sets (the smallest problem's
+inputs would otherwise stay in L2); its peak memory is the most allocated above the inputs.
 Inputs are NCHW (as 1x1 convolutions give them).  The copy bandwidth and the matrix
 rates are measured first: the table's floor is the larger of bytes / bandwidth and
 operations / rate (:mod:`ccnet_edu.roofline`).  A time budget keeps the whole check
@@ -52,7 +53,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Relative error of out against float64 (norm-wise) under which an implementation is timed.
 TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 DRY_SHAPES = ((1, 8, 24, 9, 11), (2, 8, 24, 9, 11), (1, 8, 24, 8, 16))
-IMPLS = ("fused", "flex", "einsum", "reference", "portable")
+IMPLS = ("fused", "fused-nhwc", "flex", "einsum", "reference", "portable")
 
 
 # ------------------------------------------------------------------ environment
@@ -122,6 +123,7 @@ class _Portable(torch.autograd.Function):
 
 IMPL_FNS = {
     "fused": _fused,
+    "fused-nhwc": _fused,  # the same, on inputs already channels-last (no layout copies)
     "flex": lambda q, k, v: flex.criss_cross_attention_flex(q, k, v),
     "einsum": baselines.einsum_criss_cross,
     "reference": Fn.criss_cross_attention_reference,
@@ -270,9 +272,14 @@ def bench(device: torch.device, dry: bool, budget_s: float, out_dir: Path) -> li
                 if time.monotonic() > deadline:
                     row["status"] = "skipped: time budget"
                     continue
+                impl_sets = sets
+                if impl == "fused-nhwc":
+                    impl_sets = [
+                        [t.contiguous(memory_format=torch.channels_last) for t in s] for s in sets
+                    ]
                 try:
                     _time_impl(
-                        IMPL_FNS[impl], sets, want, dtype, device, clock, max_reps, max_s, row
+                        IMPL_FNS[impl], impl_sets, want, dtype, device, clock, max_reps, max_s, row
                     )
                 except Exception as error:  # a failure is a row of the table, not the end
                     row["status"] = f"failed: {type(error).__name__}: {str(error)[:120]}"
