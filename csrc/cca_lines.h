@@ -29,6 +29,13 @@
 //                           grad_value = A^T dout, grad_key = dE^T Q, grad_query = dE K
 // Every CTA writes its own rows; the column passes add to the row passes' results
 // in a later launch: no atomics, the same bits on every run.
+//
+// Precision.  Energies, softmax statistics, dA and D are float32 (float accumulators on
+// the tensor cores; exp and log in float).  float32 inputs: every product 3xTF32, about
+// float32's rounding.  float16/bfloat16 inputs: the weights (A, and dE in the backward)
+// are rounded to the input type to enter the tensor cores, as in FlashAttention, and the
+// row half of out and of each gradient is stored in the output type before the column
+// half is added: two roundings of the output type instead of one.
 #pragma once
 
 #include "cca_tiling.h"
