@@ -80,8 +80,15 @@ __all__ = [
 DEFAULT_CUDA_ARCH_LIST = "8.0+PTX"
 
 CPU_SOURCES = ("cca_cpu.cpp",)
-CUDA_SOURCES = ("cca_cuda.cu",)
-HEADERS = ("cca_common.h", "cca_portable.h")
+CUDA_SOURCES = ("cca_cuda.cu", "cca_cuda_lines.cu")
+HEADERS = (
+    "cca_common.h",
+    "cca_portable.h",
+    "cca_tiling.h",
+    "cca_lines.h",
+    "cca_lines_cuda.h",
+    "cca_cuda_lines.h",
+)
 
 #: ISA level -> its compiler flags, widest first.
 ISA_LEVELS: dict[str, list[str]] = {
