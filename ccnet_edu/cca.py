@@ -30,7 +30,7 @@ from ._checks import (
     check_probability,
     check_same_device,
 )
-from .functional import Impl, criss_cross_attention
+from .functional import IMPLS, Impl, criss_cross_attention
 
 __all__ = [
     "CrissCrossAttention",
@@ -38,8 +38,6 @@ __all__ = [
     "RCCAHead",
     "FCNHead",
 ]
-
-_IMPLS = ("reference", "fused", "auto")
 
 # A normalisation layer is either a name or a factory ``channels -> nn.Module``.
 Norm = str | Callable[[int], nn.Module] | None
@@ -51,7 +49,7 @@ def _check_channels(name: str, value: object) -> int:
 
 
 def _check_impl(impl: object) -> str:
-    return check_choice("impl", impl, _IMPLS)
+    return check_choice("impl", impl, IMPLS)
 
 
 class CrissCrossAttention(nn.Module):

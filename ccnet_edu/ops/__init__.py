@@ -10,11 +10,12 @@ Operators (namespace ``ccnet_edu``):
 * ``criss_cross_attention(query, key, value) -> (out, attention)``;
 * ``criss_cross_attention_backward(grad_out, grad_attention?, attention, query, key, value)
   -> (grad_query, grad_key, grad_value)``;
-* ``portable_criss_cross_attention[_backward]``: the element bodies the CUDA build
-  launches one thread per element, run on the CPU one element per loop iteration.
-  CPU tests of it check the GPU's index arithmetic and orchestration from the same
-  source; they do not check what nvcc makes of it (its FMA contraction and ``expf``
-  may differ in the last bits), the launches or the streams: that needs a GPU.
+* ``portable_criss_cross_attention[_backward]``: the portable element bodies
+  (``csrc/cca_common.h``), one element per loop iteration on the CPU and one thread
+  per element on CUDA, where they are the oracle of the tiled line kernels that
+  ``criss_cross_attention`` runs there.  CPU tests check their arithmetic from the
+  same source, and the tiled kernels' bodies through a CPU emulation; they do not
+  check what nvcc makes of them, the launches or the streams: that needs a GPU.
 
 The CPU library is built for an explicit ISA level, cached by content and
 self-tested against the readable reference when it is loaded (:func:`self_test`);
@@ -221,8 +222,9 @@ def is_available(device: torch.device | str = "cpu") -> bool:
 
 #: Device types on which the fused operator has been measured faster than the readable
 #: reference (``python -m ccnet_edu.ops bench``, results in the project's notes and
-#: ``benchmarks/``).  The CUDA kernels are the portable element bodies, one thread per
-#: element, and have not yet been timed on a GPU, so ``impl="auto"`` does not pick them.
+#: ``benchmarks/``).  The CUDA kernels (tiled line kernels, ``csrc/cca_lines*.h``) have
+#: not yet been timed on a GPU (``benchmarks/gpu_check.sh``), so ``impl="auto"`` does
+#: not pick them.
 #: "meta" (shapes only, for FLOP and memory accounting) stands for what the CPU runs.
 MEASURED_FASTER = frozenset({"cpu", "meta"})
 
