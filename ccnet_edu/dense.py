@@ -55,10 +55,6 @@ _STEPS = ("long", "short", "combined")
 _KINDS = ("criss_cross", "recurrent", "dense", "issa")
 
 
-def _check_size(name: str, value: object) -> int:
-    return check_int(name, value, minimum=1)
-
-
 def dense_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -114,8 +110,8 @@ def criss_cross_mask(
     ``mask[u, p]`` is True when ``p`` lies in the row or the column of ``u``
     (CCNet, Sec. 3.2); each row has exactly ``H + W - 1`` True entries.
     """
-    _check_size("height", height)
-    _check_size("width", width)
+    check_int("height", height, minimum=1)
+    check_int("width", width, minimum=1)
     device = check_device("device", device, optional=True)
     position = torch.arange(height * width, device=device)
     row, col = position // width, position % width  # (N,), (N,)
@@ -131,8 +127,8 @@ def criss_cross_index(
     attention of pixel ``(i, j)`` refers to: first the row ``(i, 0..W-1)``,
     then the column ``(i', j)`` for ``i' != i`` (see :mod:`ccnet_edu.functional`).
     """
-    _check_size("height", height)
-    _check_size("width", width)
+    check_int("height", height, minimum=1)
+    check_int("width", width, minimum=1)
     device = check_device("device", device, optional=True)
     i = torch.arange(height, device=device)[:, None, None]  # (H, 1, 1)
     j = torch.arange(width, device=device)[None, :, None]  # (1, W, 1)
@@ -224,8 +220,8 @@ def interlaced_masks(
 
 
 def _check_dense(dense: object, height: int, width: int) -> torch.Tensor:
-    _check_size("height", height)
-    _check_size("width", width)
+    check_int("height", height, minimum=1)
+    check_int("width", width, minimum=1)
     check_tensor("dense attention", dense, kind="float")
     assert isinstance(dense, torch.Tensor)
     n = height * width
@@ -259,8 +255,8 @@ def issa_attention_to_dense(
     check_tensor("attention[0] (long_attention)", attention[0], dim=4, kind="float")
     check_tensor("attention[1] (short_attention)", attention[1], dim=4, kind="float")
     check_choice("step", step, _STEPS)
-    _check_size("height", height)
-    _check_size("width", width)
+    check_int("height", height, minimum=1)
+    check_int("width", width, minimum=1)
     long_dense, short_dense = interlaced_attention_to_dense(
         attention[0], attention[1], height, width, block_size
     )

@@ -32,7 +32,19 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import ccnet_edu  # noqa: E402
-from ccnet_edu import cca, data, dense, functional, issa, losses, models, sa, train, viz  # noqa: E402
+from ccnet_edu import (  # noqa: E402
+    cca,
+    data,
+    dense,
+    functional,
+    issa,
+    layers,
+    losses,
+    models,
+    sa,
+    train,
+    viz,
+)
 from ccnet_edu import nonlocal_block as nl  # noqa: E402
 from ccnet_edu.analysis import __main__ as analysis_cli  # noqa: E402
 from ccnet_edu.analysis import compare, flops, memory, plots, propagation  # noqa: E402
@@ -47,6 +59,7 @@ MODULES = [
     "ccnet_edu.sa",
     "ccnet_edu.losses",
     "ccnet_edu.dense",
+    "ccnet_edu.layers",
     "ccnet_edu.analysis",
     "ccnet_edu.analysis.flops",
     "ccnet_edu.analysis.memory",
@@ -525,6 +538,10 @@ CASES = [
     Case(data.BeaconShapes, lambda: data.BeaconShapes(4)[1.0], TypeError, "index"),
     Case(data.distance_to_beacon, lambda: data.distance_to_beacon({"label": 0}), TypeError,
          "sample"),
+    # layers
+    Case(layers.conv_bn_relu, lambda: layers.conv_bn_relu(8, 0, 3), ValueError, "out_channels"),
+    Case(layers.conv_bn_relu, lambda: layers.conv_bn_relu(8, 8, 3.0), TypeError, "kernel_size",
+         "float for int"),
     # models
     Case(models.Backbone, lambda: models.Backbone(16.0), TypeError, "width"),
     Case(models.Backbone, lambda: models.Backbone(16)(fmap(1, 3, 30, 32)), ValueError,
