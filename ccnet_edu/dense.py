@@ -34,6 +34,10 @@ from ._checks import (
 )
 from .functional import check_qkv, column_index
 
+# ISSA's masks live with ISSA; ``interlaced_masks`` is re-exported here, next to
+# :func:`criss_cross_mask`: the (long-range, short-range) bool masks on the padded grid.
+from .issa import blocks_padding, interlaced_attention_to_dense, interlaced_masks
+
 __all__ = [
     "dense_attention",
     "criss_cross_mask",
@@ -206,19 +210,6 @@ def recurrent_attention_to_dense(attentions: Sequence[torch.Tensor]) -> torch.Te
     return effective
 
 
-def interlaced_masks(
-    height: int, width: int, block_size: int | tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (long-range, short-range) bool masks of interlaced sparse attention.
-
-    Defined in :func:`ccnet_edu.issa.interlaced_masks` (on the padded grid,
-    ``(N', N')`` each) and re-exported here next to :func:`criss_cross_mask`.
-    """
-    from .issa import interlaced_masks as _interlaced_masks  # lazy: issa may import this module
-
-    return _interlaced_masks(height, width, block_size)
-
-
 def _check_dense(dense: object, height: int, width: int) -> torch.Tensor:
     check_int("height", height, minimum=1)
     check_int("width", width, minimum=1)
@@ -248,8 +239,6 @@ def issa_attention_to_dense(
     input size.  ``step`` picks ``A_L``, ``A_S`` or the effective
     ``A_S @ A_L`` (long step first: ISSA, Huang et al., arXiv 1907.12273, Sec. 3).
     """
-    from .issa import interlaced_attention_to_dense  # lazy: issa may import this module
-
     if not isinstance(attention, (list, tuple)) or len(attention) != 2:
         raise TypeError("attention must be the pair (long_attention, short_attention)")
     check_tensor("attention[0] (long_attention)", attention[0], dim=4, kind="float")
@@ -371,8 +360,6 @@ def attention_query_map(
     )
     if kind != "issa":
         return query_map(dense, i, j, height, width)
-
-    from .issa import blocks_padding
 
     for name, value, size in (("i", i, height), ("j", j, width)):
         if not (0 <= value < size):
