@@ -67,6 +67,11 @@ MODULES = [
     "ccnet_edu.analysis.plots",
     "ccnet_edu.analysis.propagation",
     "ccnet_edu.viz",
+    "ccnet_edu.viz.photos",
+    "ccnet_edu.viz.maps",
+    "ccnet_edu.viz.figures",
+    "ccnet_edu.viz.animation",
+    "ccnet_edu.viz.interactive",
     "ccnet_edu.data",
     "ccnet_edu.models",
     "ccnet_edu.train",
@@ -493,10 +498,10 @@ CASES = [
     Case(viz.squeeze_support, lambda: viz.squeeze_support((4, 4), 0), ValueError, "pool"),
     Case(viz.flatten_maps, lambda: viz.flatten_maps({"CCA": torch.ones(4, 4)}), TypeError,
          "maps"),
-    Case(viz.query_map, lambda: viz.query_map(torch.ones(24, 24), (4, 0), (4, 6)), ValueError,
-         "query"),
-    Case(viz.query_map, lambda: viz.query_map(torch.ones(24, 24), (0, True), (4, 6)),
-         TypeError, "query[1]"),
+    Case(viz.query_map_array, lambda: viz.query_map_array(torch.ones(24, 24), (4, 0), (4, 6)),
+         ValueError, "query"),
+    Case(viz.query_map_array, lambda: viz.query_map_array(
+        torch.ones(24, 24), (0, True), (4, 6)), TypeError, "query[1]"),
     Case(viz.plot_query_maps, lambda: viz.plot_query_maps(
         photo(), maps(), (4, 6), []), ValueError, "queries"),
     Case(viz.plot_query_maps, lambda: viz.plot_query_maps(
