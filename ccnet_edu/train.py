@@ -51,11 +51,13 @@ from ._checks import (
     OneLineArgumentParser,
     check_bool,
     check_choice,
+    check_device,
     check_float,
     check_int,
     check_probability,
     check_str,
     check_tensor,
+    cli_device,
     cli_float,
     cli_int,
     cli_writable,
@@ -270,7 +272,7 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     :class:`AllReduceBatchNorm2d` elsewhere."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    device = _device("device", device)
+    device = check_device("device", device)
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
@@ -399,7 +401,7 @@ def evaluate(
     if size % 8:
         raise ValueError(f"size must be a multiple of 8 (the output stride), got {size}")
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    device = _device("device", device)
+    device = check_device("device", device)
     check_bool("progress", progress)
     was_training = model.training
     model.eval()
@@ -430,16 +432,6 @@ def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
     return base * (1 - step / total) ** power
 
 
-def _device(name: str, device: object) -> torch.device:
-    """``device`` as a ``torch.device`` (a str or a device), or a named error."""
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"{name} must be a str or torch.device, got {type(device).__name__}")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"{name} {device!r} is not a device: {err}") from None
-
-
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -452,7 +444,7 @@ def _check_train_args(
     """The arguments of :func:`train`, checked before anything is built."""
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    device = _device("device", device)
+    device = check_device("device", device)
     check_bool("progress", progress)
     if log is not None and not isinstance(log, list):
         raise TypeError(f"log must be a list or None, got {type(log).__name__}")
@@ -632,18 +624,6 @@ def _shipped_names(text: str) -> list[str]:
     return names
 
 
-def _device_option(text: str) -> str:
-    """argparse type of ``--device``: ``auto`` or anything ``torch.device`` reads."""
-    if text != "auto":
-        try:
-            torch.device(text)
-        except RuntimeError:
-            raise argparse.ArgumentTypeError(
-                f"expected auto, cpu, cuda or cuda:N, got {text!r}"
-            ) from None
-    return text
-
-
 _DEFAULT_OUT_DIR = Path("checkpoints")
 
 
@@ -710,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite-shipped", action="store_true",
                    help=f"allow writing into the package's shipped checkpoints ({CHECKPOINT_DIR}); "
                    "with --all and no --out-dir, write there")
-    p.add_argument("--device", type=_device_option, default="auto",
+    p.add_argument("--device", type=cli_device(auto=True), default="auto",
                    help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=cli_int(0), default=0,
                    help="torch threads (0: cores / processes)")
