@@ -196,6 +196,12 @@ def _check_field(f: Field, kind: type, value: object) -> Any:
     raise TypeError(f"TrainConfig.{f.name}: no rule for fields of type {kind}")
 
 
+def _check_like_field(name: str, value: object) -> Any:
+    """``value`` checked by the rule of the :class:`TrainConfig` field ``name``."""
+    (f,) = (f for f in fields(TrainConfig) if f.name == name)
+    return _check_field(f, get_type_hints(TrainConfig)[name], value)
+
+
 # --------------------------------------------------------------------------- sync batch norm
 
 
@@ -397,9 +403,7 @@ def evaluate(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     check_int("seed", seed, minimum=0)
     length = check_int("length", length, minimum=1)
-    size = check_int("size", size, minimum=MIN_SIZE)
-    if size % 8:
-        raise ValueError(f"size must be a multiple of 8 (the output stride), got {size}")
+    size = _check_like_field("size", size)  # the image side of a run, same rule
     batch_size = check_int("batch_size", batch_size, minimum=1)
     device = check_device("device", device)
     check_bool("progress", progress)
