@@ -44,7 +44,7 @@ def _python(code: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedPr
 
 def _copy_checkout(tmp_path: Path) -> Path:
     copy = tmp_path / "checkout"
-    copy.mkdir()
+    copy.mkdir(parents=True)
     shutil.copytree(ROOT / "ccnet_edu", copy / "ccnet_edu", ignore=shutil.ignore_patterns("*.pt"))
     shutil.copytree(ROOT / "csrc", copy / "csrc")
     return copy
@@ -88,6 +88,14 @@ def test_fresh_cache_float64_auto_then_an_edit_with_an_old_mtime_rebuilds(tmp_pa
     assert first.returncode == 0, first.stderr
     first_library = Path(first.stdout.split()[-1])
     assert first_library.is_relative_to(tmp_path / "cache") and first_library.exists()
+    built_at = first_library.stat().st_mtime_ns
+
+    # A second checkout with the same sources shares the library: same key, no rebuild.
+    twin = _copy_checkout(tmp_path / "twin")
+    shared = _python(AUTO_FLOAT64, env, twin)
+    assert shared.returncode == 0, shared.stderr
+    assert Path(shared.stdout.split()[-1]) == first_library
+    assert first_library.stat().st_mtime_ns == built_at
 
     header = checkout / "csrc" / "cca_common.h"
     stat = header.stat()

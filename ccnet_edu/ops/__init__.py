@@ -33,6 +33,7 @@ import warnings
 
 import torch
 
+from .._checks import check_bool, check_choice, check_device, check_str
 from ._build import (
     BuildError,
     BuildInfo,
@@ -110,6 +111,7 @@ def self_test(device_type: str = "cpu") -> None:
     Raises:
         BuildError: an output or gradient differs, or the operator raised.
     """
+    check_choice("device_type", check_str("device_type", device_type), ("cpu", "cuda"))
     from ..functional import criss_cross_attention_reference
 
     generator = torch.Generator().manual_seed(0)
@@ -161,6 +163,13 @@ def _why_not(device_type: str) -> str | None:
     return None
 
 
+def _check_load_args(cuda: object, verbose: object) -> None:
+    """``cuda``: a bool or ``None`` (decide by the GPU); ``verbose``: a bool."""
+    if cuda is not None:
+        check_bool("cuda", cuda)
+    check_bool("verbose", verbose)
+
+
 def load(cuda: bool | None = None, verbose: bool = False) -> list[BuildInfo]:
     """Build (when needed) and load the operator; return what was loaded.
 
@@ -172,6 +181,7 @@ def load(cuda: bool | None = None, verbose: bool = False) -> list[BuildInfo]:
         BuildError: the CPU library (or, with ``cuda=True``, the CUDA one)
             could not be built.
     """
+    _check_load_args(cuda, verbose)
     loaded = []
     for kind in ["cpu"] + (
         ["cuda"] if (torch.cuda.is_available() if cuda is None else cuda) else []
@@ -185,7 +195,7 @@ def load(cuda: bool | None = None, verbose: bool = False) -> list[BuildInfo]:
 
 def is_available(device: torch.device | str = "cpu") -> bool:
     """Whether the operator can run on ``device`` (building it if needed)."""
-    return _why_not(torch.device(device).type) is None
+    return _why_not(check_device("device", device).type) is None
 
 
 #: Device types on which the fused operator has been measured faster than the readable
@@ -196,6 +206,12 @@ def is_available(device: torch.device | str = "cpu") -> bool:
 MEASURED_FASTER = frozenset({"cpu", "meta"})
 
 
+def _check_has_device(tensor: object) -> None:
+    """A tensor (or anything with a ``torch.device`` as its ``.device``, as a test double)."""
+    if not isinstance(getattr(tensor, "device", None), torch.device):
+        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+
+
 def usable_for(tensor: torch.Tensor) -> bool:
     """Whether ``impl="auto"`` should use the operator for ``tensor``.
 
@@ -204,6 +220,7 @@ def usable_for(tensor: torch.Tensor) -> bool:
     be built or failed its self-test, the first ``False`` per device type emits one
     warning saying why.
     """
+    _check_has_device(tensor)
     if tensor.device.type not in MEASURED_FASTER:
         return False
     reason = _why_not(tensor.device.type)

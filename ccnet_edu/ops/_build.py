@@ -334,6 +334,10 @@ def _load(
     tag = key_parts[0] if key_parts else "any"
     directory = build_dir() / f"{name}-{tag}-{key[:16]}"
     _writable_directory(directory)
+    # Build from a copy of the sources inside the build directory: the key already says
+    # they are these bytes, and the compiler then sees the same paths from every
+    # checkout, so identical checkouts share one library instead of rebuilding it in turn.
+    src = _copy_sources(src, directory / "src")
     start = time.perf_counter()
     kwargs = dict(
         name=name,
@@ -360,6 +364,21 @@ def _load(
         time.perf_counter() - start,
         extra={"key": key, "cflags": cflags, "ldflags": ldflags, "directory": directory},
     )
+
+
+def _copy_sources(src: Path, target: Path) -> Path:
+    try:
+        target.mkdir(exist_ok=True)
+        for source in _all_sources(src):
+            copy = target / source.name
+            data = source.read_bytes()
+            if not copy.is_file() or copy.read_bytes() != data:
+                partial = copy.with_name(f".{copy.name}.{os.getpid()}")
+                partial.write_bytes(data)
+                partial.replace(copy)  # atomic: a concurrent build never sees half a file
+    except OSError as error:
+        raise BuildError(f"cannot copy the sources into {target}: {error}") from error
+    return target
 
 
 def _venv_ninja() -> bool:
