@@ -42,6 +42,7 @@ __all__ = [
     "OneLineArgumentParser",
     "cli_int",
     "cli_float",
+    "cli_device",
     "cli_writable",
 ]
 
@@ -357,6 +358,23 @@ def cli_float(
         return value
 
     parse.__name__ = "float"
+    return parse
+
+
+def cli_device(*, auto: bool = False) -> Callable[[str], str]:
+    """An argparse ``type``: anything ``torch.device`` reads (and ``"auto"`` if ``auto``)."""
+    expected = "auto, cpu, cuda or cuda:N" if auto else "cpu, cuda or cuda:N"
+
+    def parse(text: str) -> str:
+        if auto and text == "auto":
+            return text
+        try:
+            torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        return text
+
+    parse.__name__ = "device"
     return parse
 
 

@@ -40,6 +40,7 @@ from ccnet_edu import (  # noqa: E402
     dense,
     functional,
     issa,
+    layers,
     losses,
     models,
     ops,
@@ -62,6 +63,7 @@ MODULES = [
     "ccnet_edu.sa",
     "ccnet_edu.losses",
     "ccnet_edu.dense",
+    "ccnet_edu.layers",
     "ccnet_edu.analysis",
     "ccnet_edu.analysis.flops",
     "ccnet_edu.analysis.memory",
@@ -69,6 +71,11 @@ MODULES = [
     "ccnet_edu.analysis.plots",
     "ccnet_edu.analysis.propagation",
     "ccnet_edu.viz",
+    "ccnet_edu.viz.photos",
+    "ccnet_edu.viz.maps",
+    "ccnet_edu.viz.figures",
+    "ccnet_edu.viz.animation",
+    "ccnet_edu.viz.interactive",
     "ccnet_edu.data",
     "ccnet_edu.models",
     "ccnet_edu.train",
@@ -606,10 +613,10 @@ CASES = [
     Case(viz.squeeze_support, lambda: viz.squeeze_support((4, 4), 0), ValueError, "pool"),
     Case(viz.flatten_maps, lambda: viz.flatten_maps({"CCA": torch.ones(4, 4)}), TypeError,
          "maps"),
-    Case(viz.query_map, lambda: viz.query_map(torch.ones(24, 24), (4, 0), (4, 6)), ValueError,
-         "query"),
-    Case(viz.query_map, lambda: viz.query_map(torch.ones(24, 24), (0, True), (4, 6)),
-         TypeError, "query[1]"),
+    Case(viz.query_map_array, lambda: viz.query_map_array(torch.ones(24, 24), (4, 0), (4, 6)),
+         ValueError, "query"),
+    Case(viz.query_map_array, lambda: viz.query_map_array(
+        torch.ones(24, 24), (0, True), (4, 6)), TypeError, "query[1]"),
     Case(viz.plot_query_maps, lambda: viz.plot_query_maps(
         photo(), maps(), (4, 6), []), ValueError, "queries"),
     Case(viz.plot_query_maps, lambda: viz.plot_query_maps(
@@ -651,6 +658,10 @@ CASES = [
     Case(data.BeaconShapes, lambda: data.BeaconShapes(4)[1.0], TypeError, "index"),
     Case(data.distance_to_beacon, lambda: data.distance_to_beacon({"label": 0}), TypeError,
          "sample"),
+    # layers
+    Case(layers.conv_bn_relu, lambda: layers.conv_bn_relu(8, 0, 3), ValueError, "out_channels"),
+    Case(layers.conv_bn_relu, lambda: layers.conv_bn_relu(8, 8, 3.0), TypeError, "kernel_size",
+         "float for int"),
     # models
     Case(models.Backbone, lambda: models.Backbone(16.0), TypeError, "width"),
     Case(models.Backbone, lambda: models.Backbone(16)(fmap(1, 3, 30, 32)), ValueError,

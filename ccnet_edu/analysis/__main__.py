@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from .._checks import OneLineArgumentParser, cli_float, cli_int, cli_writable
+from .._checks import OneLineArgumentParser, cli_device, cli_float, cli_int, cli_writable
 from .compare import (
     comparison_table,
     format_claims,
@@ -27,15 +27,6 @@ from .compare import (
     scaling_sweep,
     write_csv,
 )
-
-
-def _device(text: str) -> str:
-    """argparse type of ``--device``: anything ``torch.device`` reads."""
-    try:
-        torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}") from None
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-time", action="store_true", help="skip timing")
     parser.add_argument("--no-peak", action="store_true", help="skip peak memory")
     parser.add_argument("--impl", default="auto", choices=["auto", "fused", "reference"])
-    parser.add_argument("--device", type=_device,
+    parser.add_argument("--device", type=cli_device(),
                         default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sweep", action="store_true", help="run the scaling sweep instead")
     parser.add_argument("--sizes", type=cli_int(1), nargs="+", default=None,
