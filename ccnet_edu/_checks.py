@@ -242,7 +242,9 @@ def check_feature_map(
             f"{name} must have {channels} channels{origin}, got {x.shape[1]} "
             f"with shape {tuple(x.shape)}"
         )
-    if min(x.shape) < 1:
+    # Each size against 1 on its own: min() would compare the sizes with each other, and
+    # under torch.export that ties a symbolic batch to a channel count of the same value.
+    if any(size < 1 for size in x.shape):
         raise ValueError(f"{name} must have B, C, H, W >= 1 (not empty), got {tuple(x.shape)}")
     return x
 
