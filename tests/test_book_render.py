@@ -11,7 +11,13 @@ page from a server on 127.0.0.1 and checks, through the Chrome DevTools protocol
   chapter pages and the notation page must contain maths at all;
 * every image loaded with a non-zero natural size; chapter pages must contain a figure;
 * every stored ipywidget view was rendered by the widget manager;
-* the browser console shows no error and the page threw no exception.
+* the browser console shows no error and the page threw no exception;
+* every exercise has a solution on its page, and every solution and hint (a sphinx-exercise
+  ``{solution}`` or an ``{admonition}`` with ``:class: dropdown``) is collapsed when the page
+  loads and opens when its toggle button is clicked (sphinx-togglebutton's markup).
+
+``test_every_exercise_has_a_collapsed_solution`` checks the notebooks' sources for the same
+structure without a browser: a label, a hint and a gated, collapsed solution per exercise.
 
 It is skipped, with the reason, only when ``_build/html`` or Chromium is missing -- and
 ``make test`` sets ``BOOK_RENDER_REQUIRED=1``, which turns those skips into failures.
@@ -25,6 +31,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -234,6 +241,44 @@ PAGE_STATE_JS = r"""
 })()
 """
 
+# Every collapsible box of the page (solutions and hints): is it collapsed after the page has
+# loaded, and does clicking its toggle button open it?  sphinx-togglebutton turns an admonition
+# with the class `dropdown` into a `toggle` box, adds a button to its title and hides everything
+# after the title (class `toggle-hidden`: height 0, visibility hidden) until the button is clicked.
+TOGGLES_JS = r"""
+(async () => {
+  const visible = el => getComputedStyle(el).visibility !== 'hidden'
+                         && el.getBoundingClientRect().height > 0;
+  const boxes = [...document.querySelectorAll('main .admonition.dropdown')];
+  const report = [];
+  for (const box of boxes) {
+    const title = box.querySelector(':scope > .admonition-title');
+    const body = [...box.children].filter(c => c !== title);
+    const button = title ? title.querySelector('button.toggle-button') : null;
+    const entry = {
+      title: title ? title.textContent.trim().slice(0, 80) : '(no title)',
+      solution: box.classList.contains('solution'),
+      hasButton: !!button,
+      collapsed: box.classList.contains('toggle-hidden') && body.length > 0
+                 && !body.some(visible),
+    };
+    if (button) {
+      button.scrollIntoView();
+      button.click();
+      await new Promise(r => setTimeout(r, 50));
+      entry.opened = !box.classList.contains('toggle-hidden') && body.length > 0
+                     && body.every(visible);
+      button.click();  // fold it again, as the reader found it
+    }
+    report.push(entry);
+  }
+  const exercises = [...document.querySelectorAll('main .exercise[id]')].map(e => e.id);
+  const solved = [...document.querySelectorAll('main .solution > .admonition-title a[href^="#"]')]
+                     .map(a => a.getAttribute('href').slice(1));
+  return {report, exercises, unsolved: exercises.filter(id => !solved.includes(id))};
+})()
+"""
+
 # Resolves when MathJax has finished its first typesetting pass (or there is no MathJax).
 MATHJAX_DONE_JS = """
 (window.MathJax && MathJax.startup && MathJax.startup.promise)
@@ -338,6 +383,61 @@ def test_page_renders_offline(server: str, page: CDP, docname: str) -> None:
     assert state["rendered"] >= state["views"], (
         f"{state['views']} stored widget views but only {state['rendered']} rendered"
     )
+
+    toggles = page.evaluate(TOGGLES_JS, await_promise=True)
+    assert toggles["unsolved"] == [], f"exercises without a solution: {toggles['unsolved']}"
+    boxes = toggles["report"]
+    if toggles["exercises"]:
+        assert any(b["solution"] for b in boxes), "exercises on the page but no solution box"
+    assert [b["title"] for b in boxes if not b["hasButton"]] == [], "boxes without a toggle button"
+    assert [b["title"] for b in boxes if not b["collapsed"]] == [], (
+        "solutions or hints open when the page loads"
+    )
+    assert [b["title"] for b in boxes if not b.get("opened")] == [], (
+        "solutions or hints that do not open when their toggle is clicked"
+    )
+
+
+EXERCISE_RE = re.compile(r"```\{exercise\}[^\n]*\n:label: (?P<label>[\w-]+)")
+SOLUTION_START_RE = re.compile(
+    r"```\{solution-start\} (?P<label>[\w-]+)\n(?P<options>(?::[^\n]*\n)*)"
+)
+HINT_RE = re.compile(r"```\{admonition\} Hint\n:class: dropdown\n")
+
+
+def test_every_exercise_has_a_collapsed_solution() -> None:
+    """In the sources: each exercise has a label, a hint and one gated solution folded by default.
+
+    The solution is written in the gated form (``{solution-start}`` ... ``{solution-end}``) so
+    that executed code cells, which nbval runs, can sit inside it; ``:class: dropdown`` folds it.
+    """
+    problems = []
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        markdown = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+        text = "\n".join(markdown)
+        labels = [m["label"] for m in EXERCISE_RE.finditer(text)]
+        if text.count("```{exercise}") != len(labels):
+            problems.append(f"{path.name}: an exercise without a :label:")
+        starts = {m["label"]: m["options"] for m in SOLUTION_START_RE.finditer(text)}
+        if text.count("```{solution-start}") != len(starts):
+            problems.append(f"{path.name}: two solutions for one exercise, or one without a label")
+        if text.count("```{solution-start}") != text.count("```{solution-end}"):
+            problems.append(f"{path.name}: solution-start and solution-end do not pair up")
+        for label in labels:
+            if label not in starts:
+                problems.append(f"{path.name}: exercise {label} has no solution")
+            elif ":class: dropdown" not in starts[label]:
+                problems.append(f"{path.name}: the solution of {label} is not collapsed")
+        for block in markdown:
+            for piece in block.split("```{exercise}")[1:]:
+                if not HINT_RE.search(piece):
+                    label = EXERCISE_RE.search("```{exercise}" + piece)
+                    problems.append(f"{path.name}: exercise {label and label['label']} has no hint")
+        unknown = set(starts) - set(labels)
+        if unknown:
+            problems.append(f"{path.name}: solutions of unknown exercises {sorted(unknown)}")
+    assert problems == [], "\n".join(problems)
 
 
 def test_every_chapter_is_checked() -> None:
