@@ -16,6 +16,7 @@ from ccnet_edu.analysis.seeds import (
     evaluate_seeds,
     format_summary,
     load_seed,
+    recorded_seeds,
     shape_confusion,
     shipped_seeds,
     summarise,
@@ -91,6 +92,31 @@ def test_load_seed_and_evaluate_seeds_agree_with_evaluate(tmp_path):
         evaluate_seeds(["isa"], length=2, directory=tmp_path)
     with pytest.raises(TypeError, match="not one str"):
         evaluate_seeds("fcn", directory=tmp_path)
+
+
+def test_recorded_seeds_read_the_checkpoints_metrics(tmp_path):
+    metrics = {"miou": 0.5, "pixel_acc": 0.9, "far_acc": 0.85, "iou": [0.9, 0.5, 0.4, 0.2]}
+    for seed in (0, 1):
+        _save(tmp_path, checkpoint_stem("rcca2", seed), head="rcca2",
+              meta={"metrics": dict(metrics, far_acc=0.85 - 0.1 * seed), "train_seconds": 3.0})
+    runs = recorded_seeds(["rcca2"], directory=tmp_path)["rcca2"]
+    assert [r.seed for r in runs] == [0, 1]
+    assert [r.far_acc for r in runs] == [0.85, 0.75] and runs[0].iou == metrics["iou"]
+    assert [r.succeeded() for r in runs] == [True, False] and runs[1].train_seconds == 3.0
+    _save(tmp_path, "fcn", meta={})
+    with pytest.raises(ValueError, match="recorded no"):
+        recorded_seeds(["fcn"], directory=tmp_path)
+    with pytest.raises(ValueError, match="no checkpoints"):
+        recorded_seeds(["isa"], directory=tmp_path)
+
+
+def test_recorded_metrics_of_shipped_checkpoints_reproduce():
+    """The shipped seed-0 checkpoints' recorded metrics equal a fresh evaluation."""
+    for name in ("fcn", "rcca2"):
+        recorded = recorded_seeds([name])[name][0]
+        measured = evaluate_seeds([name], seeds=[0])[name][0]
+        assert measured.miou == pytest.approx(recorded.miou, abs=1e-12)
+        assert measured.far_acc == pytest.approx(recorded.far_acc, abs=1e-12)
 
 
 def _run(seed, far, miou=None, iou=None, seconds=10.0, name="m", curve=None):

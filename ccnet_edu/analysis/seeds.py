@@ -42,6 +42,8 @@ __all__ = [
     "SeedRun",
     "evaluate_run",
     "evaluate_seeds",
+    "recorded_run",
+    "recorded_seeds",
     "Spread",
     "SeedSummary",
     "summarise",
@@ -202,6 +204,53 @@ def evaluate_seeds(
                          val_seed=val_seed, device=device)
             for s in wanted
         ]
+    return out
+
+
+def recorded_run(model: nn.Module, name: str, seed: int) -> SeedRun:
+    """A :class:`SeedRun` from the metrics a checkpoint recorded at training time (no evaluation).
+
+    ``python -m ccnet_edu.train`` evaluates every model it trains on 200 validation samples of
+    seed 10 000 and stores the result in ``meta["metrics"]``: the numbers
+    :func:`evaluate_seeds` measures with its defaults (the training chapter checks that they
+    agree).  Raises ``ValueError`` if the checkpoint recorded no metrics.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    meta = getattr(model, "meta", {}) or {}
+    metrics = meta.get("metrics") or {}
+    missing = [k for k in ("miou", "pixel_acc", "far_acc", "iou") if k not in metrics]
+    if missing:
+        raise ValueError(f"{name} seed {seed}: the checkpoint recorded no {missing} metrics")
+    return SeedRun(
+        name=name,
+        seed=check_int("seed", seed, minimum=0),
+        miou=float(metrics["miou"]),
+        pixel_acc=float(metrics["pixel_acc"]),
+        far_acc=float(metrics["far_acc"]),
+        iou=[float(v) for v in metrics["iou"]],
+        train_seconds=meta.get("train_seconds"),
+        loss_curve=meta.get("loss_curve"),
+        recorded=dict(metrics),
+        command=str(meta.get("command", "")),
+    )
+
+
+def recorded_seeds(
+    names: Iterable[str], *, directory: str | Path | None = None
+) -> dict[str, list[SeedRun]]:
+    """Every shipped seed of every model in ``names`` from its recorded metrics: no evaluation."""
+    if isinstance(names, str):
+        raise TypeError("names must be a list of model names, not one str")
+    names = list(names)
+    if not names:
+        raise ValueError("names must not be empty")
+    out: dict[str, list[SeedRun]] = {}
+    for name in names:
+        found = shipped_seeds(name, directory)
+        if not found:
+            raise ValueError(f"model {name!r}: no checkpoints found")
+        out[name] = [recorded_run(load_seed(name, s, directory), name, s) for s in found]
     return out
 
 
