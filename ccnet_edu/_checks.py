@@ -42,6 +42,7 @@ __all__ = [
     "OneLineArgumentParser",
     "cli_int",
     "cli_float",
+    "cli_device",
     "cli_writable",
 ]
 
@@ -60,7 +61,14 @@ def _describe(value: object) -> str:
 def check_int(
     name: str, value: object, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
-    """An integer (``bool`` and ``float`` refused) in ``[minimum, maximum]``; returns ``int``."""
+    """An integer (``bool`` and ``float`` refused) in ``[minimum, maximum]``; returns ``int``.
+
+    A symbolic size (``torch.SymInt``, what ``torch.export`` traces a tensor's shape as)
+    passes unchecked: it was read off a tensor, not typed by a caller, and turning it
+    into an ``int`` would fix the traced graph to one size.
+    """
+    if isinstance(value, torch.SymInt):
+        return value  # type: ignore[return-value]
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {_describe(value)}")
     value = int(value)
@@ -234,7 +242,9 @@ def check_feature_map(
             f"{name} must have {channels} channels{origin}, got {x.shape[1]} "
             f"with shape {tuple(x.shape)}"
         )
-    if min(x.shape) < 1:
+    # Each size against 1 on its own: min() would compare the sizes with each other, and
+    # under torch.export that ties a symbolic batch to a channel count of the same value.
+    if any(size < 1 for size in x.shape):
         raise ValueError(f"{name} must have B, C, H, W >= 1 (not empty), got {tuple(x.shape)}")
     return x
 
@@ -350,6 +360,23 @@ def cli_float(
         return value
 
     parse.__name__ = "float"
+    return parse
+
+
+def cli_device(*, auto: bool = False) -> Callable[[str], str]:
+    """An argparse ``type``: anything ``torch.device`` reads (and ``"auto"`` if ``auto``)."""
+    expected = "auto, cpu, cuda or cuda:N" if auto else "cpu, cuda or cuda:N"
+
+    def parse(text: str) -> str:
+        if auto and text == "auto":
+            return text
+        try:
+            torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        return text
+
+    parse.__name__ = "device"
     return parse
 
 

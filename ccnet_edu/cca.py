@@ -30,7 +30,7 @@ from ._checks import (
     check_probability,
     check_same_device,
 )
-from .functional import Impl, criss_cross_attention
+from .functional import IMPLS, Impl, criss_cross_attention
 
 __all__ = [
     "CrissCrossAttention",
@@ -39,19 +39,12 @@ __all__ = [
     "FCNHead",
 ]
 
-_IMPLS = ("reference", "fused", "auto")
-
 # A normalisation layer is either a name or a factory ``channels -> nn.Module``.
 Norm = str | Callable[[int], nn.Module] | None
 
 
-def _check_channels(name: str, value: object) -> int:
-    """An int >= 1 (``bool`` is rejected: ``True`` channels is a bug, not a 1)."""
-    return check_int(name, value, minimum=1)
-
-
 def _check_impl(impl: object) -> str:
-    return check_choice("impl", impl, _IMPLS)
+    return check_choice("impl", impl, IMPLS)
 
 
 class CrissCrossAttention(nn.Module):
@@ -75,10 +68,10 @@ class CrissCrossAttention(nn.Module):
 
     def __init__(self, in_channels: int, qk_channels: int | None = None, impl: Impl = "reference"):
         super().__init__()
-        self.in_channels = _check_channels("in_channels", in_channels)
+        self.in_channels = check_int("in_channels", in_channels, minimum=1)
         if qk_channels is None:
             qk_channels = max(self.in_channels // 8, 1)
-        self.qk_channels = _check_channels("qk_channels", qk_channels)
+        self.qk_channels = check_int("qk_channels", qk_channels, minimum=1)
         self.impl = _check_impl(impl)
 
         # 1x1 convolutions: a per-pixel linear map, i.e. a learned projection.
@@ -154,7 +147,7 @@ def _mid_channels(in_channels: int, mid_channels: int | None) -> int:
     """The heads' reduced width: ``mid_channels``, or ``in_channels // 4`` (at least 1)."""
     if mid_channels is None:
         mid_channels = max(in_channels // 4, 1)
-    return _check_channels("mid_channels", mid_channels)
+    return check_int("mid_channels", mid_channels, minimum=1)
 
 
 def _check_norm_activation(norm: object, activation: object) -> None:
@@ -244,13 +237,13 @@ class RCCAHead(nn.Module):
         impl: Impl = "reference",
     ):
         super().__init__()
-        self.in_channels = _check_channels("in_channels", in_channels)
-        _check_channels("num_classes", num_classes)
+        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        check_int("num_classes", num_classes, minimum=1)
         mid_channels = _mid_channels(in_channels, mid_channels)
-        _check_channels("out_channels", out_channels)
+        check_int("out_channels", out_channels, minimum=1)
         check_int("recurrence", recurrence, minimum=1)
         if qk_channels is not None:
-            _check_channels("qk_channels", qk_channels)
+            check_int("qk_channels", qk_channels, minimum=1)
         _check_impl(impl)
         check_probability("dropout", dropout)
         _check_norm_activation(norm, activation)
@@ -314,8 +307,8 @@ class FCNHead(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        self.in_channels = _check_channels("in_channels", in_channels)
-        _check_channels("num_classes", num_classes)
+        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        check_int("num_classes", num_classes, minimum=1)
         mid_channels = _mid_channels(in_channels, mid_channels)
         check_probability("dropout", dropout)
         _check_norm_activation(norm, activation)

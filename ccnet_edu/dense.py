@@ -34,6 +34,10 @@ from ._checks import (
 )
 from .functional import check_qkv, column_index
 
+# ISSA's masks live with ISSA; ``interlaced_masks`` is re-exported here, next to
+# :func:`criss_cross_mask`: the (long-range, short-range) bool masks on the padded grid.
+from .issa import blocks_padding, interlaced_attention_to_dense, interlaced_masks
+
 __all__ = [
     "dense_attention",
     "criss_cross_mask",
@@ -53,10 +57,6 @@ Kind = Literal["criss_cross", "recurrent", "dense", "issa"]
 
 _STEPS = ("long", "short", "combined")
 _KINDS = ("criss_cross", "recurrent", "dense", "issa")
-
-
-def _check_size(name: str, value: object) -> int:
-    return check_int(name, value, minimum=1)
 
 
 def dense_attention(
@@ -114,8 +114,8 @@ def criss_cross_mask(
     ``mask[u, p]`` is True when ``p`` lies in the row or the column of ``u``
     (CCNet, Sec. 3.2); each row has exactly ``H + W - 1`` True entries.
     """
-    _check_size("height", height)
-    _check_size("width", width)
+    check_int("height", height, minimum=1)
+    check_int("width", width, minimum=1)
     device = check_device("device", device, optional=True)
     position = torch.arange(height * width, device=device)
     row, col = position // width, position % width  # (N,), (N,)
@@ -131,8 +131,8 @@ def criss_cross_index(
     attention of pixel ``(i, j)`` refers to: first the row ``(i, 0..W-1)``,
     then the column ``(i', j)`` for ``i' != i`` (see :mod:`ccnet_edu.functional`).
     """
-    _check_size("height", height)
-    _check_size("width", width)
+    check_int("height", height, minimum=1)
+    check_int("width", width, minimum=1)
     device = check_device("device", device, optional=True)
     i = torch.arange(height, device=device)[:, None, None]  # (H, 1, 1)
     j = torch.arange(width, device=device)[None, :, None]  # (1, W, 1)
@@ -210,22 +210,9 @@ def recurrent_attention_to_dense(attentions: Sequence[torch.Tensor]) -> torch.Te
     return effective
 
 
-def interlaced_masks(
-    height: int, width: int, block_size: int | tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (long-range, short-range) bool masks of interlaced sparse attention.
-
-    Defined in :func:`ccnet_edu.issa.interlaced_masks` (on the padded grid,
-    ``(N', N')`` each) and re-exported here next to :func:`criss_cross_mask`.
-    """
-    from .issa import interlaced_masks as _interlaced_masks  # lazy: issa may import this module
-
-    return _interlaced_masks(height, width, block_size)
-
-
 def _check_dense(dense: object, height: int, width: int) -> torch.Tensor:
-    _check_size("height", height)
-    _check_size("width", width)
+    check_int("height", height, minimum=1)
+    check_int("width", width, minimum=1)
     check_tensor("dense attention", dense, kind="float")
     assert isinstance(dense, torch.Tensor)
     n = height * width
@@ -252,15 +239,13 @@ def issa_attention_to_dense(
     input size.  ``step`` picks ``A_L``, ``A_S`` or the effective
     ``A_S @ A_L`` (long step first: ISSA, Huang et al., arXiv 1907.12273, Sec. 3).
     """
-    from .issa import interlaced_attention_to_dense  # lazy: issa may import this module
-
     if not isinstance(attention, (list, tuple)) or len(attention) != 2:
         raise TypeError("attention must be the pair (long_attention, short_attention)")
     check_tensor("attention[0] (long_attention)", attention[0], dim=4, kind="float")
     check_tensor("attention[1] (short_attention)", attention[1], dim=4, kind="float")
     check_choice("step", step, _STEPS)
-    _check_size("height", height)
-    _check_size("width", width)
+    check_int("height", height, minimum=1)
+    check_int("width", width, minimum=1)
     long_dense, short_dense = interlaced_attention_to_dense(
         attention[0], attention[1], height, width, block_size
     )
@@ -375,8 +360,6 @@ def attention_query_map(
     )
     if kind != "issa":
         return query_map(dense, i, j, height, width)
-
-    from .issa import blocks_padding
 
     for name, value, size in (("i", i, height), ("j", j, width)):
         if not (0 <= value < size):

@@ -44,7 +44,9 @@ __all__ = [
     "attention_from_padded",
 ]
 
-Impl = Literal["reference", "fused", "auto"]
+Impl = Literal["reference", "fused", "flex", "auto"]
+#: The values of ``impl``.
+IMPLS = ("reference", "fused", "flex", "auto")
 
 
 def column_index(height: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -136,7 +138,9 @@ def criss_cross_attention(
             summing to one, in the layout described in the module docstring.
         impl: ``"reference"`` (readable PyTorch, any device), ``"fused"`` (the
             C++/CUDA operator of :mod:`ccnet_edu.ops`; raises if it cannot be
-            built) or ``"auto"`` (fused when available, otherwise reference
+            built), ``"flex"`` (a row attention and a column attention on torch's
+            FlexAttention, joined by their log-sum-exps: :mod:`ccnet_edu.flex`) or
+            ``"auto"`` (fused when available, otherwise reference
             with a one-time warning saying why).
 
     Returns:
@@ -144,9 +148,15 @@ def criss_cross_attention(
     """
     check_qkv(query, key, value)
     check_bool("return_attention", return_attention)
-    check_choice("impl", impl, ("reference", "fused", "auto"))
+    check_choice("impl", impl, IMPLS)
     if impl == "reference":
         out, attention = criss_cross_attention_reference(query, key, value)
+    elif impl == "flex":
+        from .flex import criss_cross_attention_flex
+
+        out, attention = criss_cross_attention_flex(
+            query, key, value, return_attention=return_attention
+        )
     else:  # "fused" or "auto"
         from . import ops  # imported lazily: building the operator is optional
 

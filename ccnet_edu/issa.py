@@ -47,13 +47,22 @@ two agree exactly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_feature_map, check_positive_pair
+from ._checks import (
+    check_bool,
+    check_feature_map,
+    check_float,
+    check_int,
+    check_positive_pair,
+    check_probability,
+    check_same_device,
+    check_tensor,
+)
 
 __all__ = [
     "blocks_padding",
@@ -78,6 +87,174 @@ BlockSize = int | Sequence[int]
 
 
 # ---------------------------------------------------------------------------
+# Argument checks (bad input fails here, naming the argument, before any work)
+# ---------------------------------------------------------------------------
+
+
+def _traced(*values: object) -> bool:
+    """Whether any of the sizes is symbolic (then the value checks are left to the tracer)."""
+    return any(isinstance(v, torch.SymInt) for v in values)
+
+
+def _check_grid_size(height: object, width: object) -> tuple[int, int]:
+    """The input size ``(H, W)``: ints >= 1."""
+    return check_int("height", height, minimum=1), check_int("width", width, minimum=1)
+
+
+def _check_map(name: str, x: object) -> torch.Tensor:
+    """A non-empty (B, C, H, W) tensor of any dtype (the permutations move indices too)."""
+    return check_tensor(name, x, dim=4, layout="(B, C, H, W)")
+
+
+def _check_unpad(x: object, padding: object) -> tuple[int, int, int, int]:
+    """``x`` a (B, C, H', W') map, ``padding`` four ints >= 0 that leave something to keep."""
+    _check_map("x", x)
+    if not isinstance(padding, (tuple, list)):
+        raise TypeError(f"padding must be a tuple (top, bottom, left, right), got {padding!r}")
+    if len(padding) != 4:
+        raise ValueError(f"padding must have 4 entries (top, bottom, left, right), got {padding!r}")
+    top, bottom, left, right = (
+        check_int(f"padding[{k}]", v, minimum=0) for k, v in enumerate(padding)
+    )
+    height, width = x.shape[2:]
+    if not _traced(top, bottom, left, right) and (top + bottom >= height or left + right >= width):
+        raise ValueError(
+            f"padding (top, bottom, left, right) = {(top, bottom, left, right)} must leave at "
+            f"least one row and column of x, got H', W' = {height}, {width}"
+        )
+    return top, bottom, left, right
+
+
+def _check_unpermute(
+    name: str,
+    groups: object,
+    batch: object,
+    height: object,
+    width: object,
+    block_size: BlockSize,
+    long_range: bool,
+) -> tuple[int, int]:
+    """Arguments of the two inverse permutations; returns ``(P_h, P_w)``.
+
+    ``height, width`` are the *padded* size (multiples of the block); ``groups``
+    must hold ``B·P_h·P_w`` maps of ``Q_h x Q_w`` (long range) or ``B·Q_h·Q_w``
+    maps of ``P_h x P_w`` (short range).
+    """
+    check_tensor(name, groups, dim=4, layout="(G, C, h, w)")
+    batch = check_int("batch", batch, minimum=1)
+    height, width = _check_grid_size(height, width)
+    p_h, p_w = check_positive_pair("block_size", block_size)
+    if _traced(batch, height, width):
+        return p_h, p_w
+    if height % p_h or width % p_w:
+        raise ValueError(
+            f"height, width must be the padded size, multiples of block_size {(p_h, p_w)}, "
+            f"got {height}, {width}"
+        )
+    q_h, q_w = height // p_h, width // p_w
+    count, size = (p_h * p_w, (q_h, q_w)) if long_range else (q_h * q_w, (p_h, p_w))
+    if groups.shape[0] != batch * count or tuple(groups.shape[2:]) != size:
+        raise ValueError(
+            f"{name} must have shape ({batch * count}, C, {size[0]}, {size[1]}) for batch={batch}, "
+            f"height={height}, width={width}, block_size={(p_h, p_w)}, got {tuple(groups.shape)}"
+        )
+    return p_h, p_w
+
+
+def _check_group_qkv(query: object, key: object, value: object, scale: object) -> None:
+    """query, key (G, C_k, h, w) and value (G, C_v, h, w): one dtype, one device; scale > 0."""
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        check_tensor(name, tensor, dim=4, kind="float", layout="(G, C, h, w)")
+    if query.shape != key.shape:
+        raise ValueError(
+            f"query and key must have the same shape (G, C_k, h, w), got "
+            f"query {tuple(query.shape)} and key {tuple(key.shape)}"
+        )
+    if value.shape[0] != query.shape[0] or value.shape[2:] != query.shape[2:]:
+        raise ValueError(
+            f"value must have the groups and size (G, h, w) of query, got "
+            f"value {tuple(value.shape)} and query {tuple(query.shape)}"
+        )
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(
+            f"query, key and value must share one dtype, got "
+            f"{query.dtype}, {key.dtype} and {value.dtype}"
+        )
+    check_same_device(query=query, key=key, value=value)
+    if not isinstance(scale, torch.SymFloat):  # a traced scale (read off a shape) passes
+        check_float("scale", scale, minimum=0.0, exclusive_minimum=True)
+
+
+def _check_optional_channels(name: str, value: object) -> int | None:
+    """``None`` (the default) or an int >= 1: ``0`` is an error, not the default."""
+    return None if value is None else check_int(name, value, minimum=1)
+
+
+def _check_block_args(
+    in_channels: object,
+    key_channels: object,
+    value_channels: object,
+    out_channels: object,
+    projections: object,
+) -> int:
+    """Arguments of :class:`SelfAttentionBlock`; returns ``in_channels``."""
+    channels = {
+        "in_channels": in_channels,
+        "key_channels": key_channels,
+        "value_channels": value_channels,
+        "out_channels": out_channels,
+    }
+    for name, value in channels.items():
+        check_int(name, value, minimum=1)
+    if not check_bool("projections", projections):
+        for name, value in list(channels.items())[1:]:
+            if value != in_channels:
+                raise ValueError(
+                    f"{name} must equal in_channels={in_channels} when projections=False "
+                    f"(identity maps), got {value}"
+                )
+    return in_channels
+
+
+def _check_issa_args(
+    in_channels: object,
+    key_channels: object,
+    value_channels: object,
+    out_channels: object,
+    projections: object,
+) -> None:
+    """Arguments of :class:`InterlacedSparseSelfAttention` (block_size is checked apart)."""
+    check_int("in_channels", in_channels, minimum=1)
+    optional = {
+        "key_channels": _check_optional_channels("key_channels", key_channels),
+        "value_channels": _check_optional_channels("value_channels", value_channels),
+        "out_channels": _check_optional_channels("out_channels", out_channels),
+    }
+    if not check_bool("projections", projections):
+        for name, value in optional.items():
+            if value not in (None, in_channels):
+                raise ValueError(
+                    f"{name} must be None or in_channels={in_channels} when "
+                    f"projections=False (identity maps), got {value}"
+                )
+
+
+def _check_head_args(
+    in_channels: object,
+    num_classes: object,
+    channels: object,
+    block_size: BlockSize,
+    dropout: object,
+) -> None:
+    """Arguments of :class:`ISAHead`."""
+    check_int("in_channels", in_channels, minimum=1)
+    check_int("num_classes", num_classes, minimum=1)
+    _check_optional_channels("channels", channels)
+    check_positive_pair("block_size", block_size)
+    check_probability("dropout", dropout)
+
+
+# ---------------------------------------------------------------------------
 # Padding
 # ---------------------------------------------------------------------------
 
@@ -88,6 +265,7 @@ def blocks_padding(height: int, width: int, block_size: BlockSize) -> tuple[int,
     The padding is centred; an odd amount puts the extra row at the bottom and
     the extra column on the right.  ``blocks_padding(5, 7, (4, 4)) == (1, 2, 0, 1)``.
     """
+    height, width = _check_grid_size(height, width)
     p_h, p_w = check_positive_pair("block_size", block_size)
     pad_h = -height % p_h  # rows missing to reach the next multiple of P_h
     pad_w = -width % p_w
@@ -98,13 +276,14 @@ def pad_to_blocks(
     x: torch.Tensor, block_size: BlockSize
 ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Pad ``x`` (B, C, H, W) with zeros to (B, C, H', W'); returns ``(padded, padding)``."""
+    _check_map("x", x)
     top, bottom, left, right = padding = blocks_padding(x.shape[2], x.shape[3], block_size)
     return F.pad(x, (left, right, top, bottom)), padding
 
 
 def unpad(x: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
     """Crop the padding of :func:`pad_to_blocks` away again: (B, C, H', W') -> (B, C, H, W)."""
-    top, bottom, left, right = padding
+    top, bottom, left, right = _check_unpad(x, padding)
     return x[:, :, top : x.shape[2] - bottom, left : x.shape[3] - right]
 
 
@@ -115,6 +294,7 @@ def unpad(x: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
 
 
 def _grid(x: torch.Tensor, block_size: BlockSize) -> tuple[torch.Tensor, int, int, int, int]:
+    _check_map("x", x)
     p_h, p_w = check_positive_pair("block_size", block_size)
     batch, channels, height, width = x.shape
     if height % p_h or width % p_w:
@@ -142,7 +322,7 @@ def long_range_unpermute(
     groups: torch.Tensor, batch: int, height: int, width: int, block_size: BlockSize
 ) -> torch.Tensor:
     """Inverse of :func:`long_range_permute`: (B·P_h·P_w, C, Q_h, Q_w) -> (B, C, H', W')."""
-    p_h, p_w = check_positive_pair("block_size", block_size)
+    p_h, p_w = _check_unpermute("groups", groups, batch, height, width, block_size, True)
     channels, q_h, q_w = groups.shape[1:]
     grid = groups.reshape(batch, p_h, p_w, channels, q_h, q_w).permute(0, 3, 4, 1, 5, 2)
     return grid.reshape(batch, channels, height, width)  # (B, C, Q_h·P_h, Q_w·P_w)
@@ -163,7 +343,7 @@ def short_range_unpermute(
     groups: torch.Tensor, batch: int, height: int, width: int, block_size: BlockSize
 ) -> torch.Tensor:
     """Inverse of :func:`short_range_permute`: (B·Q_h·Q_w, C, P_h, P_w) -> (B, C, H', W')."""
-    p_h, p_w = check_positive_pair("block_size", block_size)
+    p_h, p_w = _check_unpermute("groups", groups, batch, height, width, block_size, False)
     channels = groups.shape[1]
     q_h, q_w = height // p_h, width // p_w
     grid = groups.reshape(batch, q_h, q_w, channels, p_h, p_w).permute(0, 3, 1, 4, 2, 5)
@@ -177,9 +357,6 @@ def short_range_unpermute(
 
 def _padded_index_map(height: int, width: int, block_size: BlockSize) -> torch.Tensor:
     """Flat row-major index of every position of the padded grid: (1, 1, H', W')."""
-    for name, value in [("height", height), ("width", width)]:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
     top, bottom, left, right = blocks_padding(height, width, block_size)
     h_pad, w_pad = height + top + bottom, width + left + right
     return torch.arange(h_pad * w_pad, dtype=torch.float64).reshape(1, 1, h_pad, w_pad)
@@ -239,6 +416,7 @@ def group_attention(
     maps is one group of ``n = h·w`` positions.
     Returns ``out`` (G, C_v, h, w) and the affinity (G, n, n), rows summing to 1.
     """
+    _check_group_qkv(query, key, value, scale)
     groups, _, h, w = value.shape
     q = query.flatten(2).transpose(1, 2)  # (G, n, C_k)
     k = key.flatten(2)  # (G, C_k, n)
@@ -268,26 +446,47 @@ def interlaced_sparse_attention(
         see :func:`interlaced_attention_to_dense`.
     """
     check_feature_map("x", x)
-    p_h, p_w = check_positive_pair("block_size", block_size)
-    batch, channels = x.shape[:2]
-    scale = channels**-0.5
+    block_size = check_positive_pair("block_size", block_size)
+    check_bool("return_attention", return_attention)
+    scale = x.shape[1] ** -0.5
 
-    feats, padding = pad_to_blocks(x, (p_h, p_w))  # (B, C, H', W')
+    def step(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # query = key = value = the features of the group
+        return group_attention(groups, groups, groups, scale)
+
+    y, attention = _interlaced_steps(x, block_size, step, step)
+    return (y, attention) if return_attention else y
+
+
+_GroupStep = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _interlaced_steps(
+    x: torch.Tensor, block_size: tuple[int, int], long_step: _GroupStep, short_step: _GroupStep
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The two steps of ISSA around any attention: pad, long range, short range, crop.
+
+    ``long_step`` and ``short_step`` map a batch of groups (G, C, h, w) to
+    ``(out (G, C', h, w), attention (G, h·w, h·w))``: plain :func:`group_attention`
+    for :func:`interlaced_sparse_attention`, a :class:`SelfAttentionBlock` with its
+    projections for :class:`InterlacedSparseSelfAttention`.
+    """
+    batch = x.shape[0]
+    p_h, p_w = block_size
+    feats, padding = pad_to_blocks(x, block_size)  # (B, C, H', W')
     h_pad, w_pad = feats.shape[2:]
 
     # Long range: attend among pixels P_h, P_w apart (same offset in their block).
-    groups = long_range_permute(feats, (p_h, p_w))  # (B·P_h·P_w, C, Q_h, Q_w)
-    out, long_attention = group_attention(groups, groups, groups, scale)
-    feats = long_range_unpermute(out, batch, h_pad, w_pad, (p_h, p_w))  # (B, C, H', W')
+    groups = long_range_permute(feats, block_size)  # (B·P_h·P_w, C, Q_h, Q_w)
+    out, long_attention = long_step(groups)
+    feats = long_range_unpermute(out, batch, h_pad, w_pad, block_size)  # (B, C', H', W')
 
     # Short range: attend inside each contiguous P_h x P_w block.
-    blocks = short_range_permute(feats, (p_h, p_w))  # (B·Q_h·Q_w, C, P_h, P_w)
-    out, short_attention = group_attention(blocks, blocks, blocks, scale)
-    feats = short_range_unpermute(out, batch, h_pad, w_pad, (p_h, p_w))
+    blocks = short_range_permute(feats, block_size)  # (B·Q_h·Q_w, C', P_h, P_w)
+    out, short_attention = short_step(blocks)
+    feats = short_range_unpermute(out, batch, h_pad, w_pad, block_size)
 
-    y = unpad(feats, padding)  # (B, C, H, W)
-    if not return_attention:
-        return y
+    y = unpad(feats, padding)  # (B, C', H, W)
     long_attention = long_attention.reshape(batch, p_h * p_w, *long_attention.shape[1:])
     short_attention = short_attention.reshape(batch, -1, *short_attention.shape[1:])
     return y, (long_attention, short_attention)
@@ -307,6 +506,8 @@ def interlaced_attention_to_dense(
     long-range step (zero unless u, p share a group), likewise ``A_S``.  For
     the functional form, ``A_S @ (A_L @ X)`` equals the padded output.
     """
+    check_tensor("long_attention", long_attention, dim=4, kind="float", layout="(B, G, n, n)")
+    check_tensor("short_attention", short_attention, dim=4, kind="float", layout="(B, G, n, n)")
     long_groups = long_range_groups(height, width, block_size).to(long_attention.device)
     short_groups = short_range_groups(height, width, block_size).to(short_attention.device)
     size = long_groups.numel()
@@ -381,6 +582,9 @@ class SelfAttentionBlock(nn.Module):
         projections: bool = True,
     ) -> None:
         super().__init__()
+        self.in_channels = _check_block_args(
+            in_channels, key_channels, value_channels, out_channels, projections
+        )
         self.key_channels = key_channels
         self.projections = projections
         if projections:
@@ -393,6 +597,7 @@ class SelfAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (G, C, h, w) groups -> (out (G, C_out, h, w), attention (G, h·w, h·w))."""
+        check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
         out, attention = group_attention(
             self.query(x), self.key(x), self.value(x), self.key_channels**-0.5
         )
@@ -429,25 +634,14 @@ class InterlacedSparseSelfAttention(nn.Module):
         projections: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        _check_issa_args(in_channels, key_channels, value_channels, out_channels, projections)
         self.block_size = check_positive_pair("block_size", block_size)
         self.in_channels = in_channels
         if projections:
-            key_channels = key_channels or max(in_channels // 2, 1)
-            value_channels = value_channels or in_channels
-            out_channels = out_channels or in_channels
+            key_channels = max(in_channels // 2, 1) if key_channels is None else key_channels
+            value_channels = in_channels if value_channels is None else value_channels
+            out_channels = in_channels if out_channels is None else out_channels
         else:
-            for name, value in [
-                ("key_channels", key_channels),
-                ("value_channels", value_channels),
-                ("out_channels", out_channels),
-            ]:
-                if value not in (None, in_channels):
-                    raise ValueError(
-                        f"{name} must be None or in_channels={in_channels} when "
-                        f"projections=False (identity maps), got {value}"
-                    )
             key_channels = value_channels = out_channels = in_channels
         self.out_channels = out_channels
         self.long_range = SelfAttentionBlock(
@@ -465,25 +659,9 @@ class InterlacedSparseSelfAttention(nn.Module):
         The attentions have the shapes documented in :func:`interlaced_sparse_attention`.
         """
         check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
-        batch = x.shape[0]
-        feats, padding = pad_to_blocks(x, self.block_size)  # (B, C, H', W')
-        h_pad, w_pad = feats.shape[2:]
-
-        groups = long_range_permute(feats, self.block_size)  # (B·P_h·P_w, C, Q_h, Q_w)
-        out, long_attention = self.long_range(groups)
-        feats = long_range_unpermute(out, batch, h_pad, w_pad, self.block_size)
-
-        blocks = short_range_permute(feats, self.block_size)  # (B·Q_h·Q_w, C_out, P_h, P_w)
-        out, short_attention = self.short_range(blocks)
-        feats = short_range_unpermute(out, batch, h_pad, w_pad, self.block_size)
-
-        y = unpad(feats, padding)  # (B, C_out, H, W)
-        if not return_attention:
-            return y
-        p_h, p_w = self.block_size
-        long_attention = long_attention.reshape(batch, p_h * p_w, *long_attention.shape[1:])
-        short_attention = short_attention.reshape(batch, -1, *short_attention.shape[1:])
-        return y, (long_attention, short_attention)
+        check_bool("return_attention", return_attention)
+        y, attention = _interlaced_steps(x, self.block_size, self.long_range, self.short_range)
+        return (y, attention) if return_attention else y
 
 
 class ISAHead(nn.Module):
@@ -522,11 +700,8 @@ class ISAHead(nn.Module):
         dropout: float = 0.05,
     ) -> None:
         super().__init__()
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        channels = channels or max(in_channels // 4, 1)
+        _check_head_args(in_channels, num_classes, channels, block_size, dropout)
+        channels = max(in_channels // 4, 1) if channels is None else channels
         self.in_channels = in_channels
         self.reduce = _conv_bn_relu(in_channels, channels, kernel_size=3, bias=True)
         self.issa = InterlacedSparseSelfAttention(channels, block_size)
@@ -538,6 +713,7 @@ class ISAHead(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x: (B, C_in, H, W) -> logits (B, classes, H, W) [, ISSA attentions]."""
         check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
+        check_bool("return_attention", return_attention)
         feats = self.reduce(x)  # (B, C, H, W)
         context, attention = self.issa(feats, return_attention=True)  # (B, C, H, W)
         logits = self.classifier(self.fuse(torch.cat([feats, context], dim=1)))

@@ -57,6 +57,7 @@ from ._checks import (
     check_str,
     check_writable,
 )
+from .layers import conv_bn_relu
 
 __all__ = [
     "HEADS",
@@ -80,14 +81,6 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 _FORMAT = "ccnet_edu.checkpoint/1"
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
 class Backbone(nn.Module):
     """Output stride 8, receptive field 35 px: ``(B, 3, H, W) -> (B, 4w, H/8, W/8)``.
 
@@ -100,11 +93,11 @@ class Backbone(nn.Module):
         width = check_int("width", width, minimum=1)
         self.out_channels = 4 * width
         self.layers = nn.Sequential(
-            _conv_bn_relu(3, width, stride=2),  # stride 2
-            _conv_bn_relu(width, width),
-            _conv_bn_relu(width, 2 * width, stride=2),  # stride 4
-            _conv_bn_relu(2 * width, 4 * width, stride=2),  # stride 8
-            _conv_bn_relu(4 * width, 4 * width),
+            conv_bn_relu(3, width, kernel_size=3, stride=2),  # stride 2
+            conv_bn_relu(width, width, kernel_size=3),
+            conv_bn_relu(width, 2 * width, kernel_size=3, stride=2),  # stride 4
+            conv_bn_relu(2 * width, 4 * width, kernel_size=3, stride=2),  # stride 8
+            conv_bn_relu(4 * width, 4 * width, kernel_size=3),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,11 +166,11 @@ class ContextHead(nn.Module):
         embedding_channels = check_int("embedding_channels", embedding_channels, minimum=0)
         dropout = check_probability("dropout", dropout)
         self.in_channels = in_channels
-        self.reduce = _conv_bn_relu(in_channels, mid_channels, kernel=1)
+        self.reduce = conv_bn_relu(in_channels, mid_channels, kernel_size=1)
         self.context = context if context is not None else nn.Identity()
-        self.transform = _conv_bn_relu(mid_channels, mid_channels, kernel=1)
+        self.transform = conv_bn_relu(mid_channels, mid_channels, kernel_size=1)
         self.fuse = nn.Sequential(
-            _conv_bn_relu(in_channels + mid_channels, out_channels, kernel=1),
+            conv_bn_relu(in_channels + mid_channels, out_channels, kernel_size=1),
             nn.Dropout2d(dropout),
         )
         self.classifier = nn.Conv2d(out_channels, num_classes, kernel_size=1)

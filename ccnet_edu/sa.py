@@ -48,20 +48,9 @@ from ._checks import (
     check_probability,
     check_same_device,
 )
+from .layers import conv_bn_relu
 
 __all__ = ["SqueezeExcitation", "SqueezeAttention", "SANetHead", "SANetOutput", "SANetLoss"]
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-def _check_channels(name: str, value: object) -> int:
-    return check_int(name, value, minimum=1)
 
 
 class SqueezeExcitation(nn.Module):
@@ -72,8 +61,8 @@ class SqueezeExcitation(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
-        self.channels = _check_channels("channels", channels)
-        _check_channels("reduction", reduction)
+        self.channels = check_int("channels", channels, minimum=1)
+        check_int("reduction", reduction, minimum=1)
         hidden = max(channels // reduction, 1)
         self.fc = nn.Sequential(
             nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels)
@@ -110,14 +99,14 @@ class SqueezeAttention(nn.Module):
         gate: Literal["sigmoid", "relu"] = "sigmoid",
     ) -> None:
         super().__init__()
-        self.in_channels = _check_channels("in_channels", in_channels)
+        self.in_channels = check_int("in_channels", in_channels, minimum=1)
         out_channels = max(in_channels // 4, 1) if out_channels is None else out_channels
-        self.out_channels = _check_channels("out_channels", out_channels)
+        self.out_channels = check_int("out_channels", out_channels, minimum=1)
         self.pool = check_positive_pair("pool", pool)
         check_choice("gate", gate, ("sigmoid", "relu"))
-        self.conv_main = _conv_bn_relu(in_channels, out_channels)
+        self.conv_main = conv_bn_relu(in_channels, out_channels, kernel_size=3)
         self.conv_att = nn.Sequential(
-            _conv_bn_relu(in_channels, out_channels),
+            conv_bn_relu(in_channels, out_channels, kernel_size=3),
             nn.Conv2d(out_channels, out_channels, 1),
             nn.Sigmoid() if gate == "sigmoid" else nn.ReLU(inplace=True),
         )
@@ -200,12 +189,12 @@ class SANetHead(nn.Module):
                 f"in_channels_list must give the channels of 4 stages, got {in_channels_list!r}"
             )
         for k, c in enumerate(in_channels_list):
-            _check_channels(f"in_channels_list[{k}]", c)
-        _check_channels("num_classes", num_classes)
+            check_int(f"in_channels_list[{k}]", c, minimum=1)
+        check_int("num_classes", num_classes, minimum=1)
         if channels is not None:
-            _check_channels("channels", channels)
+            check_int("channels", channels, minimum=1)
         if mid_channels is not None:
-            _check_channels("mid_channels", mid_channels)
+            check_int("mid_channels", mid_channels, minimum=1)
         check_positive_pair("pool", pool)
         check_probability("dropout", dropout)
         self.in_channels_list = in_channels_list
@@ -213,15 +202,15 @@ class SANetHead(nn.Module):
         total = sum(m.out_channels for m in self.sa)
         mid_channels = mid_channels if mid_channels is not None else max(total // 4, 1)
         self.mask_head = nn.Sequential(
-            _conv_bn_relu(total, mid_channels),
+            conv_bn_relu(total, mid_channels, kernel_size=3),
             nn.Dropout2d(dropout),
             nn.Conv2d(mid_channels, num_classes, 1),
         )
         self.dense_head = nn.Conv2d(total, num_classes, 1)
         self.category_head = nn.Linear(total, num_classes)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> SANetOutput:
-        """features: four (B, C_s, H_s, W_s) maps -> :class:`SANetOutput`."""
+    def _check_features(self, features: object) -> None:
+        """Four feature maps with the stages' channels, one batch size, one device."""
         if not isinstance(features, (list, tuple)):
             raise TypeError(
                 f"features must be a list or tuple of 4 stage outputs, got "
@@ -241,6 +230,10 @@ class SANetHead(nn.Module):
                     f"shape {tuple(x.shape)}"
                 )
         check_same_device(**{f"features[{s}]": x for s, x in enumerate(features)})
+
+    def forward(self, features: Sequence[torch.Tensor]) -> SANetOutput:
+        """features: four (B, C_s, H_s, W_s) maps -> :class:`SANetOutput`."""
+        self._check_features(features)
         size = features[0].shape[2:]
         outputs, attentions = [], []
         for x, sa in zip(features, self.sa, strict=True):
@@ -329,17 +322,21 @@ class SANetLoss(nn.Module):
                 )
         return target
 
-    def terms(self, output: SANetOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The three losses separately: ``{"mask", "category", "dense"}``."""
+    def _check_inputs(self, output: object, target: object) -> torch.Tensor:
+        """``output`` a :class:`SANetOutput`; ``target`` (B, H, W) labels in [0, K) or ignored."""
         if not isinstance(output, SANetOutput):
             raise TypeError(f"output must be a SANetOutput, got {type(output).__name__}")
         check_feature_map("output.mask", output.mask)
         check_feature_map("output.dense", output.dense, channels=output.mask.shape[1],
                           channels_from="output.mask")
-        num_classes = output.mask.shape[1]
         target = _check_target(target, output.mask.shape[0])
         check_same_device(output=output.mask, target=target)
-        target = self._check_target_values(target, num_classes)
+        return self._check_target_values(target, output.mask.shape[1])
+
+    def terms(self, output: SANetOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three losses separately: ``{"mask", "category", "dense"}``."""
+        target = self._check_inputs(output, target)
+        num_classes = output.mask.shape[1]
         mask = self._pixel_loss(output.mask, target)
         dense = self._pixel_loss(output.dense, target)
         presence = self.presence(target, num_classes).to(output.category.dtype)

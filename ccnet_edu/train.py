@@ -37,8 +37,9 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import torch
 import torch.distributed as dist
@@ -50,11 +51,13 @@ from ._checks import (
     OneLineArgumentParser,
     check_bool,
     check_choice,
+    check_device,
     check_float,
     check_int,
     check_probability,
     check_str,
     check_tensor,
+    cli_device,
     cli_float,
     cli_int,
     cli_writable,
@@ -84,15 +87,14 @@ __all__ = [
     "SHIPPED",
 ]
 
-# The command that writes the checkpoints in ccnet_edu/checkpoints/ (seeds 0
-# and 1: ``NAME.pt`` and ``NAME_seed1.pt``).  Each checkpoint also records,
-# in ``meta["command"]``, the exact command that made it.  The files shipped
-# now were made before ``--seeds`` and ``--overwrite-shipped`` existed, when
-# ``--all`` wrote into the package by default: the seed-0 set by two
-# processes side by side, each ``--all --seed 0 --threads 1 --names ...`` for
-# half of the models (the same result: every model is trained from its own
-# seed), the seed-1 set by ``--all --seed 1 --threads 1``.
-CHECKPOINT_COMMAND = "python -m ccnet_edu.train --all --seeds 0 1 --overwrite-shipped"
+# The command that writes the checkpoints in ccnet_edu/checkpoints/: five seeds
+# of every shipped model (``NAME.pt`` for seed 0, ``NAME_seed<k>.pt``), then the
+# CCL at weight 0.1 with ``--names rcca2_ccl --ccl-weight 0.1`` added.  Each
+# checkpoint also records, in ``meta["command"]``, the exact command that made
+# it: the shipped files were made by two single-threaded processes side by side
+# (``--threads 1``, the models split with ``--names``; every model is trained
+# from its own seed, so the split does not change a result).
+CHECKPOINT_COMMAND = "python -m ccnet_edu.train --all --seeds 0 1 2 3 4 --overwrite-shipped"
 # name -> (head, use the category consistent loss)
 SHIPPED = {
     "fcn": ("fcn", False),
@@ -113,50 +115,90 @@ MIN_SIZE = 24
 LOSS_CURVE_EVERY = 20
 
 
-class TrainConfig(dict):
-    """The hyper-parameters of a run (a dict, so it goes into the checkpoint as is)."""
+def _field(default: Any, help: str, *, cli: bool = True, **rule: Any) -> Any:
+    """A :class:`TrainConfig` field: its default, its help text and the rule its value obeys.
 
-    DEFAULTS: dict[str, Any] = dict(
-        head="rcca2",
-        ccl=False,
-        ccl_weight=1.0,
-        steps=800,
-        batch_size=16,
-        lr=4e-3,
-        weight_decay=1e-4,
-        seed=0,
-        size=96,
-        width=16,
-        mid_channels=32,
-        dropout=0.1,
-        sync_bn=True,
-        val_seed=10_000,
-        val_size=200,
+    ``rule``: ``minimum``, ``maximum`` (and ``exclusive_minimum``) for numbers,
+    ``multiple_of`` (with ``why``, said in the message) for ints, ``choices``
+    for strings.  The same rule checks the field in :class:`TrainConfig` and
+    types its option in :func:`build_parser`; ``cli=False`` leaves the field
+    off the command line.
+    """
+    return field(default=default, metadata={"help": help, "cli": cli, **rule})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The hyper-parameters of a run, each checked when the config is made.
+
+    A wrong type raises ``TypeError`` and a wrong value ``ValueError``, naming
+    the field.  ``dataclasses.asdict(config)`` is what a checkpoint stores in
+    ``meta["config"]``; the options of the command line are generated from
+    these fields (:func:`build_parser`).
+    """
+
+    head: str = _field("rcca2", "the head to train", choices=HEADS)
+    ccl: bool = _field(False, "add the category consistent loss")
+    ccl_weight: float = _field(
+        1.0, "weight of the CCL (> 0); != 1 is recorded in the name: rcca2_ccl0.1",
+        minimum=0.0, exclusive_minimum=True,
     )
+    steps: int = _field(800, "optimizer steps", minimum=1)
+    batch_size: int = _field(
+        16, "global batch size (a multiple of the number of processes)", minimum=1
+    )
+    lr: float = _field(
+        4e-3, "peak learning rate of AdamW (poly schedule)", minimum=0.0, exclusive_minimum=True
+    )
+    weight_decay: float = _field(1e-4, "AdamW weight decay", minimum=0.0, cli=False)
+    seed: int = _field(0, "seed of the initial weights and of the training samples", minimum=0)
+    size: int = _field(
+        96, f"image side (a multiple of 8, >= {MIN_SIZE})",
+        minimum=MIN_SIZE, multiple_of=8, why="the output stride",
+    )
+    width: int = _field(16, "backbone width w (its features have 4w channels)", minimum=1)
+    mid_channels: int = _field(32, "channels of the head around the context module", minimum=1)
+    dropout: float = _field(0.1, "Dropout2d probability before the classifier",
+                            minimum=0.0, maximum=1.0)
+    sync_bn: bool = _field(
+        True, "synchronise the batch norm statistics over the processes of a --ddp run "
+        "(per-process statistics are for comparison)",
+    )
+    val_seed: int = _field(10_000, "seed of the validation samples", minimum=0)
+    val_size: int = _field(200, "validation samples (0 skips evaluation)", minimum=0)
 
-    def __init__(self, **kwargs: Any):
-        unknown = set(kwargs) - set(self.DEFAULTS)
-        if unknown:
-            raise TypeError(
-                f"unknown TrainConfig keys {sorted(unknown)}; known: {sorted(self.DEFAULTS)}"
+    def __post_init__(self) -> None:
+        kinds = get_type_hints(TrainConfig)
+        for f in fields(self):
+            object.__setattr__(self, f.name, _check_field(f, kinds[f.name], getattr(self, f.name)))
+
+
+def _check_field(f: Field, kind: type, value: object) -> Any:
+    """``value`` checked against the rule of field ``f`` (of type ``kind``); returns it."""
+    rule = f.metadata
+    if kind is bool:
+        return check_bool(f.name, value)
+    if kind is str:
+        return check_choice(f.name, check_str(f.name, value), rule["choices"])
+    if kind is int:
+        value = check_int(f.name, value, minimum=rule.get("minimum"), maximum=rule.get("maximum"))
+        multiple = rule.get("multiple_of")
+        if multiple and value % multiple:
+            raise ValueError(
+                f"{f.name} must be a multiple of {multiple} ({rule['why']}), got {value}"
             )
-        super().__init__({**self.DEFAULTS, **kwargs})
-        check_str("head", self["head"])
-        check_choice("head", self["head"], HEADS)
-        for key in ("ccl", "sync_bn"):
-            check_bool(key, self[key])
-        for key in ("steps", "batch_size", "width", "mid_channels"):
-            check_int(key, self[key], minimum=1)
-        for key in ("seed", "val_seed", "val_size"):
-            check_int(key, self[key], minimum=0)
-        size = check_int("size", self["size"], minimum=MIN_SIZE)
-        if size % 8:
-            raise ValueError(f"size must be a multiple of 8 (the output stride), got {size}")
-        self["ccl_weight"] = check_float("ccl_weight", self["ccl_weight"], minimum=0.0,
-                                         exclusive_minimum=True)
-        self["lr"] = check_float("lr", self["lr"], minimum=0.0, exclusive_minimum=True)
-        self["weight_decay"] = check_float("weight_decay", self["weight_decay"], minimum=0.0)
-        self["dropout"] = check_probability("dropout", self["dropout"])
+        return value
+    if kind is float:
+        return check_float(f.name, value, minimum=rule.get("minimum"),
+                           maximum=rule.get("maximum"),
+                           exclusive_minimum=rule.get("exclusive_minimum", False))
+    raise TypeError(f"TrainConfig.{f.name}: no rule for fields of type {kind}")
+
+
+def _check_like_field(name: str, value: object) -> Any:
+    """``value`` checked by the rule of the :class:`TrainConfig` field ``name``."""
+    (f,) = (f for f in fields(TrainConfig) if f.name == name)
+    return _check_field(f, get_type_hints(TrainConfig)[name], value)
 
 
 # --------------------------------------------------------------------------- sync batch norm
@@ -235,7 +277,7 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     :class:`AllReduceBatchNorm2d` elsewhere."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    device = _device("device", device)
+    device = check_device("device", device)
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
@@ -257,14 +299,8 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 # --------------------------------------------------------------------------- loss and metrics
 
 
-def segmentation_loss(
-    out: dict[str, Any], labels: torch.Tensor, ccl: nn.Module | None, ccl_weight: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy on the full-size logits [+ ``ccl_weight`` x category consistent loss].
-
-    The CCL works on the embedding at feature resolution (stride 8), so the
-    labels are taken at the centre of each 8x8 cell (nearest neighbour).
-    """
+def _check_loss_inputs(out: object, labels: object, ccl: object, ccl_weight: object) -> None:
+    """The arguments of :func:`segmentation_loss`, checked."""
     if not isinstance(out, dict) or "logits" not in out:
         raise TypeError("out must be the dict a SegmentationModel returns with return_all=True")
     logits = out["logits"]
@@ -279,8 +315,19 @@ def segmentation_loss(
         raise TypeError(f"ccl must be an nn.Module or None, got {type(ccl).__name__}")
     if ccl is not None and "embedding" not in out:
         raise ValueError("ccl needs out['embedding']: build the model with embedding_channels > 0")
-    ccl_weight = check_float("ccl_weight", ccl_weight, minimum=0.0)
-    loss = F.cross_entropy(logits, labels)
+    check_float("ccl_weight", ccl_weight, minimum=0.0)
+
+
+def segmentation_loss(
+    out: dict[str, Any], labels: torch.Tensor, ccl: nn.Module | None, ccl_weight: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy on the full-size logits [+ ``ccl_weight`` x category consistent loss].
+
+    The CCL works on the embedding at feature resolution (stride 8), so the
+    labels are taken at the centre of each 8x8 cell (nearest neighbour).
+    """
+    _check_loss_inputs(out, labels, ccl, ccl_weight)
+    loss = F.cross_entropy(out["logits"], labels)
     parts = {"ce": float(loss.detach())}
     if ccl is not None:
         embedding = out["embedding"]  # (B, E, h, w)
@@ -355,11 +402,9 @@ def evaluate(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     check_int("seed", seed, minimum=0)
     length = check_int("length", length, minimum=1)
-    size = check_int("size", size, minimum=MIN_SIZE)
-    if size % 8:
-        raise ValueError(f"size must be a multiple of 8 (the output stride), got {size}")
+    size = _check_like_field("size", size)  # the image side of a run, same rule
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    device = _device("device", device)
+    device = check_device("device", device)
     check_bool("progress", progress)
     was_training = model.training
     model.eval()
@@ -390,20 +435,28 @@ def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
     return base * (1 - step / total) ** power
 
 
-def _device(name: str, device: object) -> torch.device:
-    """``device`` as a ``torch.device`` (a str or a device), or a named error."""
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"{name} must be a str or torch.device, got {type(device).__name__}")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"{name} {device!r} is not a device: {err}") from None
-
-
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _check_train_args(
+    config: object, device: object, progress: object, log: object
+) -> torch.device:
+    """The arguments of :func:`train`, checked before anything is built."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    device = check_device("device", device)
+    check_bool("progress", progress)
+    if log is not None and not isinstance(log, list):
+        raise TypeError(f"log must be a list or None, got {type(log).__name__}")
+    world = _dist_info()[1]
+    if config.batch_size % world:
+        raise ValueError(
+            f"batch_size {config.batch_size} must be divisible by the world size {world}"
+        )
+    return device
 
 
 def train(
@@ -420,56 +473,47 @@ def train(
     norm and each process trains on its slice of every global batch.
     ``log`` (if given) receives one dict of losses per step.
     """
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    device = _device("device", device)
-    check_bool("progress", progress)
-    if log is not None and not isinstance(log, list):
-        raise TypeError(f"log must be a list or None, got {type(log).__name__}")
+    device = _check_train_args(config, device, progress, log)
     rank, world = _dist_info()
-    if config["batch_size"] % world:
-        raise ValueError(
-            f"batch_size {config['batch_size']} must be divisible by the world size {world}"
-        )
-    torch.manual_seed(config["seed"])  # same initial weights in every process
+    torch.manual_seed(config.seed)  # same initial weights in every process
     model: nn.Module = SegmentationModel(
-        config["head"],
-        width=config["width"],
-        mid_channels=config["mid_channels"],
-        embedding_channels=16 if config["ccl"] else 0,
-        dropout=config["dropout"],
+        config.head,
+        width=config.width,
+        mid_channels=config.mid_channels,
+        embedding_channels=16 if config.ccl else 0,
+        dropout=config.dropout,
     ).to(device)
     ccl = None
-    if config["ccl"]:
+    if config.ccl:
         from .losses import CategoryConsistentLoss
 
         ccl = CategoryConsistentLoss(num_classes=NUM_CLASSES)
     if world > 1:
-        if config["sync_bn"]:
+        if config.sync_bn:
             model = convert_sync_batchnorm(model, device)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     # Different dropout masks per process; the data split already differs.
-    torch.manual_seed(config["seed"] * 1000 + rank + 1)
+    torch.manual_seed(config.seed * 1000 + rank + 1)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    batch, steps = config["batch_size"], config["steps"]
+    batch, steps = config.batch_size, config.steps
     local = batch // world
-    data = BeaconShapes(steps * batch, seed=config["seed"], size=config["size"])
+    data = BeaconShapes(steps * batch, seed=config.seed, size=config.size)
     model.train()
-    bar = tqdm(range(steps), desc=config["head"] + ("+ccl" if config["ccl"] else ""),
+    bar = tqdm(range(steps), desc=config.head + ("+ccl" if config.ccl else ""),
                disable=not progress or rank != 0)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = poly_lr(config["lr"], step, steps)
+            group["lr"] = poly_lr(config.lr, step, steps)
         # Global batch `step` = samples [step*batch, (step+1)*batch); this rank's slice:
         first = step * batch + rank * local
         images, labels = data.batch(range(first, first + local))
         images, labels = images.to(device), labels.to(device)
         out = model(images, return_all=True)
-        loss, parts = segmentation_loss(out, labels, ccl, config["ccl_weight"])
+        loss, parts = segmentation_loss(out, labels, ccl, config.ccl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -526,30 +570,38 @@ def loss_curve(log: Sequence[dict[str, float]], every: int = LOSS_CURVE_EVERY) -
     return curve
 
 
-def _run_one(config: TrainConfig, args: argparse.Namespace, device: torch.device,
-             save: Path | None, command: str) -> dict[str, Any]:
+def _run_one(
+    config: TrainConfig,
+    device: torch.device,
+    save: Path | None,
+    command: str,
+    *,
+    progress: bool,
+    digest_dir: Path | None,
+) -> dict[str, Any]:
+    """Train ``config``, evaluate it, write its digest and its checkpoint (rank 0) if asked."""
     rank, world = _dist_info()
     log: list[dict[str, float]] = []
     start = time.perf_counter()
-    model = train(config, device=device, progress=not args.quiet, log=log)
+    model = train(config, device=device, progress=progress, log=log)
     seconds = time.perf_counter() - start
-    name = checkpoint_name(config["head"], config["ccl"], config["ccl_weight"])
+    name = checkpoint_name(config.head, config.ccl, config.ccl_weight)
     result: dict[str, Any] = {}
-    if rank == 0 and config["val_size"] > 0:
-        result = evaluate(model, seed=config["val_seed"], length=config["val_size"],
-                          size=config["size"], device=device, progress=not args.quiet)
-        print(f"{name:>10} seed {config['seed']}: "
+    if rank == 0 and config.val_size > 0:
+        result = evaluate(model, seed=config.val_seed, length=config.val_size,
+                          size=config.size, device=device, progress=progress)
+        print(f"{name:>10} seed {config.seed}: "
               f"mIoU {result['miou']:.3f}  pixel acc {result['pixel_acc']:.3f}  "
               f"far-shape acc {result['far_acc']:.3f}  ({seconds:.0f} s)", flush=True)
-    if args.digest_dir:
+    if digest_dir is not None:
         digest = state_dict_digest(model)
-        Path(args.digest_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.digest_dir) / f"rank{rank}.txt").write_text(digest + "\n")
+        digest_dir.mkdir(parents=True, exist_ok=True)
+        (digest_dir / f"rank{rank}.txt").write_text(digest + "\n")
     if save is not None and rank == 0:
         meta = {
             "command": command,
-            "seed": config["seed"],
-            "config": dict(config),
+            "seed": config.seed,
+            "config": asdict(config),
             "metrics": result,
             "world_size": world,
             "train_seconds": round(seconds, 3),
@@ -575,53 +627,65 @@ def _shipped_names(text: str) -> list[str]:
     return names
 
 
-def _device_option(text: str) -> str:
-    """argparse type of ``--device``: ``auto`` or anything ``torch.device`` reads."""
-    if text != "auto":
-        try:
-            torch.device(text)
-        except RuntimeError:
-            raise argparse.ArgumentTypeError(
-                f"expected auto, cpu, cuda or cuda:N, got {text!r}"
-            ) from None
-    return text
-
-
 _DEFAULT_OUT_DIR = Path("checkpoints")
 
 
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    """One option per :class:`TrainConfig` field, typed and bounded by the field's rule.
+
+    ``--snake-case`` of the field name; a ``bool`` field that defaults to
+    ``True`` becomes ``--no-NAME``.  An option not given stays out of the
+    namespace (``argparse.SUPPRESS``), so :func:`_config_options` sees what
+    the command line set and :class:`TrainConfig` supplies every default.
+    """
+    group = p.add_argument_group(
+        "hyper-parameters of a run (TrainConfig)",
+        "--head and --ccl do not go with --all, which trains the shipped models (see --names)",
+    )
+    kinds = get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        rule, kind, flag = f.metadata, kinds[f.name], "--" + f.name.replace("_", "-")
+        if not rule["cli"]:
+            continue
+        if kind is bool:
+            if f.default:
+                group.add_argument("--no-" + flag[2:], dest=f.name, action="store_false",
+                                   default=argparse.SUPPRESS, help="do not " + rule["help"])
+            else:
+                group.add_argument(flag, action="store_true", default=argparse.SUPPRESS,
+                                   help=rule["help"])
+            continue
+        if kind is str:
+            typed: dict[str, Any] = {"choices": rule["choices"]}
+        elif kind is int:
+            typed = {"type": cli_int(rule.get("minimum"), rule.get("maximum"),
+                                     rule.get("multiple_of"))}
+        else:
+            typed = {"type": cli_float(rule.get("minimum"), rule.get("maximum"),
+                                       rule.get("exclusive_minimum", False))}
+        group.add_argument(flag, **typed, default=argparse.SUPPRESS,
+                           help=f"{rule['help']} (default {f.default:g})" if kind is float
+                           else f"{rule['help']} (default {f.default})")
+
+
+def _config_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields the command line set (the others are not in ``args``)."""
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig.DEFAULTS
+    """The command line: the :class:`TrainConfig` options, then what to run and where to write."""
     p = OneLineArgumentParser(
         prog="python -m ccnet_edu.train", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--head", choices=HEADS, default=None,
-                   help=f"the head to train (default {d['head']}; not with --all)")
+    _add_config_options(p)
     p.add_argument("--all", action="store_true",
                    help="train every shipped model (or --names) and write OUT_DIR/NAME*.pt")
     p.add_argument("--names", type=_shipped_names, default=None,
                    help="with --all: only these shipped models, comma-separated "
                    f"(from {','.join(SHIPPED)})")
-    p.add_argument("--ccl", action="store_true",
-                   help="add the category consistent loss (not with --all)")
-    p.add_argument("--ccl-weight", type=cli_float(0.0, exclusive_minimum=True),
-                   default=d["ccl_weight"],
-                   help="weight of the CCL (> 0); != 1 is recorded in the name: rcca2_ccl0.1")
-    p.add_argument("--steps", type=cli_int(1), default=d["steps"])
-    p.add_argument("--batch-size", type=cli_int(1), default=d["batch_size"],
-                   help="global batch size (a multiple of the number of processes)")
-    p.add_argument("--lr", type=cli_float(0.0, exclusive_minimum=True), default=d["lr"])
-    p.add_argument("--seed", type=cli_int(0), default=d["seed"])
     p.add_argument("--seeds", type=cli_int(0), nargs="+", default=None,
                    help="with --all: train every model for each of these seeds")
-    p.add_argument("--size", type=cli_int(MIN_SIZE, multiple_of=8), default=d["size"],
-                   help=f"image side (a multiple of 8, >= {MIN_SIZE})")
-    p.add_argument("--width", type=cli_int(1), default=d["width"])
-    p.add_argument("--mid-channels", type=cli_int(1), default=d["mid_channels"])
-    p.add_argument("--dropout", type=cli_float(0.0, 1.0), default=d["dropout"])
-    p.add_argument("--val-size", type=cli_int(0), default=d["val_size"],
-                   help="0 skips evaluation")
-    p.add_argument("--val-seed", type=cli_int(0), default=d["val_seed"])
     p.add_argument("--save", type=Path, default=None, help="checkpoint path (not with --all)")
     p.add_argument("--out-dir", type=Path, default=None,
                    help=f"with --all: where to write NAME[_seed<S>].pt (default: "
@@ -629,13 +693,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite-shipped", action="store_true",
                    help=f"allow writing into the package's shipped checkpoints ({CHECKPOINT_DIR}); "
                    "with --all and no --out-dir, write there")
-    p.add_argument("--device", type=_device_option, default="auto",
+    p.add_argument("--device", type=cli_device(auto=True), default="auto",
                    help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=cli_int(0), default=0,
                    help="torch threads (0: cores / processes)")
     p.add_argument("--ddp", action="store_true", help="run under torchrun with DDP")
-    p.add_argument("--no-sync-bn", action="store_true",
-                   help="with --ddp: per-process batch norm statistics (for comparison)")
     p.add_argument("--digest-dir", type=Path, default=None,
                    help="write each rank's final state-dict SHA-256 to DIR/rank<r>.txt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -648,12 +710,14 @@ def _is_shipped_dir(path: Path) -> bool:
 
 def _check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[Path]:
     """Everything the parser cannot check alone; returns the checkpoint paths to write."""
+    given = _config_options(args)
+    config = TrainConfig(**given)  # every value was checked by its option's type
     if args.all:
-        for option, given in (("--head", args.head is not None), ("--ccl", args.ccl),
-                              ("--save", args.save is not None)):
-            if given:
+        for option, set_here in (("--head", "head" in given), ("--ccl", "ccl" in given),
+                                 ("--save", args.save is not None)):
+            if set_here:
                 p.error(f"{option} does not go with --all (use --names to pick models)")
-        seeds = args.seeds if args.seeds is not None else [args.seed]
+        seeds = args.seeds if args.seeds is not None else [config.seed]
         if len(set(seeds)) != len(seeds):
             p.error(f"--seeds must not repeat a seed, got {seeds}")
         if args.overwrite_shipped and args.out_dir is not None and not _is_shipped_dir(
@@ -671,12 +735,12 @@ def _check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> li
         for seed in seeds:
             for name in names:
                 head, ccl = SHIPPED[name]
-                paths.append(out_dir / f"{checkpoint_name(head, ccl, args.ccl_weight, seed)}.pt")
+                paths.append(out_dir / f"{checkpoint_name(head, ccl, config.ccl_weight, seed)}.pt")
     else:
-        for option, given in (("--names", args.names is not None),
-                              ("--seeds", args.seeds is not None),
-                              ("--out-dir", args.out_dir is not None)):
-            if given:
+        for option, set_here in (("--names", args.names is not None),
+                                 ("--seeds", args.seeds is not None),
+                                 ("--out-dir", args.out_dir is not None)):
+            if set_here:
                 p.error(f"{option} goes only with --all")
         paths = [args.save] if args.save is not None else []
         if args.save is not None:
@@ -685,7 +749,7 @@ def _check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> li
                         "add --overwrite-shipped to replace a shipped file")
             cli_writable(p, "--save", args.save)
     cli_writable(p, "--digest-dir", args.digest_dir, directory=True)
-    if args.no_sync_bn and not args.ddp:
+    if "sync_bn" in given and not args.ddp:
         p.error("--no-sync-bn goes only with --ddp")
     if args.device != "auto" and torch.device(args.device).type == "cuda" and (
         not torch.cuda.is_available()
@@ -696,8 +760,8 @@ def _check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> li
             p.error("--ddp needs the environment set by torchrun "
                     "(torchrun --standalone --nproc_per_node=2 -m ccnet_edu.train --ddp)")
         world = int(os.environ["WORLD_SIZE"])
-        if args.batch_size % world:
-            p.error(f"--batch-size {args.batch_size} must be a multiple of the number of "
+        if config.batch_size % world:
+            p.error(f"--batch-size {config.batch_size} must be a multiple of the number of "
                     f"processes ({world})")
     return paths
 
@@ -726,23 +790,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     world = dist.get_world_size() if args.ddp else 1
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
 
-    def config_for(head: str, ccl: bool, seed: int) -> TrainConfig:
-        return TrainConfig(head=head, ccl=ccl, ccl_weight=args.ccl_weight, steps=args.steps,
-                           batch_size=args.batch_size, lr=args.lr, seed=seed,
-                           size=args.size, width=args.width, mid_channels=args.mid_channels,
-                           dropout=args.dropout, sync_bn=not args.no_sync_bn,
-                           val_seed=args.val_seed, val_size=args.val_size)
-
+    config = TrainConfig(**_config_options(args))
+    run = {"progress": not args.quiet, "digest_dir": args.digest_dir}
     results = []
     try:
         if args.all:
-            seeds = args.seeds if args.seeds is not None else [args.seed]
+            seeds = args.seeds if args.seeds is not None else [config.seed]
             jobs = [(SHIPPED[name], seed) for seed in seeds for name in args.names or SHIPPED]
             for ((head, ccl), seed), path in zip(jobs, paths, strict=True):
-                results.append(_run_one(config_for(head, ccl, seed), args, device, path, command))
+                shipped = replace(config, head=head, ccl=ccl, seed=seed)
+                results.append(_run_one(shipped, device, path, command, **run))
         else:
-            config = config_for(args.head or TrainConfig.DEFAULTS["head"], args.ccl, args.seed)
-            results.append(_run_one(config, args, device, paths[0] if paths else None, command))
+            results.append(_run_one(config, device, paths[0] if paths else None, command, **run))
     finally:
         if args.ddp:
             with contextlib.suppress(Exception):

@@ -1,8 +1,15 @@
-// Criss-cross attention on CUDA: only the launch configuration.
+// Criss-cross attention on CUDA: which kernels run, and their torch-side plumbing.
 //
-// The arithmetic (cca_common.h) and the orchestration (cca_portable.h) are the
-// same text the CPU build compiles; this file says how indices map to threads:
-// one thread per output element, a grid-stride loop, on the current stream.
+//   criss_cross_attention[_backward]           the tiled line kernels (cca_lines.h,
+//       launched by cca_cuda_lines.cu) for float32, float16 and bfloat16 with C' <= 128;
+//       the portable kernels for anything else (float64, a wider C').
+//   portable_criss_cross_attention[_backward]  the portable element bodies (cca_common.h,
+//       cca_portable.h), one thread per output element: the oracle the tiled kernels
+//       are tested against on a GPU, and chapter 04's teaching kernel.
+//
+// CCNET_EDU_CUDA_POISON=1 fills every output and scratch buffer with NaN before the
+// tiled kernels run (tests/test_gpu.py): an element that no kernel writes stays NaN.
+//
 // Only c10's CUDA headers: ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE
 // headers, which a minimal CUDA toolkit does not ship and this op does not use.
 #include <c10/cuda/CUDAException.h>
@@ -11,11 +18,17 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <limits>
 
+#include "cca_cuda_lines.h"
 #include "cca_portable.h"
 
 namespace ccnet_edu {
 namespace {
+
+// ------------------------------------------------------------ the portable kernels
+// One thread per element, a grid-stride loop, on the current stream.
 
 template <class F>
 __global__ void for_each_index(int64_t n, F f) {
@@ -37,18 +50,134 @@ struct CudaLaunch {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& query, const at::Tensor& key,
-                                                const at::Tensor& value) {
+std::tuple<at::Tensor, at::Tensor> portable_forward_cuda(const at::Tensor& query,
+                                                         const at::Tensor& key,
+                                                         const at::Tensor& value) {
   const c10::cuda::CUDAGuard guard(query.device());
   return portable_forward(query, key, value, CudaLaunch{});
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> portable_backward_cuda(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_att,
     const at::Tensor& attention, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value) {
   const c10::cuda::CUDAGuard guard(query.device());
   return portable_backward(grad_out, grad_att, attention, query, key, value, CudaLaunch{});
+}
+
+// --------------------------------------------------------------- the tiled kernels
+
+bool poison() {
+  static const bool on = [] {
+    const char* v = std::getenv("CCNET_EDU_CUDA_POISON");
+    return v != nullptr && *v != '\0' && std::string(v) != "0";
+  }();
+  return on;
+}
+
+void fill_nan(std::initializer_list<at::Tensor> tensors) {
+  for (const auto& t : tensors)
+    if (t.defined()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+}
+
+int lines_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return lines::kFloat32;
+    case at::kHalf: return lines::kFloat16;
+    case at::kBFloat16: return lines::kBFloat16;
+    default: return -1;
+  }
+}
+
+lines::Problem problem_of(const at::Tensor& query, const at::Tensor& value) {
+  lines::Problem p;
+  p.B = query.size(0);
+  p.cqk = query.size(1);
+  p.cv = value.size(1);
+  p.H = query.size(2);
+  p.W = query.size(3);
+  return p;
+}
+
+// Whether the tiled kernels take these inputs (check_inputs has passed).
+bool tiled(const at::Tensor& query, const at::Tensor& value) {
+  const int dtype = lines_dtype(query.scalar_type());
+  return dtype >= 0 && lines::tiled_supported(problem_of(query, value), dtype);
+}
+
+// grad in the layout of input, copied only when the strides differ.
+at::Tensor like_input(const at::Tensor& grad, const at::Tensor& input) {
+  return grad.strides() == input.strides() ? grad : in_layout_of(grad, input);
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& query_in,
+                                                const at::Tensor& key_in,
+                                                const at::Tensor& value_in) {
+  check_inputs(query_in, key_in, value_in);
+  const c10::cuda::CUDAGuard guard(query_in.device());
+  if (!tiled(query_in, value_in)) return portable_forward(query_in, key_in, value_in, CudaLaunch{});
+  const auto query = channels_last(query_in), key = channels_last(key_in),
+             value = channels_last(value_in);
+  const lines::Problem p = problem_of(query, value);
+  const auto dtype = query.scalar_type();
+  auto out = empty_channels_last(value, p.cv, dtype);                     // (B, C, H, W)
+  auto att = at::empty({p.B, p.H, p.W, p.slots()}, query.options());       // (B, H, W, L)
+  auto stats = at::empty({2, p.pixels(), 2}, query.options().dtype(at::kFloat));
+  if (poison()) fill_nan({out, att, stats});
+  lines::RawArgs a{};
+  a.p = p;
+  a.dtype = lines_dtype(dtype);
+  a.q = query.const_data_ptr();
+  a.k = key.const_data_ptr();
+  a.v = value.const_data_ptr();
+  a.out = out.data_ptr();
+  a.att = att.data_ptr();
+  a.stats = stats.data_ptr<float>();
+  C10_CUDA_CHECK(lines::forward(a, c10::cuda::getCurrentCUDAStream()));
+  return {out, att};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
+    const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_att_in,
+    const at::Tensor& attention_in, const at::Tensor& query_in, const at::Tensor& key_in,
+    const at::Tensor& value_in) {
+  check_inputs(query_in, key_in, value_in);
+  check_backward(grad_out_in, grad_att_in, attention_in, query_in, value_in);
+  const c10::cuda::CUDAGuard guard(query_in.device());
+  if (!tiled(query_in, value_in))
+    return portable_backward(grad_out_in, grad_att_in, attention_in, query_in, key_in, value_in,
+                             CudaLaunch{});
+  const auto query = channels_last(query_in), key = channels_last(key_in),
+             value = channels_last(value_in), grad_out = channels_last(grad_out_in);
+  const auto attention = attention_in.contiguous();
+  at::Tensor grad_att;
+  if (grad_att_in.has_value() && grad_att_in->defined()) grad_att = grad_att_in->contiguous();
+  const lines::Problem p = problem_of(query, value);
+  const auto dtype = query.scalar_type();
+  auto grad_query = empty_channels_last(query, p.cqk, dtype);
+  auto grad_key = empty_channels_last(query, p.cqk, dtype);
+  auto grad_value = empty_channels_last(value, p.cv, dtype);
+  auto g = at::empty({p.pixels(), p.slots()}, query.options().dtype(at::kFloat));  // dA
+  auto dpart = at::empty({2, p.pixels()}, query.options().dtype(at::kFloat));      // D halves
+  if (poison()) fill_nan({grad_query, grad_key, grad_value, g, dpart});
+  lines::RawArgs a{};
+  a.p = p;
+  a.dtype = lines_dtype(dtype);
+  a.q = query.const_data_ptr();
+  a.k = key.const_data_ptr();
+  a.v = value.const_data_ptr();
+  a.grad_out = grad_out.const_data_ptr();
+  a.grad_att = grad_att.defined() ? grad_att.const_data_ptr() : nullptr;
+  a.att_in = attention.const_data_ptr();
+  a.g = g.data_ptr<float>();
+  a.dpart = dpart.data_ptr<float>();
+  a.grad_q = grad_query.data_ptr();
+  a.grad_k = grad_key.data_ptr();
+  a.grad_v = grad_value.data_ptr();
+  C10_CUDA_CHECK(lines::backward(a, c10::cuda::getCurrentCUDAStream()));
+  // In the layouts of the inputs, as the fake kernel and the CPU operator give them.
+  return {like_input(grad_query, query_in), like_input(grad_key, key_in),
+          like_input(grad_value, value_in)};
 }
 
 }  // namespace
@@ -57,4 +186,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
 TORCH_LIBRARY_IMPL(ccnet_edu, CUDA, m) {
   m.impl("criss_cross_attention", &ccnet_edu::forward_cuda);
   m.impl("criss_cross_attention_backward", &ccnet_edu::backward_cuda);
+  m.impl("portable_criss_cross_attention", &ccnet_edu::portable_forward_cuda);
+  m.impl("portable_criss_cross_attention_backward", &ccnet_edu::portable_backward_cuda);
 }

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import csv
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -467,3 +469,62 @@ def test_cli_small(tmp_path, capsys):
     assert "non-local" in printed and "fewer" in printed
     with open(out_csv) as f:
         assert len(list(csv.DictReader(f))) == 6
+
+
+@pytest.mark.parametrize(
+    "argv,names",
+    [
+        (["--height", "0"], "--height"),
+        (["--width", "-3"], "--width"),
+        (["--width", "9.5"], "--width"),
+        (["--channels", "0"], "--channels"),
+        (["--qk-channels", "zero"], "--qk-channels"),
+        (["--batch", "0"], "--batch"),
+        (["--repeats", "0"], "--repeats"),
+        (["--time-budget", "0"], "--time-budget"),
+        (["--time-budget", "nan"], "--time-budget"),
+        (["--impl", "cuda"], "--impl"),
+        (["--device", "gpu"], "--device"),
+        (["--sweep", "--sizes", "16", "0"], "--sizes"),
+        (["--sweep", "--memory-limit-mb", "-1"], "--memory-limit-mb"),
+        (["--sizes", "16"], "--sizes"),
+        (["--memory-limit-mb", "10"], "--memory-limit-mb"),
+        (["--sweep", "--height", "16"], "--height"),
+        (["--sweep", "--no-peak"], "--no-peak"),
+    ],
+)
+def test_cli_rejects_bad_options(capsys, argv, names):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m ccnet_edu.analysis: error: ")
+    assert names in err
+
+
+def test_cli_checks_output_paths_before_measuring(capsys, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setattr("ccnet_edu.analysis.__main__.comparison_table", None)  # no work
+    monkeypatch.setattr("ccnet_edu.analysis.__main__.scaling_sweep", None)
+    for argv, option in [
+        (["--csv", str(blocker / "t.csv")], "--csv"),
+        (["--png", str(tmp_path)], "--png"),
+        (["--sweep", "--png", str(blocker / "x" / "s.png")], "--png"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        assert option in capsys.readouterr().err
+
+
+def test_cli_usage_error_exit_code_is_2():
+    result = subprocess.run(
+        [sys.executable, "-m", "ccnet_edu.analysis", "--repeats", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "python -m ccnet_edu.analysis: error: argument --repeats: must be >= 1, got 0 "
+        "(see --help)"
+    ]

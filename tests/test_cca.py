@@ -91,7 +91,7 @@ def test_recurrent_is_cca_applied_twice_with_shared_weights():
 
 @pytest.mark.parametrize("recurrence", [1, 2, 3])
 def test_recurrence_reachability_by_gradient(recurrence):
-    """Output pixel (i, j) depends on input p iff p is reachable in R loops (SPEC §2)."""
+    """Output pixel (i, j) depends on input p iff p is reachable in R loops (CCNet, Sec. 3.3)."""
     height, width, i, j = 4, 5, 1, 3
     rcca = RecurrentCrissCrossAttention(4, recurrence=recurrence, qk_channels=2).double()
     with torch.no_grad():

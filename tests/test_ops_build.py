@@ -44,7 +44,7 @@ def _python(code: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedPr
 
 def _copy_checkout(tmp_path: Path) -> Path:
     copy = tmp_path / "checkout"
-    copy.mkdir()
+    copy.mkdir(parents=True)
     shutil.copytree(ROOT / "ccnet_edu", copy / "ccnet_edu", ignore=shutil.ignore_patterns("*.pt"))
     shutil.copytree(ROOT / "csrc", copy / "csrc")
     return copy
@@ -88,6 +88,14 @@ def test_fresh_cache_float64_auto_then_an_edit_with_an_old_mtime_rebuilds(tmp_pa
     assert first.returncode == 0, first.stderr
     first_library = Path(first.stdout.split()[-1])
     assert first_library.is_relative_to(tmp_path / "cache") and first_library.exists()
+    built_at = first_library.stat().st_mtime_ns
+
+    # A second checkout with the same sources shares the library: same key, no rebuild.
+    twin = _copy_checkout(tmp_path / "twin")
+    shared = _python(AUTO_FLOAT64, env, twin)
+    assert shared.returncode == 0, shared.stderr
+    assert Path(shared.stdout.split()[-1]) == first_library
+    assert first_library.stat().st_mtime_ns == built_at
 
     header = checkout / "csrc" / "cca_common.h"
     stat = header.stat()
@@ -218,3 +226,31 @@ def test_a_library_that_fails_its_self_test_is_not_used(monkeypatch):
     monkeypatch.setattr(ops, "_forward_backward", raising)
     with pytest.raises(ops.BuildError, match="self-test failed .*found Float"):
         ops.self_test("cpu")
+
+
+FIRST_USE_IN_EXPORT = """
+    import torch
+    from ccnet_edu.cca import CrissCrossAttention
+
+    torch.manual_seed(0)
+    module = CrissCrossAttention(8, 3, impl="fused").eval()
+    torch.nn.init.constant_(module.gamma, 0.7)
+    batch = torch.export.Dim("batch", min=1, max=8)
+    # The operator is loaded and self-tested for the first time inside this trace.
+    program = torch.export.export(
+        module, (torch.randn(2, 8, 7, 5),), dynamic_shapes=({0: batch},)
+    )
+    x = torch.randn(3, 8, 7, 5)
+    torch.testing.assert_close(program.module()(x), module(x))
+    print("ok")
+"""
+
+
+@not_under_sanitizer
+def test_first_use_inside_a_trace_records_nothing_into_it(tmp_path):
+    """Loading and self-testing the library on its first use inside torch.export runs on
+    real tensors and leaves no trace in the graph (its batch-2 cases once ended up in an
+    exported model, which then failed at batch 3)."""
+    result = _python(FIRST_USE_IN_EXPORT, {}, ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "ok"

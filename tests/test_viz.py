@@ -134,8 +134,10 @@ def test_reachability_counts():
 
 def test_bad_queries_and_grids(photo_maps):
     image, maps = photo_maps
-    with pytest.raises(ValueError, match="query must lie"):
+    with pytest.raises(ValueError, match=r"queries\[0\] must lie in the grid"):
         viz.plot_query_maps(image, maps, (12, 18), [(12, 0)])
+    with pytest.raises(ValueError, match="query must lie in the grid"):
+        viz.query_map_array(maps["CCA"]["loop 1"], (0, 18), (12, 18))
     with pytest.raises(ValueError, match="multiple of block_size"):
         viz.plot_issa_groups(7, 8, (4, 4))
     with pytest.raises(ValueError, match="multiple of block_size"):

@@ -28,6 +28,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._checks import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_device,
+    check_feature_map,
+    check_float,
+    check_int,
+    check_int_sequence,
+    check_positive_pair,
+    check_str,
+    check_writable,
+)
 from .flops import count_flops, issa_flops, nonlocal_flops, rcca_flops
 from .memory import attention_map_bytes, peak_memory, saved_tensors
 
@@ -58,6 +71,15 @@ class Candidate:
     map_kind: str | None = None  # for attention_map_bytes
     recurrence: int = 1
 
+    def __post_init__(self) -> None:
+        check_str("name", self.name)
+        check_callable("build", self.build)
+        if self.formula_flops is not None:
+            check_callable("formula_flops", self.formula_flops)
+        if self.map_kind is not None:
+            check_choice("map_kind", self.map_kind, ("dense", "criss_cross", "issa"))
+        check_int("recurrence", self.recurrence, minimum=1)
+
 
 @dataclass
 class Row:
@@ -74,8 +96,24 @@ class Row:
     note: str = ""
 
 
+_IMPLS = ("auto", "fused", "reference")
+_INCLUDE = ("non-local", "rcca", "issa", "sa")
+
+
+def _check_include(include: object) -> set[str]:
+    if isinstance(include, (str, bytes)) or not isinstance(include, Iterable):
+        raise TypeError(f"include must be a list of names from {_INCLUDE}, got {include!r}")
+    names = list(include)
+    for name in names:
+        check_choice("include entries", name, _INCLUDE)
+    if not names:
+        raise ValueError(f"include must name at least one of {_INCLUDE}")
+    return set(names)
+
+
 def _resolve_impl(impl: str) -> str:
     """``"auto"``: ``"fused"`` if the criss-cross operator builds, else ``"reference"``."""
+    check_choice("impl", impl, _IMPLS)
     if impl != "auto":
         return impl
     try:
@@ -94,7 +132,7 @@ def paper_candidates(
     block_size: tuple[int, int] = (8, 8),
     include: Iterable[str] = ("non-local", "rcca", "issa", "sa"),
 ) -> list[Candidate]:
-    """The modules of the CCNet comparison, built like the paper's (CCNet, Huang et al.).
+    """The modules of the CCNet comparison, built like the paper's (CCNet, Sec. 3.3 and 4).
 
     * non-local: :class:`~ccnet_edu.NonLocal2d` in ``"ccnet"`` mode (same
       projections as CCA, dense pattern);
@@ -113,7 +151,11 @@ def paper_candidates(
     from ..nonlocal_block import NonLocal2d
     from ..sa import SqueezeAttention
 
-    include = set(include)
+    channels = check_int("channels", channels, minimum=1)
+    qk_channels = check_int("qk_channels", qk_channels, minimum=1)
+    recurrences = check_int_sequence("recurrences", recurrences, minimum=1)
+    block_size = check_positive_pair("block_size", block_size)
+    include = _check_include(include)
     impl = _resolve_impl(impl)
     out: list[Candidate] = []
     if "non-local" in include:
@@ -188,6 +230,14 @@ def measure(
     ``time_budget`` (seconds) stops the timing repeats early once exceeded
     (at least one timed run is always made); the row records how many ran.
     """
+    if not isinstance(candidate, Candidate):
+        raise TypeError(f"candidate must be a Candidate, got {type(candidate).__name__}")
+    check_feature_map("x", x)
+    repeats = check_int("repeats", repeats, minimum=1)
+    check_bool("timing", timing)
+    check_bool("peak", peak)
+    if time_budget is not None:
+        check_float("time_budget", time_budget, minimum=0.0, exclusive_minimum=True)
     torch.manual_seed(0)
     module = candidate.build().to(x.device)
     if hasattr(module, "cca"):
@@ -252,6 +302,17 @@ def comparison_table(
     """The comparison at the CCNet setting (one 97 x 97 map, C = 512, C' = 64) by default."""
     from tqdm.auto import tqdm
 
+    for name, value in (("height", height), ("width", width), ("channels", channels),
+                        ("qk_channels", qk_channels), ("batch", batch), ("repeats", repeats)):
+        check_int(name, value, minimum=1)
+    device = check_device("device", device)
+    for name, value in (("timing", timing), ("peak", peak), ("progress", progress)):
+        check_bool(name, value)
+    check_choice("impl", impl, _IMPLS)
+    check_int_sequence("recurrences", recurrences, minimum=1)
+    _check_include(include)
+    if time_budget is not None:
+        check_float("time_budget", time_budget, minimum=0.0, exclusive_minimum=True)
     torch.manual_seed(0)
     x = torch.randn(batch, channels, height, width, device=device)
     candidates = paper_candidates(channels, qk_channels, recurrences, impl, include=include)
@@ -263,12 +324,23 @@ def comparison_table(
     return rows
 
 
+def _check_rows(rows: object, kinds: type | tuple[type, ...]) -> None:
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise TypeError(f"rows must be a list of rows, got {type(rows).__name__}")
+    if len(rows) == 0:
+        raise ValueError("rows must not be empty")
+    for k, row in enumerate(rows):
+        if not isinstance(row, kinds):
+            raise TypeError(f"rows[{k}] must be a measured row, got {type(row).__name__}")
+
+
 def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
 def format_table(rows: Sequence[Row]) -> str:
     """A plain-text table of :func:`comparison_table` rows."""
+    _check_rows(rows, Row)
     header = [
         "model",
         "GFLOPs",
@@ -306,8 +378,15 @@ def paper_claims(rows: Sequence[Row], recurrence: int = 2) -> dict[str, float]:
     ``saved_ratio`` and ``peak_ratio`` (non-local / RCCA, paper: about 11 for
     GPU memory), and ``time_ratio``.
     """
-    dense = next(r for r in rows if r.model == "non-local")
-    rcca = next(r for r in rows if r.model.startswith(f"RCCA R={recurrence}"))
+    _check_rows(rows, Row)
+    recurrence = check_int("recurrence", recurrence, minimum=1)
+    dense = next((r for r in rows if r.model == "non-local"), None)
+    rcca = next((r for r in rows if r.model.startswith(f"RCCA R={recurrence}")), None)
+    if dense is None or rcca is None:
+        raise ValueError(
+            f"rows must hold a 'non-local' row and an 'RCCA R={recurrence}' row, got "
+            f"{[r.model for r in rows]}"
+        )
     claims = {
         "flops_reduction": 1 - rcca.gflops / dense.gflops,
         "saved_ratio": dense.saved_mb / rcca.saved_mb,
@@ -321,6 +400,12 @@ def paper_claims(rows: Sequence[Row], recurrence: int = 2) -> dict[str, float]:
 
 def format_claims(claims: dict[str, float], recurrence: int = 2) -> str:
     """The claims as sentences next to the paper's figures."""
+    if not isinstance(claims, dict):
+        raise TypeError(f"claims must be the dict of paper_claims, got {type(claims).__name__}")
+    for key in ("flops_reduction", "saved_ratio"):
+        if key not in claims:
+            raise ValueError(f"claims must hold {key!r} (see paper_claims), got {sorted(claims)}")
+    recurrence = check_int("recurrence", recurrence, minimum=1)
     lines = [
         f"FLOPs: RCCA (R={recurrence}) needs {100 * claims['flops_reduction']:.1f}% fewer "
         "than non-local (paper: about 85%)",
@@ -338,7 +423,11 @@ def format_claims(claims: dict[str, float], recurrence: int = 2) -> str:
 
 def write_csv(rows: Sequence[Row | SweepPoint], path: str | Path) -> None:
     """Write rows (comparison or sweep) to a CSV file with a header."""
+    _check_rows(rows, (Row, SweepPoint))
     rows = list(rows)
+    if len({type(r) for r in rows}) > 1:
+        raise ValueError("rows must be all comparison rows or all sweep points, not a mix")
+    path = check_writable("path", path)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[fld.name for fld in fields(rows[0])])
         writer.writeheader()
@@ -388,6 +477,18 @@ def scaling_sweep(
     """
     from tqdm.auto import tqdm
 
+    check_int_sequence("sizes", sizes, minimum=1)
+    check_int("channels", channels, minimum=1)
+    check_int("qk_channels", qk_channels, minimum=1)
+    _check_include(include)
+    check_int_sequence("recurrences", recurrences, minimum=1)
+    check_choice("impl", impl, _IMPLS)
+    check_float("memory_limit_mb", memory_limit_mb, minimum=0.0, exclusive_minimum=True)
+    check_bool("timing", timing)
+    check_int("repeats", repeats, minimum=1)
+    device = check_device("device", device)
+    check_bool("progress", progress)
+
     candidates = paper_candidates(channels, qk_channels, recurrences, impl, include=include)
     points: list[SweepPoint] = []
     jobs = [(c, s) for s in sizes for c in candidates]
@@ -424,6 +525,15 @@ def scaling_sweep(
 
 def fit_exponent(ns: Sequence[float], values: Sequence[float]) -> float:
     """Least-squares slope of log(value) against log(N): the growth exponent."""
+    for name, seq in (("ns", ns), ("values", values)):
+        if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
+            raise TypeError(f"{name} must be a list of positive numbers, got {type(seq).__name__}")
+        for k, v in enumerate(seq):
+            check_float(f"{name}[{k}]", v, minimum=0.0, exclusive_minimum=True)
+    if len(ns) != len(values):
+        raise ValueError(f"ns and values must have one length, got {len(ns)} and {len(values)}")
+    if len(set(ns)) < 2:
+        raise ValueError(f"ns must hold at least two different sizes, got {list(ns)}")
     xs = [math.log(n) for n in ns]
     ys = [math.log(v) for v in values]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)

@@ -25,9 +25,9 @@ conventions, which every number in this package inherits:
 The counter does not know the fused criss-cross operator of
 :mod:`ccnet_edu.ops` (one opaque call).  :func:`flop_formulas` teaches it: the
 operator computes exactly the ``H + W - 1`` energies and the aggregation of
-criss-cross attention (CCNet, Huang et al.; the book's chapter *Criss-cross
-attention step by step*) for each pixel, and its backward twice that.  The formulas are passed
-per call (``custom_mapping``), so nothing breaks when the operator is not built.
+CCNet's Eqs. (1)-(2) (Huang et al., ICCV 2019, Sec. 3.2) for each pixel, and
+its backward twice that.  The formulas are passed per call
+(``custom_mapping``), so nothing breaks when the operator is not built.
 
 Why the readable criss-cross attention measures slightly *more* than the
 closed form: :func:`ccnet_edu.functional.criss_cross_attention_reference`
@@ -49,6 +49,8 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
+
+from .._checks import check_bool, check_callable, check_int, check_positive_pair, check_str
 
 __all__ = [
     "AttentionFlopCounter",
@@ -120,6 +122,21 @@ def flop_formulas() -> dict[Any, Callable[..., int]]:
 # ---------------------------------------------------------------------------
 
 
+def _check_einsum_args(equation: object, shapes: tuple) -> None:
+    """An equation string and one tuple of int sizes per operand, one size per index."""
+    check_str("equation", equation)
+    terms = equation.replace(" ", "").partition("->")[0].split(",")
+    for k, shape in enumerate(shapes):
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, torch.Size)):
+            raise TypeError(f"shapes[{k}] must be a tuple of ints, got {type(shape).__name__}")
+        for size in shape:
+            check_int(f"shapes[{k}] entries", size, minimum=0)
+        if k < len(terms) and "." not in terms[k] and len(terms[k]) != len(shape):
+            raise ValueError(
+                f"shapes[{k}] must have one size per index of {terms[k]!r}, got {tuple(shape)}"
+            )
+
+
 def einsum_flops(equation: str, *shapes: tuple[int, ...]) -> int:
     """FLOPs of ``torch.einsum(equation, *operands)`` from the operand shapes.
 
@@ -128,6 +145,7 @@ def einsum_flops(equation: str, *shapes: tuple[int, ...]) -> int:
     else (one operand, no summed index: a permutation, a reduction or an
     element-wise product) is 0, like every element-wise operator.
     """
+    _check_einsum_args(equation, shapes)
     equation = equation.replace(" ", "")
     inputs, _, output = equation.partition("->")
     terms = inputs.split(",")
@@ -181,6 +199,8 @@ class AttentionFlopCounter(FlopCounterMode):
     """
 
     def __init__(self, depth: int | None = None) -> None:
+        if depth is not None:
+            check_int("depth", depth, minimum=1)
         super().__init__(display=False, depth=depth, custom_mapping=flop_formulas())
         self._silenced = False
         self._einsum_mode = _EinsumMode(self)
@@ -201,6 +221,10 @@ class AttentionFlopCounter(FlopCounterMode):
 
 
 def _run_counter(fn: Callable[..., Any], inputs: tuple, backward: bool) -> FlopCounterMode:
+    check_callable("fn", fn)
+    check_bool("backward", backward)
+    if not inputs:
+        raise ValueError("inputs must not be empty: give the tensors fn is called with")
     counter = AttentionFlopCounter()
     with counter:
         if backward:
@@ -251,19 +275,27 @@ def flops_by_kind(fn: Callable[..., Any], *inputs: Any) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------
-# Closed forms (the book's chapters on CCA, RCCA, ISSA and the non-local block)
+# Closed forms (CCNet Sec. 3.2; ISSA Sec. 3; the non-local block, Wang et al. Sec. 3)
 # ---------------------------------------------------------------------------
+
+
+def _check_sizes(**sizes: object) -> None:
+    """Every size of a closed form is an int >= 1 (``bool`` and ``float`` refused)."""
+    for name, value in sizes.items():
+        check_int(name, value, minimum=1)
 
 
 def cca_flops(
     height: int, width: int, channels: int, qk_channels: int, batch: int = 1
 ) -> dict[str, int]:
-    """Closed-form forward FLOPs of one criss-cross attention block (CCNet, Huang et al.).
+    """Closed-form forward FLOPs of one criss-cross attention block (CCNet, Sec. 3.2).
 
     ``projections = 2 N C (2 C' + C)`` (three 1x1 convs, bias not counted),
     ``energy = 2 N (H + W - 1) C'``, ``aggregation = 2 N (H + W - 1) C``,
     with ``N = B H W``.  Softmax and the residual are not counted.
     """
+    _check_sizes(height=height, width=width, channels=channels, qk_channels=qk_channels,
+                 batch=batch)
     n = batch * height * width
     positions = n * (height + width - 1)
     out = {
@@ -279,7 +311,8 @@ def cca_flops(
 def rcca_flops(
     height: int, width: int, channels: int, qk_channels: int, recurrence: int = 2, batch: int = 1
 ) -> dict[str, int]:
-    """Closed-form forward FLOPs of recurrent CCA: ``R`` times one CCA block (shared weights)."""
+    """Closed-form forward FLOPs of recurrent CCA: ``R`` times one CCA block (CCNet, Sec. 3.3)."""
+    _check_sizes(recurrence=recurrence)
     return {
         k: recurrence * v
         for k, v in cca_flops(height, width, channels, qk_channels, batch).items()
@@ -289,11 +322,13 @@ def rcca_flops(
 def nonlocal_flops(
     height: int, width: int, channels: int, qk_channels: int, batch: int = 1
 ) -> dict[str, int]:
-    """Closed-form forward FLOPs of the non-local block the CCNet paper compares against.
+    """Closed-form forward FLOPs of the CCNet-style non-local block (Wang et al., Sec. 3).
 
     Same projections as CCA, but every pixel attends to all ``N = H W``:
     ``energy = 2 B N^2 C'``, ``aggregation = 2 B N^2 C``.
     """
+    _check_sizes(height=height, width=width, channels=channels, qk_channels=qk_channels,
+                 batch=batch)
     n = height * width
     out = {
         "projections": 2 * batch * n * channels * (2 * qk_channels + channels),
@@ -327,7 +362,11 @@ def issa_flops(
     The output channels are ``C`` (the module's default), so both steps have
     the same projections.
     """
-    p_h, p_w = block_size
+    _check_sizes(height=height, width=width, channels=channels, batch=batch)
+    p_h, p_w = check_positive_pair("block_size", block_size)
+    for name, value in (("key_channels", key_channels), ("value_channels", value_channels)):
+        if value is not None:
+            check_int(name, value, minimum=1)
     key_channels = key_channels or max(channels // 2, 1)
     value_channels = value_channels or channels
     q_h, q_w = math.ceil(height / p_h), math.ceil(width / p_w)
@@ -356,4 +395,6 @@ def duplicate_centre_flops(
     ``2 B H W C`` for the column aggregation's zero-weight centre term.  See the
     module docstring; measured(reference) = closed form + this, per loop.
     """
+    _check_sizes(height=height, width=width, qk_channels=qk_channels,
+                 value_channels=value_channels, batch=batch)
     return 2 * batch * height * width * (qk_channels + value_channels)

@@ -48,6 +48,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .._checks import check_bool, check_callable, check_choice, check_int, check_positive_pair
+
 __all__ = [
     "SavedTensor",
     "SavedTensors",
@@ -107,7 +109,17 @@ class SavedTensors:
 
     def bytes_of(self, kind: str) -> int:
         """Bytes of one kind: ``"input"``, ``"parameter"`` or ``"activation"``."""
+        check_choice("kind", kind, _KINDS)
         return sum(t.nbytes for t in self.tensors if t.kind == kind)
+
+
+_KINDS = ("input", "parameter", "activation")
+
+
+def _check_fn_inputs(fn: object, inputs: tuple) -> None:
+    check_callable("fn", fn)
+    if not inputs:
+        raise ValueError("inputs must not be empty: give the tensors fn is called with")
 
 
 def saved_tensors(fn: Callable[..., Any], *inputs: Any) -> SavedTensors:
@@ -118,6 +130,7 @@ def saved_tensors(fn: Callable[..., Any], *inputs: Any) -> SavedTensors:
     its full size.  Parameters of ``fn`` (when it is a module) and the inputs
     are labelled, so ``bytes_of("activation")`` is the memory a block adds.
     """
+    _check_fn_inputs(fn, inputs)
     inputs = _with_grad_inputs(inputs)
     parameters = (
         {_storage_key(p) for p in fn.parameters()} if isinstance(fn, torch.nn.Module) else set()
@@ -144,6 +157,8 @@ def saved_tensors(fn: Callable[..., Any], *inputs: Any) -> SavedTensors:
 
 def saved_bytes(fn: Callable[..., Any], *inputs: Any, kind: str | None = None) -> int:
     """Bytes saved for backward by ``fn(*inputs)``; ``kind`` restricts to one label."""
+    if kind is not None:
+        check_choice("kind", kind, _KINDS)
     report = saved_tensors(fn, *inputs)
     return report.total_bytes if kind is None else report.bytes_of(kind)
 
@@ -162,6 +177,7 @@ class StorageTracker(TorchDispatchMode):
 
     def __init__(self, record: bool = False) -> None:
         super().__init__()
+        check_bool("record", record)
         self.live = 0
         self.peak = 0
         self.record = record
@@ -256,12 +272,15 @@ def peak_memory(
 
     See the module docstring for what each method sees and misses.
     """
+    _check_fn_inputs(fn, inputs)
+    check_bool("backward", backward)
+    check_bool("record", record)
+    if method not in ("auto", "tracking", "cuda", "profiler"):
+        raise ValueError(f"method must be 'auto', 'tracking', 'cuda' or 'profiler', got {method!r}")
     inputs = _with_grad_inputs(inputs)
     device = next((x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
     if method == "auto":
         method = "cuda" if device.type == "cuda" else "tracking"
-    if method not in ("tracking", "cuda", "profiler"):
-        raise ValueError(f"method must be 'auto', 'tracking', 'cuda' or 'profiler', got {method!r}")
     _clear_grads(fn, inputs)
 
     if method == "cuda":
@@ -302,6 +321,13 @@ def attention_map_bytes(
 
     A formula, shown *beside* the measurements, never instead of them.
     """
+    check_choice("kind", kind, ("dense", "criss_cross", "issa"))
+    height = check_int("height", height, minimum=1)
+    width = check_int("width", width, minimum=1)
+    batch = check_int("batch", batch, minimum=1)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__}")
+    block_size = check_positive_pair("block_size", block_size)
     itemsize = torch.empty((), dtype=dtype, device="meta").element_size()
     n = height * width
     if kind == "dense":

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .compare import Row, SweepPoint, fit_exponent
+from .._checks import check_bool, check_choice, check_index, check_int, check_str, check_tensor
+from .compare import Row, SweepPoint, _check_rows, fit_exponent
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -27,6 +28,10 @@ __all__ = [
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (4, 4)) -> tuple[Figure, Axes]:
     import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes as _Axes
+
+    if ax is not None and not isinstance(ax, _Axes):
+        raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
 
     if ax is None:
         fig, ax = plt.subplots(figsize=figsize)
@@ -46,6 +51,15 @@ def plot_reachability(
     The per-pixel view is the readable one: which input pixels can output
     ``pixel`` depend on?
     """
+    height = check_int("height", height, minimum=1)
+    width = check_int("width", width, minimum=1)
+    n = height * width
+    check_tensor("reach", reach, dim=2, kind="bool", layout="(N, N)")
+    if tuple(reach.shape) != (n, n):
+        raise ValueError(f"reach must be (N, N) with N = H*W = {n}, got {tuple(reach.shape)}")
+    if pixel is not None:
+        pixel = check_index("pixel", pixel, (height, width))
+    check_str("title", title)
     _, ax = _axes(ax)
     if pixel is None:
         ax.imshow(reach.cpu().float(), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
@@ -75,6 +89,12 @@ def plot_influence(
     paths are visible; exact zeros are drawn white.
     """
     import matplotlib.pyplot as plt
+
+    check_tensor("influence", influence, dim=2, kind="float", layout="(H, W)")
+    if pixel is not None:
+        pixel = check_index("pixel", pixel, tuple(influence.shape))
+    check_str("title", title)
+    check_bool("log", log)
 
     _, ax = _axes(ax)
     values = influence.detach().cpu().double()
@@ -115,8 +135,9 @@ def plot_scaling(
     ``guides`` adds dotted ``N^2`` and ``N^1.5`` lines through the first point
     of the first model, the two growth laws of dense and criss-cross attention.
     """
-    if metric not in _METRICS:
-        raise ValueError(f"metric must be one of {sorted(_METRICS)}, got {metric!r}")
+    check_choice("metric", metric, tuple(_METRICS))
+    _check_rows(points, SweepPoint)
+    check_bool("guides", guides)
     _, ax = _axes(ax, (5, 4))
     models = list(dict.fromkeys(p.model for p in points))
     first: tuple[float, float] | None = None
@@ -150,6 +171,12 @@ def plot_comparison(rows: Sequence[Row], metrics: Sequence[str] = ("gflops", "pe
     """Bar charts (log scale) of comparison rows, one panel per metric; returns the figure."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
+
+    _check_rows(rows, Row)
+    if isinstance(metrics, (str, bytes)) or not isinstance(metrics, Sequence) or not metrics:
+        raise TypeError(f"metrics must be a non-empty list of names from {tuple(_METRICS)}")
+    for metric in metrics:
+        check_choice("metrics entries", metric, tuple(_METRICS))
 
     fig, axes = plt.subplots(
         1, len(metrics), figsize=(3.5 * len(metrics) + 2, 3.5), squeeze=False, sharey=True

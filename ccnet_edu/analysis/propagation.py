@@ -32,6 +32,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from .._checks import (
+    check_bool,
+    check_callable,
+    check_feature_map,
+    check_index,
+    check_int,
+    check_same_device,
+    check_tensor,
+)
 from ..dense import criss_cross_mask
 
 __all__ = [
@@ -44,18 +53,82 @@ __all__ = [
 ]
 
 
+# --------------------------------------------------------------------------- argument checks
+
+
+def _check_bool_matrix(name: str, mask: object) -> torch.Tensor:
+    """A non-empty (N, M) tensor of dtype ``torch.bool``."""
+    return check_tensor(name, mask, dim=2, kind="bool", layout="(N, M)")
+
+
+def _check_bool_matrices(a: object, b: object) -> None:
+    """Two bool matrices whose product is defined, on one device."""
+    _check_bool_matrix("a", a)
+    _check_bool_matrix("b", b)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"a and b must chain (a's columns = b's rows), got a {tuple(a.shape)} "
+            f"and b {tuple(b.shape)}"
+        )
+    check_same_device(a=a, b=b)
+
+
+def _check_power(mask: object, power: object) -> None:
+    """A square bool matrix and an int power >= 1."""
+    _check_bool_matrix("mask", mask)
+    if mask.shape[0] != mask.shape[1]:
+        raise ValueError(f"mask must be square (N, N), got {tuple(mask.shape)}")
+    check_int("power", power, minimum=1)
+
+
+def _check_influence_args(module: object, x: object, pixel: object, eval_mode: object) -> None:
+    """``module`` callable, ``x`` a (B, C, H, W) float map, ``pixel`` a pixel of it."""
+    check_callable("module", module)
+    check_feature_map("x", x)
+    check_index("pixel", pixel, tuple(x.shape[2:]))
+    check_bool("eval_mode", eval_mode)
+
+
+def _check_conv_stack(
+    channels: object, depth: object, kernel_size: object, activation: object
+) -> None:
+    """Channels and depth >= 1, an odd kernel size (``same`` padding), a bool activation."""
+    check_int("channels", channels, minimum=1)
+    check_int("depth", depth, minimum=1)
+    if check_int("kernel_size", kernel_size, minimum=1) % 2 == 0:
+        raise ValueError(
+            f"kernel_size must be odd (same padding k // 2 keeps the size), got {kernel_size}"
+        )
+    check_bool("activation", activation)
+
+
+def _check_inputs(inputs: object) -> None:
+    """A non-empty list or tuple of (B, C, H, W) float maps of one spatial size."""
+    if not isinstance(inputs, (list, tuple)):
+        raise TypeError(
+            f"inputs must be a list or tuple of (B, C, H, W) tensors, got {type(inputs).__name__}"
+        )
+    if len(inputs) == 0:
+        raise ValueError("inputs must not be empty")
+    for k, x in enumerate(inputs):
+        check_feature_map(f"inputs[{k}]", x)
+        if x.shape[2:] != inputs[0].shape[2:]:
+            raise ValueError(
+                f"inputs[{k}] must have the H, W of inputs[0], {tuple(inputs[0].shape[2:])}, "
+                f"got {tuple(x.shape[2:])}"
+            )
+
+
 def boolean_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(a @ b)[u, p] = OR_v a[u, v] AND b[v, p]`` for bool matrices: a path ``u -> v -> p``."""
-    if a.dtype != torch.bool or b.dtype != torch.bool:
-        raise TypeError(f"a and b must be bool tensors, got {a.dtype} and {b.dtype}")
+    _check_bool_matrices(a, b)
     # Counting paths in float32 is exact here (at most N <= 2^24 paths per entry).
     return (a.float() @ b.float()) > 0
 
 
 def boolean_power(mask: torch.Tensor, power: int) -> torch.Tensor:
     """``mask^power`` in boolean arithmetic: who reaches whom in ``power`` steps."""
-    if not isinstance(power, int) or power < 1:
-        raise ValueError(f"power must be an int >= 1, got {power!r}")
+    _check_power(mask, power)
     result = mask
     for _ in range(power - 1):
         result = boolean_matmul(result, mask)
@@ -68,6 +141,7 @@ def criss_cross_reachability(height: int, width: int, recurrence: int = 1) -> to
     The residual ``y = gamma * out + x`` only adds ``u -> u``, which the
     cross already contains, so the answer is exactly ``M^R``.
     """
+    check_int("recurrence", recurrence, minimum=1)
     return boolean_power(criss_cross_mask(height, width), recurrence)
 
 
@@ -108,12 +182,8 @@ def influence_map(
     is in (to show that effect).  A plain function is called as it is: put the
     modules it uses in ``eval()`` yourself.
     """
-    if x.dim() != 4:
-        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    _check_influence_args(module, x, pixel, eval_mode)
     i, j = pixel
-    height, width = x.shape[2:]
-    if not (0 <= i < height and 0 <= j < width):
-        raise ValueError(f"pixel must lie inside the {height} x {width} map, got {pixel}")
     # Remember every submodule's own flag: module.train(previous) would not restore a mix.
     modes = [(m, m.training) for m in module.modules()] if isinstance(module, nn.Module) else []
     if eval_mode and isinstance(module, nn.Module):
@@ -139,6 +209,7 @@ def conv_stack(
     *effective* one (:func:`influence_map`) is concentrated near the centre
     (Luo et al., 2016).
     """
+    _check_conv_stack(channels, depth, kernel_size, activation)
     layers: list[nn.Module] = []
     for _ in range(depth):
         layers.append(nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2))
@@ -149,6 +220,7 @@ def conv_stack(
 
 def reach_fraction(reachability: torch.Tensor) -> float:
     """Fraction of (u, p) pairs that are reachable."""
+    _check_bool_matrix("reachability", reachability)
     return reachability.float().mean().item()
 
 
@@ -160,6 +232,7 @@ def mean_influence(
     eval_mode: bool = True,
 ) -> torch.Tensor:
     """:func:`influence_map` averaged over several inputs, (H, W) (``eval()`` as there)."""
+    _check_inputs(inputs)
     maps = [influence_map(module, x, pixel, eval_mode=eval_mode) for x in inputs]
     return torch.stack(maps).mean(0)
 

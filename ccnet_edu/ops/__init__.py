@@ -10,11 +10,12 @@ Operators (namespace ``ccnet_edu``):
 * ``criss_cross_attention(query, key, value) -> (out, attention)``;
 * ``criss_cross_attention_backward(grad_out, grad_attention?, attention, query, key, value)
   -> (grad_query, grad_key, grad_value)``;
-* ``portable_criss_cross_attention[_backward]``: the element bodies the CUDA build
-  launches one thread per element, run on the CPU one element per loop iteration.
-  CPU tests of it check the GPU's index arithmetic and orchestration from the same
-  source; they do not check what nvcc makes of it (its FMA contraction and ``expf``
-  may differ in the last bits), the launches or the streams: that needs a GPU.
+* ``portable_criss_cross_attention[_backward]``: the portable element bodies
+  (``csrc/cca_common.h``), one element per loop iteration on the CPU and one thread
+  per element on CUDA, where they are the oracle of the tiled line kernels that
+  ``criss_cross_attention`` runs there.  CPU tests check their arithmetic from the
+  same source, and the tiled kernels' bodies through a CPU emulation; they do not
+  check what nvcc makes of them, the launches or the streams: that needs a GPU.
 
 The CPU library is built for an explicit ISA level, cached by content and
 self-tested against the readable reference when it is loaded (:func:`self_test`);
@@ -28,11 +29,14 @@ of the backward have the layouts of query, key and value.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
+from collections.abc import Iterator
 
 import torch
 
+from .._checks import check_bool, check_choice, check_device, check_str
 from ._build import (
     BuildError,
     BuildInfo,
@@ -66,20 +70,39 @@ _state: dict[str, BuildInfo | BuildError] = {}
 _warned: set[str] = set()
 
 
+@contextlib.contextmanager
+def _outside_any_trace() -> Iterator[None]:
+    """Real tensors and no recording, even inside a trace.
+
+    The operator's first use may come while ``torch.export`` or ``make_fx`` traces a
+    model: loading and :func:`self_test` must then run on real tensors, and none of
+    the self-test's operations may be recorded into the traced graph.
+    """
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with torch._C.DisableTorchFunction(), _disable_current_modes():
+        yield
+
+
 def _try(kind: str, verbose: bool = False) -> BuildInfo | BuildError:
     if kind not in _state:
-        try:
-            info = load_cpu(verbose) if kind == "cpu" else load_cuda(verbose)
-            if kind == "cpu":
-                _register_python_side()
-            if kind == "cpu" or torch.cuda.is_available():
-                start = time.perf_counter()
-                self_test(kind)
-                info.extra["self_test_seconds"] = time.perf_counter() - start
-            _state[kind] = info
-        except BuildError as error:
-            _state[kind] = error
+        with _outside_any_trace():
+            _state[kind] = _load_and_test(kind, verbose)
     return _state[kind]
+
+
+def _load_and_test(kind: str, verbose: bool) -> BuildInfo | BuildError:
+    try:
+        info = load_cpu(verbose) if kind == "cpu" else load_cuda(verbose)
+        if kind == "cpu":
+            _register_python_side()
+        if kind == "cpu" or torch.cuda.is_available():
+            start = time.perf_counter()
+            self_test(kind)
+            info.extra["self_test_seconds"] = time.perf_counter() - start
+        return info
+    except BuildError as error:
+        return error
 
 
 # Self-test cases: (B, C', C, H, W), odd and non-square, batch 2.
@@ -110,6 +133,7 @@ def self_test(device_type: str = "cpu") -> None:
     Raises:
         BuildError: an output or gradient differs, or the operator raised.
     """
+    check_choice("device_type", check_str("device_type", device_type), ("cpu", "cuda"))
     from ..functional import criss_cross_attention_reference
 
     generator = torch.Generator().manual_seed(0)
@@ -161,6 +185,13 @@ def _why_not(device_type: str) -> str | None:
     return None
 
 
+def _check_load_args(cuda: object, verbose: object) -> None:
+    """``cuda``: a bool or ``None`` (decide by the GPU); ``verbose``: a bool."""
+    if cuda is not None:
+        check_bool("cuda", cuda)
+    check_bool("verbose", verbose)
+
+
 def load(cuda: bool | None = None, verbose: bool = False) -> list[BuildInfo]:
     """Build (when needed) and load the operator; return what was loaded.
 
@@ -172,6 +203,7 @@ def load(cuda: bool | None = None, verbose: bool = False) -> list[BuildInfo]:
         BuildError: the CPU library (or, with ``cuda=True``, the CUDA one)
             could not be built.
     """
+    _check_load_args(cuda, verbose)
     loaded = []
     for kind in ["cpu"] + (
         ["cuda"] if (torch.cuda.is_available() if cuda is None else cuda) else []
@@ -185,15 +217,22 @@ def load(cuda: bool | None = None, verbose: bool = False) -> list[BuildInfo]:
 
 def is_available(device: torch.device | str = "cpu") -> bool:
     """Whether the operator can run on ``device`` (building it if needed)."""
-    return _why_not(torch.device(device).type) is None
+    return _why_not(check_device("device", device).type) is None
 
 
 #: Device types on which the fused operator has been measured faster than the readable
 #: reference (``python -m ccnet_edu.ops bench``, results in the project's notes and
-#: ``benchmarks/``).  The CUDA kernels are the portable element bodies, one thread per
-#: element, and have not yet been timed on a GPU, so ``impl="auto"`` does not pick them.
+#: ``benchmarks/``).  The CUDA kernels (tiled line kernels, ``csrc/cca_lines*.h``) have
+#: not yet been timed on a GPU (``benchmarks/gpu_check.sh``), so ``impl="auto"`` does
+#: not pick them.
 #: "meta" (shapes only, for FLOP and memory accounting) stands for what the CPU runs.
 MEASURED_FASTER = frozenset({"cpu", "meta"})
+
+
+def _check_has_device(tensor: object) -> None:
+    """A tensor (or anything with a ``torch.device`` as its ``.device``, as a test double)."""
+    if not isinstance(getattr(tensor, "device", None), torch.device):
+        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
 
 
 def usable_for(tensor: torch.Tensor) -> bool:
@@ -204,6 +243,7 @@ def usable_for(tensor: torch.Tensor) -> bool:
     be built or failed its self-test, the first ``False`` per device type emits one
     warning saying why.
     """
+    _check_has_device(tensor)
     if tensor.device.type not in MEASURED_FASTER:
         return False
     reason = _why_not(tensor.device.type)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._checks import OneLineArgumentParser, cli_int, cli_writable
+
 
 def _build(args: argparse.Namespace) -> int:
     from . import BuildError, build_dir, find_nvcc, load, supported_isas
@@ -64,8 +66,33 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _cli_device(text: str) -> str:
+    """An argparse ``type``: ``cpu``, ``cuda`` or ``cuda:N``, a device this machine has."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if (
+        device is None
+        or device.type not in ("cpu", "cuda")
+        or (device.type == "cpu" and device.index is not None)
+    ):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ccnet_edu.ops", description=__doc__)
+    parser = OneLineArgumentParser(prog="python -m ccnet_edu.ops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build the C++ (and, with nvcc, CUDA) operator")
     build.add_argument("--no-cuda", action="store_true", help="build the CPU operator only")
@@ -74,10 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="benchmark fused vs reference vs einsum vs bmm")
     bench.add_argument("--quick", action="store_true", help="one small map, 3 repeats")
     bench.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
-    bench.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
-    bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    bench.add_argument(
+        "--repeats", type=cli_int(minimum=1), default=None, help="timed repeats (median), >= 1"
+    )
+    bench.add_argument(
+        "--device",
+        type=_cli_device,
+        default=None,
+        help="cpu, cuda or cuda:N (default: cuda if present)",
+    )
     bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        cli_writable(bench, "--csv", args.csv)  # before the benchmark runs, not after
     return args.func(args)
 
 

@@ -18,11 +18,19 @@ cluster), and the compiler's tuning for one CPU model is a second source of
 code-generation differences.  It is built for an explicit level instead, the
 widest one the CPU running the build supports (:func:`select_isa`):
 
-* ``x86-64-v3`` -- AVX2 + FMA (+ BMI, F16C, ...), which is every instruction
-  the intrinsics in ``cca_cpu.cpp`` use; ``-mtune=generic``;
+* ``x86-64-v4`` -- AVX-512 (F, BW, CD, DQ, VL) on top of v3: the kernels'
+  vectors are 512 bits wide (16 floats); ``-mtune=generic``;
+* ``x86-64-v3`` -- AVX2 + FMA (+ BMI, F16C, ...): 256-bit vectors (8 floats);
 * ``x86-64``    -- baseline x86-64 (SSE2) for CPUs without AVX2;
 * ``portable``  -- the compiler's default target on any other architecture
-  (aarch64, ...), where ``cca_cpu.cpp`` compiles its scalar loops.
+  (aarch64, ...).
+
+The kernels are written once (``cca_cpu_kernels.h``) over a vector type whose
+width each level fixes (``cca_simd.h``).  v3 and v4 compute bit-identical
+results: every output is the same chain of fused multiply-adds in the same
+order, only the number of outputs side by side differs, and the softmax sums in
+one fixed order in both.  The x86-64 and portable builds agree with them to
+rounding (the baseline x86-64 has no FMA instruction).
 
 ``CCNET_EDU_CPU_ISA`` picks a level by hand (it must be one the CPU runs).
 
@@ -80,17 +88,34 @@ __all__ = [
 DEFAULT_CUDA_ARCH_LIST = "8.0+PTX"
 
 CPU_SOURCES = ("cca_cpu.cpp",)
-CUDA_SOURCES = ("cca_cuda.cu",)
-HEADERS = ("cca_common.h", "cca_portable.h")
+CUDA_SOURCES = ("cca_cuda.cu", "cca_cuda_lines.cu")
+HEADERS = (
+    "cca_common.h",
+    "cca_portable.h",
+    "cca_simd.h",
+    "cca_cpu_kernels.h",
+    "cca_tiling.h",
+    "cca_lines.h",
+    "cca_lines_cuda.h",
+    "cca_cuda_lines.h",
+)
 
 #: ISA level -> its compiler flags, widest first.
 ISA_LEVELS: dict[str, list[str]] = {
+    "x86-64-v4": ["-march=x86-64-v4", "-mtune=generic"],
     "x86-64-v3": ["-march=x86-64-v3", "-mtune=generic"],
     "x86-64": ["-march=x86-64", "-mtune=generic"],
     "portable": [],
 }
-# The x86-64-v3 level as /proc/cpuinfo spells its features (lzcnt is "abm").
+# The x86-64-v3 and -v4 levels as /proc/cpuinfo spells their features (lzcnt is "abm").
 _X86_64_V3_FEATURES = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
+_X86_64_V4_FEATURES = _X86_64_V3_FEATURES | {
+    "avx512f",
+    "avx512bw",
+    "avx512cd",
+    "avx512dq",
+    "avx512vl",
+}
 
 # -O3; -ffp-contract=fast lets g++ fuse a * b + c into one FMA as nvcc does (ISO
 # C++ mode turns that off); -fopenmp because at::parallel_for is an inline OpenMP
@@ -160,10 +185,10 @@ def supported_isas() -> list[str]:
     features = _cpu_features()
     if not features:  # no /proc/cpuinfo (macOS, ...): ask torch's own dispatcher
         capability = torch.backends.cpu.get_cpu_capability()
-        v3 = capability in ("AVX2", "AVX512")
+        v4, v3 = capability == "AVX512", capability in ("AVX2", "AVX512")
     else:
-        v3 = _X86_64_V3_FEATURES <= features
-    return ["x86-64-v3", "x86-64"] if v3 else ["x86-64"]
+        v4, v3 = _X86_64_V4_FEATURES <= features, _X86_64_V3_FEATURES <= features
+    return (["x86-64-v4"] if v4 else []) + (["x86-64-v3"] if v3 else []) + ["x86-64"]
 
 
 def select_isa() -> str:
@@ -334,6 +359,10 @@ def _load(
     tag = key_parts[0] if key_parts else "any"
     directory = build_dir() / f"{name}-{tag}-{key[:16]}"
     _writable_directory(directory)
+    # Build from a copy of the sources inside the build directory: the key already says
+    # they are these bytes, and the compiler then sees the same paths from every
+    # checkout, so identical checkouts share one library instead of rebuilding it in turn.
+    src = _copy_sources(src, directory / "src")
     start = time.perf_counter()
     kwargs = dict(
         name=name,
@@ -360,6 +389,21 @@ def _load(
         time.perf_counter() - start,
         extra={"key": key, "cflags": cflags, "ldflags": ldflags, "directory": directory},
     )
+
+
+def _copy_sources(src: Path, target: Path) -> Path:
+    try:
+        target.mkdir(exist_ok=True)
+        for source in _all_sources(src):
+            copy = target / source.name
+            data = source.read_bytes()
+            if not copy.is_file() or copy.read_bytes() != data:
+                partial = copy.with_name(f".{copy.name}.{os.getpid()}")
+                partial.write_bytes(data)
+                partial.replace(copy)  # atomic: a concurrent build never sees half a file
+    except OSError as error:
+        raise BuildError(f"cannot copy the sources into {target}: {error}") from error
+    return target
 
 
 def _venv_ninja() -> bool:

@@ -242,6 +242,12 @@ def run(
     cases = DEFAULT_CASES if cases is None else cases
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     impls = _implementations()
+    # Built, loaded and self-tested here, with autograd enabled: the first call of the
+    # fused op below runs inside torch.no_grad(), where the load's self-test (a backward
+    # pass) would fail.
+    from . import load
+
+    load(cuda=device.type == "cuda")
     generator = torch.Generator().manual_seed(seed)
     rows: list[Row] = []
     steps = len(cases) * len(impls) * len(MODES)

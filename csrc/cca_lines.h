@@ -1,0 +1,552 @@
+// Criss-cross attention on tiles of rows and columns: the kernel bodies.
+//
+// Each body is the work of one CTA of 4 warps, written against an executor `Ex`
+// that supplies the few things a GPU and a CPU do differently:
+//
+//   ex.threads(f)   every thread t runs f(t), then all wait at a barrier
+//   ex.warps(f)     every warp w runs f(w) (warp-wide matrix products), then a barrier
+//   ex.mma_tiles<LA, LB>(acc, n, a, lda, b, ldb, k)
+//                   acc[i] (16x16) += A (16xk) B_i (kx16) for i < n, B_i the i-th 16 columns
+//                   of B; float accumulators; LA, LB: RowMajor or ColMajor operands
+//   ex.zero(acc), ex.store(dst, ld, acc)     an accumulator tile, to float shared memory
+//   ex.copy16(dst, src), ex.zero16(dst)      one 16-byte vector
+//   Ex::PerWarp<X>  what a warp keeps in registers across phases (its accumulators)
+//
+// cca_lines_cuda.h is the GPU's executor (WMMA on tensor cores: float16/bfloat16
+// inputs, and float32 as 3xTF32), cca_lines_host.h a CPU emulation of it (the same
+// phases in order, thread by thread and warp by warp, every product in float
+// arithmetic), so the CPU tests run these bodies (cca_lines_emulate.cpp).
+//
+// The passes, with P the line's length, per line and a pixel u of it:
+//   forward  1  statistics  rows and columns: E = Q K^T tile by tile, each half's running
+//                           max m and sum s per query (no values read)
+//            2  aggregate   rows, then columns: lse(u) = merge of the two halves, then per key
+//                           tile A = exp(E - lse) (written out once), O += A V; the column
+//                           pass adds its half to the row pass's output
+//   backward 1  dA          rows and columns: dA = dout V^T (+ grad_attention), kept in a
+//                           float buffer, and each half's partial D = sum_l A dA
+//            2  gradients   rows, then columns: dE = A (dA - D) on the fly;
+//                           grad_value = A^T dout, grad_key = dE^T Q, grad_query = dE K
+// Every CTA writes its own rows; the column passes add to the row passes' results
+// in a later launch: no atomics, the same bits on every run.
+//
+// Precision.  Energies, softmax statistics, dA and D are float32 (float accumulators on
+// the tensor cores; exp and log in float).  float32 inputs: every product 3xTF32, about
+// float32's rounding.  float16/bfloat16 inputs: the weights (A, and dE in the backward)
+// are rounded to the input type to enter the tensor cores, as in FlashAttention, and the
+// row half of out and of each gradient is stored in the output type before the column
+// half is added: two roundings of the output type instead of one.
+#pragma once
+
+#include "cca_tiling.h"
+
+namespace ccnet_edu {
+namespace lines {
+
+// Operand layouts of a warp's matrix product, as WMMA names them.
+struct RowMajor {};
+struct ColMajor {};
+
+template <class L>
+struct IsRowMajor {
+  static constexpr bool value = false;
+};
+template <>
+struct IsRowMajor<RowMajor> {
+  static constexpr bool value = true;
+};
+
+// Where step k0 of a product's reduction starts: A is 16 x k (the reduction runs
+// along its columns), B is k x 16 (along its rows).
+template <class L>
+CCA_HD constexpr int64_t a_step(int k0, int ld) {
+  return IsRowMajor<L>::value ? k0 : int64_t(k0) * ld;
+}
+template <class L>
+CCA_HD constexpr int64_t b_step(int k0, int ld) {
+  return IsRowMajor<L>::value ? int64_t(k0) * ld : k0;
+}
+// Where B's n-th 16 columns start.
+template <class L>
+CCA_HD constexpr int64_t b_tile(int n, int ld) {
+  return IsRowMajor<L>::value ? int64_t(16) * n : int64_t(16) * n * ld;
+}
+
+// to_float / from_float of an element type, per compiler (the executors define them).
+template <class T>
+struct Elem;
+
+// Everything a pass reads and writes.  Tensors are channels-last and contiguous.
+template <class T>
+struct Params {
+  Problem p;
+  int dir;  // the direction of a one-direction pass (aggregate, gradients)
+  const T* q;
+  const T* k;
+  const T* v;
+  T* out;         // (B, H, W, C)
+  T* att;         // (B, H, W, L): written by the forward
+  float* stats;   // (2, N, 2): (m, s) of each pixel's row half [0] and column half [1]
+  const T* grad_out;
+  const T* grad_att;  // may be null
+  const T* att_in;    // the forward's attention, read by the backward
+  float* g;           // (N, L): dA
+  float* dpart;       // (2, N): sum_l A dA over each half
+  T* grad_q;
+  T* grad_k;
+  T* grad_v;
+  bool vec_qk;  // 16-byte vectors for query, key, grad_query, grad_key
+  bool vec_v;   // ... and for value, out, grad_out, grad_value
+};
+
+// A warp's accumulator tiles: N tiles of 16 x 16 side by side.
+template <class Ex, class T, int N>
+struct AccTiles {
+  typename Ex::template Acc<T> f[N];
+};
+
+// ------------------------------------------------------------ tile transfers
+// Called from within a threads phase by every thread (tid).
+
+// dst[r][c] = src(position row0 + r of the line)[c0 + c] for r < kRows, c < cols;
+// zero outside the line and at channels >= `channels`.
+template <class Ex, class T>
+CCA_DEV inline void load_rows(const Ex& ex, int tid, T* dst, int ld, const T* src,
+                              int64_t channels, const Line& line, int row0, int64_t c0, int cols,
+                              bool vec) {
+  constexpr int V = 16 / sizeof(T);
+  if (vec) {  // channels % V == 0 and c0, cols multiples of V: a vector is all in or all out
+    const int per_row = cols / V;
+    for (int e = tid; e < kRows * per_row; e += kThreads) {
+      const int r = e / per_row, c = (e % per_row) * V, t = row0 + r;
+      T* d = dst + r * ld + c;
+      if (t < line.P && c0 + c < channels)
+        ex.copy16(d, src + line.pixel(t) * channels + c0 + c);
+      else
+        ex.zero16(d);
+    }
+  } else {
+    for (int e = tid; e < kRows * cols; e += kThreads) {
+      const int r = e / cols, c = e % cols, t = row0 + r;
+      dst[r * ld + c] = (t < line.P && c0 + c < channels)
+                            ? src[line.pixel(t) * channels + c0 + c]
+                            : Elem<T>::from_float(0.f);
+    }
+  }
+}
+
+// dst(position row0 + r)[c0 + c] (+)= os[r][c] for the line's positions and c < cols.
+template <class Ex, class T>
+CCA_DEV inline void store_rows(const Ex& ex, int tid, T* dst, int64_t channels, const Line& line,
+                               int row0, int64_t c0, int cols, const float* os, int ldo,
+                               bool accumulate, bool vec) {
+  constexpr int V = 16 / sizeof(T);
+  if (vec) {  // cols is a multiple of V here (channels and c0 are)
+    const int per_row = cols / V;
+    for (int e = tid; e < kRows * per_row; e += kThreads) {
+      const int r = e / per_row, c = (e % per_row) * V, t = row0 + r;
+      if (t >= line.P) continue;
+      T* d = dst + line.pixel(t) * channels + c0 + c;
+      alignas(16) T buf[V];
+      if (accumulate) ex.copy16(buf, d);
+      CCA_LINES_UNROLL
+      for (int x = 0; x < V; ++x) {
+        const float before = accumulate ? Elem<T>::to_float(buf[x]) : 0.f;
+        buf[x] = Elem<T>::from_float(before + os[r * ldo + c + x]);
+      }
+      ex.copy16(d, buf);
+    }
+  } else {
+    for (int e = tid; e < kRows * cols; e += kThreads) {
+      const int r = e / cols, c = e % cols, t = row0 + r;
+      if (t >= line.P) continue;
+      T* d = dst + line.pixel(t) * channels + c0 + c;
+      const float before = accumulate ? Elem<T>::to_float(*d) : 0.f;
+      *d = Elem<T>::from_float(before + os[r * ldo + c]);
+    }
+  }
+}
+
+// ------------------------------------------------------------- warp products
+
+// Tiles of 16 that hold at least one of the `count` positions from `first` on.
+CCA_HD inline int live_tiles(int64_t count, int max_tiles) {
+  const int64_t n = count <= 0 ? 0 : ceil_div(count, kFrag);
+  return static_cast<int>(n < max_tiles ? n : max_tiles);
+}
+
+// Warp w's 16 queries against the kTile keys of the tile: E = Q K^T into ss (float).
+// Key tiles past the line's end are skipped (their scores are never read).
+template <class Ex, class T>
+CCA_DEV inline void energies(const Ex& ex, int warp, float* ss, int lds, const T* qs,
+                             const T* ks, int ldq, int cqk, int row0, int key0, int P) {
+  if (row0 + kFrag * warp >= P) return;  // no query of this warp is on the line
+  constexpr int kN = kTile / kFrag;
+  const int live = live_tiles(P - key0, kN);
+  AccTiles<Ex, T, kN> acc;
+  CCA_LINES_UNROLL
+  for (int n = 0; n < kN; ++n) ex.zero(acc.f[n]);
+  // K^T (C' x keys) is the key tile (keys x C') read column-major.
+  ex.template mma_tiles<RowMajor, ColMajor>(acc.f, live, qs + kFrag * warp * ldq, ldq, ks, ldq,
+                                            cqk);
+  CCA_LINES_UNROLL
+  for (int n = 0; n < kN; ++n)
+    if (n < live) ex.store(ss + kFrag * warp * lds + kFrag * n, lds, acc.f[n]);
+}
+
+template <class Ex, class T, int N>
+CCA_DEV inline void zero_tiles(const Ex& ex, AccTiles<Ex, T, N>& acc) {
+  CCA_LINES_UNROLL
+  for (int n = 0; n < N; ++n) ex.zero(acc.f[n]);
+}
+
+// Warp w's rows of the accumulators into os (float, ldo): tiles n with 16 n < cols.
+template <class Ex, class T, int N>
+CCA_DEV inline void store_tiles(const Ex& ex, int warp, float* os, int ldo,
+                                const AccTiles<Ex, T, N>& acc, int cols) {
+  CCA_LINES_UNROLL
+  for (int n = 0; n < N; ++n)
+    if (kFrag * n < cols) ex.store(os + kFrag * warp * ldo + kFrag * n, ldo, acc.f[n]);
+}
+
+// ------------------------------------------------------------ pass: statistics
+
+template <class Ex, class T>
+CCA_DEV void stats_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned char* smem) {
+  const Problem& p = prm.p;
+  const Work w = decode_both(p, id);
+  const Line line = make_line(p, w.dir, w.line);
+  const Smem m = smem_layout(kStats, p, sizeof(T));
+  T* qs = reinterpret_cast<T*>(smem + m.q);
+  T* ks = reinterpret_cast<T*>(smem + m.k);
+  float* ss = reinterpret_cast<float*>(smem + m.s);
+  float* run_max = reinterpret_cast<float*>(smem + m.stat0);
+  float* run_sum = reinterpret_cast<float*>(smem + m.stat1);
+  const int row0 = w.block * kRows, cqk = p.cqk_pad();
+
+  ex.threads([&](int tid) {
+    load_rows(ex, tid, qs, m.ldq, prm.q, p.cqk, line, row0, 0, cqk, prm.vec_qk);
+    if (tid < kRows) {
+      run_max[tid] = -INFINITY;
+      run_sum[tid] = 0.f;
+    }
+  });
+  for (int key0 = 0; key0 < line.P; key0 += kTile) {
+    ex.threads([&](int tid) {
+      load_rows(ex, tid, ks, m.ldq, prm.k, p.cqk, line, key0, 0, cqk, prm.vec_qk);
+    });
+    ex.warps([&](int warp) {
+      energies(ex, warp, ss, m.lds, qs, ks, m.ldq, cqk, row0, key0, line.P);
+    });
+    ex.threads([&](int tid) {  // one thread per query folds the tile into (m, s)
+      const int t = row0 + tid;
+      if (tid >= kRows || t >= line.P) return;
+      const float* e = ss + tid * m.lds;
+      float tile_max = -INFINITY;
+      for (int s = 0; s < kTile; ++s)
+        if (line.sees(t, key0 + s)) tile_max = fmaxf(tile_max, e[s]);
+      if (tile_max == -INFINITY) return;  // the query sees no key of this tile
+      const float m_new = fmaxf(run_max[tid], tile_max);
+      float sum = rescale(run_sum[tid], run_max[tid], m_new);
+      for (int s = 0; s < kTile; ++s)
+        if (line.sees(t, key0 + s)) sum += expf(e[s] - m_new);
+      run_max[tid] = m_new;
+      run_sum[tid] = sum;
+    });
+  }
+  ex.threads([&](int tid) {
+    const int t = row0 + tid;
+    if (tid >= kRows || t >= line.P) return;
+    float* st = prm.stats + (w.dir * p.pixels() + line.pixel(t)) * 2;
+    st[0] = run_max[tid];
+    st[1] = run_sum[tid];
+  });
+}
+
+// ------------------------------------------------------------- pass: aggregate
+
+template <class Ex, class T>
+CCA_DEV void agg_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned char* smem) {
+  const Problem& p = prm.p;
+  const Work w = decode_agg(p, prm.dir, id);
+  const Line line = make_line(p, w.dir, w.line);
+  const Smem m = smem_layout(kAgg, p, sizeof(T));
+  constexpr bool kRounded = sizeof(T) == 2;  // 16-bit: the weights are rounded for the MMA
+  T* qs = reinterpret_cast<T*>(smem + m.q);
+  T* ks = reinterpret_cast<T*>(smem + m.k);
+  T* vs = reinterpret_cast<T*>(smem + m.v);
+  float* ss = reinterpret_cast<float*>(smem + m.s);
+  T* as = reinterpret_cast<T*>(smem + m.a);  // float32: the scores' own storage
+  float* lse = reinterpret_cast<float*>(smem + m.stat0);
+  float* os = reinterpret_cast<float*>(smem + m.o);  // aliases ks, vs after the sweep
+  const int row0 = w.block * kRows, cqk = p.cqk_pad();
+  const int64_t c0 = int64_t(w.chunk) * kChunk, N = p.pixels(), L = p.slots();
+  const int cols = static_cast<int>(p.cv - c0 < kChunk ? p.cv - c0 : kChunk);
+  const bool write_att = w.chunk == 0;  // one CTA per query block writes its attention
+  typename Ex::template PerWarp<AccTiles<Ex, T, kChunkFrags>> acc;
+
+  ex.threads([&](int tid) {
+    load_rows(ex, tid, qs, m.ldq, prm.q, p.cqk, line, row0, 0, cqk, prm.vec_qk);
+    const int t = row0 + tid;
+    if (tid < kRows) {
+      float l = 0.f;
+      if (t < line.P) {
+        const float* row = prm.stats + line.pixel(t) * 2;
+        const float* col = row + 2 * N;
+        l = p.has(kCol) ? merge_lse(row[0], row[1], col[0], col[1]) : row[0] + logf(row[1]);
+      }
+      lse[tid] = l;
+    }
+  });
+  ex.warps([&](int warp) { zero_tiles(ex, acc(warp)); });
+  for (int key0 = 0; key0 < line.P; key0 += kTile) {
+    ex.threads([&](int tid) {
+      load_rows(ex, tid, ks, m.ldq, prm.k, p.cqk, line, key0, 0, cqk, prm.vec_qk);
+      load_rows(ex, tid, vs, m.ldv, prm.v, p.cv, line, key0, c0, kChunk, prm.vec_v);
+    });
+    ex.warps([&](int warp) {
+      energies(ex, warp, ss, m.lds, qs, ks, m.ldq, cqk, row0, key0, line.P);
+    });
+    ex.threads([&](int tid) {  // A = exp(E - lse): the softmax over the whole cross
+      for (int e = tid; e < kRows * kTile; e += kThreads) {
+        const int r = e / kTile, s = e % kTile, t = row0 + r, key = key0 + s;
+        float a = 0.f;
+        if (line.sees(t, key)) {
+          a = expf(ss[r * m.lds + s] - lse[r]);
+          if (write_att) prm.att[line.pixel(t) * L + line.slot(t, key)] = Elem<T>::from_float(a);
+        }
+        if (kRounded)
+          as[r * m.lda + s] = Elem<T>::from_float(a);
+        else
+          ss[r * m.lds + s] = a;
+      }
+    });
+    ex.warps([&](int warp) {  // O += A V
+      if (row0 + kFrag * warp >= line.P) return;
+      ex.template mma_tiles<RowMajor, RowMajor>(acc(warp).f, live_tiles(cols, kChunkFrags),
+                                                as + kFrag * warp * m.lda, m.lda, vs, m.ldv,
+                                                kTile);
+    });
+  }
+  ex.warps([&](int warp) { store_tiles(ex, warp, os, m.ldo, acc(warp), cols); });
+  ex.threads([&](int tid) {
+    store_rows(ex, tid, prm.out, p.cv, line, row0, c0, cols, os, m.ldo, w.dir == kCol,
+               prm.vec_v);
+  });
+}
+
+// ------------------------------------------------------------ pass: dA and D
+
+template <class Ex, class T>
+CCA_DEV void bwd_da_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned char* smem) {
+  const Problem& p = prm.p;
+  const Work w = decode_both(p, id);
+  const Line line = make_line(p, w.dir, w.line);
+  const Smem m = smem_layout(kBwdDa, p, sizeof(T));
+  T* gos = reinterpret_cast<T*>(smem + m.q);
+  T* vs = reinterpret_cast<T*>(smem + m.v);
+  float* ss = reinterpret_cast<float*>(smem + m.s);
+  float* dsum = reinterpret_cast<float*>(smem + m.stat0);
+  const int row0 = w.block * kRows;
+  const int64_t L = p.slots();
+  typename Ex::template PerWarp<AccTiles<Ex, T, kTile / kFrag>> acc;
+
+  ex.threads([&](int tid) {
+    if (tid < kRows) dsum[tid] = 0.f;
+  });
+  for (int key0 = 0; key0 < line.P; key0 += kTile) {
+    ex.warps([&](int warp) { zero_tiles(ex, acc(warp)); });
+    for (int64_t c0 = 0; c0 < p.cv; c0 += kBwdChunk) {  // dA = dout V^T over the channels
+      ex.threads([&](int tid) {
+        load_rows(ex, tid, gos, m.ldv, prm.grad_out, p.cv, line, row0, c0, kBwdChunk, prm.vec_v);
+        load_rows(ex, tid, vs, m.ldv, prm.v, p.cv, line, key0, c0, kBwdChunk, prm.vec_v);
+      });
+      ex.warps([&](int warp) {
+        if (row0 + kFrag * warp >= line.P) return;
+        ex.template mma_tiles<RowMajor, ColMajor>(acc(warp).f, live_tiles(line.P - key0, kTile / kFrag),
+                                                  gos + kFrag * warp * m.ldv, m.ldv, vs, m.ldv,
+                                                  kBwdChunk);
+      });
+    }
+    ex.warps([&](int warp) {
+      if (row0 + kFrag * warp < line.P) store_tiles(ex, warp, ss, m.lds, acc(warp), kTile);
+    });
+    ex.threads([&](int tid) {  // + grad_attention; keep dA; A dA for D
+      for (int e = tid; e < kRows * kTile; e += kThreads) {
+        const int r = e / kTile, s = e % kTile, t = row0 + r, key = key0 + s;
+        float prod = 0.f;
+        if (line.sees(t, key)) {
+          const int64_t at = line.pixel(t) * L + line.slot(t, key);
+          float da = ss[r * m.lds + s];
+          if (prm.grad_att != nullptr) da += Elem<T>::to_float(prm.grad_att[at]);
+          prm.g[at] = da;
+          prod = Elem<T>::to_float(prm.att_in[at]) * da;
+        }
+        ss[r * m.lds + s] = prod;
+      }
+    });
+    ex.threads([&](int tid) {  // one thread per query, keys in order: deterministic
+      if (tid >= kRows) return;
+      float sum = dsum[tid];
+      for (int s = 0; s < kTile; ++s) sum += ss[tid * m.lds + s];
+      dsum[tid] = sum;
+    });
+  }
+  ex.threads([&](int tid) {
+    const int t = row0 + tid;
+    if (tid < kRows && t < line.P) prm.dpart[w.dir * p.pixels() + line.pixel(t)] = dsum[tid];
+  });
+}
+
+// ---------------------------------------------------------- pass: gradients
+
+template <class Ex, class T>
+CCA_DEV void bwd_grads_body(const Ex& ex, const Params<T>& prm, int64_t id,
+                            unsigned char* smem) {
+  const Problem& p = prm.p;
+  const Work w = decode_grads(p, prm.dir, id);
+  const Line line = make_line(p, w.dir, w.line);
+  const Smem m = smem_layout(kBwdGrads, p, sizeof(T));
+  T* ws = reinterpret_cast<T*>(smem + m.a);  // (query, key) weights of the tile
+  float* dq = reinterpret_cast<float*>(smem + m.stat0);
+  T* ys = reinterpret_cast<T*>(smem + m.v);
+  float* os = reinterpret_cast<float*>(smem + m.o);  // aliases ys after the sweep
+  const int64_t N = p.pixels(), L = p.slots();
+  const int row0 = w.block * kRows;  // keys (grad value, grad key) or queries (grad query)
+  const bool by_key = w.kind != kGradQuery;
+  // grad_value = A^T dout, grad_key = dE^T query, grad_query = dE key
+  const T* ysrc = w.kind == kGradValue ? prm.grad_out : w.kind == kGradKey ? prm.q : prm.k;
+  T* dst = w.kind == kGradValue ? prm.grad_v : w.kind == kGradKey ? prm.grad_k : prm.grad_q;
+  const int64_t channels = w.kind == kGradValue ? p.cv : p.cqk;
+  const int64_t c0 = w.kind == kGradValue ? int64_t(w.chunk) * kChunk : 0;
+  const int ycols = w.kind == kGradValue ? kChunk : p.cqk_pad();
+  const int cols = static_cast<int>(channels - c0 < ycols ? channels - c0 : ycols);
+  const bool vec = w.kind == kGradValue ? prm.vec_v : prm.vec_qk;
+  typename Ex::template PerWarp<AccTiles<Ex, T, kChunkFrags>> acc;
+  static_assert(kQkFrags <= kChunkFrags, "grad q/k fit the value accumulators");
+
+  ex.warps([&](int warp) { zero_tiles(ex, acc(warp)); });
+  for (int pos0 = 0; pos0 < line.P; pos0 += kTile) {  // queries (by key) or keys
+    const int q0 = by_key ? pos0 : row0, k0 = by_key ? row0 : pos0;
+    if (w.kind != kGradValue) {
+      ex.threads([&](int tid) {  // D = the two halves' sum_l A dA
+        const int t = q0 + tid;
+        if (tid >= kTile) return;
+        float d = 0.f;
+        if (t < line.P) {
+          const int64_t u = line.pixel(t);
+          d = prm.dpart[u] + (p.has(kCol) ? prm.dpart[N + u] : 0.f);
+        }
+        dq[tid] = d;
+      });
+    }
+    ex.threads([&](int tid) {
+      load_rows(ex, tid, ys, m.ldy, ysrc, channels, line, pos0, c0, ycols, vec);
+      for (int e = tid; e < kTile * kTile; e += kThreads) {
+        const int qq = e / kTile, kk = e % kTile, t = q0 + qq, key = k0 + kk;
+        float x = 0.f;
+        if (line.sees(t, key)) {
+          const int64_t at = line.pixel(t) * L + line.slot(t, key);
+          const float a = Elem<T>::to_float(prm.att_in[at]);
+          x = w.kind == kGradValue ? a : a * (prm.g[at] - dq[qq]);  // A, or dE
+        }
+        ws[qq * m.ldw + kk] = Elem<T>::from_float(x);
+      }
+    });
+    ex.warps([&](int warp) {
+      if (row0 + kFrag * warp >= line.P) return;
+      const int live = live_tiles(cols, kChunkFrags);
+      if (by_key)  // (keys x queries): the weights read column-major
+        ex.template mma_tiles<ColMajor, RowMajor>(acc(warp).f, live, ws + kFrag * warp, m.ldw, ys,
+                                                  m.ldy, kTile);
+      else
+        ex.template mma_tiles<RowMajor, RowMajor>(acc(warp).f, live, ws + kFrag * warp * m.ldw,
+                                                  m.ldw, ys, m.ldy, kTile);
+    });
+  }
+  ex.warps([&](int warp) { store_tiles(ex, warp, os, m.ldo, acc(warp), cols); });
+  ex.threads([&](int tid) {
+    store_rows(ex, tid, dst, channels, line, row0, c0, cols, os, m.ldo, w.dir == kCol, vec);
+  });
+}
+
+// ------------------------------------------------------------ the pass order
+// `launch(pass, grid, params)` runs one pass over `grid` CTAs; the passes run in
+// this order (a GPU stream, or the emulation's loop), each seeing all of the
+// previous ones' writes.
+
+template <class Launch, class T>
+void run_forward(Launch& launch, Params<T> prm) {
+  launch(kStats, both_grid(prm.p), prm);
+  prm.dir = kRow;
+  launch(kAgg, agg_grid(prm.p, kRow), prm);
+  if (prm.p.has(kCol)) {
+    prm.dir = kCol;
+    launch(kAgg, agg_grid(prm.p, kCol), prm);
+  }
+}
+
+template <class Launch, class T>
+void run_backward(Launch& launch, Params<T> prm) {
+  launch(kBwdDa, both_grid(prm.p), prm);
+  prm.dir = kRow;
+  launch(kBwdGrads, grads_grid(prm.p, kRow), prm);
+  if (prm.p.has(kCol)) {
+    prm.dir = kCol;
+    launch(kBwdGrads, grads_grid(prm.p, kCol), prm);
+  }
+}
+
+// ------------------------------------------------ the untyped entry arguments
+// What the torch side (cca_cuda.cu) and the emulation's C entry points pass.
+
+struct RawArgs {
+  Problem p;
+  int dtype;  // DType
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  void* att;
+  float* stats;
+  const void* grad_out;
+  const void* grad_att;
+  const void* att_in;
+  float* g;
+  float* dpart;
+  void* grad_q;
+  void* grad_k;
+  void* grad_v;
+};
+
+template <class T>
+inline Params<T> make_params(const RawArgs& a) {
+  Params<T> prm{};
+  prm.p = a.p;
+  prm.q = static_cast<const T*>(a.q);
+  prm.k = static_cast<const T*>(a.k);
+  prm.v = static_cast<const T*>(a.v);
+  prm.out = static_cast<T*>(a.out);
+  prm.att = static_cast<T*>(a.att);
+  prm.stats = a.stats;
+  prm.grad_out = static_cast<const T*>(a.grad_out);
+  prm.grad_att = static_cast<const T*>(a.grad_att);
+  prm.att_in = static_cast<const T*>(a.att_in);
+  prm.g = a.g;
+  prm.dpart = a.dpart;
+  prm.grad_q = static_cast<T*>(a.grad_q);
+  prm.grad_k = static_cast<T*>(a.grad_k);
+  prm.grad_v = static_cast<T*>(a.grad_v);
+  const int e = sizeof(T);
+  const auto ok = [e](const void* ptr, int64_t channels) {
+    return ptr == nullptr || vector_ok(ptr, channels, e);
+  };
+  prm.vec_qk = ok(a.q, a.p.cqk) && ok(a.k, a.p.cqk) && ok(a.grad_q, a.p.cqk) &&
+               ok(a.grad_k, a.p.cqk);
+  prm.vec_v = ok(a.v, a.p.cv) && ok(a.out, a.p.cv) && ok(a.grad_out, a.p.cv) &&
+              ok(a.grad_v, a.p.cv);
+  return prm;
+}
+
+}  // namespace lines
+}  // namespace ccnet_edu

@@ -1,0 +1,211 @@
+"""The tiled GPU kernels' arithmetic, run on the CPU.
+
+``csrc/cca_lines.h`` holds the bodies of the tiled CUDA kernels, written against
+an executor; ``csrc/cca_lines_host.h`` is a CPU executor that runs the same bodies
+phase by phase (threads and warps in turn, tensor-core products in float
+arithmetic on the same operands, float32 split into TF32 parts as the GPU splits
+it).  :mod:`ccnet_edu.emulation` compiles ``csrc/cca_lines_emulate.cpp`` with the C++
+compiler alone (no torch headers, no CUDA) and calls it through ctypes; every output
+and gradient is compared with the float64 reference.  Outputs start as NaN, scratch
+buffers and shared memory too: an element nothing wrote, or a read of anything
+nothing wrote, shows as NaN.
+
+What this cannot check is what only a GPU does: the tensor cores' own rounding,
+the WMMA fragment layouts, races between threads; ``tests/test_gpu.py`` and
+``benchmarks/gpu_check.sh`` do, on a GPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from ccnet_edu import emulation
+from ccnet_edu import functional as Fn
+from ccnet_edu.ops import csrc_dir
+
+# Relative (norm-wise) error against float64 that each dtype must stay under.  float32
+# runs as 3xTF32 (about 2^-21 per product); float16/bfloat16 keep 11/8 significant bits
+# in their inputs, in the weights rounded for the tensor cores, and in the outputs.
+REL_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+# (B, C', C, H, W): odd and non-square; one row, one column, one pixel; lines longer
+# than a 64-position tile and block (several of each, the last partial); C' not a
+# multiple of 16, the widest C' (128); C not a multiple of 8 (no 16-byte vectors) and
+# C over one 128-channel chunk with a partial last chunk.
+SHAPES = [
+    (2, 5, 7, 5, 9),
+    (1, 3, 4, 1, 6),
+    (3, 2, 33, 7, 1),
+    (2, 4, 19, 1, 1),
+    (1, 16, 136, 9, 70),
+    (2, 8, 24, 67, 3),
+    (1, 128, 16, 6, 5),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled():
+    """The emulation, compiled from csrc/ alone (a failure fails every test)."""
+    emulation.library()
+
+
+def _case(shape, dtype, seed=0):
+    batch, qk, channels, height, width = shape
+    g = torch.Generator().manual_seed(seed)
+    sizes = [(batch, qk, height, width)] * 2 + [(batch, channels, height, width)] * 2
+    q, k, v, go = (torch.randn(s, generator=g).to(dtype) for s in sizes)
+    ga = torch.randn(batch, height, width, height + width - 1, generator=g).to(dtype)
+    return q, k, v, go, ga
+
+
+def _reference(q, k, v, go, ga):
+    """out, attention and the three gradients in float64 from the same (rounded) inputs."""
+    qd, kd, vd = (t.double().requires_grad_() for t in (q, k, v))
+    out, att = Fn.criss_cross_attention_reference(qd, kd, vd)
+    loss = (out * go.double()).sum() + (att * ga.double()).sum()
+    return [out.detach(), att.detach(), *torch.autograd.grad(loss, (qd, kd, vd))]
+
+
+def _assert_close(name, got, want, dtype):
+    assert not torch.isnan(got).any(), f"{name}: NaN (an element no pass wrote)"
+    got = got.double()
+    scale = want.norm().item()
+    error = (got - want).norm().item()
+    if scale == 0.0:  # e.g. grad query/key of a one-pixel map
+        assert error <= REL_TOL[dtype], f"{name}: |error| {error:.3g} where the reference is 0"
+    else:
+        assert error / scale <= REL_TOL[dtype], f"{name}: relative error {error / scale:.3g}"
+
+
+@pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_tiled_kernels_match_reference(shape, dtype):
+    q, k, v, go, ga = _case(shape, dtype)
+    want = _reference(q, k, v, go, ga)
+    out, att = emulation.forward(q, k, v)
+    grads = emulation.backward(go, ga, att, q, k, v)
+    names = ("out", "attention", "grad_query", "grad_key", "grad_value")
+    for name, got, expected in zip(names, [out, att, *grads], want, strict=True):
+        _assert_close(name, got, expected, dtype)
+
+
+def test_float32_is_about_float32_precise():
+    """3xTF32 keeps float32's precision: 1xTF32 (10 mantissa bits) would be ~1e-3 off."""
+    shape = (2, 64, 96, 23, 29)
+    q, k, v, go, ga = _case(shape, torch.float32, seed=3)
+    want = _reference(q, k, v, go, ga)
+    out, att = emulation.forward(q, k, v)
+    rel = ((out.double() - want[0]).norm() / want[0].norm()).item()
+    assert rel < 3e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_ctas_in_any_order_give_the_same_bits(dtype):
+    """No CTA reads what another CTA of the same launch writes."""
+    q, k, v, go, ga = _case((2, 8, 136, 9, 70), dtype, seed=1)
+    forward = emulation.forward(q, k, v)
+    reverse = emulation.forward(q, k, v, reverse=True)
+    for a, b in zip(forward, reverse, strict=True):
+        assert torch.equal(a, b)
+    grads = emulation.backward(go, ga, forward[1], q, k, v)
+    grads_reverse = emulation.backward(go, ga, forward[1], q, k, v, reverse=True)
+    for a, b in zip(grads, grads_reverse, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_without_grad_attention_is_grad_attention_zero():
+    q, k, v, go, _ = _case((2, 5, 7, 5, 9), torch.float32, seed=2)
+    _, att = emulation.forward(q, k, v)
+    without = emulation.backward(go, None, att, q, k, v)
+    zeros = emulation.backward(go, torch.zeros_like(att), att, q, k, v)
+    for a, b in zip(without, zeros, strict=True):
+        assert torch.equal(a, b)
+
+
+def _work(pass_, direction, shape, index):
+    w = emulation.decode(pass_, direction, shape, index)
+    return w["dir"], w["line"], w["block"], w["chunk"], w["kind"]
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 300, 67, 3), (1, 64, 512, 97, 97), (3, 4, 5, 1, 130)])
+def test_every_work_item_is_one_cta(shape):
+    """The CTAs of each pass cover every (line, block, chunk) of the map exactly once."""
+    batch, _, channels, height, width = shape
+    lines = {0: batch * height, 1: batch * width}
+    length = {0: width, 1: height}
+    blocks = {d: -(-length[d] // 64) for d in (0, 1)}
+    chunks = -(-channels // 128)
+    directions = [0, 1] if height > 1 else [0]
+
+    both = [_work("stats", 0, shape, i) for i in range(emulation.grid("stats", 0, shape))]
+    expected = [(d, n, b) for d in directions for n in range(lines[d]) for b in range(blocks[d])]
+    assert sorted(w[:3] for w in both) == expected
+
+    for d in directions:
+        agg = [_work("agg", d, shape, i) for i in range(emulation.grid("agg", d, shape))]
+        expected = list(itertools.product([d], range(lines[d]), range(blocks[d]), range(chunks)))
+        assert sorted(w[:4] for w in agg) == expected
+
+        grid = emulation.grid("bwd_grads", d, shape)
+        items = sorted(
+            (w[1], w[4], w[2], w[3] if w[4] == 0 else 0)
+            for w in (_work("bwd_grads", d, shape, i) for i in range(grid))
+        )
+        expected = sorted(
+            [(n, 0, b, c) for n in range(lines[d]) for b in range(blocks[d]) for c in range(chunks)]
+            + [
+                (n, kind, b, 0)
+                for n in range(lines[d])
+                for kind in (1, 2)
+                for b in range(blocks[d])
+            ]
+        )
+        assert items == expected
+    if height == 1:  # no column half: no column passes
+        assert emulation.grid("agg", 1, shape) == 0
+
+
+def test_shared_memory_fits_two_ctas_per_multiprocessor():
+    """At CCNet's C' = 64 every pass fits twice in an H100/H200 multiprocessor's 228 KB
+    (the kernels ask for 2 CTAs per multiprocessor), and the widest C' still fits once."""
+    for dtype in emulation.DTYPES:
+        for p in emulation.PASSES:
+            assert emulation.smem_bytes(p, (1, 64, 512, 97, 97), dtype) <= 113 * 1024
+            assert emulation.smem_bytes(p, (1, 128, 512, 97, 97), dtype) <= 227 * 1024
+
+
+def test_what_the_tiled_kernels_take():
+    assert emulation.supported((2, 128, 512, 97, 97), torch.float32)
+    assert not emulation.supported((2, 129, 512, 97, 97), torch.float32)  # C' > 128: portable
+    assert not emulation.supported((2, 64, 512, 97, 97), torch.float64)  # float64: portable
+    assert not emulation.supported((0, 64, 512, 97, 97), torch.bfloat16)  # empty
+    with pytest.raises(ValueError, match="do not take"):
+        emulation.forward(*(torch.randn(1, 130, 3, 3) for _ in range(3)))
+
+
+def test_merge_lse_in_the_kernels():
+    """The kernels' log-sum-exp merge of the two halves, against torch.logsumexp."""
+    g = torch.Generator().manual_seed(4)
+    for _ in range(20):
+        row, col = torch.randn(7, generator=g) * 30, torch.randn(4, generator=g) * 30
+        m_row, m_col = row.max(), col.max()
+        s_row, s_col = (row - m_row).exp().sum(), (col - m_col).exp().sum()
+        got = emulation.merge_lse(m_row.item(), s_row.item(), m_col.item(), s_col.item())
+        want = torch.cat([row, col]).double().logsumexp(0).item()
+        assert abs(got - want) <= 1e-5 * max(1.0, abs(want))
+    # an empty column half (H == 1): the row's own log-sum-exp
+    got = emulation.merge_lse(2.0, 3.0, float("-inf"), 0.0)
+    assert abs(got - (2.0 + torch.tensor(3.0).log().item())) < 1e-6
+
+
+def test_emulation_needs_nothing_but_csrc():
+    """The emulation is compiled from these files alone: no torch or CUDA header."""
+    src = csrc_dir()
+    for name in ("cca_tiling.h", "cca_lines.h", "cca_lines_host.h", "cca_lines_emulate.cpp"):
+        text = (src / name).read_text()
+        includes = [line for line in text.splitlines() if line.startswith("#include")]
+        assert not any("torch" in i or "ATen" in i or "c10" in i or "cuda" in i for i in includes)
+    assert (src / "cca_lines_cuda.h").is_file()
