@@ -1,0 +1,190 @@
+"""Where trained models attend on the beacon task, over many far queries at once.
+
+One query pixel on one image is an anecdote.  This module takes every
+*far query* of many validation images -- a feature cell lying entirely inside
+a shape, all of its pixels more than :data:`ccnet_edu.train.FAR` pixels from
+the beacon -- and measures, for each,
+
+* ``share``: the weight its effective attention puts on the cells that can
+  see the beacon (the cells whose receptive field overlaps it, see
+  :func:`cells_seeing_beacon`);
+* ``correct``: whether the head labels the cell with the beacon's class
+  (argmax of the logits at feature resolution);
+* ``off_cross``: whether no beacon-seeing cell lies in the query's row or
+  column.  For such a query a single criss-cross loop has *no* path to the
+  beacon, and with two loops the only attention path is the two-hop product
+  ``A_2 A_1`` (the direct terms ``A_1(u, p)`` and ``A_2(u, p)`` vanish off the
+  cross).
+
+The effective attention is the library's dense form of each module
+(:mod:`ccnet_edu.dense`): ``A_2 A_1`` for RCCA with two loops, ``A_1`` with
+one, the dense map of the non-local block, ``A_S A_L`` for ISSA.  It is the
+attention-only path: it leaves out the value and output projections and the
+``gamma``-scaled residual, so it says where a query *can* read from and how
+much weight it gives there, not how much of the prediction comes from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .._checks import check_int
+from ..data import make_sample
+from ..dense import issa_attention_to_dense, recurrent_attention_to_dense
+
+__all__ = [
+    "STRIDE",
+    "RECEPTIVE_HALF",
+    "cells_seeing_beacon",
+    "far_query_cells",
+    "off_cross",
+    "effective_attention",
+    "FarQueries",
+    "far_query_attention",
+]
+
+STRIDE = 8  # the backbone's output stride: one feature cell per 8 x 8 pixels
+# The backbone's receptive field: feature cell (i, j) depends on input pixel (r, c) exactly when
+# |r - 8i| <= 17 and |c - 8j| <= 17 (35 x 35 pixels, cut at the border; the gradient test in
+# tests/test_beacon_attention.py checks it).
+RECEPTIVE_HALF = 17
+
+
+def _grid_of(sample: dict) -> tuple[int, int]:
+    size = sample["label"].shape[-1]
+    if size % STRIDE:
+        raise ValueError(f"the sample's size must be a multiple of {STRIDE}, got {size}")
+    return size // STRIDE, size // STRIDE
+
+
+def cells_seeing_beacon(sample: dict) -> torch.Tensor:
+    """(h, w) bool: the feature cells whose receptive field overlaps the beacon."""
+    if not isinstance(sample, dict) or "beacon_corner" not in sample:
+        raise TypeError("sample must be a dict from ccnet_edu.data.make_sample")
+    h, w = _grid_of(sample)
+    br, bc = sample["beacon_corner"]
+    size = int(sample["beacon_size"])
+    centres_r = STRIDE * torch.arange(h)  # the pixel each cell's receptive field is centred on
+    centres_c = STRIDE * torch.arange(w)
+    # interval [centre - 17, centre + 17] overlaps [b, b + size - 1]
+    rows = (centres_r + RECEPTIVE_HALF >= br) & (centres_r - RECEPTIVE_HALF <= br + size - 1)
+    cols = (centres_c + RECEPTIVE_HALF >= bc) & (centres_c - RECEPTIVE_HALF <= bc + size - 1)
+    return rows[:, None] & cols[None, :]
+
+
+def far_query_cells(sample: dict, far: int | None = None) -> torch.Tensor:
+    """(h, w) bool: cells entirely inside a shape with every pixel more than ``far`` px away.
+
+    ``far`` defaults to :data:`ccnet_edu.train.FAR` (the evaluation's "far").
+    """
+    from ..data import distance_to_beacon
+    from ..train import FAR
+
+    far = FAR if far is None else check_int("far", far, minimum=0)
+    h, w = _grid_of(sample)
+    inside = sample["shape_mask"].reshape(h, STRIDE, w, STRIDE).all(3).all(1)
+    distant = (distance_to_beacon(sample) > far).reshape(h, STRIDE, w, STRIDE).all(3).all(1)
+    return inside & distant
+
+
+def off_cross(seeing: torch.Tensor) -> torch.Tensor:
+    """(h, w) bool: cells with no ``seeing`` cell in their row or their column."""
+    if not isinstance(seeing, torch.Tensor) or seeing.dim() != 2 or seeing.dtype != torch.bool:
+        raise TypeError("seeing must be an (h, w) bool tensor")
+    return ~seeing.any(1)[:, None] & ~seeing.any(0)[None, :]
+
+
+def effective_attention(model: nn.Module, out: dict) -> torch.Tensor | None:
+    """The (B, N, N) effective attention of ``model`` from its ``return_all`` output.
+
+    ``None`` for heads without a pairwise attention (``fcn``, ``sa``).
+    """
+    head = model.config["head"]
+    attention = out.get("attention")
+    if head in ("rcca1", "rcca2"):
+        return recurrent_attention_to_dense(list(attention))  # A_R ... A_1
+    if head == "nonlocal":
+        return attention
+    if head == "isa":
+        h, w = out["features"].shape[-2:]
+        return issa_attention_to_dense(attention, h, w, model.head.context.block_size, "combined")
+    return None
+
+
+@dataclass
+class FarQueries:
+    """Every far query of the evaluated images (one entry per query, as 1-d tensors)."""
+
+    image: torch.Tensor  # (Q,) int: index of the validation sample
+    cell: torch.Tensor  # (Q, 2) int: (row, column) of the query cell
+    off_cross: torch.Tensor  # (Q,) bool
+    share: torch.Tensor  # (Q,) float: attention weight on beacon-seeing cells (nan: no attention)
+    correct: torch.Tensor  # (Q,) bool: the cell is labelled with the beacon's class
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def select(self, mask: torch.Tensor) -> FarQueries:
+        return FarQueries(self.image[mask], self.cell[mask], self.off_cross[mask],
+                          self.share[mask], self.correct[mask])
+
+
+@torch.no_grad()
+def far_query_attention(
+    model: nn.Module,
+    *,
+    length: int = 100,
+    val_seed: int = 10_000,
+    batch_size: int = 50,
+) -> FarQueries:
+    """Share of attention on the beacon and correctness for every far query of ``length`` images.
+
+    The model runs in ``eval()`` mode (batch statistics would couple the
+    images of a batch); it is put back in its former mode afterwards.
+    """
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise TypeError("model must be a ccnet_edu SegmentationModel")
+    length = check_int("length", length, minimum=1)
+    check_int("val_seed", val_seed, minimum=0)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("image", "cell", "off", "share", "ok")}
+    for start in range(0, length, batch_size):
+        indices = range(start, min(start + batch_size, length))
+        samples = [make_sample(val_seed, i) for i in indices]
+        images = torch.stack([s["image"] for s in samples]).to(device)
+        out = model(images, return_all=True)
+        pred = out["logits_small"].argmax(1).cpu()  # (B, h, w)
+        attention = effective_attention(model, out)
+        for b, (index, s) in enumerate(zip(indices, samples, strict=True)):
+            queries = far_query_cells(s)
+            if not queries.any():
+                continue
+            seeing = cells_seeing_beacon(s)
+            cells = queries.nonzero()  # (q, 2)
+            w = queries.shape[1]
+            flat = cells[:, 0] * w + cells[:, 1]
+            if attention is None:
+                share = torch.full((len(cells),), float("nan"))
+            else:
+                rows = attention[b].cpu().double()[flat]  # (q, N)
+                share = rows[:, seeing.reshape(-1)].sum(1)
+            parts["image"].append(torch.full((len(cells),), index))
+            parts["cell"].append(cells)
+            parts["off"].append(off_cross(seeing)[cells[:, 0], cells[:, 1]])
+            parts["share"].append(share.double())
+            parts["ok"].append(pred[b][cells[:, 0], cells[:, 1]] == s["beacon_class"])
+    model.train(was_training)
+    if not parts["image"]:
+        empty = torch.zeros(0)
+        return FarQueries(empty.long(), torch.zeros(0, 2).long(), empty.bool(), empty.double(),
+                          empty.bool())
+    return FarQueries(
+        torch.cat(parts["image"]), torch.cat(parts["cell"]), torch.cat(parts["off"]),
+        torch.cat(parts["share"]), torch.cat(parts["ok"]),
+    )

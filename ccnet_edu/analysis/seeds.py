@@ -1,0 +1,409 @@
+"""Several training seeds per model: find the shipped checkpoints, evaluate them, summarise.
+
+One training run of a small model says little: on the beacon task of
+:mod:`ccnet_edu.data` the same recipe can succeed with one seed and fail
+with the next.  The book therefore ships five seeds per model (``NAME.pt``
+for seed 0, ``NAME_seed<k>.pt`` for seed k, as ``python -m ccnet_edu.train
+--all --seeds ...`` writes them) and reports, per model,
+
+* how many seeds **succeed** -- far-pixel accuracy of at least
+  :data:`SUCCESS_FAR_ACC`, a threshold fixed before the five-seed runs were
+  evaluated (see :func:`summarise`);
+* the median and the range (min--max) of mIoU and far-pixel accuracy;
+* the median per-class IoU;
+* the learning curves stored in each checkpoint (median and range over seeds)
+  and the recorded training time.
+
+Nothing here trains: everything is read from checkpoints or measured on the
+validation samples, which are a pure function of ``(seed, index)``.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._checks import check_float, check_int, check_str
+from ..data import CLASS_NAMES, NUM_CLASSES, make_sample
+from ..models import CHECKPOINT_DIR, SegmentationModel, load_checkpoint
+
+__all__ = [
+    "SUCCESS_FAR_ACC",
+    "checkpoint_stem",
+    "shipped_seeds",
+    "load_seed",
+    "SeedRun",
+    "evaluate_run",
+    "evaluate_seeds",
+    "recorded_run",
+    "recorded_seeds",
+    "Spread",
+    "SeedSummary",
+    "summarise",
+    "format_summary",
+    "curve_band",
+    "shape_confusion",
+]
+
+# A run "succeeds" when it labels at least this share of the far shape pixels
+# (more than ccnet_edu.train.FAR px from the beacon) correctly.  Guessing the
+# class gives 1/3 there.  The two-seed runs shipped earlier clustered near 0.6
+# and near 0.95; 0.8 separates the two groups and was fixed before the
+# five-seed checkpoints were evaluated.
+SUCCESS_FAR_ACC = 0.8
+
+_SEED_SUFFIX = re.compile(r"_seed(\d+)$")
+
+
+def checkpoint_stem(name: str, seed: int) -> str:
+    """The file stem of model ``name`` trained with ``seed``: ``name`` or ``name_seed<k>``."""
+    check_str("name", name)
+    if not name or _SEED_SUFFIX.search(name):
+        raise ValueError(f"name must be a model name without a _seed suffix, got {name!r}")
+    seed = check_int("seed", seed, minimum=0)
+    return name if seed == 0 else f"{name}_seed{seed}"
+
+
+def _directory(directory: str | Path | None) -> Path:
+    if directory is None:
+        return CHECKPOINT_DIR
+    if not isinstance(directory, (str, Path)):
+        raise TypeError(f"directory must be a str, a Path or None, got {type(directory).__name__}")
+    path = Path(directory)
+    if not path.is_dir():
+        raise ValueError(f"directory {path} does not exist or is not a folder")
+    return path
+
+
+def shipped_seeds(name: str, directory: str | Path | None = None) -> list[int]:
+    """The seeds for which ``directory`` (default: the shipped checkpoints) holds model ``name``.
+
+    ``rcca2`` finds ``rcca2.pt`` (seed 0) and ``rcca2_seed<k>.pt``, never
+    ``rcca2_ccl*.pt``.
+    """
+    checkpoint_stem(name, 0)  # validates name
+    folder = _directory(directory)
+    pattern = re.compile(re.escape(name) + r"(?:_seed(\d+))?")
+    seeds = []
+    for path in folder.glob("*.pt"):
+        match = pattern.fullmatch(path.stem)
+        if match:
+            seeds.append(int(match.group(1) or 0))
+    return sorted(seeds)
+
+
+def load_seed(
+    name: str,
+    seed: int,
+    directory: str | Path | None = None,
+    map_location: str | torch.device = "cpu",
+) -> SegmentationModel:
+    """Load model ``name`` trained with ``seed`` (checked like every checkpoint, in eval mode)."""
+    stem = checkpoint_stem(name, seed)
+    path = _directory(directory) / f"{stem}.pt"
+    if not path.is_file():
+        raise ValueError(
+            f"no checkpoint {path.name} in {path.parent}; seeds there for {name!r}: "
+            f"{shipped_seeds(name, directory) or 'none'}"
+        )
+    return load_checkpoint(path, map_location=map_location)
+
+
+@dataclass
+class SeedRun:
+    """One trained run: its validation metrics (measured here) and what its checkpoint recorded."""
+
+    name: str
+    seed: int
+    miou: float
+    pixel_acc: float
+    far_acc: float
+    iou: list[float]  # per class, in the order of ccnet_edu.data.CLASS_NAMES
+    train_seconds: float | None = None
+    loss_curve: dict[str, Any] | None = None
+    recorded: dict[str, Any] = field(default_factory=dict)  # meta["metrics"] at training time
+    command: str = ""
+
+    def succeeded(self, threshold: float = SUCCESS_FAR_ACC) -> bool:
+        """Far-pixel accuracy of at least ``threshold``."""
+        return self.far_acc >= check_float("threshold", threshold, minimum=0.0, maximum=1.0)
+
+
+def evaluate_run(
+    model: nn.Module,
+    name: str,
+    seed: int,
+    *,
+    length: int = 200,
+    val_seed: int = 10_000,
+    device: str | torch.device = "cpu",
+) -> SeedRun:
+    """:func:`ccnet_edu.train.evaluate` on ``length`` validation samples, as a :class:`SeedRun`."""
+    from ..train import evaluate  # lazy: train imports the whole training stack
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    metrics = evaluate(model.to(device), seed=val_seed, length=length, device=device)
+    meta = getattr(model, "meta", {}) or {}
+    return SeedRun(
+        name=name,
+        seed=check_int("seed", seed, minimum=0),
+        miou=metrics["miou"],
+        pixel_acc=metrics["pixel_acc"],
+        far_acc=metrics["far_acc"],
+        iou=list(metrics["iou"]),
+        train_seconds=meta.get("train_seconds"),
+        loss_curve=meta.get("loss_curve"),
+        recorded=dict(meta.get("metrics", {}) or {}),
+        command=str(meta.get("command", "")),
+    )
+
+
+def evaluate_seeds(
+    names: Iterable[str],
+    *,
+    seeds: Sequence[int] | None = None,
+    length: int = 200,
+    val_seed: int = 10_000,
+    device: str | torch.device = "cpu",
+    directory: str | Path | None = None,
+) -> dict[str, list[SeedRun]]:
+    """Evaluate every seed of every model in ``names``: ``{name: [SeedRun, ...]}``.
+
+    ``seeds`` (default: every seed found by :func:`shipped_seeds`) must exist
+    for every model.  ``length`` validation samples of ``val_seed``; the
+    default (200 samples of seed 10 000) is what ``python -m
+    ccnet_edu.train`` evaluates after training, so each run can be compared
+    with the metrics its checkpoint recorded (``SeedRun.recorded``).
+    """
+    if isinstance(names, str):
+        raise TypeError("names must be a list of model names, not one str")
+    names = list(names)
+    if not names:
+        raise ValueError("names must not be empty")
+    length = check_int("length", length, minimum=1)
+    check_int("val_seed", val_seed, minimum=0)
+    out: dict[str, list[SeedRun]] = {}
+    for name in names:
+        found = shipped_seeds(name, directory)
+        wanted = found if seeds is None else [check_int("seeds[]", s, minimum=0) for s in seeds]
+        missing = sorted(set(wanted) - set(found))
+        if not wanted or missing:
+            raise ValueError(
+                f"model {name!r}: seeds {missing or wanted} not found (have {found or 'none'})"
+            )
+        out[name] = [
+            evaluate_run(load_seed(name, s, directory), name, s, length=length,
+                         val_seed=val_seed, device=device)
+            for s in wanted
+        ]
+    return out
+
+
+def recorded_run(model: nn.Module, name: str, seed: int) -> SeedRun:
+    """A :class:`SeedRun` from the metrics a checkpoint recorded at training time (no evaluation).
+
+    ``python -m ccnet_edu.train`` evaluates every model it trains on 200 validation samples of
+    seed 10 000 and stores the result in ``meta["metrics"]``: the numbers
+    :func:`evaluate_seeds` measures with its defaults (the training chapter checks that they
+    agree).  Raises ``ValueError`` if the checkpoint recorded no metrics.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    meta = getattr(model, "meta", {}) or {}
+    metrics = meta.get("metrics") or {}
+    missing = [k for k in ("miou", "pixel_acc", "far_acc", "iou") if k not in metrics]
+    if missing:
+        raise ValueError(f"{name} seed {seed}: the checkpoint recorded no {missing} metrics")
+    return SeedRun(
+        name=name,
+        seed=check_int("seed", seed, minimum=0),
+        miou=float(metrics["miou"]),
+        pixel_acc=float(metrics["pixel_acc"]),
+        far_acc=float(metrics["far_acc"]),
+        iou=[float(v) for v in metrics["iou"]],
+        train_seconds=meta.get("train_seconds"),
+        loss_curve=meta.get("loss_curve"),
+        recorded=dict(metrics),
+        command=str(meta.get("command", "")),
+    )
+
+
+def recorded_seeds(
+    names: Iterable[str], *, directory: str | Path | None = None
+) -> dict[str, list[SeedRun]]:
+    """Every shipped seed of every model in ``names`` from its recorded metrics: no evaluation."""
+    if isinstance(names, str):
+        raise TypeError("names must be a list of model names, not one str")
+    names = list(names)
+    if not names:
+        raise ValueError("names must not be empty")
+    out: dict[str, list[SeedRun]] = {}
+    for name in names:
+        found = shipped_seeds(name, directory)
+        if not found:
+            raise ValueError(f"model {name!r}: no checkpoints found")
+        out[name] = [recorded_run(load_seed(name, s, directory), name, s) for s in found]
+    return out
+
+
+@dataclass
+class Spread:
+    """Median and range of one quantity over seeds."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        values = [float(v) for v in values]
+        if not values:
+            raise ValueError("values must not be empty")
+        return cls(statistics.median(values), min(values), max(values))
+
+    def format(self, digits: int = 3) -> str:
+        """``median [low–high]``."""
+        return f"{self.median:.{digits}f} [{self.low:.{digits}f}–{self.high:.{digits}f}]"
+
+
+@dataclass
+class SeedSummary:
+    """What the seeds of one model say together."""
+
+    name: str
+    seeds: list[int]
+    successes: int
+    threshold: float
+    miou: Spread
+    far_acc: Spread
+    pixel_acc: Spread
+    iou_median: list[float]
+    train_seconds: Spread | None
+
+    @property
+    def runs(self) -> int:
+        return len(self.seeds)
+
+
+def summarise(runs: Sequence[SeedRun], threshold: float = SUCCESS_FAR_ACC) -> SeedSummary:
+    """Success count, median and range of the metrics, median per-class IoU, training time.
+
+    All runs must be of one model.  Median and range, not mean and standard
+    deviation: with five bimodal outcomes a mean describes no run.
+    """
+    runs = list(runs)
+    if not runs or not all(isinstance(r, SeedRun) for r in runs):
+        raise TypeError("runs must be a non-empty list of SeedRun")
+    names = {r.name for r in runs}
+    if len(names) != 1:
+        raise ValueError(f"runs must all be of one model, got {sorted(names)}")
+    threshold = check_float("threshold", threshold, minimum=0.0, maximum=1.0)
+    times = [r.train_seconds for r in runs if r.train_seconds is not None]
+    return SeedSummary(
+        name=runs[0].name,
+        seeds=[r.seed for r in runs],
+        successes=sum(r.succeeded(threshold) for r in runs),
+        threshold=threshold,
+        miou=Spread.of([r.miou for r in runs]),
+        far_acc=Spread.of([r.far_acc for r in runs]),
+        pixel_acc=Spread.of([r.pixel_acc for r in runs]),
+        iou_median=[statistics.median(r.iou[c] for r in runs) for c in range(len(runs[0].iou))],
+        train_seconds=Spread.of(times) if times else None,
+    )
+
+
+def format_summary(summaries: Sequence[SeedSummary], digits: int = 3) -> str:
+    """A plain-text table: successes, median [range] of mIoU and far accuracy, per-class IoU."""
+    header = ["model", "successes", "mIoU median [min–max]", "far acc median [min–max]",
+              "IoU per class (median): " + " / ".join(CLASS_NAMES[:NUM_CLASSES])]
+    body = [
+        [
+            s.name,
+            f"{s.successes}/{s.runs}",
+            s.miou.format(digits),
+            s.far_acc.format(digits),
+            " / ".join(f"{v:.2f}" for v in s.iou_median),
+        ]
+        for s in summaries
+    ]
+    widths = [max(len(row[k]) for row in [header, *body]) for k in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if k in (0, 4) else c.rjust(w)
+                         for k, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def curve_band(
+    runs: Sequence[SeedRun], key: str = "loss"
+) -> tuple[list[int], list[float], list[float], list[float]]:
+    """The stored learning curves of ``runs`` together: ``(steps, median, low, high)``.
+
+    ``key`` is one of the logged losses (``"loss"``, ``"ce"``, ``"ccl"``); every
+    run must have recorded it on the same steps.
+    """
+    runs = list(runs)
+    if not runs:
+        raise ValueError("runs must not be empty")
+    check_str("key", key)
+    curves = []
+    for r in runs:
+        curve = r.loss_curve
+        if not curve or key not in curve:
+            raise ValueError(f"{r.name} seed {r.seed} has no stored {key!r} curve")
+        curves.append(curve)
+    steps = list(curves[0]["step"])
+    if any(list(c["step"]) != steps for c in curves):
+        raise ValueError("the runs' curves were recorded on different steps")
+    columns = list(zip(*(c[key] for c in curves), strict=True))
+    return (
+        steps,
+        [statistics.median(col) for col in columns],
+        [min(col) for col in columns],
+        [max(col) for col in columns],
+    )
+
+
+@torch.no_grad()
+def shape_confusion(
+    model: nn.Module,
+    *,
+    length: int = 200,
+    val_seed: int = 10_000,
+    size: int = 96,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """(3, K) counts over shape pixels: row = the beacon's class (1..3), column = predicted class.
+
+    Tells a model that reads the beacon (a diagonal) from one that guesses
+    (flat rows) and from one that predicts one class whatever the beacon
+    says (one full column).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    length = check_int("length", length, minimum=1)
+    check_int("val_seed", val_seed, minimum=0)
+    size = check_int("size", size, minimum=24)
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(NUM_CLASSES - 1, NUM_CLASSES, dtype=torch.int64)
+    for start in range(0, length, 50):
+        stop = min(start + 50, length)
+        samples = [make_sample(val_seed, i, size=size) for i in range(start, stop)]
+        images = torch.stack([s["image"] for s in samples]).to(device)
+        pred = model(images).argmax(1).cpu()  # (B, S, S)
+        for s, p in zip(samples, pred, strict=True):
+            counts[s["beacon_class"] - 1] += torch.bincount(
+                p[s["shape_mask"]], minlength=NUM_CLASSES
+            )
+    model.train(was_training)
+    return counts

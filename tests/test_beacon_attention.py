@@ -1,0 +1,130 @@
+"""ccnet_edu.analysis.beacon_attention: far queries, beacon-seeing cells, attention shares."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ccnet_edu.analysis import beacon_attention as ba
+from ccnet_edu.data import distance_to_beacon, make_sample
+from ccnet_edu.models import Backbone, SegmentationModel
+from ccnet_edu.train import FAR
+
+
+@pytest.fixture(scope="module")
+def receptive_rows():
+    """Rows of input pixels each feature row depends on, from gradients (cells (i, i))."""
+    backbone = Backbone().double().eval()
+    spans = []
+    for i in range(12):
+        x = torch.rand(1, 3, 96, 96, dtype=torch.float64, requires_grad=True)
+        backbone(x)[0, :, i, i].sum().backward()
+        support = x.grad[0].abs().sum(0) > 0
+        rows = support.any(1).nonzero().flatten()
+        cols = support.any(0).nonzero().flatten()
+        assert torch.equal(rows, cols)  # the backbone is symmetric in rows and columns
+        spans.append((int(rows.min()), int(rows.max())))
+    return spans
+
+
+def test_receptive_field_constant_matches_gradients(receptive_rows):
+    for i, (low, high) in enumerate(receptive_rows):
+        centre = ba.STRIDE * i
+        assert (low, high) == (max(centre - ba.RECEPTIVE_HALF, 0),
+                               min(centre + ba.RECEPTIVE_HALF, 95))
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_cells_seeing_beacon_by_brute_force(receptive_rows, index):
+    s = make_sample(10_000, index)
+    br, bc = s["beacon_corner"]
+    beacon = torch.zeros(96, 96, dtype=torch.bool)
+    beacon[br:br + 6, bc:bc + 6] = True
+    expected = torch.zeros(12, 12, dtype=torch.bool)
+    for i, (r0, r1) in enumerate(receptive_rows):
+        for j, (c0, c1) in enumerate(receptive_rows):
+            expected[i, j] = bool(beacon[r0:r1 + 1, c0:c1 + 1].any())
+    assert torch.equal(ba.cells_seeing_beacon(s), expected)
+    assert expected.any()
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_far_query_cells_and_off_cross_by_brute_force(index):
+    s = make_sample(10_000, index)
+    d = distance_to_beacon(s)
+    expected = torch.zeros(12, 12, dtype=torch.bool)
+    for i in range(12):
+        for j in range(12):
+            cell = (slice(8 * i, 8 * i + 8), slice(8 * j, 8 * j + 8))
+            expected[i, j] = bool(s["shape_mask"][cell].all() and (d[cell] > FAR).all())
+    assert torch.equal(ba.far_query_cells(s), expected)
+    seeing = ba.cells_seeing_beacon(s)
+    # A far cell never sees the beacon itself: its receptive field ends 17 px past it.
+    assert not (expected & seeing).any()
+    off = ba.off_cross(seeing)
+    for i in range(12):
+        for j in range(12):
+            assert off[i, j] == (not seeing[i, :].any() and not seeing[:, j].any())
+
+
+def test_input_errors():
+    with pytest.raises(TypeError, match="make_sample"):
+        ba.cells_seeing_beacon({"label": torch.zeros(96, 96)})
+    with pytest.raises(TypeError, match="bool tensor"):
+        ba.off_cross(torch.zeros(3, 3))
+    with pytest.raises(TypeError, match="SegmentationModel"):
+        ba.far_query_attention(torch.nn.Identity())
+
+
+def _model(head):
+    torch.manual_seed(0)
+    model = SegmentationModel(head).eval()
+    context = model.head.context
+    gamma = getattr(getattr(context, "cca", context), "gamma", None)
+    if gamma is not None:
+        torch.nn.init.constant_(gamma, 0.7)  # gamma != 0: the second loop sees a changed map
+    return model
+
+
+def test_one_loop_cannot_reach_the_beacon_off_the_cross():
+    queries = ba.far_query_attention(_model("rcca1"), length=20)
+    assert len(queries) > 0 and queries.off_cross.any() and (~queries.off_cross).any()
+    assert torch.all(queries.share[queries.off_cross] == 0)  # no path at all
+    assert torch.all(queries.share[~queries.off_cross] > 0)  # the cross holds a seeing cell
+
+
+def test_two_loops_reach_it_through_the_product():
+    queries = ba.far_query_attention(_model("rcca2"), length=20)
+    assert torch.all(queries.share[queries.off_cross] > 0)
+    assert torch.all(queries.share <= 1 + 1e-9)
+
+
+@pytest.mark.parametrize("head", ["nonlocal", "isa", "rcca2"])
+def test_shares_and_correctness_by_hand(head):
+    model = _model(head)
+    queries = ba.far_query_attention(model, length=8, batch_size=3)
+    for k in range(len(queries)):
+        index, (i, j) = int(queries.image[k]), queries.cell[k].tolist()
+        s = make_sample(10_000, index)
+        with torch.no_grad():
+            out = model(s["image"][None], return_all=True)
+        dense = ba.effective_attention(model, out)[0].double()
+        row = dense[i * 12 + j].reshape(12, 12)
+        assert torch.isclose(queries.share[k], row[ba.cells_seeing_beacon(s)].sum())
+        assert bool(queries.correct[k]) == (int(out["logits_small"][0, :, i, j].argmax())
+                                             == s["beacon_class"])
+        assert torch.allclose(dense.sum(-1), torch.ones(144, dtype=torch.float64))
+
+
+def test_heads_without_pairwise_attention_have_no_share():
+    for head in ("fcn", "sa"):
+        queries = ba.far_query_attention(_model(head), length=10)
+        assert len(queries) > 0 and torch.isnan(queries.share).all()
+    sub = queries.select(queries.off_cross)
+    assert len(sub) == int(queries.off_cross.sum())
+
+
+def test_far_query_attention_restores_training_mode():
+    model = _model("rcca2").train()
+    ba.far_query_attention(model, length=2)
+    assert model.training

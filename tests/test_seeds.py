@@ -1,0 +1,208 @@
+"""ccnet_edu.analysis.seeds: finding, evaluating and summarising several seeds per model."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from ccnet_edu.analysis import seeds
+from ccnet_edu.analysis.seeds import (
+    SeedRun,
+    Spread,
+    checkpoint_stem,
+    curve_band,
+    evaluate_seeds,
+    format_summary,
+    load_seed,
+    recorded_seeds,
+    shape_confusion,
+    shipped_seeds,
+    summarise,
+)
+from ccnet_edu.data import make_sample
+from ccnet_edu.models import CHECKPOINT_DIR, SegmentationModel, save_checkpoint
+from ccnet_edu.train import evaluate
+
+
+def _save(folder, stem, head="fcn", meta=None):
+    torch.manual_seed(len(stem))
+    model = SegmentationModel(head).eval()
+    save_checkpoint(folder / f"{stem}.pt", model, meta or {})
+    return model
+
+
+def test_checkpoint_stem_follows_the_train_command():
+    assert checkpoint_stem("rcca2", 0) == "rcca2"
+    assert checkpoint_stem("rcca2", 3) == "rcca2_seed3"
+    assert checkpoint_stem("rcca2_ccl0.1", 2) == "rcca2_ccl0.1_seed2"
+    with pytest.raises(ValueError, match="_seed suffix"):
+        checkpoint_stem("rcca2_seed1", 0)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        checkpoint_stem("rcca2", -1)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        checkpoint_stem("rcca2", 1.0)
+
+
+def test_shipped_seeds_matches_whole_names_only(tmp_path):
+    for stem in ("rcca2", "rcca2_seed3", "rcca2_seed10", "rcca2_ccl", "rcca2_ccl_seed1",
+                 "rcca2_ccl0.1", "rcca2x_seed1"):
+        (tmp_path / f"{stem}.pt").write_bytes(b"")
+    (tmp_path / "rcca2_seed4.txt").write_bytes(b"")
+    assert shipped_seeds("rcca2", tmp_path) == [0, 3, 10]
+    assert shipped_seeds("rcca2_ccl", tmp_path) == [0, 1]
+    assert shipped_seeds("rcca2_ccl0.1", tmp_path) == [0]
+    assert shipped_seeds("nonlocal", tmp_path) == []
+    with pytest.raises(ValueError, match="does not exist"):
+        shipped_seeds("rcca2", tmp_path / "missing")
+
+
+def test_shipped_checkpoints_are_found_by_default():
+    stems = {p.stem for p in CHECKPOINT_DIR.glob("*.pt")}
+    for name in ("fcn", "rcca2", "nonlocal"):
+        found = shipped_seeds(name)
+        assert found, name
+        assert {checkpoint_stem(name, s) for s in found} <= stems
+
+
+def test_load_seed_and_evaluate_seeds_agree_with_evaluate(tmp_path):
+    curve = {"every": 2, "step": [2, 4], "loss": [1.0, 0.5]}
+    meta = {"train_seconds": 12.5, "loss_curve": curve, "metrics": {"miou": 0.1},
+            "command": "python -m ccnet_edu.train --all"}
+    models = {s: _save(tmp_path, checkpoint_stem("fcn", s), meta=meta) for s in (0, 2)}
+    loaded = load_seed("fcn", 2, tmp_path)
+    assert torch.equal(loaded.head.classifier.weight, models[2].head.classifier.weight)
+    with pytest.raises(ValueError, match=r"fcn_seed1\.pt.*seeds there for 'fcn': \[0, 2\]"):
+        load_seed("fcn", 1, tmp_path)
+
+    runs = evaluate_seeds(["fcn"], length=3, directory=tmp_path)
+    assert [r.seed for r in runs["fcn"]] == [0, 2]
+    for run in runs["fcn"]:
+        direct = evaluate(models[run.seed], length=3)
+        assert run.miou == direct["miou"] and run.far_acc == direct["far_acc"]
+        assert run.iou == direct["iou"] and run.pixel_acc == direct["pixel_acc"]
+        assert run.train_seconds == 12.5 and run.loss_curve == curve
+        assert run.recorded == {"miou": 0.1} and run.command.startswith("python -m")
+    only = evaluate_seeds(["fcn"], seeds=[2], length=2, directory=tmp_path)
+    assert [r.seed for r in only["fcn"]] == [2]
+    with pytest.raises(ValueError, match=r"seeds \[5\] not found"):
+        evaluate_seeds(["fcn"], seeds=[0, 5], length=2, directory=tmp_path)
+    with pytest.raises(ValueError, match="not found"):
+        evaluate_seeds(["isa"], length=2, directory=tmp_path)
+    with pytest.raises(TypeError, match="not one str"):
+        evaluate_seeds("fcn", directory=tmp_path)
+
+
+def test_recorded_seeds_read_the_checkpoints_metrics(tmp_path):
+    metrics = {"miou": 0.5, "pixel_acc": 0.9, "far_acc": 0.85, "iou": [0.9, 0.5, 0.4, 0.2]}
+    for seed in (0, 1):
+        _save(tmp_path, checkpoint_stem("rcca2", seed), head="rcca2",
+              meta={"metrics": dict(metrics, far_acc=0.85 - 0.1 * seed), "train_seconds": 3.0})
+    runs = recorded_seeds(["rcca2"], directory=tmp_path)["rcca2"]
+    assert [r.seed for r in runs] == [0, 1]
+    assert [r.far_acc for r in runs] == [0.85, 0.75] and runs[0].iou == metrics["iou"]
+    assert [r.succeeded() for r in runs] == [True, False] and runs[1].train_seconds == 3.0
+    _save(tmp_path, "fcn", meta={})
+    with pytest.raises(ValueError, match="recorded no"):
+        recorded_seeds(["fcn"], directory=tmp_path)
+    with pytest.raises(ValueError, match="no checkpoints"):
+        recorded_seeds(["isa"], directory=tmp_path)
+
+
+def test_recorded_metrics_of_shipped_checkpoints_reproduce():
+    """The shipped seed-0 checkpoints' recorded metrics equal a fresh evaluation."""
+    for name in ("fcn", "rcca2"):
+        recorded = recorded_seeds([name])[name][0]
+        measured = evaluate_seeds([name], seeds=[0])[name][0]
+        assert measured.miou == pytest.approx(recorded.miou, abs=1e-12)
+        assert measured.far_acc == pytest.approx(recorded.far_acc, abs=1e-12)
+
+
+def _run(seed, far, miou=None, iou=None, seconds=10.0, name="m", curve=None):
+    return SeedRun(name, seed, miou if miou is not None else far, 0.9, far,
+                   iou or [0.9, far, far / 2, 0.0], seconds, curve)
+
+
+def test_summarise_counts_successes_and_takes_medians():
+    fars = [0.95, 0.6, 0.81, 0.79, 0.8]
+    runs = [_run(s, f, seconds=10.0 * (s + 1)) for s, f in enumerate(fars)]
+    summary = summarise(runs)
+    assert summary.successes == 3  # 0.95, 0.81 and 0.8 (the threshold is inclusive)
+    assert summary.threshold == seeds.SUCCESS_FAR_ACC == 0.8
+    assert summary.runs == 5 and summary.seeds == [0, 1, 2, 3, 4]
+    assert summary.far_acc.median == statistics.median(fars) == 0.8
+    assert (summary.far_acc.low, summary.far_acc.high) == (0.6, 0.95)
+    assert summary.iou_median == [0.9, 0.8, 0.4, 0.0]
+    assert summary.train_seconds.median == 30.0 and summary.train_seconds.high == 50.0
+    assert summarise(runs, threshold=0.9).successes == 1
+    with pytest.raises(ValueError, match="one model"):
+        summarise([_run(0, 0.9), _run(1, 0.9, name="other")])
+    with pytest.raises(TypeError, match="non-empty"):
+        summarise([])
+    with pytest.raises(ValueError, match="threshold"):
+        summarise(runs, threshold=1.5)
+
+
+def test_spread_and_table_format():
+    assert Spread.of([3, 1, 2]).format(1) == "2.0 [1.0–3.0]"
+    assert Spread.of([1, 2, 3, 4]).median == 2.5
+    with pytest.raises(ValueError, match="empty"):
+        Spread.of([])
+    table = format_summary([summarise([_run(0, 0.95, name="rcca2"), _run(1, 0.5, name="rcca2")])])
+    lines = table.splitlines()
+    assert lines[0].startswith("model") and "background / red / green / blue" in lines[0]
+    assert lines[2].split()[:2] == ["rcca2", "1/2"]
+    assert "0.725 [0.500–0.950]" in lines[2]
+
+
+def test_curve_band_is_median_and_range_per_step():
+    curves = [{"step": [20, 40], "loss": [3.0, 1.0]}, {"step": [20, 40], "loss": [1.0, 0.2]},
+              {"step": [20, 40], "loss": [2.0, 0.4]}]
+    runs = [_run(s, 0.9, curve=c) for s, c in enumerate(curves)]
+    assert curve_band(runs) == ([20, 40], [2.0, 0.4], [1.0, 0.2], [3.0, 1.0])
+    with pytest.raises(ValueError, match="no stored 'ccl' curve"):
+        curve_band(runs, "ccl")
+    runs[1].loss_curve = {"step": [10, 40], "loss": [1.0, 0.2]}
+    with pytest.raises(ValueError, match="different steps"):
+        curve_band(runs)
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts the true labels of the validation samples, in the order they are drawn."""
+
+    def __init__(self, seed, size):
+        super().__init__()
+        self.next, self.seed, self.size = 0, seed, size
+
+    def forward(self, x):
+        labels = [make_sample(self.seed, self.next + i, size=self.size)["label"]
+                  for i in range(len(x))]
+        self.next += len(x)
+        return torch.nn.functional.one_hot(torch.stack(labels), 4).permute(0, 3, 1, 2).float()
+
+
+class _Constant(torch.nn.Module):
+    def __init__(self, label):
+        super().__init__()
+        self.label = label
+
+    def forward(self, x):
+        out = torch.zeros(len(x), 4, *x.shape[-2:])
+        out[:, self.label] = 1.0
+        return out
+
+
+def test_shape_confusion_counts_shape_pixels_by_beacon_class():
+    length, size = 7, 48
+    expected = torch.zeros(3, dtype=torch.int64)
+    for i in range(length):
+        s = make_sample(10_000, i, size=size)
+        expected[s["beacon_class"] - 1] += int(s["shape_mask"].sum())
+    oracle = shape_confusion(_Oracle(10_000, size), length=length, size=size)
+    assert torch.equal(oracle.diagonal(offset=1), expected)  # true class c -> column c
+    assert oracle.sum() == expected.sum()
+    constant = shape_confusion(_Constant(2), length=length, size=size)
+    assert torch.equal(constant[:, 2], expected) and constant.sum() == expected.sum()
+    with pytest.raises(TypeError, match="nn.Module"):
+        shape_confusion("model")
