@@ -47,7 +47,7 @@ two agree exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -446,47 +446,27 @@ def interlaced_sparse_attention(
         see :func:`interlaced_attention_to_dense`.
     """
     check_feature_map("x", x)
-    block_size = check_positive_pair("block_size", block_size)
+    p_h, p_w = check_positive_pair("block_size", block_size)
     check_bool("return_attention", return_attention)
-    scale = x.shape[1] ** -0.5
+    batch, channels = x.shape[:2]
+    scale = channels**-0.5
 
-    def step(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # query = key = value = the features of the group
-        return group_attention(groups, groups, groups, scale)
-
-    y, attention = _interlaced_steps(x, block_size, step, step)
-    return (y, attention) if return_attention else y
-
-
-_GroupStep = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _interlaced_steps(
-    x: torch.Tensor, block_size: tuple[int, int], long_step: _GroupStep, short_step: _GroupStep
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """The two steps of ISSA around any attention: pad, long range, short range, crop.
-
-    ``long_step`` and ``short_step`` map a batch of groups (G, C, h, w) to
-    ``(out (G, C', h, w), attention (G, h·w, h·w))``: plain :func:`group_attention`
-    for :func:`interlaced_sparse_attention`, a :class:`SelfAttentionBlock` with its
-    projections for :class:`InterlacedSparseSelfAttention`.
-    """
-    batch = x.shape[0]
-    p_h, p_w = block_size
-    feats, padding = pad_to_blocks(x, block_size)  # (B, C, H', W')
+    feats, padding = pad_to_blocks(x, (p_h, p_w))  # (B, C, H', W')
     h_pad, w_pad = feats.shape[2:]
 
     # Long range: attend among pixels P_h, P_w apart (same offset in their block).
-    groups = long_range_permute(feats, block_size)  # (B·P_h·P_w, C, Q_h, Q_w)
-    out, long_attention = long_step(groups)
-    feats = long_range_unpermute(out, batch, h_pad, w_pad, block_size)  # (B, C', H', W')
+    groups = long_range_permute(feats, (p_h, p_w))  # (B·P_h·P_w, C, Q_h, Q_w)
+    out, long_attention = group_attention(groups, groups, groups, scale)
+    feats = long_range_unpermute(out, batch, h_pad, w_pad, (p_h, p_w))  # (B, C, H', W')
 
     # Short range: attend inside each contiguous P_h x P_w block.
-    blocks = short_range_permute(feats, block_size)  # (B·Q_h·Q_w, C', P_h, P_w)
-    out, short_attention = short_step(blocks)
-    feats = short_range_unpermute(out, batch, h_pad, w_pad, block_size)
+    blocks = short_range_permute(feats, (p_h, p_w))  # (B·Q_h·Q_w, C, P_h, P_w)
+    out, short_attention = group_attention(blocks, blocks, blocks, scale)
+    feats = short_range_unpermute(out, batch, h_pad, w_pad, (p_h, p_w))
 
-    y = unpad(feats, padding)  # (B, C', H, W)
+    y = unpad(feats, padding)  # (B, C, H, W)
+    if not return_attention:
+        return y
     long_attention = long_attention.reshape(batch, p_h * p_w, *long_attention.shape[1:])
     short_attention = short_attention.reshape(batch, -1, *short_attention.shape[1:])
     return y, (long_attention, short_attention)
@@ -660,8 +640,25 @@ class InterlacedSparseSelfAttention(nn.Module):
         """
         check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
         check_bool("return_attention", return_attention)
-        y, attention = _interlaced_steps(x, self.block_size, self.long_range, self.short_range)
-        return (y, attention) if return_attention else y
+        batch = x.shape[0]
+        feats, padding = pad_to_blocks(x, self.block_size)  # (B, C, H', W')
+        h_pad, w_pad = feats.shape[2:]
+
+        groups = long_range_permute(feats, self.block_size)  # (B·P_h·P_w, C, Q_h, Q_w)
+        out, long_attention = self.long_range(groups)
+        feats = long_range_unpermute(out, batch, h_pad, w_pad, self.block_size)
+
+        blocks = short_range_permute(feats, self.block_size)  # (B·Q_h·Q_w, C_out, P_h, P_w)
+        out, short_attention = self.short_range(blocks)
+        feats = short_range_unpermute(out, batch, h_pad, w_pad, self.block_size)
+
+        y = unpad(feats, padding)  # (B, C_out, H, W)
+        if not return_attention:
+            return y
+        p_h, p_w = self.block_size
+        long_attention = long_attention.reshape(batch, p_h * p_w, *long_attention.shape[1:])
+        short_attention = short_attention.reshape(batch, -1, *short_attention.shape[1:])
+        return y, (long_attention, short_attention)
 
 
 class ISAHead(nn.Module):
