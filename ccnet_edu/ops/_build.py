@@ -12,7 +12,7 @@ loaded (no Python module), so the CPU operator loads on its own when there is
 no ``nvcc``.
 
 **ISA levels.**  The CPU library is never built for "the machine at hand"
-(``-march=native``): a library built on one CPU would then crash, or compute
+(the compiler's ``native`` target): a library built on one CPU would then crash, or compute
 differently, on another that shares the cache (a home directory on a
 cluster), and the compiler's tuning for one CPU model is a second source of
 code-generation differences.  It is built for an explicit level instead, the
