@@ -80,7 +80,8 @@ def _outside_any_trace() -> Iterator[None]:
     """
     from torch.utils._python_dispatch import _disable_current_modes
 
-    with torch._C.DisableTorchFunction(), _disable_current_modes():
+    # enable_grad: the self-test runs a backward, also when the first use is under no_grad.
+    with torch._C.DisableTorchFunction(), _disable_current_modes(), torch.enable_grad():
         yield
 
 
