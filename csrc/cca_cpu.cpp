@@ -281,7 +281,7 @@ constexpr int64_t kGroup = 16;
 template <typename T>
 struct Backward {
   FeatureMap<const T> grad_out;                    // dO, any layout
-  const T* grad_attention;                         // (B, H, W, L) from the attention output, or null
+  const T* grad_attention;                         // (B, H, W, L) from attention's output, or null
   Slots<const T> attention;                        // (B, H, W, L)
   FeatureMap<const T> query, key;                  // channels-last
   FeatureMap<const T> value;                       // any layout
@@ -357,7 +357,8 @@ void column_gradients(const Backward<T>& g) {
     TORCH_INTERNAL_ASSERT(slot < g.panel_slots, "criss_cross_attention_backward: scratch slot");
     T* first_set = gather.sets() > 0 ? g.panels + slot * gather.sets() * kGroup * panel : nullptr;
     T* value_panels = gather.value || gather.grad_value ? first_set : nullptr;
-    T* grad_out_panels = gather.grad_out ? first_set + (value_panels ? kGroup * panel : 0) : nullptr;
+    T* grad_out_panels =
+        gather.grad_out ? first_set + (value_panels ? kGroup * panel : 0) : nullptr;
     std::vector<T> grad_energy_dense(H * H), attention_dense(H * H);
     for (int64_t first = begin; first < end;) {
       const int64_t b = first / W, j0 = first % W;
@@ -370,8 +371,9 @@ void column_gradients(const Backward<T>& g) {
             gather.value ? dense_matrix<const T>(value_panels + jj * panel, Cv, H)
                          : g.value.column(b, j).transposed();
         const Matrix<const T> grad_out_j =  // dO_j, (H x C)
-            gather.grad_out ? dense_matrix<const T>(grad_out_panels + jj * panel, Cv, H).transposed()
-                            : g.grad_out.column(b, j);
+            gather.grad_out
+                ? dense_matrix<const T>(grad_out_panels + jj * panel, Cv, H).transposed()
+                : g.grad_out.column(b, j);
         const auto grad_energy_j = dense_matrix(grad_energy_dense.data(), H, H);
         // dA_j (its diagonal, the centre, is the row half's and is dropped)
         cpu::line_product(grad_energy_j, grad_out_j, value_j_t, false);
@@ -412,7 +414,8 @@ void row_gradients(const Backward<T>& g) {
       const int64_t b = line / H, i = line % H;
       const Matrix<const T> grad_energy_i = g.grad_energy.row_part(b, i);
       cpu::line_product(g.grad_query_cl.row(b, i), grad_energy_i, g.key.row(b, i), true);
-      cpu::line_product(g.grad_key_cl.row(b, i), grad_energy_i.transposed(), g.query.row(b, i), true);
+      cpu::line_product(g.grad_key_cl.row(b, i), grad_energy_i.transposed(), g.query.row(b, i),
+                        true);
       cpu::copy(g.grad_query.row(b, i), g.grad_query_cl.row(b, i));
       cpu::copy(g.grad_key.row(b, i), g.grad_key_cl.row(b, i));
     }

@@ -160,7 +160,9 @@ inline void with_count(int n, F&& f) {
 
 template <typename T>
 bool overlap(const Matrix<T>& x, const In<T>& y) {
-  const auto last = [](const auto& m) { return m.data + (m.rows - 1) * m.row_stride + (m.cols - 1) * m.col_stride; };
+  const auto last = [](const auto& m) {
+    return m.data + (m.rows - 1) * m.row_stride + (m.cols - 1) * m.col_stride;
+  };
   return x.data <= last(y) && y.data <= last(x);
 }
 
@@ -227,7 +229,8 @@ void line_product(Matrix<T> out, In<T> a, In<T> b, bool accumulate) {
         tile<decltype(n)::value, NV>(out.row(r) + x, out.row_stride, a.row(r), a.row_stride,
                                      a.col_stride, panel, panel_row, depth, width, accumulate);
       };
-      for (int64_t r = 0; r < full_tiles_end; r += R) rows_from(r, std::integral_constant<int, R>{});
+      for (int64_t r = 0; r < full_tiles_end; r += R)
+        rows_from(r, std::integral_constant<int, R>{});
       // The last rows, fewer than 2R: one tile of one or two rows would be one or two
       // FMA chains per vector, bound by the FMA latency; two tiles of about half of
       // them keep enough chains in flight.
@@ -300,7 +303,8 @@ void softmax(T* e, int64_t n) {
         p.store(e + first);
         sum.lane[v] = sum.lane[v] + p;
       } else {  // lanes past the line add zero, in every build
-        const V p = simd::keep_first(simd::opaque(simd::exp(V::load_first(e + first, count) - m)), count);
+        const V x = V::load_first(e + first, count);
+        const V p = simd::keep_first(simd::opaque(simd::exp(x - m)), count);
         p.store_first(e + first, count);
         sum.lane[v] = sum.lane[v] + p;
       }
@@ -308,7 +312,10 @@ void softmax(T* e, int64_t n) {
   const V inverse = V::broadcast(T(1) / sum.combine([](T a, T b) { return a + b; }));
   int64_t l = 0;
   for (; l + V::size <= n; l += V::size) (V::load(e + l) * inverse).store(e + l);
-  if (l < n) (V::load_first(e + l, static_cast<int>(n - l)) * inverse).store_first(e + l, static_cast<int>(n - l));
+  if (l < n) {
+    const int count = static_cast<int>(n - l);
+    (V::load_first(e + l, count) * inverse).store_first(e + l, count);
+  }
 }
 
 // Backward of the softmax of one pixel, in place on grad:
@@ -394,7 +401,8 @@ void copy(Matrix<T> dst, In<T> src) {
       const T* from = src.row(r);
       T* to = dst.row(r);
       int64_t c = 0;
-      for (; c + s <= cols; c += s) (kAdd ? V::load(to + c) + V::load(from + c) : V::load(from + c)).store(to + c);
+      for (; c + s <= cols; c += s)
+        (kAdd ? V::load(to + c) + V::load(from + c) : V::load(from + c)).store(to + c);
       if (c < cols) {
         const int n = static_cast<int>(cols - c);
         (kAdd ? V::load_first(to + c, n) + V::load_first(from + c, n) : V::load_first(from + c, n))
