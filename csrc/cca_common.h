@@ -72,9 +72,10 @@ C10_HOST_DEVICE inline double cca_exp(double x) { return ::exp(x); }
 //   acc[r][x] += sum_{k < n} a[r * a_r + k * a_k] * b[k * b_k + x]
 //
 // energies (a = query, b = key), aggregation (a = attention, b = value) and all
-// the gradients are this with different pointers and strides.  The CPU calls it
-// with an R x X register tile (6 x 16: 12 AVX2 accumulators) and the GPU with
-// 1 x 1, one output element per thread.
+// the gradients are this with different pointers and strides.  The GPU (and the
+// portable path on the CPU) calls it with 1 x 1, one output element per thread;
+// the fast CPU path computes the same contraction with the vector register tiles
+// of cca_cpu_kernels.h (line_product), each output a chain over k in this order.
 template <int R, int X, typename T, typename a_t, typename b_t>
 C10_HOST_DEVICE inline void tile_fma(T (&acc)[R][X], const a_t* a, int64_t a_r, int64_t a_k,
                                      const b_t* b, int64_t b_k, int64_t n) {

@@ -22,9 +22,8 @@
 //   2 column_gradients             columns j  dA_j = dO_j V_j^T;
 //       softmax_backward           the pixels of column j: dE = A (dA - sum A dA);
 //                                             dQ_j = dE_j K_j,  dK_j = dE_j^T Q_j,
-//                                             dV_j = A_j^T dO_j
-//   3 row_gradients                rows i     dQ_i += dE_i K_i,  dK_i += dE_i^T Q_i,
-//                                             dV_i += dV's column parts
+//                                             dV_j += A_j^T dO_j
+//   3 row_gradients                rows i     dQ_i += dE_i K_i,  dK_i += dE_i^T Q_i
 //
 // Each product is line_product() and each layout change copy(), the kernels of
 // cca_cpu_kernels.h; cca_simd.h says which vector instructions they compile to.
@@ -274,39 +273,44 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
 
 // ----------------------------------------------------------------- backward
 
-// Columns of an NCHW value are gathered in groups of up to kGroup: a column of an
-// NCHW tensor has its pixels W apart, so a column at a time would use 4 bytes of
-// every 64-byte cache line it loads; a group of 16 uses all of them.
+// Columns of an NCHW tensor are gathered in groups of up to kGroup: a column has
+// its pixels W apart, so a column at a time would use 4 bytes of every 64-byte
+// cache line it loads; a group of 16 uses all of them.
 constexpr int64_t kGroup = 16;
 
 template <typename T>
 struct Backward {
-  FeatureMap<const T> grad_out;        // dO, (B, C, H, W), any layout
-  const T* grad_attention;             // (B, H, W, L) from the attention output, or null
-  Slots<const T> attention;            // (B, H, W, L)
-  FeatureMap<const T> query, key;      // channels-last
-  FeatureMap<const T> value;           // any layout
-  Slots<T> grad_energy;                // dA, turned into dE in place (column_gradients)
-  FeatureMap<T> grad_out_cl;           // dO channels-last; column_gradients replaces column j
-                                       // of it by dV's column part, dV_j
-  FeatureMap<T> grad_query_cl, grad_key_cl;            // channels-last sums
-  FeatureMap<T> grad_query, grad_key, grad_value;      // in the layouts of the inputs
-  T* value_panels;                     // per thread: kGroup columns V_j^T of an NCHW value
-  int64_t panel_slots;                 // threads that have a set of panels
+  FeatureMap<const T> grad_out;                    // dO, any layout
+  const T* grad_attention;                         // (B, H, W, L) from attention's output, or null
+  Slots<const T> attention;                        // (B, H, W, L)
+  FeatureMap<const T> query, key;                  // channels-last
+  FeatureMap<const T> value;                       // any layout
+  Slots<T> grad_energy;                            // dA, turned into dE in place (column_gradients)
+  FeatureMap<T> grad_query_cl, grad_key_cl;        // channels-last sums of the two parts
+  FeatureMap<T> grad_query, grad_key, grad_value;  // in the layouts of the inputs
+  T* panels;            // per thread: column panels, (C x H) each (see column_gradients)
+  int64_t panel_slots;  // threads that have a set of panels
   int64_t batch;
 };
 
+// What column_gradients gathers into panels: columns of value and of dO whose
+// pixels are W apart (NCHW), and the dV_j^T to be added into such a grad_value.
+struct Panels {
+  bool value, grad_out, grad_value;  // each: its column stride (pixel to pixel) is 1
+  // One set of (C x H) panels for value (and for dV^T, which takes value's place
+  // once it is read), one for dO.
+  int64_t sets() const { return (value || grad_value ? 1 : 0) + (grad_out ? 1 : 0); }
+};
+
 // 1. For every row: the row half of dA, dA_i = dO_i V_i^T, and dV_i = A_i^T dO_i,
-// which needs only A and dO, written into grad_value.  Row i of dO is copied
-// channels-last into grad_out_cl, where column_gradients reads its columns.
+// which needs only A and dO, written into grad_value.  dO and V are read in place.
 template <typename T>
 void row_gradients_of_attention(const Backward<T>& g) {
   const int64_t H = g.value.height, W = g.value.width, Cv = g.value.channels;
   at::parallel_for(0, g.batch * H, line_grain(2 * W * W * Cv), [&](int64_t begin, int64_t end) {
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
-      const auto grad_out_i = g.grad_out_cl.row(b, i);  // (W x C)
-      cpu::copy(grad_out_i, g.grad_out.row(b, i));
+      const auto grad_out_i = g.grad_out.row(b, i);  // (W x C)
       cpu::line_product(g.grad_energy.row_part(b, i), grad_out_i, g.value.row(b, i).transposed(),
                         false);
       cpu::line_product(g.grad_value.row(b, i), g.attention.row_part(b, i).transposed(),
@@ -315,39 +319,61 @@ void row_gradients_of_attention(const Backward<T>& g) {
   });
 }
 
+// Columns j0 .. j0 + n_cols of an NCHW map, as (C x H) panels V_j^T at
+// panels + jj * panel: each channel plane's (H x n_cols) block, transposed.  With
+// kAdd the other way round: the panels added into the map's columns.
+template <bool kAdd, typename Map, typename T>
+void gather_columns(const Map& map, int64_t b, int64_t j0, int64_t n_cols, T* panels) {
+  const int64_t H = map.height, C = map.channels, panel = C * H;
+  for (int64_t c = 0; c < C; ++c) {
+    const Matrix<T> in_panels{panels + c * H, H, n_cols, 1, panel};
+    const auto plane = Matrix<std::remove_pointer_t<decltype(map.data)>>{
+        map.column(b, j0).data + c * map.channel_stride, H, n_cols, map.row_stride, 1};
+    if constexpr (kAdd)
+      cpu::copy<true>(plane, in_panels);
+    else
+      cpu::copy(in_panels, plane);
+  }
+}
+
 // 2. For every column: the column half of dA, dA_j = dO_j V_j^T; then every
 // pixel of the column has its whole dA, and the softmax backward turns it into
 // dE in place; the column parts dQ_j = dE_j K_j and dK_j = dE_j^T Q_j (into the
-// channels-last sums) and dV_j = A_j^T dO_j.
+// channels-last sums) and dV_j = A_j^T dO_j, added into grad_value.
+//
+// Columns of an NCHW value and dO are gathered, a group at a time, into
+// per-thread (C x H) panels V_j^T and dO_j^T; other layouts are read in place.
+// An NCHW grad_value gets dV_j^T in V_j^T's panel once dA_j has read it, and the
+// group's panels are added into its columns at the end.
 template <typename T>
 void column_gradients(const Backward<T>& g) {
   const int64_t H = g.value.height, W = g.value.width, Cv = g.value.channels;
   const int64_t L = g.attention.count(), panel = Cv * H;
+  const Panels gather{g.value.col_stride == 1, g.grad_out.col_stride == 1,
+                      g.grad_value.col_stride == 1};
   at::parallel_for(0, g.batch * W, line_grain(H * H * (2 * Cv + 2 * g.query.channels)),
                    [&](int64_t begin, int64_t end) {
     const int64_t slot = g.panel_slots == 1 ? 0 : at::get_thread_num();
     TORCH_INTERNAL_ASSERT(slot < g.panel_slots, "criss_cross_attention_backward: scratch slot");
-    // An NCHW value has its columns' pixels W apart: V_j^T for a group of columns
-    // is gathered at panels + jj * panel, from each channel plane's (H x n_cols)
-    // block.  Any other layout is read in place.
-    const bool gathered = g.value.col_stride == 1;
-    T* panels = gathered ? g.value_panels + slot * kGroup * panel : nullptr;
+    T* first_set = gather.sets() > 0 ? g.panels + slot * gather.sets() * kGroup * panel : nullptr;
+    T* value_panels = gather.value || gather.grad_value ? first_set : nullptr;
+    T* grad_out_panels =
+        gather.grad_out ? first_set + (value_panels ? kGroup * panel : 0) : nullptr;
     std::vector<T> grad_energy_dense(H * H), attention_dense(H * H);
     for (int64_t first = begin; first < end;) {
       const int64_t b = first / W, j0 = first % W;
       const int64_t n_cols = std::min({kGroup, end - first, W - j0});
-      if (gathered)
-        for (int64_t c = 0; c < Cv; ++c) {
-          const Matrix<const T> plane{g.value.column(b, j0).data + c * g.value.channel_stride,
-                                      H, n_cols, g.value.row_stride, 1};
-          cpu::copy(Matrix<T>{panels + c * H, H, n_cols, 1, panel}, plane);
-        }
+      if (gather.value) gather_columns<false>(g.value, b, j0, n_cols, value_panels);
+      if (gather.grad_out) gather_columns<false>(g.grad_out, b, j0, n_cols, grad_out_panels);
       for (int64_t jj = 0; jj < n_cols; ++jj) {
         const int64_t j = j0 + jj;
-        const Matrix<const T> value_j_t = gathered
-                                              ? dense_matrix<const T>(panels + jj * panel, Cv, H)
-                                              : g.value.column(b, j).transposed();
-        const auto grad_out_j = g.grad_out_cl.column(b, j);  // (H x C), rows W * C apart
+        const Matrix<const T> value_j_t =  // V_j^T, (C x H)
+            gather.value ? dense_matrix<const T>(value_panels + jj * panel, Cv, H)
+                         : g.value.column(b, j).transposed();
+        const Matrix<const T> grad_out_j =  // dO_j, (H x C)
+            gather.grad_out
+                ? dense_matrix<const T>(grad_out_panels + jj * panel, Cv, H).transposed()
+                : g.grad_out.column(b, j);
         const auto grad_energy_j = dense_matrix(grad_energy_dense.data(), H, H);
         // dA_j (its diagonal, the centre, is the row half's and is dropped)
         cpu::line_product(grad_energy_j, grad_out_j, value_j_t, false);
@@ -355,7 +381,7 @@ void column_gradients(const Backward<T>& g) {
         for (int64_t i = 0; i < H; ++i) {
           T* grad = g.grad_energy.pixel(b, i, j);
           if (g.grad_attention != nullptr) {
-            const T* extra = g.grad_attention + (g.grad_energy.pixel(b, i, j) - g.grad_energy.data);
+            const T* extra = g.grad_attention + (grad - g.grad_energy.data);
             for (int64_t l = 0; l < L; ++l) grad[l] += extra[l];
           }
           cpu::softmax_backward(g.attention.pixel(b, i, j), grad, L);  // dA -> dE
@@ -366,19 +392,20 @@ void column_gradients(const Backward<T>& g) {
         cpu::line_product(g.grad_query_cl.column(b, j), grad_energy_j, g.key.column(b, j), false);
         cpu::line_product(g.grad_key_cl.column(b, j), grad_energy_j.transposed(),
                           g.query.column(b, j), false);
-        // dO's column j is not read again: dV_j = A_j^T dO_j replaces it in place
-        // (line_product reads each block of b before it writes that block), and
-        // row_gradients adds it into grad_value a row at a time.
-        cpu::line_product(grad_out_j, attention_j.transposed(), grad_out_j, false);
+        if (gather.grad_value)  // V_j^T has been read: its panel takes dV_j^T
+          cpu::line_product(dense_matrix(value_panels + jj * panel, Cv, H).transposed(),
+                            attention_j.transposed(), grad_out_j, false);
+        else
+          cpu::line_product(g.grad_value.column(b, j), attention_j.transposed(), grad_out_j, true);
       }
+      if (gather.grad_value) gather_columns<true>(g.grad_value, b, j0, n_cols, value_panels);
       first += n_cols;
     }
   });
 }
 
-// 3. For every row: the row parts dQ_i += dE_i K_i and dK_i += dE_i^T Q_i; dV's
-// column parts (in grad_out_cl) added into grad_value; dQ and dK copied into the
-// layouts of query and key.
+// 3. For every row: the row parts dQ_i += dE_i K_i and dK_i += dE_i^T Q_i; dQ and
+// dK copied into the layouts of query and key.
 template <typename T>
 void row_gradients(const Backward<T>& g) {
   const int64_t H = g.value.height, W = g.value.width, Ck = g.query.channels;
@@ -387,8 +414,8 @@ void row_gradients(const Backward<T>& g) {
       const int64_t b = line / H, i = line % H;
       const Matrix<const T> grad_energy_i = g.grad_energy.row_part(b, i);
       cpu::line_product(g.grad_query_cl.row(b, i), grad_energy_i, g.key.row(b, i), true);
-      cpu::line_product(g.grad_key_cl.row(b, i), grad_energy_i.transposed(), g.query.row(b, i), true);
-      cpu::copy<true>(g.grad_value.row(b, i), g.grad_out_cl.row(b, i));
+      cpu::line_product(g.grad_key_cl.row(b, i), grad_energy_i.transposed(), g.query.row(b, i),
+                        true);
       cpu::copy(g.grad_query.row(b, i), g.grad_query_cl.row(b, i));
       cpu::copy(g.grad_key.row(b, i), g.grad_key_cl.row(b, i));
     }
@@ -429,20 +456,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   auto grad_query = at::empty_like(query_in, options);
   auto grad_key = at::empty_like(key_in, options);
   auto grad_value = at::empty_like(value_in, options);
-  // Torch tensors, so that memory measurements see them.
-  const bool gather = value.stride(3) == 1;  // see column_gradients
-  auto value_panels = at::empty({gather ? panel_slots * kGroup * Cv * H : 0}, options);
-  auto grad_out_cl = empty_channels_last(value, Cv, compute);
+  const Panels gather{value.stride(3) == 1, grad_out.stride(3) == 1, grad_value.stride(3) == 1};
+  // A torch tensor, so that memory measurements see it.
+  auto panels = at::empty({panel_slots * gather.sets() * kGroup * Cv * H}, options);
   AT_DISPATCH_FLOATING_TYPES(compute, "cca_backward_cpu", [&] {
     using T = scalar_t;
     backward_lines(Backward<T>{
         feature_map<const T>(grad_out),
         grad_attention.defined() ? grad_attention.const_data_ptr<T>() : nullptr,
         slots<const T>(attention), feature_map<const T>(query), feature_map<const T>(key),
-        feature_map<const T>(value), slots<T>(grad_energy), feature_map<T>(grad_out_cl),
-        feature_map<T>(grad_query_cl), feature_map<T>(grad_key_cl), feature_map<T>(grad_query),
-        feature_map<T>(grad_key), feature_map<T>(grad_value), value_panels.data_ptr<T>(),
-        panel_slots, B});
+        feature_map<const T>(value), slots<T>(grad_energy), feature_map<T>(grad_query_cl),
+        feature_map<T>(grad_key_cl), feature_map<T>(grad_query), feature_map<T>(grad_key),
+        feature_map<T>(grad_value), panels.data_ptr<T>(), panel_slots, B});
   });
   return {grad_query.to(dtype), grad_key.to(dtype), grad_value.to(dtype)};
 }

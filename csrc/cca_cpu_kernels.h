@@ -160,7 +160,9 @@ inline void with_count(int n, F&& f) {
 
 template <typename T>
 bool overlap(const Matrix<T>& x, const In<T>& y) {
-  const auto last = [](const auto& m) { return m.data + (m.rows - 1) * m.row_stride + (m.cols - 1) * m.col_stride; };
+  const auto last = [](const auto& m) {
+    return m.data + (m.rows - 1) * m.row_stride + (m.cols - 1) * m.col_stride;
+  };
   return x.data <= last(y) && y.data <= last(x);
 }
 
@@ -175,7 +177,7 @@ void copy(Matrix<T> dst, In<T> src);
 // The tile writes rows of out; an out whose columns are contiguous instead (a
 // row of an NCHW gradient, seen as (W x C)) is computed as out^T = b^T a^T.  The
 // bits are the same either way: fma(a, b, acc) == fma(b, a, acc), and k runs in
-// the same order.
+// the same order.  Any other out is computed into scratch and copied.
 //
 // Column blocks of kTileVectors vectors outside, row blocks of kTileRows inside:
 // the block's (depth x block) panel of b stays in L1 while every row block of a
@@ -188,16 +190,25 @@ void copy(Matrix<T> dst, In<T> src);
 //     evict each other;
 //   * when b is out: the block is read before its outputs overwrite it (and no
 //     output depends on another block of b).
-// Rows below the last full row block are a shorter tile over the same panel.
+// The rows below the last full tile are one or two shorter tiles over the same
+// panel.
 template <typename T>
 void line_product(Matrix<T> out, In<T> a, In<T> b, bool accumulate) {
   using V = Vec<T>;
   constexpr int R = kTileRows, block = kTileVectors * V::size;
   if (out.col_stride != 1 && out.row_stride == 1)
     return line_product(out.transposed(), b.transposed(), a.transposed(), accumulate);
+  if (out.col_stride != 1) {  // neither: through a dense scratch matrix
+    thread_local Scratch<T> result;
+    const auto dense = Matrix<T>{result.get(out.rows * out.cols), out.rows, out.cols, out.cols, 1};
+    line_product(dense, a, b, false);
+    return accumulate ? copy<true>(out, dense) : copy(out, dense);
+  }
   const int64_t rows = out.rows, cols = out.cols, depth = a.cols;
   if (rows == 0 || cols == 0) return;
   const bool always_pack = b.col_stride != 1 || overlap(out, b);
+  // Full tiles of R rows, then the last R + rows % R rows (see below).
+  const int64_t full_tiles_end = rows < R ? 0 : rows - R - rows % R;
   thread_local Scratch<T> scratch;
   for (int64_t x = 0; x < cols; x += block) {
     const int64_t width = std::min<int64_t>(block, cols - x);
@@ -214,15 +225,22 @@ void line_product(Matrix<T> out, In<T> a, In<T> b, bool accumulate) {
     }
     with_count(vectors, [&](auto nv) {
       constexpr int NV = decltype(nv)::value;
-      int64_t r = 0;
-      for (; r + R <= rows; r += R)
-        tile<R, NV>(out.row(r) + x, out.row_stride, a.row(r), a.row_stride, a.col_stride, panel,
-                    panel_row, depth, width, accumulate);
-      if (r < rows)
-        with_count(static_cast<int>(rows - r), [&](auto nr) {
-          tile<decltype(nr)::value, NV>(out.row(r) + x, out.row_stride, a.row(r), a.row_stride,
-                                        a.col_stride, panel, panel_row, depth, width, accumulate);
-        });
+      const auto rows_from = [&](int64_t r, auto n) {
+        tile<decltype(n)::value, NV>(out.row(r) + x, out.row_stride, a.row(r), a.row_stride,
+                                     a.col_stride, panel, panel_row, depth, width, accumulate);
+      };
+      for (int64_t r = 0; r < full_tiles_end; r += R)
+        rows_from(r, std::integral_constant<int, R>{});
+      // The last rows, fewer than 2R: one tile of one or two rows would be one or two
+      // FMA chains per vector, bound by the FMA latency; two tiles of about half of
+      // them keep enough chains in flight.
+      const int last = static_cast<int>(rows - full_tiles_end);
+      if (last > R) {
+        with_count(last - last / 2, [&](auto n) { rows_from(full_tiles_end, n); });
+        with_count(last / 2, [&](auto n) { rows_from(rows - last / 2, n); });
+      } else if (last > 0) {
+        with_count(last, [&](auto n) { rows_from(full_tiles_end, n); });
+      }
     });
   }
 }
@@ -285,7 +303,8 @@ void softmax(T* e, int64_t n) {
         p.store(e + first);
         sum.lane[v] = sum.lane[v] + p;
       } else {  // lanes past the line add zero, in every build
-        const V p = simd::keep_first(simd::opaque(simd::exp(V::load_first(e + first, count) - m)), count);
+        const V x = V::load_first(e + first, count);
+        const V p = simd::keep_first(simd::opaque(simd::exp(x - m)), count);
         p.store_first(e + first, count);
         sum.lane[v] = sum.lane[v] + p;
       }
@@ -293,7 +312,10 @@ void softmax(T* e, int64_t n) {
   const V inverse = V::broadcast(T(1) / sum.combine([](T a, T b) { return a + b; }));
   int64_t l = 0;
   for (; l + V::size <= n; l += V::size) (V::load(e + l) * inverse).store(e + l);
-  if (l < n) (V::load_first(e + l, static_cast<int>(n - l)) * inverse).store_first(e + l, static_cast<int>(n - l));
+  if (l < n) {
+    const int count = static_cast<int>(n - l);
+    (V::load_first(e + l, count) * inverse).store_first(e + l, count);
+  }
 }
 
 // Backward of the softmax of one pixel, in place on grad:
@@ -379,7 +401,8 @@ void copy(Matrix<T> dst, In<T> src) {
       const T* from = src.row(r);
       T* to = dst.row(r);
       int64_t c = 0;
-      for (; c + s <= cols; c += s) (kAdd ? V::load(to + c) + V::load(from + c) : V::load(from + c)).store(to + c);
+      for (; c + s <= cols; c += s)
+        (kAdd ? V::load(to + c) + V::load(from + c) : V::load(from + c)).store(to + c);
       if (c < cols) {
         const int n = static_cast<int>(cols - c);
         (kAdd ? V::load_first(to + c, n) + V::load_first(from + c, n) : V::load_first(from + c, n))

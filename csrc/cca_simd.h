@@ -81,8 +81,12 @@ struct Vec<double> {
 };
 
 // a * b + c, rounded once.
-inline Vec<float> fma(Vec<float> a, Vec<float> b, Vec<float> c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
-inline Vec<double> fma(Vec<double> a, Vec<double> b, Vec<double> c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
+inline Vec<float> fma(Vec<float> a, Vec<float> b, Vec<float> c) {
+  return {_mm512_fmadd_ps(a.v, b.v, c.v)};
+}
+inline Vec<double> fma(Vec<double> a, Vec<double> b, Vec<double> c) {
+  return {_mm512_fmadd_pd(a.v, b.v, c.v)};
+}
 inline Vec<float> operator+(Vec<float> a, Vec<float> b) { return {_mm512_add_ps(a.v, b.v)}; }
 inline Vec<double> operator+(Vec<double> a, Vec<double> b) { return {_mm512_add_pd(a.v, b.v)}; }
 inline Vec<float> operator-(Vec<float> a, Vec<float> b) { return {_mm512_sub_ps(a.v, b.v)}; }
@@ -103,8 +107,12 @@ inline Vec<float> pow2(Vec<float> n) {
   return {_mm512_castsi512_ps(_mm512_slli_epi32(biased, 23))};
 }
 // The first n lanes of a, zero in the others.
-inline Vec<float> keep_first(Vec<float> a, int n) { return {_mm512_maskz_mov_ps(first_lanes16(n), a.v)}; }
-inline Vec<double> keep_first(Vec<double> a, int n) { return {_mm512_maskz_mov_pd(first_lanes8(n), a.v)}; }
+inline Vec<float> keep_first(Vec<float> a, int n) {
+  return {_mm512_maskz_mov_ps(first_lanes16(n), a.v)};
+}
+inline Vec<double> keep_first(Vec<double> a, int n) {
+  return {_mm512_maskz_mov_pd(first_lanes8(n), a.v)};
+}
 
 // Interleave the first halves, and the second halves, of a and b:
 // zip_low(a, b) = a0 b0 a1 b1 ..., zip_high(a, b) = a(s/2) b(s/2) ...
@@ -177,8 +185,12 @@ struct Vec<double> {
   void store_first(double* p, int n) const { _mm256_maskstore_pd(p, first_lanes64(n), v); }
 };
 
-inline Vec<float> fma(Vec<float> a, Vec<float> b, Vec<float> c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
-inline Vec<double> fma(Vec<double> a, Vec<double> b, Vec<double> c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
+inline Vec<float> fma(Vec<float> a, Vec<float> b, Vec<float> c) {
+  return {_mm256_fmadd_ps(a.v, b.v, c.v)};
+}
+inline Vec<double> fma(Vec<double> a, Vec<double> b, Vec<double> c) {
+  return {_mm256_fmadd_pd(a.v, b.v, c.v)};
+}
 inline Vec<float> operator+(Vec<float> a, Vec<float> b) { return {_mm256_add_ps(a.v, b.v)}; }
 inline Vec<double> operator+(Vec<double> a, Vec<double> b) { return {_mm256_add_pd(a.v, b.v)}; }
 inline Vec<float> operator-(Vec<float> a, Vec<float> b) { return {_mm256_sub_ps(a.v, b.v)}; }
@@ -255,7 +267,9 @@ struct Vec {
 };
 
 template <typename T>
-inline Vec<T> fma(Vec<T> a, Vec<T> b, Vec<T> c) { return {a.v * b.v + c.v}; }
+inline Vec<T> fma(Vec<T> a, Vec<T> b, Vec<T> c) {
+  return {a.v * b.v + c.v};
+}
 template <typename T>
 inline Vec<T> operator+(Vec<T> a, Vec<T> b) { return {a.v + b.v}; }
 template <typename T>

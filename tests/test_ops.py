@@ -567,3 +567,23 @@ def test_auto_uses_only_what_was_measured_faster(monkeypatch):
         warnings.simplefilter("error")  # a choice, not a failure: no warning
         assert not ops.usable_for(SimpleNamespace(device=torch.device("cuda")))
         assert ops.usable_for(torch.zeros(1))
+
+
+def test_auto_uses_only_cpu_builds_measured_faster(monkeypatch):
+    """On the CPU, "auto" picks the fused operator only for a library built for an ISA
+    level measured faster than einsum (the x86-64 build was measured slower)."""
+    ops.load(cuda=False)
+    info = ops._state["cpu"]
+    monkeypatch.setattr(ops, "_warned", set())
+    monkeypatch.setitem(info.extra, "isa", "x86-64-v3")
+    assert ops.usable_for(torch.zeros(1))
+    monkeypatch.setitem(info.extra, "isa", "x86-64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a choice, not a failure: no warning
+        assert not ops.usable_for(torch.zeros(1))
+    from ccnet_edu import functional as Fn
+
+    query, key, value = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), torch.randn(1, 3, 3, 4)
+    out, _ = Fn.criss_cross_attention(query, key, value, return_attention=True)  # "auto"
+    expected, _ = Fn.criss_cross_attention_reference(query, key, value)
+    assert torch.equal(out, expected)

@@ -160,8 +160,15 @@ def test_isa_levels_follow_the_cpu(monkeypatch):
     monkeypatch.setattr(_build.platform, "machine", lambda: "x86_64")
     monkeypatch.delenv("CCNET_EDU_CPU_ISA", raising=False)
     monkeypatch.setattr(_build, "_cpu_features", lambda: v3)
-    assert _build.supported_isas() == ["x86-64-v3", "x86-64"]
+    assert _build.supported_isas() == ["x86-64-v3", "x86-64"]  # avx512f alone is not v4
     assert _build.select_isa() == "x86-64-v3"
+    monkeypatch.setattr(_build, "_cpu_features", lambda: _build._X86_64_V4_FEATURES | {"sse2"})
+    assert _build.supported_isas() == ["x86-64-v4", "x86-64-v3", "x86-64"]
+    assert _build.select_isa() == "x86-64-v4"
+    monkeypatch.setenv("CCNET_EDU_CPU_ISA", "x86-64-v3")  # a narrower level by hand
+    assert _build.select_isa() == "x86-64-v3"
+    monkeypatch.delenv("CCNET_EDU_CPU_ISA")
+    monkeypatch.setattr(_build, "_cpu_features", lambda: v3)
     # an AVX-only CPU (no AVX2/FMA): the baseline build, never -march=x86-64-v3
     monkeypatch.setattr(_build, "_cpu_features", lambda: frozenset({"sse2", "avx"}))
     assert _build.supported_isas() == ["x86-64"]
@@ -181,6 +188,8 @@ def test_no_build_targets_the_build_machine():
         cflags, _ = _build.cpu_flags(isa)
         assert not any("native" in flag for flag in cflags), cflags
     assert "-mtune=generic" in _build.ISA_LEVELS["x86-64-v3"]
+    assert _build.ISA_LEVELS["x86-64-v4"] == ["-march=x86-64-v4", "-mtune=generic"]
+    assert set(_build.ISA_INSTRUCTIONS) == set(_build.ISA_LEVELS)
 
 
 def test_cache_key_reads_contents_and_every_flag(tmp_path):

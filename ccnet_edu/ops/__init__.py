@@ -59,6 +59,7 @@ __all__ = [
     "is_available",
     "load",
     "MEASURED_FASTER",
+    "MEASURED_FASTER_ISAS",
     "select_isa",
     "self_test",
     "supported_isas",
@@ -229,6 +230,12 @@ def is_available(device: torch.device | str = "cpu") -> bool:
 #: "meta" (shapes only, for FLOP and memory accounting) stands for what the CPU runs.
 MEASURED_FASTER = frozenset({"cpu", "meta"})
 
+#: ISA levels whose CPU build was measured faster than einsum, forward and backward
+#: (``benchmarks/cpu_isa.py``, results in ``benchmarks/results/``).  The 16-byte
+#: ``x86-64`` build was measured slower, and ``portable`` (aarch64, ...) has not been
+#: timed, so on a CPU that only runs those ``impl="auto"`` uses the reference.
+MEASURED_FASTER_ISAS = frozenset({"x86-64-v4", "x86-64-v3"})
+
 
 def _check_has_device(tensor: object) -> None:
     """A tensor (or anything with a ``torch.device`` as its ``.device``, as a test double)."""
@@ -239,8 +246,9 @@ def _check_has_device(tensor: object) -> None:
 def usable_for(tensor: torch.Tensor) -> bool:
     """Whether ``impl="auto"`` should use the operator for ``tensor``.
 
-    Only on device types in :data:`MEASURED_FASTER` (on others, such as CUDA, "auto"
-    quietly uses the reference: a choice, not a failure).  Where the operator cannot
+    Only on device types in :data:`MEASURED_FASTER` and, on the CPU, for a library
+    built for a level in :data:`MEASURED_FASTER_ISAS` (elsewhere, such as on CUDA,
+    "auto" quietly uses the reference: a choice, not a failure).  Where the operator cannot
     be built or failed its self-test, the first ``False`` per device type emits one
     warning saying why.
     """
@@ -249,7 +257,8 @@ def usable_for(tensor: torch.Tensor) -> bool:
         return False
     reason = _why_not(tensor.device.type)
     if reason is None:
-        return True
+        info = _state.get("cpu")
+        return info is None or info.extra.get("isa") in MEASURED_FASTER_ISAS
     if tensor.device.type not in _warned:
         _warned.add(tensor.device.type)
         warnings.warn(

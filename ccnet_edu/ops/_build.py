@@ -69,6 +69,7 @@ import torch
 __all__ = [
     "BuildError",
     "BuildInfo",
+    "ISA_INSTRUCTIONS",
     "ISA_LEVELS",
     "build_dir",
     "cpu_flags",
@@ -106,6 +107,13 @@ ISA_LEVELS: dict[str, list[str]] = {
     "x86-64-v3": ["-march=x86-64-v3", "-mtune=generic"],
     "x86-64": ["-march=x86-64", "-mtune=generic"],
     "portable": [],
+}
+#: ISA level -> the vector instructions its build of the kernels uses (csrc/cca_simd.h).
+ISA_INSTRUCTIONS: dict[str, str] = {
+    "x86-64-v4": "AVX-512, 16 floats per vector",
+    "x86-64-v3": "AVX2 + FMA, 8 floats per vector",
+    "x86-64": "SSE2, 4 floats per vector",
+    "portable": "compiler-vectorised C++, 16-byte vectors",
 }
 # The x86-64-v3 and -v4 levels as /proc/cpuinfo spells their features (lzcnt is "abm").
 _X86_64_V3_FEATURES = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import os
+import platform
 import statistics
 import sys
 import time
@@ -45,6 +47,7 @@ __all__ = [
     "write_csv",
     "matmul_gflops",
     "flops",
+    "machine",
 ]
 
 IMPLS = ("fused", "reference", "einsum", "bmm")
@@ -310,6 +313,32 @@ def matmul_gflops(size: int = 2048, repeats: int = 5, device: torch.device | str
     return 2 * size**3 / (ms * 1e-3) / 1e9
 
 
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """One line naming what a table was measured on: CPU model, the ISA level the fused
+    CPU operator was built for (and the levels the CPU runs), torch threads, torch
+    version, date."""
+    from . import _build, _state
+
+    info = _state.get("cpu")
+    isa = info.extra["isa"] if info is not None and not isinstance(info, Exception) else None
+    built = f"{isa} ({_build.ISA_INSTRUCTIONS[isa]})" if isa else "not loaded"
+    return (
+        f"CPU: {_cpu_model()}; fused op built for {built}; this CPU runs "
+        f"{', '.join(_build.supported_isas())}; {torch.get_num_threads()} torch threads; "
+        f"torch {torch.__version__}; {datetime.date.today().isoformat()}"
+    )
+
+
 def format_table(rows: list[Row], gflops: float | None = None) -> str:
     """A Markdown table; with ``gflops`` also the arithmetic floor and the fused op's share."""
     head = (
@@ -325,6 +354,7 @@ def format_table(rows: list[Row], gflops: float | None = None) -> str:
         )
     if gflops:
         lines.append("")
+        lines.append(machine())
         lines.append(f"float32 matmul: {gflops:.0f} GFLOP/s")
         for r in rows:
             if r.impl != "fused":
