@@ -155,6 +155,11 @@ def test_a_wrong_numbering_fails(tmp_path: Path, toc: str, expected: list[str]) 
         ),
         (
             "book__intro.md",
+            "See {doc}`the idea of chapter 2 <../notebooks/03_third>`.",
+            "the text says '2' but the target is chapter 3",
+        ),
+        (
+            "book__intro.md",
             "See [chapter 3](../notebooks/02_second.ipynb).",
             "the text says '3' but the target is chapter 2",
         ),

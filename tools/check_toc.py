@@ -193,6 +193,11 @@ def _number_problem(text: str, chapters: set[int]) -> str | None:
     return None
 
 
+def _prose_numbers(text: str) -> list[str]:
+    """The chapter numbers that ``text`` names ("chapter 3", "chapters 1 and 3", "§3")."""
+    return [num for m in PROSE_RE.finditer(text) for num in SPLIT_RE.split(m["nums"])]
+
+
 def prose_problems(root: Path, chapters: set[int]) -> list[str]:
     """Chapter numbers in prose that do not match the rendered numbering."""
     problems = []
@@ -203,10 +208,11 @@ def prose_problems(root: Path, chapters: set[int]) -> list[str]:
         for link_re in LINK_RES:
             for m in link_re.finditer(text):
                 named = LINK_TEXT_RE.match(m["text"])
-                if not named:
+                nums = [named["num"]] if named else _prose_numbers(m["text"])
+                if not nums:
                     continue
                 kind, nn = _target_chapter(m["target"])
-                num, shown = named["num"], m[0].replace("\n", " ")
+                shown = m[0].replace("\n", " ")
                 if kind == "other":
                     if re.search(r"chapter", m["text"], re.IGNORECASE):
                         problems.append(
@@ -220,10 +226,12 @@ def prose_problems(root: Path, chapters: set[int]) -> list[str]:
                         f"not a chapter (write 'chapter {nn}' and link notebooks/"
                         f"{nn:02d}_*, or link the section by its title)"
                     )
-                elif num != str(nn):
-                    problems.append(
+                else:
+                    problems += [
                         f"{rel}: {shown}: the text says {num!r} but the target is chapter {nn}"
-                    )
+                        for num in nums
+                        if num != str(nn)
+                    ]
             text = link_re.sub(" ", text)
         for m in PROSE_RE.finditer(text):
             for num in SPLIT_RE.split(m["nums"]):
