@@ -451,6 +451,29 @@ def test_every_exercise_has_a_collapsed_solution() -> None:
     assert problems == [], "\n".join(problems)
 
 
+def test_chapter_numbers_as_rendered() -> None:
+    """``notebooks/NN_*`` is chapter NN in its page title and in the sidebar; ``NNx_*`` is NN.k.
+
+    The numbers come from the toc's numbered parts (tools/check_toc.py checks the toc and the
+    prose); this reads what the build made of them, on the pages a reader opens.
+    """
+    if not (BUILD / "index.html").is_file():
+        _skip(f"{BUILD} has no index.html: build the book first (make book)")
+    sidebar = (BUILD / "book" / "intro.html").read_text(encoding="utf-8")
+    wrong = []
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        stem, nn = path.stem, int(path.stem[:2])
+        want = rf"{nn}\. " if stem[2] == "_" else rf"{nn}\.\d+\. "  # chapter NN / section NN.k
+        html = (BUILD / "notebooks" / f"{stem}.html").read_text(encoding="utf-8")
+        title = re.search(r"<title>(.*?)</title>", html, re.DOTALL)
+        link = re.search(rf'href="\.\./notebooks/{stem}\.html">(.*?)</a>', sidebar, re.DOTALL)
+        for where, found in (("page title", title), ("sidebar", link)):
+            text = re.sub(r"<[^>]+>", "", found[1]).strip() if found else "(missing)"
+            if not re.match(want, text):
+                wrong.append(f"{stem}: {where} {text[:60]!r}")
+    assert wrong == [], "chapter numbers that do not match the file names:\n" + "\n".join(wrong)
+
+
 def test_every_chapter_is_checked() -> None:
     """The parametrisation above covers every notebook: none can slip out of the render test."""
     notebooks = {f"notebooks/{p.stem}" for p in (ROOT / "notebooks").glob("*.ipynb")}
