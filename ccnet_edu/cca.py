@@ -60,8 +60,8 @@ class CrissCrossAttention(nn.Module):
 
     Args:
         in_channels: C, channels of the input (and of the output).
-        qk_channels: C', channels of query and key; default ``C // 8`` (at least 1),
-            the paper's reduction.
+        qk_channels: C', channels of query and key; default ``C // 8`` (at least 1), the
+            reduction of the authors' official code (the paper only asks for ``C' < C``).
         impl: which criss-cross attention to run: ``"reference"`` (readable
             PyTorch), ``"fused"`` (C++/CUDA operator) or ``"auto"``.
     """
@@ -112,7 +112,8 @@ class RecurrentCrissCrossAttention(nn.Module):
     Args:
         in_channels: C.
         recurrence: R >= 1, the number of loops (CCNet uses 2).
-        qk_channels: C' of the shared block (default ``C // 8``, at least 1).
+        qk_channels: C' of the shared block (default ``C // 8``, at least 1, as in the
+            official code).
         impl: passed to :class:`CrissCrossAttention`.
     """
 
@@ -219,7 +220,8 @@ class RCCAHead(nn.Module):
         dropout: Dropout2d probability before the classifier.
         norm: ``"bn"``, ``"none"`` or a factory ``channels -> nn.Module``.
         activation: ``"relu"``, ``"leaky_relu"`` or ``"none"``.
-        qk_channels: C' of the attention (default ``mid // 8``, at least 1).
+        qk_channels: C' of the attention (default ``mid // 8``, at least 1, as in the
+            official code).
         impl: criss-cross implementation, see :class:`CrissCrossAttention`.
     """
 

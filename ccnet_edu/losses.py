@@ -5,15 +5,16 @@ RCCA features reduced to, e.g., 16 channels) that pulls the pixels of one
 class towards their class mean and pushes the means of different classes
 apart, the discriminative loss of De Brabandere et al. applied to classes.
 
-With classes ``C`` present in an image, ``N_c`` pixels of class c and
-``μ_c`` their mean embedding::
+With ``𝒞`` the set of classes present in an image, ``N_c`` pixels of class c and
+``μ_c`` their mean embedding (the notation page of the book writes the set as a
+script C, so that ``C`` stays the channels of a feature map)::
 
-    l_var = 1/|C| Σ_c 1/N_c Σ_{i∈c} φ_var(‖μ_c − h_i‖)
+    l_var = 1/|𝒞| Σ_c 1/N_c Σ_{i∈c} φ_var(‖μ_c − h_i‖)
     φ_var(d) = 0                       d ≤ δ_v
                (d − δ_v)²              δ_v < d ≤ δ_d
                d − δ_d + (δ_d − δ_v)²  d > δ_d          (continuous at δ_d)
-    l_dis = 1/(|C|(|C|−1)) Σ_{a≠b} max(0, 2δ_d − ‖μ_a − μ_b‖)²     (ordered pairs)
-    l_reg = 1/|C| Σ_c ‖μ_c‖
+    l_dis = 1/(|𝒞|(|𝒞|−1)) Σ_{a≠b} max(0, 2δ_d − ‖μ_a − μ_b‖)²     (ordered pairs)
+    l_reg = 1/|𝒞| Σ_c ‖μ_c‖
 
 Pixels labelled ``ignore_index`` take no part; a class with no pixels takes
 no part; with a single class ``l_dis = 0``.  The terms are computed **per
@@ -99,7 +100,7 @@ def category_consistent_terms(
     """The three CCL terms ``(l_var, l_dis, l_reg)``, each averaged over the batch.
 
     Args:
-        embedding: (B, D, H, W) floating tensor, the per-pixel embedding ``h``.
+        embedding: (B, C_h, H, W) floating tensor, the per-pixel embedding ``h``.
         labels: (B, H, W) integer class indices in ``[0, num_classes)`` or
             ``ignore_index`` (resized with nearest neighbour to (H, W) if their
             size differs).
@@ -120,7 +121,7 @@ def category_consistent_terms(
                 f"{ignore_index}, got {sorted(set(labels[bad].tolist()))[:5]}"
             )
 
-    h = embedding.flatten(2).transpose(1, 2)  # (B, N, D): h_i
+    h = embedding.flatten(2).transpose(1, 2)  # (B, N, C_h): h_i
     # One-hot membership; ignored pixels belong to no class (all-zero row).
     index = torch.where(valid, labels, torch.zeros_like(labels)).flatten(1)  # (B, N)
     onehot = F.one_hot(index, num_classes).to(embedding.dtype)  # (B, N, K)
@@ -128,11 +129,11 @@ def category_consistent_terms(
 
     counts = onehot.sum(dim=1)  # (B, K): N_c
     present = counts > 0  # (B, K): classes that take part
-    n_classes = present.sum(dim=1).to(embedding.dtype)  # (B,): |C|
-    mean = onehot.transpose(1, 2) @ h / counts.clamp(min=1)[:, :, None]  # (B, K, D): μ_c
+    n_classes = present.sum(dim=1).to(embedding.dtype)  # (B,): |𝒞|
+    mean = onehot.transpose(1, 2) @ h / counts.clamp(min=1)[:, :, None]  # (B, K, C_h): μ_c
 
     # l_var: each pixel against the mean of its own class.
-    own_mean = onehot @ mean  # (B, N, D): μ_{c(i)} (zero for ignored pixels)
+    own_mean = onehot @ mean  # (B, N, C_h): μ_{c(i)} (zero for ignored pixels)
     pull = phi_var(torch.linalg.vector_norm(own_mean - h, dim=-1), delta_v, delta_d)  # (B, N)
     pull_per_class = (onehot * pull[:, :, None]).sum(dim=1) / counts.clamp(min=1)  # (B, K)
     l_var = pull_per_class.sum(dim=1) / n_classes.clamp(min=1)  # (B,)
@@ -156,13 +157,15 @@ def category_consistent_terms(
 
 
 class CategoryConsistentLoss(nn.Module):
-    """``α l_var + β l_dis + γ l_reg`` (the segmentation loss is added by the caller).
+    """``α l_var + β l_dis + η l_reg`` (the segmentation loss is added by the caller).
 
     ``num_classes`` K is required: labels must lie in ``[0, K)`` or be
     ``ignore_index``.  Defaults (from the discriminative loss): δ_v = 0.5,
-    δ_d = 1.5, α = β = 1, γ = 0.001.  ``forward(embedding (B, D, H, W),
-    labels (B, H, W))`` returns a scalar; :meth:`terms` returns
-    ``(l_var, l_dis, l_reg)``.
+    δ_d = 1.5, α = β = 1, η = 0.001.  The weight η of ``l_reg`` is the one the
+    paper writes γ; the book keeps γ for the residual scale of criss-cross
+    attention, and the argument keeps the paper's name, ``gamma``.
+    ``forward(embedding (B, C_h, H, W), labels (B, H, W))`` returns a scalar;
+    :meth:`terms` returns ``(l_var, l_dis, l_reg)``.
     """
 
     def __init__(
@@ -191,6 +194,6 @@ class CategoryConsistentLoss(nn.Module):
         )
 
     def forward(self, embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """embedding (B, D, H, W), labels (B, H, W) -> scalar loss."""
+        """embedding (B, C_h, H, W), labels (B, H, W) -> scalar loss."""
         l_var, l_dis, l_reg = self.terms(embedding, labels)
         return self.alpha * l_var + self.beta * l_dis + self.gamma * l_reg

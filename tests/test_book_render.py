@@ -7,7 +7,8 @@ page from a server on 127.0.0.1 and checks, through the Chrome DevTools protocol
 * **no request leaves the machine**: every URL is on the local server (or ``data:``/``blob:``),
   so MathJax, the widget manager and the theme's fonts all come from the build itself;
 * the maths was typeset by MathJax: every ``.math`` element holds an ``mjx-container``, there is
-  no TeX error (``mjx-merror``) and no raw ``$$``, ``\\(`` or ``\\[`` left in the text;
+  no TeX error (``mjx-merror``) and no raw ``$$``, ``\\(``, ``\\[``, inline ``$...$``, MyST
+  role (``{doc}``, ``{ref}`` ...) or Markdown table left in the text (notebook outputs included);
   chapter pages and the notation page must contain maths at all;
 * every image loaded with a non-zero natural size; chapter pages must contain a figure;
 * every stored ipywidget view was rendered by the widget manager;
@@ -227,6 +228,12 @@ PAGE_STATE_JS = r"""
        .forEach(n => n.remove());
   const text = clone.textContent;
   const rawTex = ['$$', '\\(', '\\[', '\\begin{'].filter(s => text.includes(s));
+  // Inline maths, a MyST role or a Markdown table left as text: what a `display(Markdown(...))`
+  // output shows when it is rendered as plain CommonMark (the roles' code spans are gone with the
+  // code above; a table's |---| row is typeset as dashes).
+  const rawInline = (text.match(/\$[^$\s][^$\n]{0,200}?\$/g) || []).slice(0, 5);
+  const rawRoles = (text.match(/\{(doc|ref|numref|cite|term|math|eq)\}/g) || []).slice(0, 5);
+  const rawTables = (text.match(/\|\s*[-\u2013\u2014:]+\s*\|/g) || []).slice(0, 5);
   const views = document.querySelectorAll(
       'script[type="application/vnd.jupyter.widget-view+json"]').length;
   const rendered = [...document.querySelectorAll('.widget-subarea')]
@@ -236,7 +243,8 @@ PAGE_STATE_JS = r"""
     mathNodes: mathNodes.length,
     mjx: document.querySelectorAll('mjx-container').length,
     mjxErrors: document.querySelectorAll('mjx-merror').length,
-    untypeset, images: imgs.length, badImgs, rawTex, views, rendered,
+    untypeset, images: imgs.length, badImgs, rawTex, rawInline, rawRoles, rawTables,
+    views, rendered,
   };
 })()
 """
@@ -374,6 +382,9 @@ def test_page_renders_offline(server: str, page: CDP, docname: str) -> None:
     assert state["untypeset"] == [], f"maths not typeset by MathJax: {state['untypeset']}"
     assert state["mjxErrors"] == 0, f"{state['mjxErrors']} TeX errors (mjx-merror) on the page"
     assert state["rawTex"] == [], f"raw TeX delimiters left in the text: {state['rawTex']}"
+    assert state["rawInline"] == [], f"inline maths left as text: {state['rawInline']}"
+    assert state["rawRoles"] == [], f"MyST roles left as text: {state['rawRoles']}"
+    assert state["rawTables"] == [], f"Markdown tables left as text: {state['rawTables']}"
     if is_chapter or docname.endswith("notation"):
         assert state["mjx"] > 0, "no typeset maths (mjx-container) on a page that has maths"
 
@@ -438,6 +449,29 @@ def test_every_exercise_has_a_collapsed_solution() -> None:
         if unknown:
             problems.append(f"{path.name}: solutions of unknown exercises {sorted(unknown)}")
     assert problems == [], "\n".join(problems)
+
+
+def test_chapter_numbers_as_rendered() -> None:
+    """``notebooks/NN_*`` is chapter NN in its page title and in the sidebar; ``NNx_*`` is NN.k.
+
+    The numbers come from the toc's numbered parts (tools/check_toc.py checks the toc and the
+    prose); this reads what the build made of them, on the pages a reader opens.
+    """
+    if not (BUILD / "index.html").is_file():
+        _skip(f"{BUILD} has no index.html: build the book first (make book)")
+    sidebar = (BUILD / "book" / "intro.html").read_text(encoding="utf-8")
+    wrong = []
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        stem, nn = path.stem, int(path.stem[:2])
+        want = rf"{nn}\. " if stem[2] == "_" else rf"{nn}\.\d+\. "  # chapter NN / section NN.k
+        html = (BUILD / "notebooks" / f"{stem}.html").read_text(encoding="utf-8")
+        title = re.search(r"<title>(.*?)</title>", html, re.DOTALL)
+        link = re.search(rf'href="\.\./notebooks/{stem}\.html">(.*?)</a>', sidebar, re.DOTALL)
+        for where, found in (("page title", title), ("sidebar", link)):
+            text = re.sub(r"<[^>]+>", "", found[1]).strip() if found else "(missing)"
+            if not re.match(want, text):
+                wrong.append(f"{stem}: {where} {text[:60]!r}")
+    assert wrong == [], "chapter numbers that do not match the file names:\n" + "\n".join(wrong)
 
 
 def test_every_chapter_is_checked() -> None:

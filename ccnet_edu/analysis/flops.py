@@ -353,12 +353,12 @@ def issa_flops(
 
     Both steps run on the padded grid of ``N' = H' W'`` positions and each
     has its own projections, as in the authors' code: query and key are two
-    1x1 convolutions each (``C -> C_k -> C_k``), the value one (``C -> C_v``)
+    1x1 convolutions each (``C -> C' -> C'``), the value one (``C -> C_v``)
     and the output projection one (``C_v -> C``); convolutions without bias,
     BN and ReLU not counted.  Per step and position that is
-    ``2 (2 C C_k + 2 C_k^2 + C C_v + C_v C)``.  The long step attends within
+    ``2 (2 C C' + 2 C'^2 + C C_v + C_v C)``.  The long step attends within
     groups of ``Q_h Q_w`` positions, the short step within blocks of
-    ``P_h P_w``: ``attention = 2 N' (Q_h Q_w + P_h P_w) (C_k + C_v)``.
+    ``P_h P_w``: ``attention = 2 N' (Q_h Q_w + P_h P_w) (C' + C_v)``.
     The output channels are ``C`` (the module's default), so both steps have
     the same projections.
     """
@@ -372,8 +372,8 @@ def issa_flops(
     q_h, q_w = math.ceil(height / p_h), math.ceil(width / p_w)
     n = batch * (q_h * p_h) * (q_w * p_w)
     per_step_projections = 2 * n * (
-        2 * channels * key_channels  # first query and key layers, C -> C_k
-        + 2 * key_channels * key_channels  # second query and key layers, C_k -> C_k
+        2 * channels * key_channels  # first query and key layers, C -> C'
+        + 2 * key_channels * key_channels  # second query and key layers, C' -> C'
         + 2 * channels * value_channels  # value C -> C_v and output projection C_v -> C
     )
     out = {

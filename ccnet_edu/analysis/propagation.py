@@ -120,7 +120,7 @@ def _check_inputs(inputs: object) -> None:
 
 
 def boolean_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a @ b)[u, p] = OR_v a[u, v] AND b[v, p]`` for bool matrices: a path ``u -> v -> p``."""
+    """``(a @ b)[u, p] = OR_m a[u, m] AND b[m, p]`` for bool matrices: a path ``u -> m -> p``."""
     _check_bool_matrices(a, b)
     # Counting paths in float32 is exact here (at most N <= 2^24 paths per entry).
     return (a.float() @ b.float()) > 0
@@ -151,7 +151,7 @@ def issa_reachability(
     """Bool (N', N') on ISSA's padded grid: the pattern of ``A_S · A_L``.
 
     The long-range step first (pattern ``M_L``), then the short-range step
-    (``M_S``): the product ``M_S · M_L``.  ``u`` reaches ``p`` when some ``v``
+    (``M_S``): the product ``M_S · M_L``.  ``u`` reaches ``p`` when some ``m``
     in ``u``'s block shares ``p``'s offset.
     """
     from ..issa import interlaced_masks
