@@ -42,7 +42,10 @@ def run_level(isa: str, repeats: int, out: Path, quick: bool = False) -> tuple[s
     command = [sys.executable, "-m", "ccnet_edu.ops", "bench", "--device", "cpu",
                "--repeats", str(repeats), "--csv", str(csv_path)] + ["--quick"] * quick  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    text = result.stdout.strip()
+    # bench's last line names the CSV it wrote: a path of this run, not a result
+    text = "\n".join(
+        line for line in result.stdout.strip().splitlines() if not line.startswith("wrote ")
+    )
     (out / f"cpu-{isa}.md").write_text(text + "\n")
     with open(csv_path, newline="") as handle:
         return text, list(csv.DictReader(handle))
