@@ -5,7 +5,8 @@ recurrent form, interlaced sparse self-attention (ISSA), squeeze-and-attention
 (SA), the non-local block, and the losses that go with them; an accelerated
 criss-cross operator in C++/CUDA (:mod:`ccnet_edu.ops`); dense views for
 teaching and testing (:mod:`ccnet_edu.dense`); cost and propagation analysis
-(:mod:`ccnet_edu.analysis`); visualisation (:mod:`ccnet_edu.viz`); and a
+(:mod:`ccnet_edu.analysis`), with time and peak memory measured by
+:mod:`ccnet_edu.measure`; visualisation (:mod:`ccnet_edu.viz`); and a
 small segmentation experiment (:mod:`ccnet_edu.data`, :mod:`ccnet_edu.models`,
 :mod:`ccnet_edu.train`).
 
@@ -46,6 +47,7 @@ _SUBMODULES = (
     "dense",
     "ops",
     "analysis",
+    "measure",
     "viz",
     "data",
     "models",
