@@ -8,7 +8,7 @@ teaching and testing (:mod:`ccnet_edu.dense`); cost and propagation analysis
 (:mod:`ccnet_edu.analysis`), with time and peak memory measured by
 :mod:`ccnet_edu.measure`; visualisation (:mod:`ccnet_edu.viz`); and a
 small segmentation experiment (:mod:`ccnet_edu.data`, :mod:`ccnet_edu.models`,
-:mod:`ccnet_edu.train`).
+:mod:`ccnet_edu.checkpoint`, :mod:`ccnet_edu.train`).
 
 Names are imported lazily, so ``import ccnet_edu`` stays cheap and the
 optional parts (the compiled operator, plotting) load only when used.
@@ -51,6 +51,7 @@ _SUBMODULES = (
     "viz",
     "data",
     "models",
+    "checkpoint",
     "export",
     "train",
 )

@@ -80,6 +80,7 @@ MODULES = [
     "ccnet_edu.viz.interactive",
     "ccnet_edu.data",
     "ccnet_edu.models",
+    "ccnet_edu.checkpoint",
     "ccnet_edu.train",
     "ccnet_edu.ops",
 ]
@@ -93,7 +94,7 @@ EXEMPT = {
     "ccnet_edu.analysis.memory.SavedTensors": "a result record of saved_tensors",
     "ccnet_edu.measure.PeakMemory": "a result record of peak_memory_of",
     "ccnet_edu.measure.Timing": "a result record of time_ms and time_in_turn",
-    "ccnet_edu.models.pretrained_names": "takes no arguments",
+    "ccnet_edu.checkpoint.pretrained_names": "takes no arguments",
     "ccnet_edu.analysis.flops.flop_formulas": "takes no arguments",
     "ccnet_edu.ops._build.BuildError": "an exception type; raised, not called with input",
     "ccnet_edu.ops._build.BuildInfo": "a result record of load",
