@@ -45,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ccnet_edu import flex, roofline  # noqa: E402
+from ccnet_edu import flex, measure, roofline  # noqa: E402
 from ccnet_edu import functional as Fn  # noqa: E402
 from ccnet_edu.ops import baselines  # noqa: E402
 
@@ -159,45 +159,18 @@ def sanitize(device: str) -> int:
 # ------------------------------------------------------------------ timing
 
 
-class Clock:
-    """CUDA events on a GPU, perf_counter on the CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def ms(self, fn) -> float:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-
-
 def _peak_mib(fn, device: torch.device) -> float:
     if device.type != "cuda":
         return float("nan")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
+    return measure.peak_memory_of(fn, device, "cuda").peak_bytes / 2**20
 
 
 def ceilings(device: torch.device, dry: bool) -> dict:
     """Measured copy bandwidth (read + write) and matrix rates, as METHOD's two ceilings."""
-    clock = Clock(device)
     n = 2**20 if dry else 2**29  # 2 GiB of float32 in the non-dry run
     x = torch.randn(n, device=device)
     y = torch.empty_like(x)
-    for _ in range(2):
-        y.copy_(x)
-    copy_ms = statistics.median(clock.ms(functools.partial(y.copy_, x)) for _ in range(10))
+    copy_ms = measure.time_ms(functools.partial(y.copy_, x), device, repeats=10, warmup=2).median_ms
     out = {"copy_TBps": 2 * x.numel() * 4 / (copy_ms * 1e-3) / 1e12}
     del x, y
     size = 256 if dry else 8192
@@ -211,9 +184,7 @@ def ceilings(device: torch.device, dry: bool) -> dict:
         previous = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
         try:
-            for _ in range(2):
-                a @ b
-            ms = statistics.median(clock.ms(lambda a=a, b=b: a @ b) for _ in range(5))
+            ms = measure.time_ms(lambda a=a, b=b: a @ b, device, repeats=5, warmup=2).median_ms
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous
         out[f"{name}_TFLOPs"] = 2 * size**3 / (ms * 1e-3) / 1e12
@@ -246,7 +217,6 @@ def bench(device: torch.device, dry: bool, budget_s: float, out_dir: Path) -> li
         config, "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit", 64
     )
     ops.load(cuda=device.type == "cuda")
-    clock = Clock(device)
     shapes = DRY_SHAPES if dry else roofline.SHAPES
     max_reps, max_s = (3, 0.5) if dry else (25, 1.5)
     generator = torch.Generator().manual_seed(0)
@@ -279,7 +249,7 @@ def bench(device: torch.device, dry: bool, budget_s: float, out_dir: Path) -> li
                     ]
                 try:
                     _time_impl(
-                        IMPL_FNS[impl], impl_sets, want, dtype, device, clock, max_reps, max_s, row
+                        IMPL_FNS[impl], impl_sets, want, dtype, device, max_reps, max_s, row
                     )
                 except Exception as error:  # a failure is a row of the table, not the end
                     row["status"] = f"failed: {type(error).__name__}: {str(error)[:120]}"
@@ -291,7 +261,7 @@ def bench(device: torch.device, dry: bool, budget_s: float, out_dir: Path) -> li
     return rows
 
 
-def _time_impl(fn, sets, want, dtype, device, clock, max_reps, max_s, row) -> None:
+def _time_impl(fn, sets, want, dtype, device, max_reps, max_s, row) -> None:
     q, k, v, _ = sets[0]
     with torch.no_grad():
         out, _ = fn(q, k, v)
@@ -318,7 +288,8 @@ def _time_impl(fn, sets, want, dtype, device, clock, max_reps, max_s, row) -> No
             step(*args[warm % len(args)])
         times, start = [], time.monotonic()
         for rep in range(max_reps):
-            times.append(clock.ms(functools.partial(step, *args[rep % len(args)])))
+            run = functools.partial(step, *args[rep % len(args)])  # the input sets in turn
+            times.append(measure.time_once_ms(run, device))
             if time.monotonic() - start > max_s:
                 break
         row[f"{mode} ms"] = statistics.median(times)

@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 from torch.utils import cpp_extension
 
+from ccnet_edu import measure
 from ccnet_edu.ops import _build, benchmark
 
 SOURCE = r"""
@@ -194,11 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                 error = ((out - expected).abs().max() / expected.abs().max()).item()
                 if not error < 1e-5:
                     raise AssertionError(f"{name}: relative error {error:.1e}")
-            samples = benchmark._time_in_turn_samples(
-                steps, torch.device("cpu"), args.repeats, warmup=2
-            )
+            timings = measure.time_in_turn(steps, "cpu", repeats=args.repeats, warmup=2)
             gflop = 2 * count * rows * cols * depth / 1e9
-            rate = {k: gflop / (statistics.median(v) * 1e-3) for k, v in samples.items()}
+            rate = {k: gflop / (t.median_ms * 1e-3) for k, t in timings.items()}
             best = max(rate[f"tile {isa}"] for isa in isas)
             versus = f"{rate['sgemm']:.0f} | {best / rate['sgemm']:.2f}x" if blas else "n/a | n/a"
             lines_out.append(

@@ -5,9 +5,10 @@ recurrent form, interlaced sparse self-attention (ISSA), squeeze-and-attention
 (SA), the non-local block, and the losses that go with them; an accelerated
 criss-cross operator in C++/CUDA (:mod:`ccnet_edu.ops`); dense views for
 teaching and testing (:mod:`ccnet_edu.dense`); cost and propagation analysis
-(:mod:`ccnet_edu.analysis`); visualisation (:mod:`ccnet_edu.viz`); and a
+(:mod:`ccnet_edu.analysis`), with time and peak memory measured by
+:mod:`ccnet_edu.measure`; visualisation (:mod:`ccnet_edu.viz`); and a
 small segmentation experiment (:mod:`ccnet_edu.data`, :mod:`ccnet_edu.models`,
-:mod:`ccnet_edu.train`).
+:mod:`ccnet_edu.checkpoint`, :mod:`ccnet_edu.train`).
 
 Names are imported lazily, so ``import ccnet_edu`` stays cheap and the
 optional parts (the compiled operator, plotting) load only when used.
@@ -46,9 +47,11 @@ _SUBMODULES = (
     "dense",
     "ops",
     "analysis",
+    "measure",
     "viz",
     "data",
     "models",
+    "checkpoint",
     "export",
     "train",
 )

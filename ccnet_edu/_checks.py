@@ -27,6 +27,7 @@ __all__ = [
     "check_feature_map",
     "check_tensor",
     "check_same_device",
+    "check_qkv_agree",
     "check_device",
     "check_positive_pair",
     "check_int",
@@ -255,6 +256,33 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise ValueError(f"all inputs must be on one device, got {listed}")
+
+
+def check_qkv_agree(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, layout: str, shared: str
+) -> None:
+    """Query, key and value of one attention fit together (each already a checked tensor).
+
+    ``query`` and ``key`` have one shape (``layout`` names it in the message),
+    ``value`` the dimensions 0, 2, 3 of ``query`` (``shared`` says what they
+    are); all three share one dtype and one device.
+    """
+    if query.shape != key.shape:
+        raise ValueError(
+            f"query and key must have the same shape {layout}, got "
+            f"query {tuple(query.shape)} and key {tuple(key.shape)}"
+        )
+    if value.shape[0] != query.shape[0] or value.shape[2:] != query.shape[2:]:
+        raise ValueError(
+            f"value must have the {shared} of query, got "
+            f"value {tuple(value.shape)} and query {tuple(query.shape)}"
+        )
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(
+            f"query, key and value must share one dtype, got "
+            f"{query.dtype}, {key.dtype} and {value.dtype}"
+        )
+    check_same_device(query=query, key=key, value=value)
 
 
 def check_device(name: str, device: object, *, optional: bool = False) -> torch.device | None:

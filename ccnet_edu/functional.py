@@ -30,7 +30,7 @@ from ._checks import (
     check_device,
     check_feature_map,
     check_int,
-    check_same_device,
+    check_qkv_agree,
     check_tensor,
 )
 
@@ -67,22 +67,9 @@ def check_qkv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> No
     check_feature_map("query", query)
     check_feature_map("key", key)
     check_feature_map("value", value)
-    if query.shape != key.shape:
-        raise ValueError(
-            f"query and key must have the same shape (B, C', H, W), got "
-            f"query {tuple(query.shape)} and key {tuple(key.shape)}"
-        )
-    if value.shape[0] != query.shape[0] or value.shape[2:] != query.shape[2:]:
-        raise ValueError(
-            f"value must have the batch size and spatial size of query, got "
-            f"value {tuple(value.shape)} and query {tuple(query.shape)}"
-        )
-    if not (query.dtype == key.dtype == value.dtype):
-        raise TypeError(
-            f"query, key and value must share one dtype, got "
-            f"{query.dtype}, {key.dtype} and {value.dtype}"
-        )
-    check_same_device(query=query, key=key, value=value)
+    check_qkv_agree(
+        query, key, value, layout="(B, C', H, W)", shared="batch size and spatial size"
+    )
 
 
 def criss_cross_attention_reference(

@@ -47,7 +47,7 @@ two agree exactly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +60,10 @@ from ._checks import (
     check_int,
     check_positive_pair,
     check_probability,
-    check_same_device,
+    check_qkv_agree,
     check_tensor,
 )
+from .layers import conv_bn_relu
 
 __all__ = [
     "blocks_padding",
@@ -165,22 +166,7 @@ def _check_group_qkv(query: object, key: object, value: object, scale: object) -
     """query, key (G, C_k, h, w) and value (G, C_v, h, w): one dtype, one device; scale > 0."""
     for name, tensor in (("query", query), ("key", key), ("value", value)):
         check_tensor(name, tensor, dim=4, kind="float", layout="(G, C, h, w)")
-    if query.shape != key.shape:
-        raise ValueError(
-            f"query and key must have the same shape (G, C_k, h, w), got "
-            f"query {tuple(query.shape)} and key {tuple(key.shape)}"
-        )
-    if value.shape[0] != query.shape[0] or value.shape[2:] != query.shape[2:]:
-        raise ValueError(
-            f"value must have the groups and size (G, h, w) of query, got "
-            f"value {tuple(value.shape)} and query {tuple(query.shape)}"
-        )
-    if not (query.dtype == key.dtype == value.dtype):
-        raise TypeError(
-            f"query, key and value must share one dtype, got "
-            f"{query.dtype}, {key.dtype} and {value.dtype}"
-        )
-    check_same_device(query=query, key=key, value=value)
+    check_qkv_agree(query, key, value, layout="(G, C_k, h, w)", shared="groups and size (G, h, w)")
     if not isinstance(scale, torch.SymFloat):  # a traced scale (read off a shape) passes
         check_float("scale", scale, minimum=0.0, exclusive_minimum=True)
 
@@ -446,27 +432,52 @@ def interlaced_sparse_attention(
         see :func:`interlaced_attention_to_dense`.
     """
     check_feature_map("x", x)
-    p_h, p_w = check_positive_pair("block_size", block_size)
+    block_size = check_positive_pair("block_size", block_size)
     check_bool("return_attention", return_attention)
-    batch, channels = x.shape[:2]
-    scale = channels**-0.5
+    scale = x.shape[1] ** -0.5  # C^-1/2
 
-    feats, padding = pad_to_blocks(x, (p_h, p_w))  # (B, C, H', W')
+    def attend(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # query = key = value = the features of each group
+        return group_attention(groups, groups, groups, scale)
+
+    y, attention = _interlaced_steps(x, block_size, attend, attend)
+    return (y, attention) if return_attention else y
+
+
+_GroupAttention = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _interlaced_steps(
+    x: torch.Tensor,
+    block_size: tuple[int, int],
+    attend_long: _GroupAttention,
+    attend_short: _GroupAttention,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The two steps of ISSA around the attention of one group: pad, long, short, crop.
+
+    ``attend_long`` and ``attend_short`` map a batch of groups (G, C, h, w) to
+    ``(out (G, C_out, h, w), attention (G, h·w, h·w))``: plain :func:`group_attention`
+    in :func:`interlaced_sparse_attention`, the two :class:`SelfAttentionBlock`
+    (each with its projections) in :class:`InterlacedSparseSelfAttention`.
+    Returns ``y`` (B, C_out, H, W) and the attentions of both steps, of the shapes
+    documented in :func:`interlaced_sparse_attention`.
+    """
+    batch = x.shape[0]
+    p_h, p_w = block_size
+    feats, padding = pad_to_blocks(x, block_size)  # (B, C, H', W')
     h_pad, w_pad = feats.shape[2:]
 
     # Long range: attend among pixels P_h, P_w apart (same offset in their block).
-    groups = long_range_permute(feats, (p_h, p_w))  # (B·P_h·P_w, C, Q_h, Q_w)
-    out, long_attention = group_attention(groups, groups, groups, scale)
-    feats = long_range_unpermute(out, batch, h_pad, w_pad, (p_h, p_w))  # (B, C, H', W')
+    groups = long_range_permute(feats, block_size)  # (B·P_h·P_w, C, Q_h, Q_w)
+    out, long_attention = attend_long(groups)
+    feats = long_range_unpermute(out, batch, h_pad, w_pad, block_size)  # (B, C_out, H', W')
 
     # Short range: attend inside each contiguous P_h x P_w block.
-    blocks = short_range_permute(feats, (p_h, p_w))  # (B·Q_h·Q_w, C, P_h, P_w)
-    out, short_attention = group_attention(blocks, blocks, blocks, scale)
-    feats = short_range_unpermute(out, batch, h_pad, w_pad, (p_h, p_w))
+    blocks = short_range_permute(feats, block_size)  # (B·Q_h·Q_w, C_out, P_h, P_w)
+    out, short_attention = attend_short(blocks)
+    feats = short_range_unpermute(out, batch, h_pad, w_pad, block_size)
 
-    y = unpad(feats, padding)  # (B, C, H, W)
-    if not return_attention:
-        return y
+    y = unpad(feats, padding)  # (B, C_out, H, W)
     long_attention = long_attention.reshape(batch, p_h * p_w, *long_attention.shape[1:])
     short_attention = short_attention.reshape(batch, -1, *short_attention.shape[1:])
     return y, (long_attention, short_attention)
@@ -516,22 +527,14 @@ def interlaced_attention_to_dense(
 # ---------------------------------------------------------------------------
 
 
-def _conv_bn_relu(
-    in_channels: int, out_channels: int, kernel_size: int = 1, bias: bool = False
-) -> nn.Sequential:
-    """Conv + BN + ReLU, the authors' ``Conv2d`` followed by ``ModuleHelper.BNReLU``."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
 def _query_key_projection(in_channels: int, key_channels: int) -> nn.Sequential:
-    """Two layers of 1x1 conv + BN + ReLU, ``in -> key -> key`` (``f_query``/``f_key``)."""
+    """Two layers of 1x1 conv + BN + ReLU, ``in -> key -> key`` (``f_query``/``f_key``).
+
+    Each layer is the authors' ``Conv2d`` (no bias) followed by ``ModuleHelper.BNReLU``.
+    """
     return nn.Sequential(
-        _conv_bn_relu(in_channels, key_channels),
-        _conv_bn_relu(key_channels, key_channels),
+        conv_bn_relu(in_channels, key_channels, kernel_size=1),
+        conv_bn_relu(key_channels, key_channels, kernel_size=1),
     )
 
 
@@ -571,7 +574,7 @@ class SelfAttentionBlock(nn.Module):
             self.query = _query_key_projection(in_channels, key_channels)  # f_query
             self.key = _query_key_projection(in_channels, key_channels)  # f_key
             self.value = nn.Conv2d(in_channels, value_channels, 1, bias=False)  # f_value
-            self.out_proj = _conv_bn_relu(value_channels, out_channels)  # W
+            self.out_proj = conv_bn_relu(value_channels, out_channels, kernel_size=1)  # W
         else:
             self.query = self.key = self.value = self.out_proj = nn.Identity()
 
@@ -640,25 +643,8 @@ class InterlacedSparseSelfAttention(nn.Module):
         """
         check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
         check_bool("return_attention", return_attention)
-        batch = x.shape[0]
-        feats, padding = pad_to_blocks(x, self.block_size)  # (B, C, H', W')
-        h_pad, w_pad = feats.shape[2:]
-
-        groups = long_range_permute(feats, self.block_size)  # (B·P_h·P_w, C, Q_h, Q_w)
-        out, long_attention = self.long_range(groups)
-        feats = long_range_unpermute(out, batch, h_pad, w_pad, self.block_size)
-
-        blocks = short_range_permute(feats, self.block_size)  # (B·Q_h·Q_w, C_out, P_h, P_w)
-        out, short_attention = self.short_range(blocks)
-        feats = short_range_unpermute(out, batch, h_pad, w_pad, self.block_size)
-
-        y = unpad(feats, padding)  # (B, C_out, H, W)
-        if not return_attention:
-            return y
-        p_h, p_w = self.block_size
-        long_attention = long_attention.reshape(batch, p_h * p_w, *long_attention.shape[1:])
-        short_attention = short_attention.reshape(batch, -1, *short_attention.shape[1:])
-        return y, (long_attention, short_attention)
+        y, attention = _interlaced_steps(x, self.block_size, self.long_range, self.short_range)
+        return (y, attention) if return_attention else y
 
 
 class ISAHead(nn.Module):
@@ -700,9 +686,11 @@ class ISAHead(nn.Module):
         _check_head_args(in_channels, num_classes, channels, block_size, dropout)
         channels = max(in_channels // 4, 1) if channels is None else channels
         self.in_channels = in_channels
-        self.reduce = _conv_bn_relu(in_channels, channels, kernel_size=3, bias=True)
+        self.reduce = conv_bn_relu(in_channels, channels, kernel_size=3, bias=True)
         self.issa = InterlacedSparseSelfAttention(channels, block_size)
-        self.fuse = nn.Sequential(_conv_bn_relu(2 * channels, channels), nn.Dropout2d(dropout))
+        self.fuse = nn.Sequential(
+            conv_bn_relu(2 * channels, channels, kernel_size=1), nn.Dropout2d(dropout)
+        )
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(

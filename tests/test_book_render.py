@@ -1,7 +1,7 @@
 """Open the built book in headless Chromium and check what a reader would see.
 
 For every page in ``_toc.yml`` (built into ``_build/html`` by ``make book``) this test loads the
-page from a server on 127.0.0.1 and checks, through the Chrome DevTools protocol, that
+page from a server on 127.0.0.1 and checks, through Playwright driving the system Chromium, that
 
 * the page loads (HTTP 200) and no request fails or gets an HTTP error;
 * **no request leaves the machine**: every URL is on the local server (or ``data:``/``blob:``),
@@ -27,18 +27,13 @@ A screenshot of each page is written to ``_build/render-screenshots/`` for peopl
 
 from __future__ import annotations
 
-import base64
 import functools
 import http.server
 import json
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 import threading
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +47,7 @@ CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 REQUIRED = os.environ.get("BOOK_RENDER_REQUIRED", "") not in ("", "0")
 PAGE_TIMEOUT = 60.0  # seconds for one page to load, typeset and render its widgets
 
-websocket = pytest.importorskip("websocket", reason="websocket-client is not installed")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 
 def _toc_pages() -> list[str]:
@@ -108,108 +103,20 @@ def server():
     httpd.server_close()
 
 
-class CDP:
-    """A minimal Chrome DevTools protocol client over one page target's websocket."""
-
-    def __init__(self, ws_url: str) -> None:
-        self.ws = websocket.create_connection(ws_url, timeout=PAGE_TIMEOUT, suppress_origin=True)
-        self.next_id = 0
-        self.events: list[dict[str, Any]] = []
-
-    def send(self, method: str, **params: Any) -> dict[str, Any]:
-        self.next_id += 1
-        msg_id = self.next_id
-        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv())
-            if message.get("id") == msg_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method} failed: {message['error']}")
-                return message.get("result", {})
-            if "method" in message:
-                self.events.append(message)
-
-    def evaluate(self, expression: str, await_promise: bool = False) -> Any:
-        result = self.send(
-            "Runtime.evaluate",
-            expression=expression,
-            returnByValue=True,
-            awaitPromise=await_promise,
-        )
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"evaluating {expression!r}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, timeout: float = PAGE_TIMEOUT) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.evaluate(expression):
-                return True
-            time.sleep(0.1)
-        return False
-
-    def close(self) -> None:
-        self.ws.close()
-
-
 @pytest.fixture(scope="module")
-def page():
-    """One tab of headless Chromium, with network, console and log events enabled."""
+def browser():
+    """Headless Chromium, the system's own (Playwright downloads no browser here)."""
     chromium = _chromium()
     if chromium is None:
         _skip("Chromium is not installed (apt-get install -y chromium)")
-    profile = tempfile.mkdtemp(prefix="ccnet-render-")
-    process = subprocess.Popen(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-extensions",
-            "--disable-dev-shm-usage",
-            "--window-size=1280,1600",
-            f"--user-data-dir={profile}",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
-            "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    cdp = None
-    try:
-        port_file = Path(profile) / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Chromium did not start (exit code {process.poll()})")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
-            targets = json.load(resp)
-        ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t.get("type") == "page")
-        cdp = CDP(ws_url)
-        for domain in ("Page", "Network", "Runtime", "Log"):
-            cdp.send(f"{domain}.enable")
-        # No cached copies: every page load really fetches (and so reports) its resources.
-        cdp.send("Network.setCacheDisabled", cacheDisabled=True)
-        yield cdp
-    finally:
-        if cdp is not None:
-            cdp.close()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(profile, ignore_errors=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update"],
+        )
+        yield browser
+        browser.close()
 
 
 # What the page reports once it has settled: maths, images, widgets, leftover TeX.
@@ -298,66 +205,56 @@ def _is_local(url: str, base: str) -> bool:
     return url.startswith((base, "data:", "blob:", "about:"))
 
 
-def _load(cdp: CDP, url: str, base: str) -> dict[str, Any]:
-    """Navigate, let the page settle, and return its state plus what went wrong on the way."""
-    cdp.events.clear()
-    result = cdp.send("Page.navigate", url=url)
-    assert "errorText" not in result, f"navigating to {url}: {result.get('errorText')}"
-    assert cdp.wait_for("document.readyState === 'complete'"), f"{url} did not finish loading"
-    has_mathjax = cdp.evaluate(MATHJAX_DONE_JS, await_promise=True)
-    # Widgets render asynchronously after require.js has loaded the manager.
-    cdp.wait_for(
-        "document.querySelectorAll('script[type=\"application/vnd.jupyter.widget-view+json\"]')"
-        ".length <= [...document.querySelectorAll('.widget-subarea')]"
-        ".filter(n => n.querySelector('.jupyter-widgets')).length",
-        timeout=30,
-    )
-    # Let late requests (fonts, lazily loaded MathJax components) show up in the event log.
-    quiet_since, seen = time.monotonic(), -1
-    while time.monotonic() - quiet_since < 1.0:
-        cdp.evaluate("1")  # pumps pending events into cdp.events
-        if len(cdp.events) != seen:
-            seen, quiet_since = len(cdp.events), time.monotonic()
-        time.sleep(0.1)
-    state = cdp.evaluate(PAGE_STATE_JS)
-    state["has_mathjax"] = has_mathjax
+# Every stored widget view has been rendered by the widget manager (or there are none).
+WIDGETS_RENDERED_JS = """
+document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length
+  <= [...document.querySelectorAll('.widget-subarea')]
+       .filter(n => n.querySelector('.jupyter-widgets')).length
+"""
 
+
+def _load(page: Any, url: str, base: str) -> dict[str, Any]:
+    """Navigate, let the page settle, and return its state plus what went wrong on the way."""
     requests, remote, failed, http_errors, console, exceptions = [], [], [], [], [], []
-    urls_by_id: dict[str, str] = {}
-    for event in cdp.events:
-        method, params = event["method"], event.get("params", {})
-        if method == "Network.requestWillBeSent":
-            req_url = params["request"]["url"]
-            urls_by_id[params["requestId"]] = req_url
-            requests.append(req_url)
-            if not _is_local(req_url, base):
-                remote.append(req_url)
-        elif method == "Network.loadingFailed" and not params.get("canceled"):
-            failed.append(f"{urls_by_id.get(params['requestId'], '?')}: {params.get('errorText')}")
-        elif method == "Network.responseReceived":
-            status = params["response"]["status"]
-            if status >= 400:
-                http_errors.append(f"{params['response']['url']}: HTTP {status}")
-        elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
-            args = params["args"]
-            console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
-        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-            console.append(f"{params['entry'].get('url', '')}: {params['entry']['text']}")
-        elif method == "Runtime.exceptionThrown":
-            details = params["exceptionDetails"]
-            exceptions.append(details.get("exception", {}).get("description") or details["text"])
-    state.update(
-        requests=requests,
-        remote=remote,
-        failed=failed,
-        http_errors=http_errors,
-        console=console,
-        exceptions=exceptions,
-    )
+
+    def on_request(request: Any) -> None:
+        requests.append(request.url)
+        if not _is_local(request.url, base):
+            remote.append(request.url)
+
+    def on_failed(request: Any) -> None:
+        if request.failure != "net::ERR_ABORTED":  # a request the page itself cancelled
+            failed.append(f"{request.url}: {request.failure}")
+
+    def on_response(response: Any) -> None:
+        if response.status >= 400:
+            http_errors.append(f"{response.url}: HTTP {response.status}")
+
+    page.on("request", on_request)
+    page.on("requestfailed", on_failed)
+    page.on("response", on_response)
+    # Console API errors and the browser's own error log entries (failed loads, CSP, ...).
+    page.on("console", lambda m: m.type in ("error", "assert") and console.append(m.text))
+    page.on("pageerror", lambda error: exceptions.append(str(error)))
+
+    response = page.goto(url, wait_until="load")
+    assert response is not None and response.ok, f"{url}: HTTP {response and response.status}"
+    has_mathjax = page.evaluate(MATHJAX_DONE_JS)
+    # Widgets render asynchronously after require.js has loaded the manager; the check below
+    # reports the ones that never did.
+    try:
+        page.wait_for_function(WIDGETS_RENDERED_JS, timeout=30_000)
+    except sync_api.TimeoutError:
+        pass
+    # Let late requests (fonts, lazily loaded MathJax components) show up.
+    page.wait_for_load_state("networkidle")
+    state = page.evaluate(PAGE_STATE_JS)
+    state["has_mathjax"] = has_mathjax
+    state.update(requests=requests, remote=remote, failed=failed, http_errors=http_errors,
+                 console=console, exceptions=exceptions)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shot = cdp.send("Page.captureScreenshot", format="png")
     name = url[len(base) :].replace("/", "__") or "index.html"
-    (SCREENSHOTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
+    page.screenshot(path=SCREENSHOTS / f"{name}.png")
     return state
 
 
@@ -365,9 +262,20 @@ PAGES = _toc_pages()
 
 
 @pytest.mark.parametrize("docname", PAGES)
-def test_page_renders_offline(server: str, page: CDP, docname: str) -> None:
+def test_page_renders_offline(server: str, browser: Any, docname: str) -> None:
     html = BUILD / f"{docname}.html"
     assert html.is_file(), f"{docname} is in _toc.yml but {html} was not built"
+    # A fresh context per page: no cache, so every load really fetches (and reports) its resources.
+    context = browser.new_context(viewport={"width": 1280, "height": 1600})
+    context.set_default_timeout(PAGE_TIMEOUT * 1000)
+    page = context.new_page()
+    try:
+        _check_page(page, server, docname)
+    finally:
+        context.close()
+
+
+def _check_page(page: Any, server: str, docname: str) -> None:
     state = _load(page, server + f"{docname}.html", server)
     is_chapter = docname.startswith("notebooks/")
 
@@ -395,7 +303,7 @@ def test_page_renders_offline(server: str, page: CDP, docname: str) -> None:
         f"{state['views']} stored widget views but only {state['rendered']} rendered"
     )
 
-    toggles = page.evaluate(TOGGLES_JS, await_promise=True)
+    toggles = page.evaluate(TOGGLES_JS)
     assert toggles["unsolved"] == [], f"exercises without a solution: {toggles['unsolved']}"
     boxes = toggles["report"]
     if toggles["exercises"]:

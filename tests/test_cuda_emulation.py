@@ -21,52 +21,16 @@ import itertools
 
 import pytest
 import torch
+from cca_cases import REL_TOL, SHAPES, float64_reference, qkv_case
 
 from ccnet_edu import emulation
-from ccnet_edu import functional as Fn
 from ccnet_edu.ops import csrc_dir
-
-# Relative (norm-wise) error against float64 that each dtype must stay under.  float32
-# runs as 3xTF32 (about 2^-21 per product); float16/bfloat16 keep 11/8 significant bits
-# in their inputs, in the weights rounded for the tensor cores, and in the outputs.
-REL_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
-
-# (B, C', C, H, W): odd and non-square; one row, one column, one pixel; lines longer
-# than a 64-position tile and block (several of each, the last partial); C' not a
-# multiple of 16, the widest C' (128); C not a multiple of 8 (no 16-byte vectors) and
-# C over one 128-channel chunk with a partial last chunk.
-SHAPES = [
-    (2, 5, 7, 5, 9),
-    (1, 3, 4, 1, 6),
-    (3, 2, 33, 7, 1),
-    (2, 4, 19, 1, 1),
-    (1, 16, 136, 9, 70),
-    (2, 8, 24, 67, 3),
-    (1, 128, 16, 6, 5),
-]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _compiled():
     """The emulation, compiled from csrc/ alone (a failure fails every test)."""
     emulation.library()
-
-
-def _case(shape, dtype, seed=0):
-    batch, qk, channels, height, width = shape
-    g = torch.Generator().manual_seed(seed)
-    sizes = [(batch, qk, height, width)] * 2 + [(batch, channels, height, width)] * 2
-    q, k, v, go = (torch.randn(s, generator=g).to(dtype) for s in sizes)
-    ga = torch.randn(batch, height, width, height + width - 1, generator=g).to(dtype)
-    return q, k, v, go, ga
-
-
-def _reference(q, k, v, go, ga):
-    """out, attention and the three gradients in float64 from the same (rounded) inputs."""
-    qd, kd, vd = (t.double().requires_grad_() for t in (q, k, v))
-    out, att = Fn.criss_cross_attention_reference(qd, kd, vd)
-    loss = (out * go.double()).sum() + (att * ga.double()).sum()
-    return [out.detach(), att.detach(), *torch.autograd.grad(loss, (qd, kd, vd))]
 
 
 def _assert_close(name, got, want, dtype):
@@ -83,8 +47,8 @@ def _assert_close(name, got, want, dtype):
 @pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_tiled_kernels_match_reference(shape, dtype):
-    q, k, v, go, ga = _case(shape, dtype)
-    want = _reference(q, k, v, go, ga)
+    q, k, v, go, ga = qkv_case(shape, dtype)
+    want = float64_reference(q, k, v, go, ga)
     out, att = emulation.forward(q, k, v)
     grads = emulation.backward(go, ga, att, q, k, v)
     names = ("out", "attention", "grad_query", "grad_key", "grad_value")
@@ -95,8 +59,8 @@ def test_tiled_kernels_match_reference(shape, dtype):
 def test_float32_is_about_float32_precise():
     """3xTF32 keeps float32's precision: 1xTF32 (10 mantissa bits) would be ~1e-3 off."""
     shape = (2, 64, 96, 23, 29)
-    q, k, v, go, ga = _case(shape, torch.float32, seed=3)
-    want = _reference(q, k, v, go, ga)
+    q, k, v, go, ga = qkv_case(shape, torch.float32, seed=3)
+    want = float64_reference(q, k, v, go, ga)
     out, att = emulation.forward(q, k, v)
     rel = ((out.double() - want[0]).norm() / want[0].norm()).item()
     assert rel < 3e-6
@@ -105,7 +69,7 @@ def test_float32_is_about_float32_precise():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_ctas_in_any_order_give_the_same_bits(dtype):
     """No CTA reads what another CTA of the same launch writes."""
-    q, k, v, go, ga = _case((2, 8, 136, 9, 70), dtype, seed=1)
+    q, k, v, go, ga = qkv_case((2, 8, 136, 9, 70), dtype, seed=1)
     forward = emulation.forward(q, k, v)
     reverse = emulation.forward(q, k, v, reverse=True)
     for a, b in zip(forward, reverse, strict=True):
@@ -117,7 +81,7 @@ def test_ctas_in_any_order_give_the_same_bits(dtype):
 
 
 def test_without_grad_attention_is_grad_attention_zero():
-    q, k, v, go, _ = _case((2, 5, 7, 5, 9), torch.float32, seed=2)
+    q, k, v, go, _ = qkv_case((2, 5, 7, 5, 9), torch.float32, seed=2)
     _, att = emulation.forward(q, k, v)
     without = emulation.backward(go, None, att, q, k, v)
     zeros = emulation.backward(go, torch.zeros_like(att), att, q, k, v)

@@ -19,30 +19,23 @@ from __future__ import annotations
 
 import os
 
+import cca_cases
 import pytest
 import torch
 
 from ccnet_edu import flex, ops
-from ccnet_edu import functional as Fn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 
-# (B, C', C, H, W)
+# (B, C', C, H, W): the emulation's shapes (see cca_cases.py) and three more.
 SHAPES = [
-    (2, 5, 7, 5, 9),
-    (1, 3, 4, 1, 6),
-    (3, 2, 33, 7, 1),
-    (2, 4, 19, 1, 1),
-    (1, 16, 136, 9, 70),
-    (2, 8, 24, 67, 3),
-    (1, 128, 16, 6, 5),
+    *cca_cases.SHAPES,
     (2, 160, 24, 7, 6),  # C' > 128: the portable kernels
     (1, 64, 512, 97, 97),
     (1, 64, 136, 130, 257),
 ]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-# Relative (norm-wise) error against float64, as tests/test_cuda_emulation.py.
-REL_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+REL_TOL = cca_cases.REL_TOL  # relative (norm-wise) error against float64, as the emulation's
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,20 +44,9 @@ def _built():
 
 
 def _case(shape, dtype, seed, device="cuda"):
-    batch, qk, channels, height, width = shape
-    g = torch.Generator().manual_seed(seed)
-    sizes = [(batch, qk, height, width)] * 2 + [(batch, channels, height, width)] * 2
-    q, k, v, go = (torch.randn(s, generator=g).to(device, dtype) for s in sizes)
-    ga = torch.randn(batch, height, width, height + width - 1, generator=g).to(device, dtype)
-    return q, k, v, go, ga
-
-
-def _reference(q, k, v, go, ga):
-    """float64 on the GPU (the 97 x 97 and 130 x 257 maps are slow on a CPU)."""
-    qd, kd, vd = (t.double().requires_grad_() for t in (q, k, v))
-    out, att = Fn.criss_cross_attention_reference(qd, kd, vd)
-    loss = (out * go.double()).sum() + (att * ga.double()).sum()
-    return [out.detach(), att.detach(), *torch.autograd.grad(loss, (qd, kd, vd))]
+    """A random case on the GPU; its float64 reference is computed there too (the 97 x 97 and
+    130 x 257 maps are slow on a CPU)."""
+    return cca_cases.qkv_case(shape, dtype, seed, device)
 
 
 def _assert_close(name, got, want, tol):
@@ -96,7 +78,7 @@ def test_outputs_are_poisoned_in_gpu_check():
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_fused_matches_reference(shape, dtype):
     case = _case(shape, dtype, seed=0)
-    want = _reference(*case)
+    want = cca_cases.float64_reference(*case)
     for name, got, expected in zip(NAMES, _forward_backward(*case), want, strict=True):
         _assert_close(name, got, expected, REL_TOL[dtype])
 
@@ -118,7 +100,7 @@ def test_any_input_layout(layout, dtype):
     elif layout == "misaligned":
         q, k, v, go = (_misaligned_channels_last(t) for t in (q, k, v, go))
         assert q.is_contiguous(memory_format=torch.channels_last) and q.data_ptr() % 16 != 0
-    want = _reference(q, k, v, go, ga)
+    want = cca_cases.float64_reference(q, k, v, go, ga)
     got = _forward_backward(q, k, v, go, ga)
     for name, a, b in zip(NAMES, got, want, strict=True):
         _assert_close(name, a, b, REL_TOL[dtype])
@@ -160,7 +142,7 @@ def test_autograd_through_the_fused_operator():
     leaves = [t.requires_grad_() for t in (q, k, v)]
     out, _ = ops.criss_cross_attention(*leaves)
     got = torch.autograd.grad(out, leaves, go)
-    want = _reference(q, k, v, go, torch.zeros(2, 9, 70, 78, device="cuda"))[2:]
+    want = cca_cases.float64_reference(q, k, v, go, torch.zeros(2, 9, 70, 78, device="cuda"))[2:]
     for name, a, b in zip(NAMES[2:], got, want, strict=True):
         _assert_close(name, a, b, REL_TOL[torch.float32])
 
@@ -174,7 +156,7 @@ def test_flex_compiled_matches_reference(shape, dtype):
     out, _ = flex.criss_cross_attention_flex(*leaves)
     grads = torch.autograd.grad(out, leaves, go)
     batch, _, _, height, width = shape
-    want = _reference(
+    want = cca_cases.float64_reference(
         q, k, v, go, torch.zeros(batch, height, width, height + width - 1, device="cuda")
     )
     # float32: Triton's dot may run as TF32 (about 3e-4)

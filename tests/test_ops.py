@@ -429,17 +429,6 @@ def test_benchmark_checks_before_timing():
     assert all(row.max_error < 1e-4 for row in rows)
 
 
-def test_benchmark_times_the_implementations_in_turn():
-    """One run of each per round, the order rotating, warm-up runs first."""
-    from ccnet_edu.ops import benchmark
-
-    calls = []
-    steps = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    medians = benchmark._time_in_turn_ms(steps, torch.device("cpu"), repeats=3, warmup=1)
-    assert set(medians) == {"a", "b", "c"} and all(ms >= 0 for ms in medians.values())
-    assert "".join(calls) == "abc" + "abc" + "bca" + "cab"
-
-
 def test_build_command_prints_library():
     env = dict(os.environ, PYTHONWARNINGS="error")
     result = subprocess.run(

@@ -25,7 +25,6 @@ from ccnet_edu.train import (
     SHIPPED,
     AllReduceBatchNorm2d,
     TrainConfig,
-    _check_arguments,
     build_parser,
     checkpoint_name,
     confusion_matrix,
@@ -35,6 +34,7 @@ from ccnet_edu.train import (
     train,
 )
 from ccnet_edu.train import main as train_main
+from ccnet_edu.train_cli import _check_arguments
 
 
 @pytest.mark.parametrize("head", HEADS)

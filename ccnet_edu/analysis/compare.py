@@ -8,7 +8,8 @@ Every number in a row is measured on the module itself:
   storage kept for backward, once, also on ``meta``;
 * ``peak_mb`` -- :func:`~ccnet_edu.analysis.memory.peak_memory` of forward +
   backward on the real device (this run doubles as the warm-up);
-* ``time_s`` -- median wall time of ``repeats`` further forward + backward runs.
+* ``time_s`` -- median wall time of ``repeats`` further forward + backward runs
+  (:func:`ccnet_edu.measure.time_ms`).
 
 Closed forms (``gflops_formula``, ``map_mb``) sit beside the measurements for
 comparison and are never used in their place.
@@ -20,7 +21,6 @@ import copy
 import csv
 import math
 import statistics
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -41,6 +41,7 @@ from .._checks import (
     check_str,
     check_writable,
 )
+from ..measure import Timing, time_ms
 from .flops import count_flops, issa_flops, nonlocal_flops, rcca_flops
 from .memory import attention_map_bytes, peak_memory, saved_tensors
 
@@ -213,8 +214,17 @@ def _step(module: nn.Module, x: torch.Tensor) -> None:
     x = x.detach().requires_grad_(True)
     out = module(x)
     out.sum().backward()
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
+
+
+def _time_step(
+    module: nn.Module, x: torch.Tensor, repeats: int, warmup: int, budget_s: float | None = None
+) -> Timing:
+    """Forward + backward of ``module`` on ``x`` timed ``repeats`` times after ``warmup`` runs."""
+    timing = time_ms(lambda: _step(module, x), x.device, repeats=repeats, warmup=warmup,
+                     budget_s=budget_s)
+    for p in module.parameters():
+        p.grad = None
+    return timing
 
 
 def measure(
@@ -258,19 +268,8 @@ def measure(
     )
     peak_bytes = peak_memory(module, x).peak_bytes if peak else None
 
-    times: list[float] = []
-    if timing:
-        if not peak:
-            _step(module, x)  # warm-up
-        start = time.perf_counter()
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            _step(module, x)
-            times.append(time.perf_counter() - t0)
-            if time_budget is not None and time.perf_counter() - start > time_budget:
-                break
-        for p in module.parameters():
-            p.grad = None
+    # The peak memory run, if any, is the warm-up.
+    timed = _time_step(module, x, repeats, 0 if peak else 1, time_budget) if timing else None
     return Row(
         model=candidate.name,
         gflops=flops / 1e9,
@@ -278,8 +277,8 @@ def measure(
         map_mb=None if map_bytes is None else map_bytes / MB,
         saved_mb=saved / MB,
         peak_mb=None if peak_bytes is None else peak_bytes / MB,
-        time_s=statistics.median(times) if times else None,
-        runs=len(times),
+        time_s=None if timed is None else timed.median_ms / 1e3,
+        runs=0 if timed is None else timed.runs,
     )
 
 
@@ -508,13 +507,8 @@ def scaling_sweep(
             )
         else:
             peak_mb = peak_memory(module, x).peak_bytes / MB
-            if timing:
-                times = []
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    _step(module, x)
-                    times.append(time.perf_counter() - t0)
-                time_s = statistics.median(times)
+            if timing:  # the peak memory run was the warm-up
+                time_s = _time_step(module, x, repeats, warmup=0).median_ms / 1e3
         points.append(
             SweepPoint(
                 candidate.name, size, size * size, flops / 1e9, saved / MB, peak_mb, time_s, note

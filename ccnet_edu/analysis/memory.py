@@ -11,7 +11,9 @@ share one allocation).  This is exact and device independent, so it also
 runs on the ``meta`` device at the paper's full size for free.
 
 **Peak during forward + backward** (:func:`peak_memory`), above what was
-already allocated before the call:
+already allocated before the call, measured by
+:func:`ccnet_edu.measure.peak_memory_of` (the benchmark of the fused operator
+uses the same function):
 
 * on CUDA, from the caching allocator's statistics
   (``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``):
@@ -30,7 +32,7 @@ already allocated before the call:
   matches the allocator's own event log; :func:`peak_memory` with
   ``method="profiler"`` reconstructs that log from
   ``torch.profiler(profile_memory=True)`` as a cross-check (it also sees
-  allocations inside kernels, but prints profiler diagnostics to stderr).
+  allocations inside kernels).
 
 No formula stands in for either measurement; :func:`attention_map_bytes`
 gives the textbook sizes to print *beside* them.
@@ -39,16 +41,14 @@ gives the textbook sizes to print *beside* them.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from .._checks import check_bool, check_callable, check_choice, check_int, check_positive_pair
+from ..measure import PEAK_METHODS, PeakMemory, StorageTracker, _storage_key, peak_memory_of
 
 __all__ = [
     "SavedTensor",
@@ -60,12 +60,6 @@ __all__ = [
     "StorageTracker",
     "attention_map_bytes",
 ]
-
-
-def _storage_key(tensor: torch.Tensor) -> int:
-    # The address of the C++ StorageImpl: unique while the storage lives, and
-    # defined on every device (data_ptr() is 0 for all meta tensors).
-    return tensor.untyped_storage()._cdata
 
 
 def _with_grad_inputs(inputs: tuple) -> tuple:
@@ -168,61 +162,6 @@ def saved_bytes(fn: Callable[..., Any], *inputs: Any, kind: str | None = None) -
 # ---------------------------------------------------------------------------
 
 
-class StorageTracker(TorchDispatchMode):
-    """Live bytes of the storages created by ATen operators while the mode is active.
-
-    ``live`` and ``peak`` are in bytes above the state at entry; ``timeline``
-    holds ``(operator, live bytes after it)`` when ``record=True``.
-    """
-
-    def __init__(self, record: bool = False) -> None:
-        super().__init__()
-        check_bool("record", record)
-        self.live = 0
-        self.peak = 0
-        self.record = record
-        self.timeline: list[tuple[str, int]] = []
-        self._tracked: set[int] = set()
-
-    def _free(self, key: int, nbytes: int) -> None:
-        if key in self._tracked:
-            self._tracked.discard(key)
-            self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        out = func(*args, **(kwargs or {}))
-        # Outputs that alias an argument (views, in-place ops) allocate nothing new.
-        aliased = {
-            _storage_key(a)
-            for a in tree_flatten((args, kwargs))[0]
-            if isinstance(a, torch.Tensor)
-        }
-        for tensor in tree_flatten(out)[0]:
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            storage = tensor.untyped_storage()
-            key = storage._cdata
-            if key in aliased or key in self._tracked:
-                continue
-            nbytes = storage.nbytes()
-            self._tracked.add(key)
-            self.live += nbytes
-            weakref.finalize(storage, self._free, key, nbytes)
-        self.peak = max(self.peak, self.live)
-        if self.record:
-            self.timeline.append((str(func), self.live))
-        return out
-
-
-@dataclass(frozen=True)
-class PeakMemory:
-    """Peak bytes above the starting point during forward + backward, and how they were measured."""
-
-    peak_bytes: int
-    method: str  # "cuda allocator", "storage tracking" or "profiler"
-    timeline: tuple[tuple[str, int], ...] = ()
-
-
 def _step(fn: Callable[..., Any], inputs: tuple, backward: bool) -> None:
     out = _first_tensor(fn(*inputs))
     if backward:
@@ -237,19 +176,6 @@ def _clear_grads(fn: Callable[..., Any], inputs: tuple) -> None:
     for x in inputs:
         if isinstance(x, torch.Tensor):
             x.grad = None
-
-
-def _profiler_peak(fn: Callable[..., Any], inputs: tuple, backward: bool) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        _step(fn, inputs, backward)
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):  # allocations > 0, frees < 0
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
 
 
 def peak_memory(
@@ -275,30 +201,14 @@ def peak_memory(
     _check_fn_inputs(fn, inputs)
     check_bool("backward", backward)
     check_bool("record", record)
-    if method not in ("auto", "tracking", "cuda", "profiler"):
+    if method not in PEAK_METHODS:
         raise ValueError(f"method must be 'auto', 'tracking', 'cuda' or 'profiler', got {method!r}")
     inputs = _with_grad_inputs(inputs)
     device = next((x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
-    if method == "auto":
-        method = "cuda" if device.type == "cuda" else "tracking"
+    if method == "cuda" and device.type != "cuda":
+        raise ValueError(f"method='cuda' needs CUDA inputs, got inputs on {device}")
     _clear_grads(fn, inputs)
-
-    if method == "cuda":
-        if device.type != "cuda":
-            raise ValueError(f"method='cuda' needs CUDA inputs, got inputs on {device}")
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        _step(fn, inputs, backward)
-        torch.cuda.synchronize(device)
-        peak = PeakMemory(torch.cuda.max_memory_allocated(device) - start, "cuda allocator")
-    elif method == "profiler":
-        peak = PeakMemory(_profiler_peak(fn, inputs, backward), "profiler")
-    else:
-        tracker = StorageTracker(record=record)
-        with tracker:
-            _step(fn, inputs, backward)
-        peak = PeakMemory(tracker.peak, "storage tracking", tuple(tracker.timeline))
+    peak = peak_memory_of(lambda: _step(fn, inputs, backward), device, method, record)
     _clear_grads(fn, inputs)
     return peak
 

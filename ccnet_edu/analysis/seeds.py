@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from .._checks import check_float, check_int, check_str
+from ..checkpoint import CHECKPOINT_DIR, load_checkpoint
 from ..data import CLASS_NAMES, NUM_CLASSES, make_sample
-from ..models import CHECKPOINT_DIR, SegmentationModel, load_checkpoint
+from ..models import SegmentationModel
 
 __all__ = [
     "SUCCESS_FAR_ACC",

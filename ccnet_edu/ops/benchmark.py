@@ -20,20 +20,16 @@ Run ``python -m ccnet_edu.ops bench [--quick] [--csv FILE]``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime
-import os
 import platform
-import statistics
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 
 from .. import functional as Fn
+from .. import measure
 from . import baselines
 
 __all__ = [
@@ -113,96 +109,11 @@ def _implementations() -> dict[str, Callable]:
     }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_once_ms(fn: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end)
-    start_s = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start_s) * 1e3
-
-
-def _time_ms(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    return statistics.median(_time_once_ms(fn, device) for _ in range(repeats))
-
-
-def _time_in_turn_samples(
-    steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int
-) -> dict[str, list[float]]:
-    """Every timed run (ms) of each step, the steps timed in turn: one run of each per
-    round, the order rotating from round to round. On a shared machine a slow spell
-    then falls on every implementation alike instead of on whichever was being timed,
-    so the ratios hold even when the absolute times drift."""
-    for fn in steps.values():
-        for _ in range(warmup):
-            fn()
-    names = list(steps)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(_time_once_ms(steps[name], device))
-    return times
-
-
-def _time_in_turn_ms(
-    steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int
-) -> dict[str, float]:
-    """Median ms of each step, timed in turn (see :func:`_time_in_turn_samples`)."""
-    samples = _time_in_turn_samples(steps, device, repeats, warmup)
-    return {name: statistics.median(t) for name, t in samples.items()}
-
-
 def _peak_mib(fn: Callable[[], None], device: torch.device) -> float:
-    """Peak memory allocated *during* ``fn`` (inputs excluded), MiB."""
-    if device.type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        _sync(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with _quiet_stderr():
-        with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
-            fn()
-    # Every allocation (+bytes) and free (-bytes) of the CPU allocator, in time order,
-    # including the buffers the C++ operator allocates inside its kernel.
-    events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
-    )
-    live = peak = 0
-    for _, delta in events:
-        live += delta
-        peak = max(peak, live)
-    return peak / 2**20
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2: the profiler's C++ side logs start/stop lines there."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    """Peak memory allocated *during* ``fn`` (inputs excluded), MiB: the CUDA allocator on a
+    GPU, the CPU allocator's event log (which sees the fused operator's buffers) elsewhere."""
+    method = "cuda" if device.type == "cuda" else "profiler"
+    return measure.peak_memory_of(fn, device, method).peak_bytes / 2**20
 
 
 def _make_step(impl: Callable, inputs, grad_out, mode: str) -> Callable[[], None]:
@@ -286,17 +197,16 @@ def run(
 
         for mode in MODES:
             steps = {name: _make_step(impls[name], inputs, grad_out, mode) for name in names}
-            samples = _time_in_turn_samples(steps, device, repeats, warmup)
+            timings = measure.time_in_turn(steps, device, repeats=repeats, warmup=warmup)
             peaks = {}
             for name in names:
                 peaks[name] = _peak_mib(steps[name], device)
                 bar.update()
             del steps
-            medians = {name: statistics.median(t) for name, t in samples.items()}
             for name in names:
-                ms = medians[name]
-                spread = {"min_ms": min(samples[name]), "max_ms": max(samples[name])}
-                ratio = medians["einsum"] / ms
+                ms = timings[name].median_ms
+                spread = {"min_ms": timings[name].min_ms, "max_ms": timings[name].max_ms}
+                ratio = timings["einsum"].median_ms / ms
                 rows.append(
                     Row(str(case), name, mode, ms, ratio, peaks[name], errors[name], **spread)
                 )
@@ -309,7 +219,7 @@ def matmul_gflops(size: int = 2048, repeats: int = 5, device: torch.device | str
     device = torch.device(device)
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
-    ms = _time_ms(lambda: torch.mm(a, b), device, repeats, warmup=1)
+    ms = measure.time_ms(lambda: torch.mm(a, b), device, repeats=repeats, warmup=1).median_ms
     return 2 * size**3 / (ms * 1e-3) / 1e9
 
 

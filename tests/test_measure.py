@@ -1,0 +1,68 @@
+"""ccnet_edu.measure: the timing and peak-memory functions every table and chapter uses."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from ccnet_edu import measure
+
+MIB = 2**20
+
+
+def test_time_in_turn_rotates_the_order_after_the_warmup():
+    """Warm-up runs of each first, then one run of each per round, the order rotating."""
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    timings = measure.time_in_turn(fns, "cpu", repeats=3, warmup=1)
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab"
+    assert list(timings) == ["a", "b", "c"]
+    assert all(t.runs == 3 and min(t.samples_ms) >= 0 for t in timings.values())
+
+
+def test_time_ms_warms_up_then_times_each_run():
+    calls = []
+
+    def sleep() -> None:
+        calls.append(None)
+        time.sleep(0.002 * len(calls))  # each call longer than the one before
+
+    timing = measure.time_ms(sleep, "cpu", repeats=3, warmup=2)
+    assert len(calls) == 5 and timing.runs == 3
+    samples = timing.samples_ms
+    assert all(ms >= sleep_ms for ms, sleep_ms in zip(samples, (6, 8, 10), strict=True))  # 3 to 5
+    assert timing.median_ms == sorted(samples)[1]
+    assert (timing.min_ms, timing.max_ms) == (min(samples), max(samples))
+
+
+def test_time_ms_stops_at_the_budget_but_times_at_least_once():
+    timing = measure.time_ms(lambda: time.sleep(0.01), "cpu", repeats=50, warmup=0, budget_s=1e-3)
+    assert timing.runs == 1
+    assert measure.Timing((1.0, 5.0, 2.0, 4.0)).median_ms == 3.0
+
+
+def _allocate_and_free() -> None:
+    a = torch.empty(MIB // 4)  # 1 MiB of float32
+    b = torch.empty(2 * MIB // 4)  # 2 MiB: 3 MiB live together
+    del a, b
+    torch.empty(MIB // 4)  # 1 MiB, after both were freed
+
+
+@pytest.mark.parametrize("method", ["tracking", "profiler", "auto"])
+def test_peak_memory_of_sees_the_largest_live_total(method):
+    peak = measure.peak_memory_of(_allocate_and_free, "cpu", method)
+    assert peak.peak_bytes == 3 * MIB
+    assert peak.method == ("profiler" if method == "profiler" else "storage tracking")
+
+
+def test_peak_memory_of_records_the_timeline():
+    peak = measure.peak_memory_of(_allocate_and_free, "cpu", "tracking", record=True)
+    assert [live for _, live in peak.timeline] == [MIB, 3 * MIB, MIB]
+    assert all("empty" in op for op, _ in peak.timeline)
+
+
+def test_peak_memory_of_profiler_keeps_stderr_clean(capfd):
+    measure.peak_memory_of(_allocate_and_free, "cpu", "profiler")
+    assert capfd.readouterr().err == ""
