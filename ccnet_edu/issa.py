@@ -8,8 +8,9 @@ but restricted to *groups* of positions:
 
 * **long-range step** (first): with block size ``(P_h, P_w)`` there are
   ``P_h · P_w`` groups; group ``(a, b)`` holds the positions
-  ``(m·P_h + a, n·P_w + b)``: pixels ``P_h`` (``P_w``) apart that sit at the
-  same offset inside their block.  Each group has ``Q_h · Q_w`` members.
+  ``(bi·P_h + a, bj·P_w + b)`` over the blocks ``(bi, bj)``: pixels ``P_h``
+  (``P_w``) apart that sit at the same offset inside their block.  Each group
+  has ``Q_h · Q_w`` members.
 * **short-range step** (second): ``Q_h · Q_w`` groups, each one contiguous
   ``P_h x P_w`` block.
 
@@ -163,10 +164,10 @@ def _check_unpermute(
 
 
 def _check_group_qkv(query: object, key: object, value: object, scale: object) -> None:
-    """query, key (G, C_k, h, w) and value (G, C_v, h, w): one dtype, one device; scale > 0."""
+    """query, key (G, C', h, w) and value (G, C_v, h, w): one dtype, one device; scale > 0."""
     for name, tensor in (("query", query), ("key", key), ("value", value)):
         check_tensor(name, tensor, dim=4, kind="float", layout="(G, C, h, w)")
-    check_qkv_agree(query, key, value, layout="(G, C_k, h, w)", shared="groups and size (G, h, w)")
+    check_qkv_agree(query, key, value, layout="(G, C', h, w)", shared="groups and size (G, h, w)")
     if not isinstance(scale, torch.SymFloat):  # a traced scale (read off a shape) passes
         check_float("scale", scale, minimum=0.0, exclusive_minimum=True)
 
@@ -275,7 +276,8 @@ def unpad(x: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------
 # The two permutations.  A padded map (B, C, H', W') is viewed as
-# (B, C, Q_h, P_h, Q_w, P_w): row i = m·P_h + a, column j = n·P_w + b.
+# (B, C, Q_h, P_h, Q_w, P_w): row i = bi·P_h + a, column j = bj·P_w + b for the pixel at
+# offset (a, b) of block (bi, bj).
 # ---------------------------------------------------------------------------
 
 
@@ -296,7 +298,7 @@ def long_range_permute(x: torch.Tensor, block_size: BlockSize) -> torch.Tensor:
     """(B, C, H', W') -> (B·P_h·P_w, C, Q_h, Q_w): one small map per long-range group.
 
     Group ``g = a·P_w + b`` of image ``b_`` sits at index ``b_·P_h·P_w + g``;
-    its map holds the pixels ``(m·P_h + a, n·P_w + b)`` at ``(m, n)``.
+    its map holds the pixels ``(bi·P_h + a, bj·P_w + b)`` at ``(bi, bj)``.
     """
     grid, p_h, p_w, q_h, q_w = _grid(x, block_size)  # (B, C, Q_h, P_h, Q_w, P_w)
     batch, channels = x.shape[:2]
@@ -317,7 +319,7 @@ def long_range_unpermute(
 def short_range_permute(x: torch.Tensor, block_size: BlockSize) -> torch.Tensor:
     """(B, C, H', W') -> (B·Q_h·Q_w, C, P_h, P_w): one map per contiguous block.
 
-    Block ``g = m·Q_w + n`` of image ``b_`` sits at index ``b_·Q_h·Q_w + g``.
+    Block ``g = bi·Q_w + bj`` of image ``b_`` sits at index ``b_·Q_h·Q_w + g``.
     """
     grid, p_h, p_w, q_h, q_w = _grid(x, block_size)  # (B, C, Q_h, P_h, Q_w, P_w)
     batch, channels = x.shape[:2]
@@ -398,16 +400,16 @@ def group_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product self-attention inside each group.
 
-    query, key: (G, C_k, h, w); value: (G, C_v, h, w); every one of the ``G``
+    query, key: (G, C', h, w); value: (G, C_v, h, w); every one of the ``G``
     maps is one group of ``n = h·w`` positions.
     Returns ``out`` (G, C_v, h, w) and the affinity (G, n, n), rows summing to 1.
     """
     _check_group_qkv(query, key, value, scale)
     groups, _, h, w = value.shape
-    q = query.flatten(2).transpose(1, 2)  # (G, n, C_k)
-    k = key.flatten(2)  # (G, C_k, n)
+    q = query.flatten(2).transpose(1, 2)  # (G, n, C')
+    k = key.flatten(2)  # (G, C', n)
     v = value.flatten(2).transpose(1, 2)  # (G, n, C_v)
-    energy = scale * torch.bmm(q, k)  # (G, n, n): energy[g, u, p] = q(u)·k(p) / sqrt(C_k)
+    energy = scale * torch.bmm(q, k)  # (G, n, n): energy[g, u, p] = q(u)·k(p) / sqrt(C')
     affinity = F.softmax(energy, dim=-1)
     out = torch.bmm(affinity, v)  # (G, n, C_v)
     return out.transpose(1, 2).reshape(groups, -1, h, w), affinity

@@ -275,7 +275,7 @@ def test_query_and_key_are_two_conv_bn_relu_layers_as_in_the_authors_code():
     assert [type(m) for m in step.out_proj] == [
         torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU
     ]
-    # weights per step: 2 (C C_k + C_k^2 + 2·2 C_k) + C C_v + C_v C_out + 2 C_out
+    # weights per step: 2 (C C' + C'^2 + 2·2 C') + C C_v + C_v C_out + 2 C_out
     expected = 2 * (6 * 3 + 3 * 3 + 4 * 3) + 6 * 5 + 5 * 4 + 2 * 4
     assert sum(p.numel() for p in step.parameters()) == expected
 
