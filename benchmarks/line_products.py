@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     blas = modules[isas[0]].has_blas()
     generator = torch.Generator().manual_seed(0)
     lines_out = [
-        f"CPU: {benchmark._cpu_model()}; {args.threads} threads; torch {torch.__version__} "
+        f"CPU: {measure.cpu_model()}; {args.threads} threads; torch {torch.__version__} "
         f"({torch.backends.mkl.is_available() and 'MKL' or 'BLAS'}); "
         f"{datetime.date.today().isoformat()}; median of {args.repeats}, timed in turn",
         "",

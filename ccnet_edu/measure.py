@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import statistics
 import sys
 import time
@@ -47,6 +48,7 @@ from torch.utils._pytree import tree_flatten
 from ._checks import check_bool, check_callable, check_choice, check_device, check_float, check_int
 
 __all__ = [
+    "cpu_model",
     "Timing",
     "time_once_ms",
     "time_ms",
@@ -61,6 +63,19 @@ __all__ = [
 # ---------------------------------------------------------------------------
 # Time
 # ---------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU's model name, to print beside a measurement: /proc/cpuinfo's "model name"
+    where there is one (Linux), else what :mod:`platform` reports."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @dataclass(frozen=True)

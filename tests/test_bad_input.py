@@ -97,6 +97,7 @@ EXEMPT = {
     "ccnet_edu.measure.PeakMemory": "a result record of peak_memory_of",
     "ccnet_edu.measure.Timing": "a result record of time_ms and time_in_turn",
     "ccnet_edu.checkpoint.pretrained_names": "takes no arguments",
+    "ccnet_edu.measure.cpu_model": "takes no arguments",
     "ccnet_edu.train_cli.build_parser": "takes no arguments",
     "ccnet_edu.analysis.flops.flop_formulas": "takes no arguments",
     "ccnet_edu.ops._build.BuildError": "an exception type; raised, not called with input",

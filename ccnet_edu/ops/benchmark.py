@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -223,16 +222,6 @@ def matmul_gflops(size: int = 2048, repeats: int = 5, device: torch.device | str
     return 2 * size**3 / (ms * 1e-3) / 1e9
 
 
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> str:
     """One line naming what a table was measured on: CPU model, the ISA level the fused
     CPU operator was built for (and the levels the CPU runs), torch threads, torch
@@ -243,7 +232,7 @@ def machine() -> str:
     isa = info.extra["isa"] if info is not None and not isinstance(info, Exception) else None
     built = f"{isa} ({_build.ISA_INSTRUCTIONS[isa]})" if isa else "not loaded"
     return (
-        f"CPU: {_cpu_model()}; fused op built for {built}; this CPU runs "
+        f"CPU: {measure.cpu_model()}; fused op built for {built}; this CPU runs "
         f"{', '.join(_build.supported_isas())}; {torch.get_num_threads()} torch threads; "
         f"torch {torch.__version__}; {datetime.date.today().isoformat()}"
     )
