@@ -97,6 +97,7 @@ book-strict: venv book-assets check-toc
 # ---------------------------------------------------------------- tests
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ops: venv
 	$(PY) -m ccnet_edu.ops build

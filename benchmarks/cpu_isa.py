@@ -59,9 +59,9 @@ def summarise(isa: str, text: str, rows: list[dict]) -> list[dict]:
     summary = []
     for case in dict.fromkeys(r["case"] for r in rows):
         both = by[case, "fused", "forward+backward"]
-        floor_ms = benchmark.flops(benchmark._parse_case(case), "forward+backward") / (
-            matmul * 1e9
-        ) * 1e3
+        floor_ms = (
+            benchmark.flops(benchmark._parse_case(case), "forward+backward") / (matmul * 1e9) * 1e3
+        )
         summary.append({
             "isa": isa,
             "case": case,

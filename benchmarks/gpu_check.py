@@ -248,9 +248,7 @@ def bench(device: torch.device, dry: bool, budget_s: float, out_dir: Path) -> li
                         [t.contiguous(memory_format=torch.channels_last) for t in s] for s in sets
                     ]
                 try:
-                    _time_impl(
-                        IMPL_FNS[impl], impl_sets, want, dtype, device, max_reps, max_s, row
-                    )
+                    _time_impl(IMPL_FNS[impl], impl_sets, want, dtype, device, max_reps, max_s, row)
                 except Exception as error:  # a failure is a row of the table, not the end
                     row["status"] = f"failed: {type(error).__name__}: {str(error)[:120]}"
                 print(_row_line(row), flush=True)

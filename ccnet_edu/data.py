@@ -203,9 +203,7 @@ def distance_to_beacon(sample: dict) -> torch.Tensor:
     Used to split the accuracy into "near" pixels, which a backbone's
     receptive field can connect to the beacon, and "far" ones, which need context.
     """
-    if not isinstance(sample, dict) or not {"label", "beacon_corner", "beacon_size"} <= set(
-        sample
-    ):
+    if not isinstance(sample, dict) or not {"label", "beacon_corner", "beacon_size"} <= set(sample):
         raise TypeError("sample must be a dict from make_sample (label, beacon_corner, ...)")
     label = sample["label"]
     size = label.shape[-1]

@@ -303,9 +303,7 @@ def attention_to_dense(
         if height is None or width is None or block_size is None:
             raise ValueError("height, width and block_size are required for kind='issa'")
         return issa_attention_to_dense(attention, height, width, block_size, step)  # type: ignore[arg-type]
-    raise ValueError(
-        f"kind must be 'criss_cross', 'recurrent', 'dense' or 'issa', got {kind!r}"
-    )
+    raise ValueError(f"kind must be 'criss_cross', 'recurrent', 'dense' or 'issa', got {kind!r}")
 
 
 def query_map(dense: torch.Tensor, i: int, j: int, height: int, width: int) -> torch.Tensor:

@@ -67,9 +67,7 @@ def check_qkv(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> No
     check_feature_map("query", query)
     check_feature_map("key", key)
     check_feature_map("value", value)
-    check_qkv_agree(
-        query, key, value, layout="(B, C', H, W)", shared="batch size and spatial size"
-    )
+    check_qkv_agree(query, key, value, layout="(B, C', H, W)", shared="batch size and spatial size")
 
 
 def criss_cross_attention_reference(

@@ -34,7 +34,11 @@ def conv_bn_relu(
     check_bool("bias", bias)
     return nn.Sequential(
         nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
             bias=bias,
         ),
         nn.BatchNorm2d(out_channels),

@@ -223,9 +223,7 @@ class StorageTracker(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         # Outputs that alias an argument (views, in-place ops) allocate nothing new.
         aliased = {
-            _storage_key(a)
-            for a in tree_flatten((args, kwargs))[0]
-            if isinstance(a, torch.Tensor)
+            _storage_key(a) for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)
         }
         for tensor in tree_flatten(out)[0]:
             if not isinstance(tensor, torch.Tensor):

@@ -248,9 +248,7 @@ class SegmentationModel(nn.Module):
     def head_name(self) -> str:
         return self.config["head"]
 
-    def forward(
-        self, x: torch.Tensor, return_all: bool = False
-    ) -> torch.Tensor | dict[str, Any]:
+    def forward(self, x: torch.Tensor, return_all: bool = False) -> torch.Tensor | dict[str, Any]:
         """``x`` (B, 3, H, W) -> logits (B, K, H, W).
 
         With ``return_all`` a dict: ``logits`` (full size), ``logits_small``

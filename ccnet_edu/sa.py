@@ -177,9 +177,7 @@ class SANetHead(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        if isinstance(in_channels_list, (str, bytes)) or not isinstance(
-            in_channels_list, Sequence
-        ):
+        if isinstance(in_channels_list, (str, bytes)) or not isinstance(in_channels_list, Sequence):
             raise TypeError(
                 f"in_channels_list must be a list of 4 ints, got {type(in_channels_list).__name__}"
             )
@@ -258,9 +256,7 @@ def _check_target(target: object, batch: int | None) -> torch.Tensor:
         raise TypeError(f"target must have an integer dtype (class indices), got {target.dtype}")
     if target.dim() != 3 or (batch is not None and target.shape[0] != batch):
         with_batch = f" with B={batch}" if batch is not None else ""
-        raise ValueError(
-            f"target must have shape (B, H, W){with_batch}, got {tuple(target.shape)}"
-        )
+        raise ValueError(f"target must have shape (B, H, W){with_batch}, got {tuple(target.shape)}")
     return target.long()
 
 
@@ -327,8 +323,9 @@ class SANetLoss(nn.Module):
         if not isinstance(output, SANetOutput):
             raise TypeError(f"output must be a SANetOutput, got {type(output).__name__}")
         check_feature_map("output.mask", output.mask)
-        check_feature_map("output.dense", output.dense, channels=output.mask.shape[1],
-                          channels_from="output.mask")
+        check_feature_map(
+            "output.dense", output.dense, channels=output.mask.shape[1], channels_from="output.mask"
+        )
         target = _check_target(target, output.mask.shape[0])
         check_same_device(output=output.mask, target=target)
         return self._check_target_values(target, output.mask.shape[1])

@@ -112,8 +112,10 @@ class TrainConfig:
     head: str = _field("rcca2", "the head to train", choices=HEADS)
     ccl: bool = _field(False, "add the category consistent loss")
     ccl_weight: float = _field(
-        1.0, "weight of the CCL (> 0); != 1 is recorded in the name: rcca2_ccl0.1",
-        minimum=0.0, exclusive_minimum=True,
+        1.0,
+        "weight of the CCL (> 0); != 1 is recorded in the name: rcca2_ccl0.1",
+        minimum=0.0,
+        exclusive_minimum=True,
     )
     steps: int = _field(800, "optimizer steps", minimum=1)
     batch_size: int = _field(
@@ -125,15 +127,20 @@ class TrainConfig:
     weight_decay: float = _field(1e-4, "AdamW weight decay", minimum=0.0, cli=False)
     seed: int = _field(0, "seed of the initial weights and of the training samples", minimum=0)
     size: int = _field(
-        96, f"image side (a multiple of 8, >= {MIN_SIZE})",
-        minimum=MIN_SIZE, multiple_of=8, why="the output stride",
+        96,
+        f"image side (a multiple of 8, >= {MIN_SIZE})",
+        minimum=MIN_SIZE,
+        multiple_of=8,
+        why="the output stride",
     )
     width: int = _field(16, "backbone width w (its features have 4w channels)", minimum=1)
     mid_channels: int = _field(32, "channels of the head around the context module", minimum=1)
-    dropout: float = _field(0.1, "Dropout2d probability before the classifier",
-                            minimum=0.0, maximum=1.0)
+    dropout: float = _field(
+        0.1, "Dropout2d probability before the classifier", minimum=0.0, maximum=1.0
+    )
     sync_bn: bool = _field(
-        True, "synchronise the batch norm statistics over the processes of a --ddp run "
+        True,
+        "synchronise the batch norm statistics over the processes of a --ddp run "
         "(per-process statistics are for comparison)",
     )
     val_seed: int = _field(10_000, "seed of the validation samples", minimum=0)
@@ -161,9 +168,13 @@ def _check_field(f: Field, kind: type, value: object) -> Any:
             )
         return value
     if kind is float:
-        return check_float(f.name, value, minimum=rule.get("minimum"),
-                           maximum=rule.get("maximum"),
-                           exclusive_minimum=rule.get("exclusive_minimum", False))
+        return check_float(
+            f.name,
+            value,
+            minimum=rule.get("minimum"),
+            maximum=rule.get("maximum"),
+            exclusive_minimum=rule.get("exclusive_minimum", False),
+        )
     raise TypeError(f"TrainConfig.{f.name}: no rule for fields of type {kind}")
 
 
@@ -380,8 +391,11 @@ def train(
     local = batch // world
     data = BeaconShapes(steps * batch, seed=config.seed, size=config.size)
     model.train()
-    bar = tqdm(range(steps), desc=config.head + ("+ccl" if config.ccl else ""),
-               disable=not progress or rank != 0)
+    bar = tqdm(
+        range(steps),
+        desc=config.head + ("+ccl" if config.ccl else ""),
+        disable=not progress or rank != 0,
+    )
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = poly_lr(config.lr, step, steps)

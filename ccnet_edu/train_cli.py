@@ -82,11 +82,20 @@ def _run_one(
     name = checkpoint_name(config.head, config.ccl, config.ccl_weight)
     result: dict[str, Any] = {}
     if rank == 0 and config.val_size > 0:
-        result = evaluate(model, seed=config.val_seed, length=config.val_size,
-                          size=config.size, device=device, progress=progress)
-        print(f"{name:>10} seed {config.seed}: "
-              f"mIoU {result['miou']:.3f}  pixel acc {result['pixel_acc']:.3f}  "
-              f"far-shape acc {result['far_acc']:.3f}  ({seconds:.0f} s)", flush=True)
+        result = evaluate(
+            model,
+            seed=config.val_seed,
+            length=config.val_size,
+            size=config.size,
+            device=device,
+            progress=progress,
+        )
+        print(
+            f"{name:>10} seed {config.seed}: "
+            f"mIoU {result['miou']:.3f}  pixel acc {result['pixel_acc']:.3f}  "
+            f"far-shape acc {result['far_acc']:.3f}  ({seconds:.0f} s)",
+            flush=True,
+        )
     if digest_dir is not None:
         digest = state_dict_digest(model)
         digest_dir.mkdir(parents=True, exist_ok=True)
@@ -143,23 +152,38 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
             continue
         if kind is bool:
             if f.default:
-                group.add_argument("--no-" + flag[2:], dest=f.name, action="store_false",
-                                   default=argparse.SUPPRESS, help="do not " + rule["help"])
+                group.add_argument(
+                    "--no-" + flag[2:],
+                    dest=f.name,
+                    action="store_false",
+                    default=argparse.SUPPRESS,
+                    help="do not " + rule["help"],
+                )
             else:
-                group.add_argument(flag, action="store_true", default=argparse.SUPPRESS,
-                                   help=rule["help"])
+                group.add_argument(
+                    flag, action="store_true", default=argparse.SUPPRESS, help=rule["help"]
+                )
             continue
         if kind is str:
             typed: dict[str, Any] = {"choices": rule["choices"]}
         elif kind is int:
-            typed = {"type": cli_int(rule.get("minimum"), rule.get("maximum"),
-                                     rule.get("multiple_of"))}
+            typed = {
+                "type": cli_int(rule.get("minimum"), rule.get("maximum"), rule.get("multiple_of"))
+            }
         else:
-            typed = {"type": cli_float(rule.get("minimum"), rule.get("maximum"),
-                                       rule.get("exclusive_minimum", False))}
-        group.add_argument(flag, **typed, default=argparse.SUPPRESS,
-                           help=f"{rule['help']} (default {f.default:g})" if kind is float
-                           else f"{rule['help']} (default {f.default})")
+            typed = {
+                "type": cli_float(
+                    rule.get("minimum"), rule.get("maximum"), rule.get("exclusive_minimum", False)
+                )
+            }
+        group.add_argument(
+            flag,
+            **typed,
+            default=argparse.SUPPRESS,
+            help=f"{rule['help']} (default {f.default:g})"
+            if kind is float
+            else f"{rule['help']} (default {f.default})",
+        )
 
 
 def _config_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -169,31 +193,52 @@ def _config_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the :class:`TrainConfig` options, then what to run and where to write."""
-    p = OneLineArgumentParser(
-        prog="python -m ccnet_edu.train", description=__doc__.split("\n")[0]
-    )
+    p = OneLineArgumentParser(prog="python -m ccnet_edu.train", description=__doc__.split("\n")[0])
     _add_config_options(p)
-    p.add_argument("--all", action="store_true",
-                   help="train every shipped model (or --names) and write OUT_DIR/NAME*.pt")
-    p.add_argument("--names", type=_shipped_names, default=None,
-                   help="with --all: only these shipped models, comma-separated "
-                   f"(from {','.join(SHIPPED)})")
-    p.add_argument("--seeds", type=cli_int(0), nargs="+", default=None,
-                   help="with --all: train every model for each of these seeds")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="train every shipped model (or --names) and write OUT_DIR/NAME*.pt",
+    )
+    p.add_argument(
+        "--names",
+        type=_shipped_names,
+        default=None,
+        help=f"with --all: only these shipped models, comma-separated (from {','.join(SHIPPED)})",
+    )
+    p.add_argument(
+        "--seeds",
+        type=cli_int(0),
+        nargs="+",
+        default=None,
+        help="with --all: train every model for each of these seeds",
+    )
     p.add_argument("--save", type=Path, default=None, help="checkpoint path (not with --all)")
-    p.add_argument("--out-dir", type=Path, default=None,
-                   help=f"with --all: where to write NAME[_seed<S>].pt (default: "
-                   f"./{_DEFAULT_OUT_DIR})")
-    p.add_argument("--overwrite-shipped", action="store_true",
-                   help=f"allow writing into the package's shipped checkpoints ({CHECKPOINT_DIR}); "
-                   "with --all and no --out-dir, write there")
-    p.add_argument("--device", type=cli_device(auto=True), default="auto",
-                   help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=cli_int(0), default=0,
-                   help="torch threads (0: cores / processes)")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help=f"with --all: where to write NAME[_seed<S>].pt (default: ./{_DEFAULT_OUT_DIR})",
+    )
+    p.add_argument(
+        "--overwrite-shipped",
+        action="store_true",
+        help=f"allow writing into the package's shipped checkpoints ({CHECKPOINT_DIR}); "
+        "with --all and no --out-dir, write there",
+    )
+    p.add_argument(
+        "--device", type=cli_device(auto=True), default="auto", help="auto, cpu, cuda, cuda:1, ..."
+    )
+    p.add_argument(
+        "--threads", type=cli_int(0), default=0, help="torch threads (0: cores / processes)"
+    )
     p.add_argument("--ddp", action="store_true", help="run under torchrun with DDP")
-    p.add_argument("--digest-dir", type=Path, default=None,
-                   help="write each rank's final state-dict SHA-256 to DIR/rank<r>.txt")
+    p.add_argument(
+        "--digest-dir",
+        type=Path,
+        default=None,
+        help="write each rank's final state-dict SHA-256 to DIR/rank<r>.txt",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -207,22 +252,31 @@ def _check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> li
     given = _config_options(args)
     config = TrainConfig(**given)  # every value was checked by its option's type
     if args.all:
-        for option, set_here in (("--head", "head" in given), ("--ccl", "ccl" in given),
-                                 ("--save", args.save is not None)):
+        for option, set_here in (
+            ("--head", "head" in given),
+            ("--ccl", "ccl" in given),
+            ("--save", args.save is not None),
+        ):
             if set_here:
                 p.error(f"{option} does not go with --all (use --names to pick models)")
         seeds = args.seeds if args.seeds is not None else [config.seed]
         if len(set(seeds)) != len(seeds):
             p.error(f"--seeds must not repeat a seed, got {seeds}")
-        if args.overwrite_shipped and args.out_dir is not None and not _is_shipped_dir(
-            args.out_dir
+        if (
+            args.overwrite_shipped
+            and args.out_dir is not None
+            and not _is_shipped_dir(args.out_dir)
         ):
-            p.error(f"--overwrite-shipped writes into {CHECKPOINT_DIR}; it does not go with "
-                    f"--out-dir {args.out_dir}")
+            p.error(
+                f"--overwrite-shipped writes into {CHECKPOINT_DIR}; it does not go with "
+                f"--out-dir {args.out_dir}"
+            )
         out_dir = args.out_dir or (CHECKPOINT_DIR if args.overwrite_shipped else _DEFAULT_OUT_DIR)
         if _is_shipped_dir(out_dir) and not args.overwrite_shipped:
-            p.error(f"--out-dir {out_dir} is the package's shipped checkpoints folder; add "
-                    "--overwrite-shipped to replace them")
+            p.error(
+                f"--out-dir {out_dir} is the package's shipped checkpoints folder; add "
+                "--overwrite-shipped to replace them"
+            )
         cli_writable(p, "--out-dir", out_dir, directory=True)
         names = args.names or list(SHIPPED)
         paths = []
@@ -231,32 +285,42 @@ def _check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> li
                 head, ccl = SHIPPED[name]
                 paths.append(out_dir / f"{checkpoint_name(head, ccl, config.ccl_weight, seed)}.pt")
     else:
-        for option, set_here in (("--names", args.names is not None),
-                                 ("--seeds", args.seeds is not None),
-                                 ("--out-dir", args.out_dir is not None)):
+        for option, set_here in (
+            ("--names", args.names is not None),
+            ("--seeds", args.seeds is not None),
+            ("--out-dir", args.out_dir is not None),
+        ):
             if set_here:
                 p.error(f"{option} goes only with --all")
         paths = [args.save] if args.save is not None else []
         if args.save is not None:
             if _is_shipped_dir(args.save.parent) and not args.overwrite_shipped:
-                p.error(f"--save {args.save} is in the package's shipped checkpoints folder; "
-                        "add --overwrite-shipped to replace a shipped file")
+                p.error(
+                    f"--save {args.save} is in the package's shipped checkpoints folder; "
+                    "add --overwrite-shipped to replace a shipped file"
+                )
             cli_writable(p, "--save", args.save)
     cli_writable(p, "--digest-dir", args.digest_dir, directory=True)
     if "sync_bn" in given and not args.ddp:
         p.error("--no-sync-bn goes only with --ddp")
-    if args.device != "auto" and torch.device(args.device).type == "cuda" and (
-        not torch.cuda.is_available()
+    if (
+        args.device != "auto"
+        and torch.device(args.device).type == "cuda"
+        and (not torch.cuda.is_available())
     ):
         p.error(f"--device {args.device}: CUDA is not available here")
     if args.ddp:
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-            p.error("--ddp needs the environment set by torchrun "
-                    "(torchrun --standalone --nproc_per_node=2 -m ccnet_edu.train --ddp)")
+            p.error(
+                "--ddp needs the environment set by torchrun "
+                "(torchrun --standalone --nproc_per_node=2 -m ccnet_edu.train --ddp)"
+            )
         world = int(os.environ["WORLD_SIZE"])
         if config.batch_size % world:
-            p.error(f"--batch-size {config.batch_size} must be a multiple of the number of "
-                    f"processes ({world})")
+            p.error(
+                f"--batch-size {config.batch_size} must be a multiple of the number of "
+                f"processes ({world})"
+            )
     return paths
 
 

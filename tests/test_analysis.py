@@ -521,10 +521,11 @@ def test_cli_checks_output_paths_before_measuring(capsys, tmp_path, monkeypatch)
 def test_cli_usage_error_exit_code_is_2():
     result = subprocess.run(
         [sys.executable, "-m", "ccnet_edu.analysis", "--repeats", "0"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        "python -m ccnet_edu.analysis: error: argument --repeats: must be >= 1, got 0 "
-        "(see --help)"
+        "python -m ccnet_edu.analysis: error: argument --repeats: must be >= 1, got 0 (see --help)"
     ]

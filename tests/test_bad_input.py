@@ -127,8 +127,10 @@ def key(obj: object) -> str:
 
 
 def fmap(*shape: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.Tensor:
-    return torch.randn(*shape, dtype=dtype, device=device) if device != "meta" else torch.empty(
-        *shape, dtype=dtype, device="meta"
+    return (
+        torch.randn(*shape, dtype=dtype, device=device)
+        if device != "meta"
+        else torch.empty(*shape, dtype=dtype, device="meta")
     )
 
 
@@ -179,64 +181,153 @@ Q, K, V = (lambda: fmap(1, 2, 3, 4)), (lambda: fmap(1, 2, 3, 4)), (lambda: fmap(
 
 CASES = [
     # functional
-    Case(functional.criss_cross_attention, lambda: functional.criss_cross_attention(
-        fmap(2, 3, 4), K(), V()), ValueError, "query", "rank"),
-    Case(functional.criss_cross_attention, lambda: functional.criss_cross_attention(
-        Q(), K(), V().to("meta")), ValueError, "value on meta", "devices"),
-    Case(functional.criss_cross_attention, lambda: functional.criss_cross_attention(
-        Q(), K(), V(), impl="cuda"), ValueError, "impl"),
-    Case(functional.criss_cross_attention, lambda: functional.criss_cross_attention(
-        Q(), K(), V(), return_attention=1), TypeError, "return_attention", "int for bool"),
-    Case(functional.criss_cross_attention, lambda: functional.criss_cross_attention(
-        fmap(0, 2, 3, 4), fmap(0, 2, 3, 4), fmap(0, 5, 3, 4)), ValueError, "query", "empty"),
-    Case(functional.criss_cross_attention_reference,
-         lambda: functional.criss_cross_attention_reference(Q(), K(), V().long()),
-         TypeError, "value", "integer dtype"),
-    Case(functional.criss_cross_attention_reference,
-         lambda: functional.criss_cross_attention_reference(Q(), fmap(1, 2, 4, 3), V()),
-         ValueError, "key"),
+    Case(
+        functional.criss_cross_attention,
+        lambda: functional.criss_cross_attention(fmap(2, 3, 4), K(), V()),
+        ValueError,
+        "query",
+        "rank",
+    ),
+    Case(
+        functional.criss_cross_attention,
+        lambda: functional.criss_cross_attention(Q(), K(), V().to("meta")),
+        ValueError,
+        "value on meta",
+        "devices",
+    ),
+    Case(
+        functional.criss_cross_attention,
+        lambda: functional.criss_cross_attention(Q(), K(), V(), impl="cuda"),
+        ValueError,
+        "impl",
+    ),
+    Case(
+        functional.criss_cross_attention,
+        lambda: functional.criss_cross_attention(Q(), K(), V(), return_attention=1),
+        TypeError,
+        "return_attention",
+        "int for bool",
+    ),
+    Case(
+        functional.criss_cross_attention,
+        lambda: functional.criss_cross_attention(
+            fmap(0, 2, 3, 4), fmap(0, 2, 3, 4), fmap(0, 5, 3, 4)
+        ),
+        ValueError,
+        "query",
+        "empty",
+    ),
+    Case(
+        functional.criss_cross_attention_reference,
+        lambda: functional.criss_cross_attention_reference(Q(), K(), V().long()),
+        TypeError,
+        "value",
+        "integer dtype",
+    ),
+    Case(
+        functional.criss_cross_attention_reference,
+        lambda: functional.criss_cross_attention_reference(Q(), fmap(1, 2, 4, 3), V()),
+        ValueError,
+        "key",
+    ),
     Case(functional.column_index, lambda: functional.column_index(0), ValueError, "height"),
     Case(functional.column_index, lambda: functional.column_index(3.0), TypeError, "height"),
-    Case(functional.column_index, lambda: functional.column_index(3, device=0), TypeError,
-         "device"),
-    Case(functional.attention_to_channels_first,
-         lambda: functional.attention_to_channels_first(torch.rand(3, 4, 6)), ValueError,
-         "attention"),
-    Case(functional.attention_to_channels_first,
-         lambda: functional.attention_to_channels_first(torch.rand(1, 3, 4, 5)), ValueError,
-         "attention", "not H+W-1"),
-    Case(functional.attention_from_channels_first,
-         lambda: functional.attention_from_channels_first(torch.rand(1, 5, 3, 4)), ValueError,
-         "attention"),
-    Case(functional.attention_to_padded,
-         lambda: functional.attention_to_padded([[0.5]]), TypeError, "attention"),
-    Case(functional.attention_from_padded,
-         lambda: functional.attention_from_padded(torch.rand(1, 3, 4, 6)), ValueError,
-         "attention"),
+    Case(
+        functional.column_index, lambda: functional.column_index(3, device=0), TypeError, "device"
+    ),
+    Case(
+        functional.attention_to_channels_first,
+        lambda: functional.attention_to_channels_first(torch.rand(3, 4, 6)),
+        ValueError,
+        "attention",
+    ),
+    Case(
+        functional.attention_to_channels_first,
+        lambda: functional.attention_to_channels_first(torch.rand(1, 3, 4, 5)),
+        ValueError,
+        "attention",
+        "not H+W-1",
+    ),
+    Case(
+        functional.attention_from_channels_first,
+        lambda: functional.attention_from_channels_first(torch.rand(1, 5, 3, 4)),
+        ValueError,
+        "attention",
+    ),
+    Case(
+        functional.attention_to_padded,
+        lambda: functional.attention_to_padded([[0.5]]),
+        TypeError,
+        "attention",
+    ),
+    Case(
+        functional.attention_from_padded,
+        lambda: functional.attention_from_padded(torch.rand(1, 3, 4, 6)),
+        ValueError,
+        "attention",
+    ),
     # cca
-    Case(cca.CrissCrossAttention, lambda: cca.CrissCrossAttention(True), TypeError,
-         "in_channels", "bool for int"),
-    Case(cca.CrissCrossAttention, lambda: cca.CrissCrossAttention(8.0), TypeError,
-         "in_channels", "float for int"),
-    Case(cca.CrissCrossAttention, lambda: cca.CrissCrossAttention(8, qk_channels=0),
-         ValueError, "qk_channels"),
-    Case(cca.CrissCrossAttention, lambda: cca.CrissCrossAttention(8)(fmap(1, 4, 3, 3)),
-         ValueError, "in_channels=8"),
-    Case(cca.CrissCrossAttention,
-         lambda: cca.CrissCrossAttention(8)(fmap(1, 8, 3, 3, device="meta")),
-         ValueError, "x on meta", "devices"),
-    Case(cca.CrissCrossAttention, lambda: cca.CrissCrossAttention(8)(fmap(0, 8, 3, 3)),
-         ValueError, "x", "empty batch"),
-    Case(cca.RecurrentCrissCrossAttention, lambda: cca.RecurrentCrissCrossAttention(8, 0),
-         ValueError, "recurrence"),
-    Case(cca.RecurrentCrissCrossAttention, lambda: cca.RecurrentCrissCrossAttention(8, 2.0),
-         TypeError, "recurrence"),
-    Case(cca.RecurrentCrissCrossAttention,
-         lambda: cca.RecurrentCrissCrossAttention(8)(fmap(8, 3, 3)), ValueError, "x"),
+    Case(
+        cca.CrissCrossAttention,
+        lambda: cca.CrissCrossAttention(True),
+        TypeError,
+        "in_channels",
+        "bool for int",
+    ),
+    Case(
+        cca.CrissCrossAttention,
+        lambda: cca.CrissCrossAttention(8.0),
+        TypeError,
+        "in_channels",
+        "float for int",
+    ),
+    Case(
+        cca.CrissCrossAttention,
+        lambda: cca.CrissCrossAttention(8, qk_channels=0),
+        ValueError,
+        "qk_channels",
+    ),
+    Case(
+        cca.CrissCrossAttention,
+        lambda: cca.CrissCrossAttention(8)(fmap(1, 4, 3, 3)),
+        ValueError,
+        "in_channels=8",
+    ),
+    Case(
+        cca.CrissCrossAttention,
+        lambda: cca.CrissCrossAttention(8)(fmap(1, 8, 3, 3, device="meta")),
+        ValueError,
+        "x on meta",
+        "devices",
+    ),
+    Case(
+        cca.CrissCrossAttention,
+        lambda: cca.CrissCrossAttention(8)(fmap(0, 8, 3, 3)),
+        ValueError,
+        "x",
+        "empty batch",
+    ),
+    Case(
+        cca.RecurrentCrissCrossAttention,
+        lambda: cca.RecurrentCrissCrossAttention(8, 0),
+        ValueError,
+        "recurrence",
+    ),
+    Case(
+        cca.RecurrentCrissCrossAttention,
+        lambda: cca.RecurrentCrissCrossAttention(8, 2.0),
+        TypeError,
+        "recurrence",
+    ),
+    Case(
+        cca.RecurrentCrissCrossAttention,
+        lambda: cca.RecurrentCrissCrossAttention(8)(fmap(8, 3, 3)),
+        ValueError,
+        "x",
+    ),
     Case(cca.RCCAHead, lambda: cca.RCCAHead(16, 0), ValueError, "num_classes"),
     Case(cca.RCCAHead, lambda: cca.RCCAHead(16, 3, dropout=NAN), ValueError, "dropout", "NaN"),
-    Case(cca.RCCAHead, lambda: cca.RCCAHead(16, 3, activation="gelu"), ValueError,
-         "activation"),
+    Case(cca.RCCAHead, lambda: cca.RCCAHead(16, 3, activation="gelu"), ValueError, "activation"),
     Case(cca.RCCAHead, lambda: cca.RCCAHead(16, 3, recurrence=-1), ValueError, "recurrence"),
     Case(cca.FCNHead, lambda: cca.FCNHead(16, 3, mid_channels=0), ValueError, "mid_channels"),
     Case(cca.FCNHead, lambda: cca.FCNHead(16, 3, norm="layer"), ValueError, "norm"),
@@ -245,375 +336,934 @@ CASES = [
     Case(nl.NonLocal2d, lambda: nl.NonLocal2d(-8), ValueError, "in_channels"),
     Case(nl.NonLocal2d, lambda: nl.NonLocal2d(8)(fmap(1, 8, 2, 2).long()), TypeError, "x"),
     # sa
-    Case(sa.SqueezeExcitation, lambda: sa.SqueezeExcitation(8, reduction=0), ValueError,
-         "reduction"),
-    Case(sa.SqueezeExcitation, lambda: sa.SqueezeExcitation(8)(fmap(1, 4, 3, 3)), ValueError,
-         "channels"),
+    Case(
+        sa.SqueezeExcitation, lambda: sa.SqueezeExcitation(8, reduction=0), ValueError, "reduction"
+    ),
+    Case(
+        sa.SqueezeExcitation,
+        lambda: sa.SqueezeExcitation(8)(fmap(1, 4, 3, 3)),
+        ValueError,
+        "channels",
+    ),
     Case(sa.SqueezeAttention, lambda: sa.SqueezeAttention(8, pool=(2, True)), TypeError, "pool"),
     Case(sa.SqueezeAttention, lambda: sa.SqueezeAttention(8, gate="tanh"), ValueError, "gate"),
-    Case(sa.SqueezeAttention, lambda: sa.SqueezeAttention(8, out_channels=2.0), TypeError,
-         "out_channels"),
+    Case(
+        sa.SqueezeAttention,
+        lambda: sa.SqueezeAttention(8, out_channels=2.0),
+        TypeError,
+        "out_channels",
+    ),
     Case(sa.SANetHead, lambda: sa.SANetHead([4, 4, 4], 3), ValueError, "in_channels_list"),
     Case(sa.SANetHead, lambda: sa.SANetHead([4, 4, 4, 0], 3), ValueError, "in_channels_list[3]"),
     Case(sa.SANetHead, lambda: sa.SANetHead([4] * 4, 3, dropout=1.5), ValueError, "dropout"),
-    Case(sa.SANetHead, lambda: sa.SANetHead([4] * 4, 3)(
-        [fmap(1, 4, 8, 8)] * 3 + [fmap(1, 4, 4, 4, device="meta")]), ValueError, "features[3]",
-         "devices"),
-    Case(sa.SANetHead, lambda: sa.SANetHead([4] * 4, 3)(fmap(1, 4, 8, 8)), TypeError,
-         "features"),
+    Case(
+        sa.SANetHead,
+        lambda: sa.SANetHead([4] * 4, 3)(
+            [fmap(1, 4, 8, 8)] * 3 + [fmap(1, 4, 4, 4, device="meta")]
+        ),
+        ValueError,
+        "features[3]",
+        "devices",
+    ),
+    Case(sa.SANetHead, lambda: sa.SANetHead([4] * 4, 3)(fmap(1, 4, 8, 8)), TypeError, "features"),
     Case(sa.SANetLoss, lambda: sa.SANetLoss(alpha=-0.2), ValueError, "alpha"),
     Case(sa.SANetLoss, lambda: sa.SANetLoss(beta=NAN), ValueError, "beta"),
-    Case(sa.SANetLoss, lambda: sa.SANetLoss()(seg_out(), torch.full((2, 8, 8), 9)), ValueError,
-         "target", "labels out of range"),
-    Case(sa.SANetLoss, lambda: sa.SANetLoss()(seg_out().mask, torch.zeros(2, 8, 8).long()),
-         TypeError, "output"),
-    Case(sa.SANetLoss, lambda: sa.SANetLoss()(
-        seg_out(), torch.zeros(2, 8, 8, dtype=torch.long, device="meta")), ValueError,
-         "target on meta", "devices"),
+    Case(
+        sa.SANetLoss,
+        lambda: sa.SANetLoss()(seg_out(), torch.full((2, 8, 8), 9)),
+        ValueError,
+        "target",
+        "labels out of range",
+    ),
+    Case(
+        sa.SANetLoss,
+        lambda: sa.SANetLoss()(seg_out().mask, torch.zeros(2, 8, 8).long()),
+        TypeError,
+        "output",
+    ),
+    Case(
+        sa.SANetLoss,
+        lambda: sa.SANetLoss()(seg_out(), torch.zeros(2, 8, 8, dtype=torch.long, device="meta")),
+        ValueError,
+        "target on meta",
+        "devices",
+    ),
     # losses
-    Case(losses.phi_var, lambda: losses.phi_var(torch.ones(3), delta_v=1.0, delta_d=0.5),
-         ValueError, "delta_v"),
+    Case(
+        losses.phi_var,
+        lambda: losses.phi_var(torch.ones(3), delta_v=1.0, delta_d=0.5),
+        ValueError,
+        "delta_v",
+    ),
     Case(losses.phi_var, lambda: losses.phi_var([1.0]), TypeError, "distance"),
-    Case(losses.category_consistent_terms, lambda: losses.category_consistent_terms(
-        fmap(1, 4, 3, 3), torch.full((1, 3, 3), 200_000), 4), ValueError, "num_classes=4",
-         "one stray label"),
-    Case(losses.category_consistent_terms, lambda: losses.category_consistent_terms(
-        fmap(1, 4, 3, 3), torch.zeros(1, 3, 3).long(), 4.0), TypeError, "num_classes"),
-    Case(losses.category_consistent_terms, lambda: losses.category_consistent_terms(
-        fmap(1, 4, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long, device="meta"), 4), ValueError,
-         "labels on meta", "devices"),
-    Case(losses.CategoryConsistentLoss, lambda: losses.CategoryConsistentLoss(0), ValueError,
-         "num_classes"),
-    Case(losses.CategoryConsistentLoss, lambda: losses.CategoryConsistentLoss(True), TypeError,
-         "num_classes"),
-    Case(losses.CategoryConsistentLoss, lambda: losses.CategoryConsistentLoss(4, alpha=NAN),
-         ValueError, "alpha"),
-    Case(losses.CategoryConsistentLoss, lambda: losses.CategoryConsistentLoss(4, ignore_index=0),
-         ValueError, "ignore_index"),
-    Case(losses.CategoryConsistentLoss, lambda: losses.CategoryConsistentLoss(4)(
-        fmap(1, 4, 3, 3), torch.full((1, 3, 3), -1)), ValueError, "labels", "negative labels"),
-    Case(losses.CategoryConsistentLoss, lambda: losses.CategoryConsistentLoss(4)(
-        fmap(1, 4, 3, 3), torch.zeros(1, 3, 3)), TypeError, "labels"),
+    Case(
+        losses.category_consistent_terms,
+        lambda: losses.category_consistent_terms(
+            fmap(1, 4, 3, 3), torch.full((1, 3, 3), 200_000), 4
+        ),
+        ValueError,
+        "num_classes=4",
+        "one stray label",
+    ),
+    Case(
+        losses.category_consistent_terms,
+        lambda: losses.category_consistent_terms(
+            fmap(1, 4, 3, 3), torch.zeros(1, 3, 3).long(), 4.0
+        ),
+        TypeError,
+        "num_classes",
+    ),
+    Case(
+        losses.category_consistent_terms,
+        lambda: losses.category_consistent_terms(
+            fmap(1, 4, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long, device="meta"), 4
+        ),
+        ValueError,
+        "labels on meta",
+        "devices",
+    ),
+    Case(
+        losses.CategoryConsistentLoss,
+        lambda: losses.CategoryConsistentLoss(0),
+        ValueError,
+        "num_classes",
+    ),
+    Case(
+        losses.CategoryConsistentLoss,
+        lambda: losses.CategoryConsistentLoss(True),
+        TypeError,
+        "num_classes",
+    ),
+    Case(
+        losses.CategoryConsistentLoss,
+        lambda: losses.CategoryConsistentLoss(4, alpha=NAN),
+        ValueError,
+        "alpha",
+    ),
+    Case(
+        losses.CategoryConsistentLoss,
+        lambda: losses.CategoryConsistentLoss(4, ignore_index=0),
+        ValueError,
+        "ignore_index",
+    ),
+    Case(
+        losses.CategoryConsistentLoss,
+        lambda: losses.CategoryConsistentLoss(4)(fmap(1, 4, 3, 3), torch.full((1, 3, 3), -1)),
+        ValueError,
+        "labels",
+        "negative labels",
+    ),
+    Case(
+        losses.CategoryConsistentLoss,
+        lambda: losses.CategoryConsistentLoss(4)(fmap(1, 4, 3, 3), torch.zeros(1, 3, 3)),
+        TypeError,
+        "labels",
+    ),
     # dense
-    Case(dense.dense_attention, lambda: dense.dense_attention(
-        Q(), K(), V(), mask=torch.ones(12, 12)), TypeError, "mask"),
-    Case(dense.dense_attention, lambda: dense.dense_attention(
-        Q(), K(), V(), mask=torch.ones(12, 12, dtype=torch.bool, device="meta")), ValueError,
-         "mask on meta", "devices"),
-    Case(dense.dense_attention, lambda: dense.dense_attention(
-        Q(), K(), V(), mask=torch.ones(11, 11, dtype=torch.bool)), ValueError, "mask"),
+    Case(
+        dense.dense_attention,
+        lambda: dense.dense_attention(Q(), K(), V(), mask=torch.ones(12, 12)),
+        TypeError,
+        "mask",
+    ),
+    Case(
+        dense.dense_attention,
+        lambda: dense.dense_attention(
+            Q(), K(), V(), mask=torch.ones(12, 12, dtype=torch.bool, device="meta")
+        ),
+        ValueError,
+        "mask on meta",
+        "devices",
+    ),
+    Case(
+        dense.dense_attention,
+        lambda: dense.dense_attention(Q(), K(), V(), mask=torch.ones(11, 11, dtype=torch.bool)),
+        ValueError,
+        "mask",
+    ),
     Case(dense.criss_cross_mask, lambda: dense.criss_cross_mask(True, 3), TypeError, "height"),
     Case(dense.criss_cross_mask, lambda: dense.criss_cross_mask(3, 0), ValueError, "width"),
     Case(dense.criss_cross_index, lambda: dense.criss_cross_index(3, 2.5), TypeError, "width"),
-    Case(dense.criss_cross_attention_to_dense,
-         lambda: dense.criss_cross_attention_to_dense(torch.rand(3, 4, 6)), ValueError,
-         "attention"),
-    Case(dense.dense_to_criss_cross_attention,
-         lambda: dense.dense_to_criss_cross_attention(torch.rand(1, 12, 12), 3, -4), ValueError,
-         "width"),
-    Case(dense.dense_to_criss_cross_attention,
-         lambda: dense.dense_to_criss_cross_attention(torch.rand(1, 10, 10), 3, 4), ValueError,
-         "dense attention"),
-    Case(dense.recurrent_attention_to_dense, lambda: dense.recurrent_attention_to_dense([]),
-         ValueError, "attentions"),
-    Case(dense.recurrent_attention_to_dense,
-         lambda: dense.recurrent_attention_to_dense([cross(), cross(h=4, w=3)]), ValueError,
-         "attentions[1]"),
-    Case(dense.recurrent_attention_to_dense,
-         lambda: dense.recurrent_attention_to_dense(cross()), TypeError, "attentions"),
-    Case(dense.issa_attention_to_dense, lambda: dense.issa_attention_to_dense(
-        (torch.rand(1, 4, 4, 4), torch.rand(1, 4, 4, 4)), 4, 4, 2, step="both"), ValueError,
-         "step"),
-    Case(dense.issa_attention_to_dense, lambda: dense.issa_attention_to_dense(
-        ([1.0], torch.rand(1, 4, 4, 4)), 4, 4, 2), TypeError, "long_attention"),
-    Case(dense.interlaced_masks, lambda: dense.interlaced_masks(4, 4, 0), ValueError,
-         "block_size"),
-    Case(dense.attention_to_dense, lambda: dense.attention_to_dense(cross(), kind="sparse"),
-         ValueError, "kind"),
-    Case(dense.attention_to_dense, lambda: dense.attention_to_dense(
-        torch.rand(1, 12, 11), kind="dense"), ValueError, "attention"),
-    Case(dense.attention_to_dense, lambda: dense.attention_to_dense(
-        (torch.rand(1, 4, 4, 4),) * 2, kind="issa"), ValueError, "height"),
-    Case(dense.query_map, lambda: dense.query_map(torch.rand(1, 12, 12), 3, 0, 3, 4),
-         ValueError, "i must be"),
-    Case(dense.query_map, lambda: dense.query_map(torch.rand(1, 12, 12), True, 0, 3, 4),
-         TypeError, "i must be"),
-    Case(dense.attention_query_map, lambda: dense.attention_query_map(cross(), 0, 1.0),
-         TypeError, "j must be"),
-    Case(dense.attention_query_map, lambda: dense.attention_query_map(
-        torch.rand(1, 12, 12), 0, 0, kind="dense"), ValueError, "height and width"),
+    Case(
+        dense.criss_cross_attention_to_dense,
+        lambda: dense.criss_cross_attention_to_dense(torch.rand(3, 4, 6)),
+        ValueError,
+        "attention",
+    ),
+    Case(
+        dense.dense_to_criss_cross_attention,
+        lambda: dense.dense_to_criss_cross_attention(torch.rand(1, 12, 12), 3, -4),
+        ValueError,
+        "width",
+    ),
+    Case(
+        dense.dense_to_criss_cross_attention,
+        lambda: dense.dense_to_criss_cross_attention(torch.rand(1, 10, 10), 3, 4),
+        ValueError,
+        "dense attention",
+    ),
+    Case(
+        dense.recurrent_attention_to_dense,
+        lambda: dense.recurrent_attention_to_dense([]),
+        ValueError,
+        "attentions",
+    ),
+    Case(
+        dense.recurrent_attention_to_dense,
+        lambda: dense.recurrent_attention_to_dense([cross(), cross(h=4, w=3)]),
+        ValueError,
+        "attentions[1]",
+    ),
+    Case(
+        dense.recurrent_attention_to_dense,
+        lambda: dense.recurrent_attention_to_dense(cross()),
+        TypeError,
+        "attentions",
+    ),
+    Case(
+        dense.issa_attention_to_dense,
+        lambda: dense.issa_attention_to_dense(
+            (torch.rand(1, 4, 4, 4), torch.rand(1, 4, 4, 4)), 4, 4, 2, step="both"
+        ),
+        ValueError,
+        "step",
+    ),
+    Case(
+        dense.issa_attention_to_dense,
+        lambda: dense.issa_attention_to_dense(([1.0], torch.rand(1, 4, 4, 4)), 4, 4, 2),
+        TypeError,
+        "long_attention",
+    ),
+    Case(dense.interlaced_masks, lambda: dense.interlaced_masks(4, 4, 0), ValueError, "block_size"),
+    Case(
+        dense.attention_to_dense,
+        lambda: dense.attention_to_dense(cross(), kind="sparse"),
+        ValueError,
+        "kind",
+    ),
+    Case(
+        dense.attention_to_dense,
+        lambda: dense.attention_to_dense(torch.rand(1, 12, 11), kind="dense"),
+        ValueError,
+        "attention",
+    ),
+    Case(
+        dense.attention_to_dense,
+        lambda: dense.attention_to_dense((torch.rand(1, 4, 4, 4),) * 2, kind="issa"),
+        ValueError,
+        "height",
+    ),
+    Case(
+        dense.query_map,
+        lambda: dense.query_map(torch.rand(1, 12, 12), 3, 0, 3, 4),
+        ValueError,
+        "i must be",
+    ),
+    Case(
+        dense.query_map,
+        lambda: dense.query_map(torch.rand(1, 12, 12), True, 0, 3, 4),
+        TypeError,
+        "i must be",
+    ),
+    Case(
+        dense.attention_query_map,
+        lambda: dense.attention_query_map(cross(), 0, 1.0),
+        TypeError,
+        "j must be",
+    ),
+    Case(
+        dense.attention_query_map,
+        lambda: dense.attention_query_map(torch.rand(1, 12, 12), 0, 0, kind="dense"),
+        ValueError,
+        "height and width",
+    ),
     # issa
-    Case(issa.blocks_padding, lambda: issa.blocks_padding(5, 7, (0, 4)), ValueError,
-         "block_size"),
+    Case(issa.blocks_padding, lambda: issa.blocks_padding(5, 7, (0, 4)), ValueError, "block_size"),
     Case(issa.blocks_padding, lambda: issa.blocks_padding(-5, 7, 4), ValueError, "height"),
-    Case(issa.blocks_padding, lambda: issa.blocks_padding(5, True, 4), TypeError, "width",
-         "bool for int"),
-    Case(issa.pad_to_blocks, lambda: issa.pad_to_blocks(fmap(1, 2, 5, 5), (2, 2.0)), TypeError,
-         "block_size"),
-    Case(issa.pad_to_blocks, lambda: issa.pad_to_blocks(fmap(2, 5, 5), 2), ValueError, "x",
-         "rank"),
+    Case(
+        issa.blocks_padding,
+        lambda: issa.blocks_padding(5, True, 4),
+        TypeError,
+        "width",
+        "bool for int",
+    ),
+    Case(
+        issa.pad_to_blocks,
+        lambda: issa.pad_to_blocks(fmap(1, 2, 5, 5), (2, 2.0)),
+        TypeError,
+        "block_size",
+    ),
+    Case(issa.pad_to_blocks, lambda: issa.pad_to_blocks(fmap(2, 5, 5), 2), ValueError, "x", "rank"),
     Case(issa.unpad, lambda: issa.unpad(fmap(1, 2, 6, 6), (1, 1, 0)), ValueError, "padding"),
-    Case(issa.unpad, lambda: issa.unpad(fmap(1, 2, 6, 6), (1, 1, 0, -1)), ValueError,
-         "padding[3]"),
-    Case(issa.unpad, lambda: issa.unpad(fmap(1, 2, 6, 6), (1, 1.0, 0, 0)), TypeError,
-         "padding[1]"),
-    Case(issa.unpad, lambda: issa.unpad(fmap(1, 2, 6, 6), (3, 3, 0, 0)), ValueError,
-         "padding"),
+    Case(issa.unpad, lambda: issa.unpad(fmap(1, 2, 6, 6), (1, 1, 0, -1)), ValueError, "padding[3]"),
+    Case(issa.unpad, lambda: issa.unpad(fmap(1, 2, 6, 6), (1, 1.0, 0, 0)), TypeError, "padding[1]"),
+    Case(issa.unpad, lambda: issa.unpad(fmap(1, 2, 6, 6), (3, 3, 0, 0)), ValueError, "padding"),
     Case(issa.unpad, lambda: issa.unpad([[1.0]], (0, 0, 0, 0)), TypeError, "x"),
-    Case(issa.long_range_permute, lambda: issa.long_range_permute(fmap(1, 1, 5, 4), 2),
-         ValueError, "x must be padded"),
-    Case(issa.long_range_unpermute, lambda: issa.long_range_unpermute(
-        fmap(4, 1, 2, 2), 1, 4, 4, 0), ValueError, "block_size"),
-    Case(issa.long_range_unpermute, lambda: issa.long_range_unpermute(
-        fmap(4, 1, 2, 2), 2, 4, 4, 2), ValueError, "groups must have shape (8, C, 2, 2)"),
-    Case(issa.long_range_unpermute, lambda: issa.long_range_unpermute(
-        fmap(4, 1, 2, 2), 1.0, 4, 4, 2), TypeError, "batch"),
-    Case(issa.long_range_unpermute, lambda: issa.long_range_unpermute(
-        fmap(4, 1, 2, 2), 1, 5, 4, 2), ValueError, "multiples of block_size"),
-    Case(issa.short_range_permute, lambda: issa.short_range_permute(fmap(1, 1, 4, 4), -2),
-         ValueError, "block_size"),
-    Case(issa.short_range_unpermute, lambda: issa.short_range_unpermute(
-        fmap(4, 1, 2, 2), 1, 4, 4, (2, 0)), ValueError, "block_size"),
-    Case(issa.short_range_unpermute, lambda: issa.short_range_unpermute(
-        fmap(4, 1, 2), 1, 4, 4, 2), ValueError, "groups", "rank"),
+    Case(
+        issa.long_range_permute,
+        lambda: issa.long_range_permute(fmap(1, 1, 5, 4), 2),
+        ValueError,
+        "x must be padded",
+    ),
+    Case(
+        issa.long_range_unpermute,
+        lambda: issa.long_range_unpermute(fmap(4, 1, 2, 2), 1, 4, 4, 0),
+        ValueError,
+        "block_size",
+    ),
+    Case(
+        issa.long_range_unpermute,
+        lambda: issa.long_range_unpermute(fmap(4, 1, 2, 2), 2, 4, 4, 2),
+        ValueError,
+        "groups must have shape (8, C, 2, 2)",
+    ),
+    Case(
+        issa.long_range_unpermute,
+        lambda: issa.long_range_unpermute(fmap(4, 1, 2, 2), 1.0, 4, 4, 2),
+        TypeError,
+        "batch",
+    ),
+    Case(
+        issa.long_range_unpermute,
+        lambda: issa.long_range_unpermute(fmap(4, 1, 2, 2), 1, 5, 4, 2),
+        ValueError,
+        "multiples of block_size",
+    ),
+    Case(
+        issa.short_range_permute,
+        lambda: issa.short_range_permute(fmap(1, 1, 4, 4), -2),
+        ValueError,
+        "block_size",
+    ),
+    Case(
+        issa.short_range_unpermute,
+        lambda: issa.short_range_unpermute(fmap(4, 1, 2, 2), 1, 4, 4, (2, 0)),
+        ValueError,
+        "block_size",
+    ),
+    Case(
+        issa.short_range_unpermute,
+        lambda: issa.short_range_unpermute(fmap(4, 1, 2), 1, 4, 4, 2),
+        ValueError,
+        "groups",
+        "rank",
+    ),
     Case(issa.long_range_groups, lambda: issa.long_range_groups(0, 4, 2), ValueError, "height"),
-    Case(issa.short_range_groups, lambda: issa.short_range_groups(4, 2.5, 2), TypeError,
-         "width", "float for int"),
-    Case(issa.interlaced_masks, lambda: issa.interlaced_masks(4, 4, (4, 0)), ValueError,
-         "block_size"),
-    Case(issa.group_attention, lambda: issa.group_attention(
-        fmap(4, 2, 3), fmap(4, 2, 3, 3), fmap(4, 5, 3, 3), 0.5), ValueError, "query"),
-    Case(issa.group_attention, lambda: issa.group_attention(
-        fmap(4, 2, 3, 3), fmap(4, 2, 3, 2), fmap(4, 5, 3, 3), 0.5), ValueError, "query and key"),
-    Case(issa.group_attention, lambda: issa.group_attention(
-        fmap(4, 2, 3, 3), fmap(4, 2, 3, 3), fmap(2, 5, 3, 3), 0.5), ValueError, "value"),
-    Case(issa.group_attention, lambda: issa.group_attention(
-        fmap(4, 2, 3, 3), fmap(4, 2, 3, 3), fmap(4, 5, 3, 3, device="meta"), 0.5), ValueError,
-         "value on meta", "devices"),
-    Case(issa.group_attention, lambda: issa.group_attention(
-        fmap(4, 2, 3, 3), fmap(4, 2, 3, 3).long(), fmap(4, 5, 3, 3), 0.5), TypeError, "key"),
-    Case(issa.group_attention, lambda: issa.group_attention(
-        fmap(4, 2, 3, 3), fmap(4, 2, 3, 3), fmap(4, 5, 3, 3), NAN), ValueError, "scale", "NaN"),
-    Case(issa.interlaced_sparse_attention, lambda: issa.interlaced_sparse_attention(
-        fmap(3, 4, 4)), ValueError, "x"),
-    Case(issa.interlaced_sparse_attention, lambda: issa.interlaced_sparse_attention(
-        fmap(1, 3, 4, 4), 2, return_attention=1), TypeError, "return_attention"),
-    Case(issa.interlaced_attention_to_dense, lambda: issa.interlaced_attention_to_dense(
-        torch.ones(1, 2, 2, 2), torch.ones(1, 4, 4, 4), 4, 4, 2), ValueError, "long_attention"),
-    Case(issa.interlaced_attention_to_dense, lambda: issa.interlaced_attention_to_dense(
-        torch.ones(1, 4, 4, 4), [[1.0]], 4, 4, 2), TypeError, "short_attention"),
-    Case(issa.SelfAttentionBlock, lambda: issa.SelfAttentionBlock(0, 4, 4, 4), ValueError,
-         "in_channels"),
-    Case(issa.SelfAttentionBlock, lambda: issa.SelfAttentionBlock(8, True, 8, 8), TypeError,
-         "key_channels", "bool for int"),
-    Case(issa.SelfAttentionBlock, lambda: issa.SelfAttentionBlock(8, 4, 8.0, 8), TypeError,
-         "value_channels"),
-    Case(issa.SelfAttentionBlock, lambda: issa.SelfAttentionBlock(8, 8, 8, 4, projections=False),
-         ValueError, "out_channels"),
-    Case(issa.SelfAttentionBlock, lambda: issa.SelfAttentionBlock(8, 8, 8, 8, projections=1),
-         TypeError, "projections"),
-    Case(issa.SelfAttentionBlock, lambda: issa.SelfAttentionBlock(8, 4, 8, 8)(fmap(4, 6, 2, 2)),
-         ValueError, "in_channels=8"),
-    Case(issa.InterlacedSparseSelfAttention, lambda: issa.InterlacedSparseSelfAttention(0),
-         ValueError, "in_channels"),
-    Case(issa.InterlacedSparseSelfAttention, lambda: issa.InterlacedSparseSelfAttention(True),
-         TypeError, "in_channels", "bool for int"),
-    Case(issa.InterlacedSparseSelfAttention,
-         lambda: issa.InterlacedSparseSelfAttention(4, block_size=0), ValueError, "block_size"),
-    Case(issa.InterlacedSparseSelfAttention,
-         lambda: issa.InterlacedSparseSelfAttention(4, key_channels=0), ValueError,
-         "key_channels", "zero is not the default"),
-    Case(issa.InterlacedSparseSelfAttention,
-         lambda: issa.InterlacedSparseSelfAttention(4, out_channels=2.0), TypeError,
-         "out_channels"),
-    Case(issa.InterlacedSparseSelfAttention,
-         lambda: issa.InterlacedSparseSelfAttention(4, projections="no"), TypeError,
-         "projections"),
-    Case(issa.InterlacedSparseSelfAttention,
-         lambda: issa.InterlacedSparseSelfAttention(4, 2)(fmap(1, 4, 4, 4), return_attention=1),
-         TypeError, "return_attention"),
+    Case(
+        issa.short_range_groups,
+        lambda: issa.short_range_groups(4, 2.5, 2),
+        TypeError,
+        "width",
+        "float for int",
+    ),
+    Case(
+        issa.interlaced_masks, lambda: issa.interlaced_masks(4, 4, (4, 0)), ValueError, "block_size"
+    ),
+    Case(
+        issa.group_attention,
+        lambda: issa.group_attention(fmap(4, 2, 3), fmap(4, 2, 3, 3), fmap(4, 5, 3, 3), 0.5),
+        ValueError,
+        "query",
+    ),
+    Case(
+        issa.group_attention,
+        lambda: issa.group_attention(fmap(4, 2, 3, 3), fmap(4, 2, 3, 2), fmap(4, 5, 3, 3), 0.5),
+        ValueError,
+        "query and key",
+    ),
+    Case(
+        issa.group_attention,
+        lambda: issa.group_attention(fmap(4, 2, 3, 3), fmap(4, 2, 3, 3), fmap(2, 5, 3, 3), 0.5),
+        ValueError,
+        "value",
+    ),
+    Case(
+        issa.group_attention,
+        lambda: issa.group_attention(
+            fmap(4, 2, 3, 3), fmap(4, 2, 3, 3), fmap(4, 5, 3, 3, device="meta"), 0.5
+        ),
+        ValueError,
+        "value on meta",
+        "devices",
+    ),
+    Case(
+        issa.group_attention,
+        lambda: issa.group_attention(
+            fmap(4, 2, 3, 3), fmap(4, 2, 3, 3).long(), fmap(4, 5, 3, 3), 0.5
+        ),
+        TypeError,
+        "key",
+    ),
+    Case(
+        issa.group_attention,
+        lambda: issa.group_attention(fmap(4, 2, 3, 3), fmap(4, 2, 3, 3), fmap(4, 5, 3, 3), NAN),
+        ValueError,
+        "scale",
+        "NaN",
+    ),
+    Case(
+        issa.interlaced_sparse_attention,
+        lambda: issa.interlaced_sparse_attention(fmap(3, 4, 4)),
+        ValueError,
+        "x",
+    ),
+    Case(
+        issa.interlaced_sparse_attention,
+        lambda: issa.interlaced_sparse_attention(fmap(1, 3, 4, 4), 2, return_attention=1),
+        TypeError,
+        "return_attention",
+    ),
+    Case(
+        issa.interlaced_attention_to_dense,
+        lambda: issa.interlaced_attention_to_dense(
+            torch.ones(1, 2, 2, 2), torch.ones(1, 4, 4, 4), 4, 4, 2
+        ),
+        ValueError,
+        "long_attention",
+    ),
+    Case(
+        issa.interlaced_attention_to_dense,
+        lambda: issa.interlaced_attention_to_dense(torch.ones(1, 4, 4, 4), [[1.0]], 4, 4, 2),
+        TypeError,
+        "short_attention",
+    ),
+    Case(
+        issa.SelfAttentionBlock,
+        lambda: issa.SelfAttentionBlock(0, 4, 4, 4),
+        ValueError,
+        "in_channels",
+    ),
+    Case(
+        issa.SelfAttentionBlock,
+        lambda: issa.SelfAttentionBlock(8, True, 8, 8),
+        TypeError,
+        "key_channels",
+        "bool for int",
+    ),
+    Case(
+        issa.SelfAttentionBlock,
+        lambda: issa.SelfAttentionBlock(8, 4, 8.0, 8),
+        TypeError,
+        "value_channels",
+    ),
+    Case(
+        issa.SelfAttentionBlock,
+        lambda: issa.SelfAttentionBlock(8, 8, 8, 4, projections=False),
+        ValueError,
+        "out_channels",
+    ),
+    Case(
+        issa.SelfAttentionBlock,
+        lambda: issa.SelfAttentionBlock(8, 8, 8, 8, projections=1),
+        TypeError,
+        "projections",
+    ),
+    Case(
+        issa.SelfAttentionBlock,
+        lambda: issa.SelfAttentionBlock(8, 4, 8, 8)(fmap(4, 6, 2, 2)),
+        ValueError,
+        "in_channels=8",
+    ),
+    Case(
+        issa.InterlacedSparseSelfAttention,
+        lambda: issa.InterlacedSparseSelfAttention(0),
+        ValueError,
+        "in_channels",
+    ),
+    Case(
+        issa.InterlacedSparseSelfAttention,
+        lambda: issa.InterlacedSparseSelfAttention(True),
+        TypeError,
+        "in_channels",
+        "bool for int",
+    ),
+    Case(
+        issa.InterlacedSparseSelfAttention,
+        lambda: issa.InterlacedSparseSelfAttention(4, block_size=0),
+        ValueError,
+        "block_size",
+    ),
+    Case(
+        issa.InterlacedSparseSelfAttention,
+        lambda: issa.InterlacedSparseSelfAttention(4, key_channels=0),
+        ValueError,
+        "key_channels",
+        "zero is not the default",
+    ),
+    Case(
+        issa.InterlacedSparseSelfAttention,
+        lambda: issa.InterlacedSparseSelfAttention(4, out_channels=2.0),
+        TypeError,
+        "out_channels",
+    ),
+    Case(
+        issa.InterlacedSparseSelfAttention,
+        lambda: issa.InterlacedSparseSelfAttention(4, projections="no"),
+        TypeError,
+        "projections",
+    ),
+    Case(
+        issa.InterlacedSparseSelfAttention,
+        lambda: issa.InterlacedSparseSelfAttention(4, 2)(fmap(1, 4, 4, 4), return_attention=1),
+        TypeError,
+        "return_attention",
+    ),
     Case(issa.ISAHead, lambda: issa.ISAHead(8, 0), ValueError, "num_classes"),
     Case(issa.ISAHead, lambda: issa.ISAHead(True, 3), TypeError, "in_channels"),
     Case(issa.ISAHead, lambda: issa.ISAHead(8, 3, channels=0), ValueError, "channels"),
     Case(issa.ISAHead, lambda: issa.ISAHead(8, 3, block_size=(2, 0)), ValueError, "block_size"),
     Case(issa.ISAHead, lambda: issa.ISAHead(8, 3, dropout=NAN), ValueError, "dropout"),
     Case(issa.ISAHead, lambda: issa.ISAHead(8, 3, dropout=1.5), ValueError, "dropout"),
-    Case(issa.ISAHead, lambda: issa.ISAHead(8, 3, block_size=2)(fmap(1, 4, 4, 4)), ValueError,
-         "in_channels=8"),
+    Case(
+        issa.ISAHead,
+        lambda: issa.ISAHead(8, 3, block_size=2)(fmap(1, 4, 4, 4)),
+        ValueError,
+        "in_channels=8",
+    ),
     # analysis.flops
-    Case(flops.AttentionFlopCounter, lambda: flops.AttentionFlopCounter(depth=0), ValueError,
-         "depth"),
-    Case(flops.einsum_flops, lambda: flops.einsum_flops("ij,jk->ik", (2, 3), (3,)), ValueError,
-         "shapes[1]"),
-    Case(flops.einsum_flops, lambda: flops.einsum_flops(b"ij,jk", (2, 3), (3, 4)), TypeError,
-         "equation"),
-    Case(flops.count_flops, lambda: flops.count_flops(torch.nn.Identity()), ValueError,
-         "inputs"),
+    Case(
+        flops.AttentionFlopCounter, lambda: flops.AttentionFlopCounter(depth=0), ValueError, "depth"
+    ),
+    Case(
+        flops.einsum_flops,
+        lambda: flops.einsum_flops("ij,jk->ik", (2, 3), (3,)),
+        ValueError,
+        "shapes[1]",
+    ),
+    Case(
+        flops.einsum_flops,
+        lambda: flops.einsum_flops(b"ij,jk", (2, 3), (3, 4)),
+        TypeError,
+        "equation",
+    ),
+    Case(flops.count_flops, lambda: flops.count_flops(torch.nn.Identity()), ValueError, "inputs"),
     Case(flops.count_flops, lambda: flops.count_flops("relu", torch.ones(1)), TypeError, "fn"),
-    Case(flops.count_flops, lambda: flops.count_flops(
-        torch.nn.Identity(), torch.ones(1), backward=1), TypeError, "backward"),
-    Case(flops.flops_by_module, lambda: flops.flops_by_module(None, torch.ones(1)), TypeError,
-         "fn"),
-    Case(flops.flops_by_kind, lambda: flops.flops_by_kind(torch.nn.Identity()), ValueError,
-         "inputs"),
+    Case(
+        flops.count_flops,
+        lambda: flops.count_flops(torch.nn.Identity(), torch.ones(1), backward=1),
+        TypeError,
+        "backward",
+    ),
+    Case(
+        flops.flops_by_module, lambda: flops.flops_by_module(None, torch.ones(1)), TypeError, "fn"
+    ),
+    Case(
+        flops.flops_by_kind, lambda: flops.flops_by_kind(torch.nn.Identity()), ValueError, "inputs"
+    ),
     Case(flops.cca_flops, lambda: flops.cca_flops(97, 97.0, 512, 64), TypeError, "width"),
     Case(flops.cca_flops, lambda: flops.cca_flops(97, 97, 512, 0), ValueError, "qk_channels"),
-    Case(flops.rcca_flops, lambda: flops.rcca_flops(97, 97, 512, 64, recurrence=True),
-         TypeError, "recurrence"),
-    Case(flops.nonlocal_flops, lambda: flops.nonlocal_flops(97, 97, 512, 64, batch=0),
-         ValueError, "batch"),
-    Case(flops.issa_flops, lambda: flops.issa_flops(97, 97, 512, block_size=(8, 0)), ValueError,
-         "block_size"),
-    Case(flops.issa_flops, lambda: flops.issa_flops(97, 97, 512, key_channels=-1), ValueError,
-         "key_channels"),
-    Case(flops.duplicate_centre_flops, lambda: flops.duplicate_centre_flops(-1, 3, 2, 2),
-         ValueError, "height"),
+    Case(
+        flops.rcca_flops,
+        lambda: flops.rcca_flops(97, 97, 512, 64, recurrence=True),
+        TypeError,
+        "recurrence",
+    ),
+    Case(
+        flops.nonlocal_flops,
+        lambda: flops.nonlocal_flops(97, 97, 512, 64, batch=0),
+        ValueError,
+        "batch",
+    ),
+    Case(
+        flops.issa_flops,
+        lambda: flops.issa_flops(97, 97, 512, block_size=(8, 0)),
+        ValueError,
+        "block_size",
+    ),
+    Case(
+        flops.issa_flops,
+        lambda: flops.issa_flops(97, 97, 512, key_channels=-1),
+        ValueError,
+        "key_channels",
+    ),
+    Case(
+        flops.duplicate_centre_flops,
+        lambda: flops.duplicate_centre_flops(-1, 3, 2, 2),
+        ValueError,
+        "height",
+    ),
     # measure
-    Case(measure.time_once_ms, lambda: measure.time_once_ms(lambda: None, 3), TypeError,
-         "device"),
-    Case(measure.time_ms, lambda: measure.time_ms(lambda: None, repeats=0, warmup=0), ValueError,
-         "repeats"),
-    Case(measure.time_ms, lambda: measure.time_ms(lambda: None, repeats=1, warmup=-1),
-         ValueError, "warmup"),
+    Case(measure.time_once_ms, lambda: measure.time_once_ms(lambda: None, 3), TypeError, "device"),
+    Case(
+        measure.time_ms,
+        lambda: measure.time_ms(lambda: None, repeats=0, warmup=0),
+        ValueError,
+        "repeats",
+    ),
+    Case(
+        measure.time_ms,
+        lambda: measure.time_ms(lambda: None, repeats=1, warmup=-1),
+        ValueError,
+        "warmup",
+    ),
     Case(measure.time_ms, lambda: measure.time_ms(None, repeats=1, warmup=0), TypeError, "fn"),
-    Case(measure.time_ms, lambda: measure.time_ms(
-        lambda: None, repeats=1, warmup=0, budget_s=0.0), ValueError, "budget_s"),
-    Case(measure.time_in_turn, lambda: measure.time_in_turn({}, repeats=1, warmup=0), ValueError,
-         "fns"),
-    Case(measure.time_in_turn, lambda: measure.time_in_turn([len], repeats=1, warmup=0),
-         TypeError, "fns"),
-    Case(measure.time_in_turn, lambda: measure.time_in_turn({"a": 1}, repeats=1, warmup=0),
-         TypeError, "fns['a']"),
-    Case(measure.time_in_turn, lambda: measure.time_in_turn(
-        {"a": lambda: None}, repeats=True, warmup=0), TypeError, "repeats", "bool for int"),
-    Case(measure.peak_memory_of, lambda: measure.peak_memory_of(lambda: None, "cpu", "cuda"),
-         ValueError, "CUDA"),
-    Case(measure.peak_memory_of, lambda: measure.peak_memory_of(lambda: None, "cpu", "fast"),
-         ValueError, "method"),
-    Case(measure.peak_memory_of, lambda: measure.peak_memory_of(lambda: None, "cpu", record=1),
-         TypeError, "record"),
+    Case(
+        measure.time_ms,
+        lambda: measure.time_ms(lambda: None, repeats=1, warmup=0, budget_s=0.0),
+        ValueError,
+        "budget_s",
+    ),
+    Case(
+        measure.time_in_turn,
+        lambda: measure.time_in_turn({}, repeats=1, warmup=0),
+        ValueError,
+        "fns",
+    ),
+    Case(
+        measure.time_in_turn,
+        lambda: measure.time_in_turn([len], repeats=1, warmup=0),
+        TypeError,
+        "fns",
+    ),
+    Case(
+        measure.time_in_turn,
+        lambda: measure.time_in_turn({"a": 1}, repeats=1, warmup=0),
+        TypeError,
+        "fns['a']",
+    ),
+    Case(
+        measure.time_in_turn,
+        lambda: measure.time_in_turn({"a": lambda: None}, repeats=True, warmup=0),
+        TypeError,
+        "repeats",
+        "bool for int",
+    ),
+    Case(
+        measure.peak_memory_of,
+        lambda: measure.peak_memory_of(lambda: None, "cpu", "cuda"),
+        ValueError,
+        "CUDA",
+    ),
+    Case(
+        measure.peak_memory_of,
+        lambda: measure.peak_memory_of(lambda: None, "cpu", "fast"),
+        ValueError,
+        "method",
+    ),
+    Case(
+        measure.peak_memory_of,
+        lambda: measure.peak_memory_of(lambda: None, "cpu", record=1),
+        TypeError,
+        "record",
+    ),
     # analysis.memory
     Case(memory.saved_tensors, lambda: memory.saved_tensors(3, torch.ones(1)), TypeError, "fn"),
     Case(memory.saved_tensors, lambda: memory.saved_tensors(torch.sin), ValueError, "inputs"),
-    Case(memory.saved_bytes, lambda: memory.saved_bytes(torch.sin, torch.ones(1), kind="grad"),
-         ValueError, "kind"),
-    Case(memory.peak_memory, lambda: memory.peak_memory(torch.sin, torch.ones(1), method="gpu"),
-         ValueError, "method"),
-    Case(memory.peak_memory, lambda: memory.peak_memory(
-        torch.sin, torch.ones(1), method="cuda"), ValueError, "CUDA"),
-    Case(memory.peak_memory, lambda: memory.peak_memory(
-        torch.sin, torch.ones(1), backward="yes"), TypeError, "backward"),
+    Case(
+        memory.saved_bytes,
+        lambda: memory.saved_bytes(torch.sin, torch.ones(1), kind="grad"),
+        ValueError,
+        "kind",
+    ),
+    Case(
+        memory.peak_memory,
+        lambda: memory.peak_memory(torch.sin, torch.ones(1), method="gpu"),
+        ValueError,
+        "method",
+    ),
+    Case(
+        memory.peak_memory,
+        lambda: memory.peak_memory(torch.sin, torch.ones(1), method="cuda"),
+        ValueError,
+        "CUDA",
+    ),
+    Case(
+        memory.peak_memory,
+        lambda: memory.peak_memory(torch.sin, torch.ones(1), backward="yes"),
+        TypeError,
+        "backward",
+    ),
     Case(memory.StorageTracker, lambda: memory.StorageTracker(record=1), TypeError, "record"),
-    Case(memory.attention_map_bytes, lambda: memory.attention_map_bytes("full", 3, 3),
-         ValueError, "kind"),
-    Case(memory.attention_map_bytes, lambda: memory.attention_map_bytes("dense", 3, 3.0),
-         TypeError, "width"),
-    Case(memory.attention_map_bytes, lambda: memory.attention_map_bytes(
-        "dense", 3, 3, dtype="float32"), TypeError, "dtype"),
+    Case(
+        memory.attention_map_bytes,
+        lambda: memory.attention_map_bytes("full", 3, 3),
+        ValueError,
+        "kind",
+    ),
+    Case(
+        memory.attention_map_bytes,
+        lambda: memory.attention_map_bytes("dense", 3, 3.0),
+        TypeError,
+        "width",
+    ),
+    Case(
+        memory.attention_map_bytes,
+        lambda: memory.attention_map_bytes("dense", 3, 3, dtype="float32"),
+        TypeError,
+        "dtype",
+    ),
     # analysis.compare
     Case(compare.Candidate, lambda: compare.Candidate("x", build=None), TypeError, "build"),
-    Case(compare.Candidate, lambda: compare.Candidate("x", torch.nn.Identity, map_kind="full"),
-         ValueError, "map_kind"),
-    Case(compare.paper_candidates, lambda: compare.paper_candidates(include=["rcca", "ccnet"]),
-         ValueError, "include"),
-    Case(compare.paper_candidates, lambda: compare.paper_candidates(recurrences=(1, 0)),
-         ValueError, "recurrences[1]"),
-    Case(compare.paper_candidates, lambda: compare.paper_candidates(impl="cuda"), ValueError,
-         "impl"),
-    Case(compare.measure, lambda: compare.measure("rcca", fmap(1, 8, 4, 4)), TypeError,
-         "candidate"),
-    Case(compare.measure, lambda: compare.measure(
-        compare.Candidate("id", torch.nn.Identity), fmap(1, 8, 4, 4), repeats=0), ValueError,
-         "repeats"),
-    Case(compare.measure, lambda: compare.measure(
-        compare.Candidate("id", torch.nn.Identity), fmap(8, 4, 4)), ValueError, "x"),
-    Case(compare.comparison_table, lambda: compare.comparison_table(height=0), ValueError,
-         "height"),
-    Case(compare.comparison_table, lambda: compare.comparison_table(
-        9, 9, 8, 2, time_budget=NAN), ValueError, "time_budget"),
-    Case(compare.comparison_table, lambda: compare.comparison_table(9, 9, 8, 2, device="gpu"),
-         ValueError, "device"),
+    Case(
+        compare.Candidate,
+        lambda: compare.Candidate("x", torch.nn.Identity, map_kind="full"),
+        ValueError,
+        "map_kind",
+    ),
+    Case(
+        compare.paper_candidates,
+        lambda: compare.paper_candidates(include=["rcca", "ccnet"]),
+        ValueError,
+        "include",
+    ),
+    Case(
+        compare.paper_candidates,
+        lambda: compare.paper_candidates(recurrences=(1, 0)),
+        ValueError,
+        "recurrences[1]",
+    ),
+    Case(
+        compare.paper_candidates, lambda: compare.paper_candidates(impl="cuda"), ValueError, "impl"
+    ),
+    Case(
+        compare.measure, lambda: compare.measure("rcca", fmap(1, 8, 4, 4)), TypeError, "candidate"
+    ),
+    Case(
+        compare.measure,
+        lambda: compare.measure(
+            compare.Candidate("id", torch.nn.Identity), fmap(1, 8, 4, 4), repeats=0
+        ),
+        ValueError,
+        "repeats",
+    ),
+    Case(
+        compare.measure,
+        lambda: compare.measure(compare.Candidate("id", torch.nn.Identity), fmap(8, 4, 4)),
+        ValueError,
+        "x",
+    ),
+    Case(
+        compare.comparison_table, lambda: compare.comparison_table(height=0), ValueError, "height"
+    ),
+    Case(
+        compare.comparison_table,
+        lambda: compare.comparison_table(9, 9, 8, 2, time_budget=NAN),
+        ValueError,
+        "time_budget",
+    ),
+    Case(
+        compare.comparison_table,
+        lambda: compare.comparison_table(9, 9, 8, 2, device="gpu"),
+        ValueError,
+        "device",
+    ),
     Case(compare.format_table, lambda: compare.format_table([]), ValueError, "rows"),
-    Case(compare.format_table, lambda: compare.format_table([{"model": "x"}]), TypeError,
-         "rows[0]"),
+    Case(
+        compare.format_table, lambda: compare.format_table([{"model": "x"}]), TypeError, "rows[0]"
+    ),
     Case(compare.paper_claims, lambda: compare.paper_claims([row()]), ValueError, "RCCA R=2"),
-    Case(compare.paper_claims, lambda: compare.paper_claims([row()], recurrence=0), ValueError,
-         "recurrence"),
-    Case(compare.format_claims, lambda: compare.format_claims({"saved_ratio": 1.0}),
-         ValueError, "flops_reduction"),
-    Case(compare.write_csv, lambda: compare.write_csv([row()], blocked_path(_TMP)), ValueError,
-         "path"),
-    Case(compare.write_csv, lambda: compare.write_csv([row(), point()], _TMP / "x.csv"),
-         ValueError, "rows"),
-    Case(compare.scaling_sweep, lambda: compare.scaling_sweep(sizes=[16, 0]), ValueError,
-         "sizes[1]"),
-    Case(compare.scaling_sweep, lambda: compare.scaling_sweep(memory_limit_mb=-1.0), ValueError,
-         "memory_limit_mb"),
-    Case(compare.fit_exponent, lambda: compare.fit_exponent([1, 2], [1.0, NAN]), ValueError,
-         "values[1]"),
-    Case(compare.fit_exponent, lambda: compare.fit_exponent([1, 2, 4], [1.0, 2.0]), ValueError,
-         "ns and values"),
-    Case(compare.fit_exponent, lambda: compare.fit_exponent([0, 2], [1.0, 2.0]), ValueError,
-         "ns[0]"),
+    Case(
+        compare.paper_claims,
+        lambda: compare.paper_claims([row()], recurrence=0),
+        ValueError,
+        "recurrence",
+    ),
+    Case(
+        compare.format_claims,
+        lambda: compare.format_claims({"saved_ratio": 1.0}),
+        ValueError,
+        "flops_reduction",
+    ),
+    Case(
+        compare.write_csv,
+        lambda: compare.write_csv([row()], blocked_path(_TMP)),
+        ValueError,
+        "path",
+    ),
+    Case(
+        compare.write_csv,
+        lambda: compare.write_csv([row(), point()], _TMP / "x.csv"),
+        ValueError,
+        "rows",
+    ),
+    Case(
+        compare.scaling_sweep, lambda: compare.scaling_sweep(sizes=[16, 0]), ValueError, "sizes[1]"
+    ),
+    Case(
+        compare.scaling_sweep,
+        lambda: compare.scaling_sweep(memory_limit_mb=-1.0),
+        ValueError,
+        "memory_limit_mb",
+    ),
+    Case(
+        compare.fit_exponent,
+        lambda: compare.fit_exponent([1, 2], [1.0, NAN]),
+        ValueError,
+        "values[1]",
+    ),
+    Case(
+        compare.fit_exponent,
+        lambda: compare.fit_exponent([1, 2, 4], [1.0, 2.0]),
+        ValueError,
+        "ns and values",
+    ),
+    Case(
+        compare.fit_exponent, lambda: compare.fit_exponent([0, 2], [1.0, 2.0]), ValueError, "ns[0]"
+    ),
     # analysis.plots
-    Case(plots.plot_reachability, lambda: plots.plot_reachability(
-        torch.ones(12, 12), 3, 4), TypeError, "reach"),
-    Case(plots.plot_reachability, lambda: plots.plot_reachability(
-        torch.ones(12, 12, dtype=torch.bool), 3, 4, pixel=(3, 0)), ValueError, "pixel"),
-    Case(plots.plot_influence, lambda: plots.plot_influence(torch.rand(1, 3, 4)), ValueError,
-         "influence"),
-    Case(plots.plot_influence, lambda: plots.plot_influence(torch.rand(3, 4), log=0), TypeError,
-         "log"),
-    Case(plots.plot_scaling, lambda: plots.plot_scaling([point()], "flops"), ValueError,
-         "metric"),
+    Case(
+        plots.plot_reachability,
+        lambda: plots.plot_reachability(torch.ones(12, 12), 3, 4),
+        TypeError,
+        "reach",
+    ),
+    Case(
+        plots.plot_reachability,
+        lambda: plots.plot_reachability(torch.ones(12, 12, dtype=torch.bool), 3, 4, pixel=(3, 0)),
+        ValueError,
+        "pixel",
+    ),
+    Case(
+        plots.plot_influence,
+        lambda: plots.plot_influence(torch.rand(1, 3, 4)),
+        ValueError,
+        "influence",
+    ),
+    Case(
+        plots.plot_influence,
+        lambda: plots.plot_influence(torch.rand(3, 4), log=0),
+        TypeError,
+        "log",
+    ),
+    Case(plots.plot_scaling, lambda: plots.plot_scaling([point()], "flops"), ValueError, "metric"),
     Case(plots.plot_scaling, lambda: plots.plot_scaling([row()]), TypeError, "rows[0]"),
-    Case(plots.plot_comparison, lambda: plots.plot_comparison([row()], ["gflops", "speed"]),
-         ValueError, "metrics"),
+    Case(
+        plots.plot_comparison,
+        lambda: plots.plot_comparison([row()], ["gflops", "speed"]),
+        ValueError,
+        "metrics",
+    ),
     # analysis.propagation
-    Case(propagation.boolean_matmul, lambda: propagation.boolean_matmul(
-        torch.ones(2, 2), torch.ones(2, 2, dtype=torch.bool)), TypeError, "a must"),
-    Case(propagation.boolean_matmul, lambda: propagation.boolean_matmul(
-        torch.ones(2, 2, dtype=torch.bool), [[True]]), TypeError, "b must"),
-    Case(propagation.boolean_matmul, lambda: propagation.boolean_matmul(
-        torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool)), ValueError,
-         "a and b must chain"),
-    Case(propagation.boolean_power, lambda: propagation.boolean_power(
-        torch.ones(2, 2, dtype=torch.bool), 0), ValueError, "power"),
-    Case(propagation.boolean_power, lambda: propagation.boolean_power(
-        torch.ones(2, 2, dtype=torch.bool), True), TypeError, "power", "bool for int"),
-    Case(propagation.boolean_power, lambda: propagation.boolean_power(
-        torch.ones(2, 3, dtype=torch.bool), 2), ValueError, "mask must be square"),
-    Case(propagation.criss_cross_reachability, lambda: propagation.criss_cross_reachability(
-        0, 3), ValueError, "height"),
-    Case(propagation.criss_cross_reachability, lambda: propagation.criss_cross_reachability(
-        3, 3, 0), ValueError, "recurrence"),
-    Case(propagation.issa_reachability, lambda: propagation.issa_reachability(4, 0),
-         ValueError, "width"),
-    Case(propagation.influence_map, lambda: propagation.influence_map(
-        torch.nn.Identity(), fmap(1, 2, 3, 3), (3, 0)), ValueError, "pixel"),
-    Case(propagation.influence_map, lambda: propagation.influence_map(
-        torch.nn.Identity(), [[1.0]], (0, 0)), TypeError, "x"),
-    Case(propagation.influence_map, lambda: propagation.influence_map(
-        torch.nn.Identity(), fmap(1, 2, 3, 3), (0, 0), eval_mode=0), TypeError, "eval_mode"),
-    Case(propagation.influence_map, lambda: propagation.influence_map(
-        "identity", fmap(1, 2, 3, 3), (0, 0)), TypeError, "module"),
-    Case(propagation.mean_influence, lambda: propagation.mean_influence(
-        torch.nn.Identity(), [fmap(2, 3, 3)], (0, 0)), ValueError, "inputs[0]"),
-    Case(propagation.mean_influence, lambda: propagation.mean_influence(
-        torch.nn.Identity(), [], (0, 0)), ValueError, "inputs", "empty"),
-    Case(propagation.mean_influence, lambda: propagation.mean_influence(
-        torch.nn.Identity(), [fmap(1, 2, 3, 3), fmap(1, 2, 3, 4)], (0, 0)), ValueError,
-         "inputs[1]"),
+    Case(
+        propagation.boolean_matmul,
+        lambda: propagation.boolean_matmul(torch.ones(2, 2), torch.ones(2, 2, dtype=torch.bool)),
+        TypeError,
+        "a must",
+    ),
+    Case(
+        propagation.boolean_matmul,
+        lambda: propagation.boolean_matmul(torch.ones(2, 2, dtype=torch.bool), [[True]]),
+        TypeError,
+        "b must",
+    ),
+    Case(
+        propagation.boolean_matmul,
+        lambda: propagation.boolean_matmul(
+            torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool)
+        ),
+        ValueError,
+        "a and b must chain",
+    ),
+    Case(
+        propagation.boolean_power,
+        lambda: propagation.boolean_power(torch.ones(2, 2, dtype=torch.bool), 0),
+        ValueError,
+        "power",
+    ),
+    Case(
+        propagation.boolean_power,
+        lambda: propagation.boolean_power(torch.ones(2, 2, dtype=torch.bool), True),
+        TypeError,
+        "power",
+        "bool for int",
+    ),
+    Case(
+        propagation.boolean_power,
+        lambda: propagation.boolean_power(torch.ones(2, 3, dtype=torch.bool), 2),
+        ValueError,
+        "mask must be square",
+    ),
+    Case(
+        propagation.criss_cross_reachability,
+        lambda: propagation.criss_cross_reachability(0, 3),
+        ValueError,
+        "height",
+    ),
+    Case(
+        propagation.criss_cross_reachability,
+        lambda: propagation.criss_cross_reachability(3, 3, 0),
+        ValueError,
+        "recurrence",
+    ),
+    Case(
+        propagation.issa_reachability,
+        lambda: propagation.issa_reachability(4, 0),
+        ValueError,
+        "width",
+    ),
+    Case(
+        propagation.influence_map,
+        lambda: propagation.influence_map(torch.nn.Identity(), fmap(1, 2, 3, 3), (3, 0)),
+        ValueError,
+        "pixel",
+    ),
+    Case(
+        propagation.influence_map,
+        lambda: propagation.influence_map(torch.nn.Identity(), [[1.0]], (0, 0)),
+        TypeError,
+        "x",
+    ),
+    Case(
+        propagation.influence_map,
+        lambda: propagation.influence_map(
+            torch.nn.Identity(), fmap(1, 2, 3, 3), (0, 0), eval_mode=0
+        ),
+        TypeError,
+        "eval_mode",
+    ),
+    Case(
+        propagation.influence_map,
+        lambda: propagation.influence_map("identity", fmap(1, 2, 3, 3), (0, 0)),
+        TypeError,
+        "module",
+    ),
+    Case(
+        propagation.mean_influence,
+        lambda: propagation.mean_influence(torch.nn.Identity(), [fmap(2, 3, 3)], (0, 0)),
+        ValueError,
+        "inputs[0]",
+    ),
+    Case(
+        propagation.mean_influence,
+        lambda: propagation.mean_influence(torch.nn.Identity(), [], (0, 0)),
+        ValueError,
+        "inputs",
+        "empty",
+    ),
+    Case(
+        propagation.mean_influence,
+        lambda: propagation.mean_influence(
+            torch.nn.Identity(), [fmap(1, 2, 3, 3), fmap(1, 2, 3, 4)], (0, 0)
+        ),
+        ValueError,
+        "inputs[1]",
+    ),
     Case(propagation.conv_stack, lambda: propagation.conv_stack(0, 2), ValueError, "channels"),
     Case(propagation.conv_stack, lambda: propagation.conv_stack(4, 2.0), TypeError, "depth"),
-    Case(propagation.conv_stack, lambda: propagation.conv_stack(4, 2, kernel_size=4),
-         ValueError, "kernel_size"),
-    Case(propagation.conv_stack, lambda: propagation.conv_stack(4, 2, activation="relu"),
-         TypeError, "activation"),
-    Case(propagation.reach_fraction, lambda: propagation.reach_fraction([[True]]), TypeError,
-         "reachability"),
-    Case(propagation.reach_fraction, lambda: propagation.reach_fraction(torch.ones(2, 2)),
-         TypeError, "reachability"),
+    Case(
+        propagation.conv_stack,
+        lambda: propagation.conv_stack(4, 2, kernel_size=4),
+        ValueError,
+        "kernel_size",
+    ),
+    Case(
+        propagation.conv_stack,
+        lambda: propagation.conv_stack(4, 2, activation="relu"),
+        TypeError,
+        "activation",
+    ),
+    Case(
+        propagation.reach_fraction,
+        lambda: propagation.reach_fraction([[True]]),
+        TypeError,
+        "reachability",
+    ),
+    Case(
+        propagation.reach_fraction,
+        lambda: propagation.reach_fraction(torch.ones(2, 2)),
+        TypeError,
+        "reachability",
+    ),
     # ops (each refused before the operator is built)
     Case(ops.load, lambda: ops.load(cuda=1), TypeError, "cuda", "int for bool"),
     Case(ops.load, lambda: ops.load(verbose="yes"), TypeError, "verbose"),
@@ -622,57 +1272,140 @@ CASES = [
     Case(ops.usable_for, lambda: ops.usable_for([1.0]), TypeError, "tensor"),
     Case(ops.self_test, lambda: ops.self_test("gpu"), ValueError, "device_type"),
     Case(ops.self_test, lambda: ops.self_test(torch.device("cpu")), TypeError, "device_type"),
-    Case(ops.criss_cross_attention, lambda: ops.criss_cross_attention(
-        fmap(2, 3, 4), K(), V()), ValueError, "query"),
-    Case(ops.criss_cross_attention, lambda: ops.criss_cross_attention(
-        Q(), K(), V().to("meta")), ValueError, "value on meta"),
+    Case(
+        ops.criss_cross_attention,
+        lambda: ops.criss_cross_attention(fmap(2, 3, 4), K(), V()),
+        ValueError,
+        "query",
+    ),
+    Case(
+        ops.criss_cross_attention,
+        lambda: ops.criss_cross_attention(Q(), K(), V().to("meta")),
+        ValueError,
+        "value on meta",
+    ),
     # viz
     Case(viz.load_photo, lambda: viz.load_photo("../../etc/passwd"), ValueError, "name"),
     Case(viz.load_photo, lambda: viz.load_photo("chelsea", size=(48, 0)), ValueError, "size"),
     Case(viz.load_photo, lambda: viz.load_photo("chelsea", size=48), TypeError, "size"),
-    Case(viz.colour_position_features, lambda: viz.colour_position_features(
-        torch.rand(4, 8, 8), (2, 2)), ValueError, "image"),
-    Case(viz.colour_position_features, lambda: viz.colour_position_features(
-        torch.rand(3, 8, 8), (2, 2), position_weight=NAN), ValueError, "position_weight"),
-    Case(viz.photo_attention_maps, lambda: viz.photo_attention_maps(
-        photo(), (4, 6), temperature=0.0, block_size=(2, 2), pool=2), ValueError, "temperature"),
-    Case(viz.photo_attention_maps, lambda: viz.photo_attention_maps(
-        photo(), (4, 6.0), block_size=(2, 2)), TypeError, "grid"),
-    Case(viz.model_attention_maps, lambda: viz.model_attention_maps(
-        torch.nn.Identity(), photo()), TypeError, "model"),
-    Case(viz.model_attention_maps, lambda: viz.model_attention_maps(
-        small_model(), torch.rand(1, 3, 24, 24)), ValueError, "image"),
+    Case(
+        viz.colour_position_features,
+        lambda: viz.colour_position_features(torch.rand(4, 8, 8), (2, 2)),
+        ValueError,
+        "image",
+    ),
+    Case(
+        viz.colour_position_features,
+        lambda: viz.colour_position_features(torch.rand(3, 8, 8), (2, 2), position_weight=NAN),
+        ValueError,
+        "position_weight",
+    ),
+    Case(
+        viz.photo_attention_maps,
+        lambda: viz.photo_attention_maps(
+            photo(), (4, 6), temperature=0.0, block_size=(2, 2), pool=2
+        ),
+        ValueError,
+        "temperature",
+    ),
+    Case(
+        viz.photo_attention_maps,
+        lambda: viz.photo_attention_maps(photo(), (4, 6.0), block_size=(2, 2)),
+        TypeError,
+        "grid",
+    ),
+    Case(
+        viz.model_attention_maps,
+        lambda: viz.model_attention_maps(torch.nn.Identity(), photo()),
+        TypeError,
+        "model",
+    ),
+    Case(
+        viz.model_attention_maps,
+        lambda: viz.model_attention_maps(small_model(), torch.rand(1, 3, 24, 24)),
+        ValueError,
+        "image",
+    ),
     Case(viz.squeeze_support, lambda: viz.squeeze_support((4, 4), 0), ValueError, "pool"),
-    Case(viz.flatten_maps, lambda: viz.flatten_maps({"CCA": torch.ones(4, 4)}), TypeError,
-         "maps"),
-    Case(viz.query_map_array, lambda: viz.query_map_array(torch.ones(24, 24), (4, 0), (4, 6)),
-         ValueError, "query"),
-    Case(viz.query_map_array, lambda: viz.query_map_array(
-        torch.ones(24, 24), (0, True), (4, 6)), TypeError, "query[1]"),
-    Case(viz.plot_query_maps, lambda: viz.plot_query_maps(
-        photo(), maps(), (4, 6), []), ValueError, "queries"),
-    Case(viz.plot_query_maps, lambda: viz.plot_query_maps(
-        photo(), maps(4, 5), (4, 6), [(0, 0)]), ValueError, "maps['CCA']"),
-    Case(viz.plot_query_maps, lambda: viz.plot_query_maps(
-        photo(), maps(), (4, 6), [(0, 0)], panel_size=-1.0), ValueError, "panel_size"),
-    Case(viz.plot_criss_cross_mask, lambda: viz.plot_criss_cross_mask(3, 4, (3, 3)),
-         ValueError, "query"),
-    Case(viz.plot_issa_groups, lambda: viz.plot_issa_groups(8, 8, (4, 0)), ValueError,
-         "block_size"),
-    Case(viz.plot_reachability, lambda: viz.plot_reachability(6, 6, (0, 0), loops=0),
-         ValueError, "loops"),
-    Case(viz.plot_segmentation, lambda: viz.plot_segmentation(
-        torch.rand(1, 3, 8, 8), torch.full((1, 8, 8), 7)), ValueError, "labels"),
-    Case(viz.plot_segmentation, lambda: viz.plot_segmentation(
-        torch.rand(1, 3, 8, 8), torch.zeros(1, 8, 8).long(), {"fcn": torch.zeros(1, 8, 8)}),
-         TypeError, "predictions['fcn']"),
-    Case(viz.attention_animation, lambda: viz.attention_animation(
-        photo(), maps(), (4, 6), [(0, 0)], interval=0), ValueError, "interval"),
-    Case(viz.attention_animation_html, lambda: viz.attention_animation_html(
-        photo(), maps(), (4, 6), [(0, 0)], dpi=60.5), TypeError, "dpi"),
+    Case(viz.flatten_maps, lambda: viz.flatten_maps({"CCA": torch.ones(4, 4)}), TypeError, "maps"),
+    Case(
+        viz.query_map_array,
+        lambda: viz.query_map_array(torch.ones(24, 24), (4, 0), (4, 6)),
+        ValueError,
+        "query",
+    ),
+    Case(
+        viz.query_map_array,
+        lambda: viz.query_map_array(torch.ones(24, 24), (0, True), (4, 6)),
+        TypeError,
+        "query[1]",
+    ),
+    Case(
+        viz.plot_query_maps,
+        lambda: viz.plot_query_maps(photo(), maps(), (4, 6), []),
+        ValueError,
+        "queries",
+    ),
+    Case(
+        viz.plot_query_maps,
+        lambda: viz.plot_query_maps(photo(), maps(4, 5), (4, 6), [(0, 0)]),
+        ValueError,
+        "maps['CCA']",
+    ),
+    Case(
+        viz.plot_query_maps,
+        lambda: viz.plot_query_maps(photo(), maps(), (4, 6), [(0, 0)], panel_size=-1.0),
+        ValueError,
+        "panel_size",
+    ),
+    Case(
+        viz.plot_criss_cross_mask,
+        lambda: viz.plot_criss_cross_mask(3, 4, (3, 3)),
+        ValueError,
+        "query",
+    ),
+    Case(
+        viz.plot_issa_groups, lambda: viz.plot_issa_groups(8, 8, (4, 0)), ValueError, "block_size"
+    ),
+    Case(
+        viz.plot_reachability,
+        lambda: viz.plot_reachability(6, 6, (0, 0), loops=0),
+        ValueError,
+        "loops",
+    ),
+    Case(
+        viz.plot_segmentation,
+        lambda: viz.plot_segmentation(torch.rand(1, 3, 8, 8), torch.full((1, 8, 8), 7)),
+        ValueError,
+        "labels",
+    ),
+    Case(
+        viz.plot_segmentation,
+        lambda: viz.plot_segmentation(
+            torch.rand(1, 3, 8, 8), torch.zeros(1, 8, 8).long(), {"fcn": torch.zeros(1, 8, 8)}
+        ),
+        TypeError,
+        "predictions['fcn']",
+    ),
+    Case(
+        viz.attention_animation,
+        lambda: viz.attention_animation(photo(), maps(), (4, 6), [(0, 0)], interval=0),
+        ValueError,
+        "interval",
+    ),
+    Case(
+        viz.attention_animation_html,
+        lambda: viz.attention_animation_html(photo(), maps(), (4, 6), [(0, 0)], dpi=60.5),
+        TypeError,
+        "dpi",
+    ),
     Case(viz.offline_jshtml, lambda: viz.offline_jshtml(None), TypeError, "html"),
-    Case(viz.explorer, lambda: viz.explorer(photo(), maps(), (4, 6), start=(4, 0)), ValueError,
-         "start"),
+    Case(
+        viz.explorer,
+        lambda: viz.explorer(photo(), maps(), (4, 6), start=(4, 0)),
+        ValueError,
+        "start",
+    ),
     Case(viz.explorer, lambda: viz.explorer(photo(), {}, (4, 6)), ValueError, "maps"),
     Case(viz.figure_to_png, lambda: viz.figure_to_png("figure"), TypeError, "fig"),
     # data
@@ -680,136 +1413,275 @@ CASES = [
     Case(data.make_sample, lambda: data.make_sample(0.5, 0), TypeError, "seed"),
     Case(data.make_sample, lambda: data.make_sample(0, 0, size=16), ValueError, "size"),
     Case(data.make_sample, lambda: data.make_sample(0, 0, noise=NAN), ValueError, "noise"),
-    Case(data.make_sample, lambda: data.make_sample(0, 0, beacon_size=True), TypeError,
-         "beacon_size"),
+    Case(
+        data.make_sample, lambda: data.make_sample(0, 0, beacon_size=True), TypeError, "beacon_size"
+    ),
     Case(data.BeaconShapes, lambda: data.BeaconShapes(0), ValueError, "length"),
     Case(data.BeaconShapes, lambda: data.BeaconShapes(True), TypeError, "length"),
     Case(data.BeaconShapes, lambda: data.BeaconShapes(4, size=36), ValueError, "multiple of 8"),
-    Case(data.BeaconShapes, lambda: data.BeaconShapes(4, num_shapes=0), ValueError,
-         "num_shapes"),
+    Case(data.BeaconShapes, lambda: data.BeaconShapes(4, num_shapes=0), ValueError, "num_shapes"),
     Case(data.BeaconShapes, lambda: data.BeaconShapes(4)[1.0], TypeError, "index"),
-    Case(data.distance_to_beacon, lambda: data.distance_to_beacon({"label": 0}), TypeError,
-         "sample"),
+    Case(
+        data.distance_to_beacon, lambda: data.distance_to_beacon({"label": 0}), TypeError, "sample"
+    ),
     # layers
     Case(layers.conv_bn_relu, lambda: layers.conv_bn_relu(8, 0, 3), ValueError, "out_channels"),
-    Case(layers.conv_bn_relu, lambda: layers.conv_bn_relu(8, 8, 3.0), TypeError, "kernel_size",
-         "float for int"),
+    Case(
+        layers.conv_bn_relu,
+        lambda: layers.conv_bn_relu(8, 8, 3.0),
+        TypeError,
+        "kernel_size",
+        "float for int",
+    ),
     # models
     Case(models.Backbone, lambda: models.Backbone(16.0), TypeError, "width"),
-    Case(models.Backbone, lambda: models.Backbone(16)(fmap(1, 3, 30, 32)), ValueError,
-         "divisible by 8"),
-    Case(models.ContextHead, lambda: models.ContextHead(64, 4, None, dropout=-0.1), ValueError,
-         "dropout"),
+    Case(
+        models.Backbone,
+        lambda: models.Backbone(16)(fmap(1, 3, 30, 32)),
+        ValueError,
+        "divisible by 8",
+    ),
+    Case(
+        models.ContextHead,
+        lambda: models.ContextHead(64, 4, None, dropout=-0.1),
+        ValueError,
+        "dropout",
+    ),
     Case(models.ContextHead, lambda: models.ContextHead(64, 4, "rcca2"), TypeError, "context"),
-    Case(models.ContextHead, lambda: models.ContextHead(8, 4, None)(fmap(1, 4, 2, 2)),
-         ValueError, "in_channels=8"),
+    Case(
+        models.ContextHead,
+        lambda: models.ContextHead(8, 4, None)(fmap(1, 4, 2, 2)),
+        ValueError,
+        "in_channels=8",
+    ),
     Case(models.make_context, lambda: models.make_context("deeplab", 8), ValueError, "head"),
     Case(models.make_context, lambda: models.make_context("rcca2", 0), ValueError, "channels"),
-    Case(models.SegmentationModel, lambda: models.SegmentationModel("fcn", width=1e6),
-         TypeError, "width", "a float is not a size"),
-    Case(models.SegmentationModel, lambda: models.SegmentationModel("fcn", num_classes=True),
-         TypeError, "num_classes"),
-    Case(models.SegmentationModel, lambda: models.SegmentationModel("fcn", embedding_channels=-1),
-         ValueError, "embedding_channels"),
-    Case(models.SegmentationModel, lambda: small_model()(fmap(1, 3, 24, 24), return_all=1),
-         TypeError, "return_all"),
-    Case(models.build_model, lambda: models.build_model("fcn", dropout=NAN), ValueError,
-         "dropout"),
-    Case(models.check_config, lambda: models.check_config({"head": "fcn", "depth": 50}),
-         ValueError, "depth"),
-    Case(models.check_config, lambda: models.check_config([("head", "fcn")]), TypeError,
-         "config"),
-    Case(models.state_dict_digest, lambda: models.state_dict_digest({"w": [1.0]}), TypeError,
-         "state dict"),
-    Case(models.state_dict_digest, lambda: models.state_dict_digest("model.pt"), TypeError,
-         "source"),
-    Case(models.save_checkpoint, lambda: models.save_checkpoint(
-        blocked_path(_TMP), small_model(), {}), ValueError, "path"),
-    Case(models.save_checkpoint, lambda: models.save_checkpoint(
-        _TMP / "m.pt", torch.nn.Linear(2, 2), {}), TypeError, "model"),
-    Case(models.save_checkpoint, lambda: models.save_checkpoint(
-        _TMP / "m.pt", small_model(), [("seed", 0)]), TypeError, "meta"),
+    Case(
+        models.SegmentationModel,
+        lambda: models.SegmentationModel("fcn", width=1e6),
+        TypeError,
+        "width",
+        "a float is not a size",
+    ),
+    Case(
+        models.SegmentationModel,
+        lambda: models.SegmentationModel("fcn", num_classes=True),
+        TypeError,
+        "num_classes",
+    ),
+    Case(
+        models.SegmentationModel,
+        lambda: models.SegmentationModel("fcn", embedding_channels=-1),
+        ValueError,
+        "embedding_channels",
+    ),
+    Case(
+        models.SegmentationModel,
+        lambda: small_model()(fmap(1, 3, 24, 24), return_all=1),
+        TypeError,
+        "return_all",
+    ),
+    Case(models.build_model, lambda: models.build_model("fcn", dropout=NAN), ValueError, "dropout"),
+    Case(
+        models.check_config,
+        lambda: models.check_config({"head": "fcn", "depth": 50}),
+        ValueError,
+        "depth",
+    ),
+    Case(models.check_config, lambda: models.check_config([("head", "fcn")]), TypeError, "config"),
+    Case(
+        models.state_dict_digest,
+        lambda: models.state_dict_digest({"w": [1.0]}),
+        TypeError,
+        "state dict",
+    ),
+    Case(
+        models.state_dict_digest, lambda: models.state_dict_digest("model.pt"), TypeError, "source"
+    ),
+    Case(
+        models.save_checkpoint,
+        lambda: models.save_checkpoint(blocked_path(_TMP), small_model(), {}),
+        ValueError,
+        "path",
+    ),
+    Case(
+        models.save_checkpoint,
+        lambda: models.save_checkpoint(_TMP / "m.pt", torch.nn.Linear(2, 2), {}),
+        TypeError,
+        "model",
+    ),
+    Case(
+        models.save_checkpoint,
+        lambda: models.save_checkpoint(_TMP / "m.pt", small_model(), [("seed", 0)]),
+        TypeError,
+        "meta",
+    ),
     Case(models.load_checkpoint, lambda: models.load_checkpoint(3), TypeError, "path"),
-    Case(models.load_checkpoint, lambda: models.load_checkpoint(
-        models.CHECKPOINT_DIR / "fcn.pt", map_location="gpu0"), ValueError, "map_location"),
-    Case(models.load_pretrained, lambda: models.load_pretrained("../checkpoints/fcn"),
-         ValueError, "name"),
+    Case(
+        models.load_checkpoint,
+        lambda: models.load_checkpoint(models.CHECKPOINT_DIR / "fcn.pt", map_location="gpu0"),
+        ValueError,
+        "map_location",
+    ),
+    Case(
+        models.load_pretrained,
+        lambda: models.load_pretrained("../checkpoints/fcn"),
+        ValueError,
+        "name",
+    ),
     Case(models.load_pretrained, lambda: models.load_pretrained(None), TypeError, "name"),
     Case(models.add_digest, lambda: models.add_digest(None), TypeError, "path"),
-    Case(models.add_digest, lambda: models.add_digest(
-        models.CHECKPOINT_DIR / "fcn.pt", out=blocked_path(_TMP)), ValueError, "out"),
+    Case(
+        models.add_digest,
+        lambda: models.add_digest(models.CHECKPOINT_DIR / "fcn.pt", out=blocked_path(_TMP)),
+        ValueError,
+        "out",
+    ),
     # train
     Case(train.TrainConfig, lambda: train.TrainConfig(steps=0), ValueError, "steps"),
-    Case(train.TrainConfig, lambda: train.TrainConfig(batch_size=16.0), TypeError,
-         "batch_size"),
+    Case(train.TrainConfig, lambda: train.TrainConfig(batch_size=16.0), TypeError, "batch_size"),
     Case(train.TrainConfig, lambda: train.TrainConfig(size=100), ValueError, "size"),
     Case(train.TrainConfig, lambda: train.TrainConfig(lr=NAN), ValueError, "lr"),
     Case(train.TrainConfig, lambda: train.TrainConfig(ccl="yes"), TypeError, "ccl"),
     Case(train.TrainConfig, lambda: train.TrainConfig(epochs=3), TypeError, "epochs"),
-    Case(train.AllReduceBatchNorm2d, lambda: train.AllReduceBatchNorm2d(0), ValueError,
-         "num_features"),
-    Case(train.AllReduceBatchNorm2d, lambda: train.AllReduceBatchNorm2d(4, momentum=2.0),
-         ValueError, "momentum"),
-    Case(train.convert_sync_batchnorm, lambda: train.convert_sync_batchnorm(
-        small_model(), "gpu"), ValueError, "device"),
-    Case(train.convert_sync_batchnorm, lambda: train.convert_sync_batchnorm(
-        {"bn": 1}, "cpu"), TypeError, "model"),
-    Case(train.segmentation_loss, lambda: train.segmentation_loss(
-        {"logits": fmap(2, 4, 8, 8)}, torch.zeros(2, 8, 8), None, 1.0), TypeError, "labels"),
-    Case(train.segmentation_loss, lambda: train.segmentation_loss(
-        {"logits": fmap(2, 4, 8, 8)}, torch.zeros(2, 8, 6).long(), None, 1.0), ValueError,
-         "labels"),
-    Case(train.segmentation_loss, lambda: train.segmentation_loss(
-        {"logits": fmap(2, 4, 8, 8)}, torch.zeros(2, 8, 8).long(), None, NAN), ValueError,
-         "ccl_weight"),
+    Case(
+        train.AllReduceBatchNorm2d,
+        lambda: train.AllReduceBatchNorm2d(0),
+        ValueError,
+        "num_features",
+    ),
+    Case(
+        train.AllReduceBatchNorm2d,
+        lambda: train.AllReduceBatchNorm2d(4, momentum=2.0),
+        ValueError,
+        "momentum",
+    ),
+    Case(
+        train.convert_sync_batchnorm,
+        lambda: train.convert_sync_batchnorm(small_model(), "gpu"),
+        ValueError,
+        "device",
+    ),
+    Case(
+        train.convert_sync_batchnorm,
+        lambda: train.convert_sync_batchnorm({"bn": 1}, "cpu"),
+        TypeError,
+        "model",
+    ),
+    Case(
+        train.segmentation_loss,
+        lambda: train.segmentation_loss(
+            {"logits": fmap(2, 4, 8, 8)}, torch.zeros(2, 8, 8), None, 1.0
+        ),
+        TypeError,
+        "labels",
+    ),
+    Case(
+        train.segmentation_loss,
+        lambda: train.segmentation_loss(
+            {"logits": fmap(2, 4, 8, 8)}, torch.zeros(2, 8, 6).long(), None, 1.0
+        ),
+        ValueError,
+        "labels",
+    ),
+    Case(
+        train.segmentation_loss,
+        lambda: train.segmentation_loss(
+            {"logits": fmap(2, 4, 8, 8)}, torch.zeros(2, 8, 8).long(), None, NAN
+        ),
+        ValueError,
+        "ccl_weight",
+    ),
     Case(train.train, lambda: train.train({"head": "fcn"}), TypeError, "config"),
-    Case(train.train, lambda: train.train(train.TrainConfig(), device="gpu"), ValueError,
-         "device"),
+    Case(train.train, lambda: train.train(train.TrainConfig(), device="gpu"), ValueError, "device"),
     Case(train.evaluate, lambda: train.evaluate(small_model(), length=0), ValueError, "length"),
     Case(train.evaluate, lambda: train.evaluate(small_model(), size=36), ValueError, "size"),
-    Case(train.evaluate, lambda: train.evaluate(small_model(), batch_size=2.5), TypeError,
-         "batch_size"),
-    Case(train.confusion_matrix, lambda: train.confusion_matrix(
-        torch.tensor([0, 9]), torch.tensor([0, 1]), 4), ValueError, "pred",
-         "values beyond num_classes"),
-    Case(train.confusion_matrix, lambda: train.confusion_matrix(
-        torch.tensor([0, 1]), torch.tensor([0, 1.0]), 4), TypeError, "target"),
-    Case(train.confusion_matrix, lambda: train.confusion_matrix(
-        torch.tensor([0, 1]), torch.tensor([0, 1]), 0), ValueError, "num_classes"),
-    Case(train.metrics_from_confusion, lambda: train.metrics_from_confusion(torch.ones(4, 3)),
-         ValueError, "confusion"),
-    Case(train.checkpoint_name, lambda: train.checkpoint_name("rcca2", True, 0.0), ValueError,
-         "ccl_weight"),
-    Case(train.checkpoint_name, lambda: train.checkpoint_name("rcca2", seed=-1), ValueError,
-         "seed"),
-    Case(train.loss_curve, lambda: train.loss_curve([{"loss": 1.0}], every=0), ValueError,
-         "every"),
+    Case(
+        train.evaluate,
+        lambda: train.evaluate(small_model(), batch_size=2.5),
+        TypeError,
+        "batch_size",
+    ),
+    Case(
+        train.confusion_matrix,
+        lambda: train.confusion_matrix(torch.tensor([0, 9]), torch.tensor([0, 1]), 4),
+        ValueError,
+        "pred",
+        "values beyond num_classes",
+    ),
+    Case(
+        train.confusion_matrix,
+        lambda: train.confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 1.0]), 4),
+        TypeError,
+        "target",
+    ),
+    Case(
+        train.confusion_matrix,
+        lambda: train.confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 1]), 0),
+        ValueError,
+        "num_classes",
+    ),
+    Case(
+        train.metrics_from_confusion,
+        lambda: train.metrics_from_confusion(torch.ones(4, 3)),
+        ValueError,
+        "confusion",
+    ),
+    Case(
+        train.checkpoint_name,
+        lambda: train.checkpoint_name("rcca2", True, 0.0),
+        ValueError,
+        "ccl_weight",
+    ),
+    Case(
+        train.checkpoint_name, lambda: train.checkpoint_name("rcca2", seed=-1), ValueError, "seed"
+    ),
+    Case(train.loss_curve, lambda: train.loss_curve([{"loss": 1.0}], every=0), ValueError, "every"),
     Case(train.loss_curve, lambda: train.loss_curve("loss"), TypeError, "log"),
     # the command lines (exit code 2, one line on stderr naming the option)
     Case(train.main, lambda: train.main(["--steps", "0"]), SystemExit, "--steps"),
     Case(train.main, lambda: train.main(["--dropout", "nan"]), SystemExit, "--dropout"),
     Case(train.main, lambda: train.main(["--size", "36"]), SystemExit, "--size"),
     Case(train.main, lambda: train.main(["--batch-size", "true"]), SystemExit, "--batch-size"),
-    Case(train.main, lambda: train.main(["--save", str(blocked_path(_TMP))]), SystemExit,
-         "--save"),
-    Case(analysis_cli.main, lambda: analysis_cli.main(["--height", "0"]), SystemExit,
-         "--height"),
-    Case(analysis_cli.main, lambda: analysis_cli.main(["--time-budget", "-1"]), SystemExit,
-         "--time-budget"),
-    Case(analysis_cli.main, lambda: analysis_cli.main(["--png", str(blocked_path(_TMP))]),
-         SystemExit, "--png"),
-    Case(ops_cli.main, lambda: ops_cli.main(["bench", "--repeats", "0"]), SystemExit,
-         "--repeats"),
-    Case(ops_cli.main, lambda: ops_cli.main(["bench", "--repeats", "2.5"]), SystemExit,
-         "--repeats"),
-    Case(ops_cli.main, lambda: ops_cli.main(["bench", "--device", "gpu"]), SystemExit,
-         "--device"),
-    Case(ops_cli.main, lambda: ops_cli.main(["bench", "--device", "cuda:999"]), SystemExit,
-         "--device", "no such GPU"),
-    Case(ops_cli.main, lambda: ops_cli.main(["bench", "--csv", str(blocked_path(_TMP))]),
-         SystemExit, "--csv"),
-    Case(ops_cli.main, lambda: ops_cli.main(["bench", "--csv", str(_TMP)]), SystemExit,
-         "--csv", "a directory"),
+    Case(train.main, lambda: train.main(["--save", str(blocked_path(_TMP))]), SystemExit, "--save"),
+    Case(analysis_cli.main, lambda: analysis_cli.main(["--height", "0"]), SystemExit, "--height"),
+    Case(
+        analysis_cli.main,
+        lambda: analysis_cli.main(["--time-budget", "-1"]),
+        SystemExit,
+        "--time-budget",
+    ),
+    Case(
+        analysis_cli.main,
+        lambda: analysis_cli.main(["--png", str(blocked_path(_TMP))]),
+        SystemExit,
+        "--png",
+    ),
+    Case(ops_cli.main, lambda: ops_cli.main(["bench", "--repeats", "0"]), SystemExit, "--repeats"),
+    Case(
+        ops_cli.main, lambda: ops_cli.main(["bench", "--repeats", "2.5"]), SystemExit, "--repeats"
+    ),
+    Case(ops_cli.main, lambda: ops_cli.main(["bench", "--device", "gpu"]), SystemExit, "--device"),
+    Case(
+        ops_cli.main,
+        lambda: ops_cli.main(["bench", "--device", "cuda:999"]),
+        SystemExit,
+        "--device",
+        "no such GPU",
+    ),
+    Case(
+        ops_cli.main,
+        lambda: ops_cli.main(["bench", "--csv", str(blocked_path(_TMP))]),
+        SystemExit,
+        "--csv",
+    ),
+    Case(
+        ops_cli.main,
+        lambda: ops_cli.main(["bench", "--csv", str(_TMP)]),
+        SystemExit,
+        "--csv",
+        "a directory",
+    ),
 ]
 
 

@@ -30,8 +30,10 @@ def receptive_rows():
 def test_receptive_field_constant_matches_gradients(receptive_rows):
     for i, (low, high) in enumerate(receptive_rows):
         centre = ba.STRIDE * i
-        assert (low, high) == (max(centre - ba.RECEPTIVE_HALF, 0),
-                               min(centre + ba.RECEPTIVE_HALF, 95))
+        assert (low, high) == (
+            max(centre - ba.RECEPTIVE_HALF, 0),
+            min(centre + ba.RECEPTIVE_HALF, 95),
+        )
 
 
 @pytest.mark.parametrize("index", range(6))
@@ -39,11 +41,11 @@ def test_cells_seeing_beacon_by_brute_force(receptive_rows, index):
     s = make_sample(10_000, index)
     br, bc = s["beacon_corner"]
     beacon = torch.zeros(96, 96, dtype=torch.bool)
-    beacon[br:br + 6, bc:bc + 6] = True
+    beacon[br : br + 6, bc : bc + 6] = True
     expected = torch.zeros(12, 12, dtype=torch.bool)
     for i, (r0, r1) in enumerate(receptive_rows):
         for j, (c0, c1) in enumerate(receptive_rows):
-            expected[i, j] = bool(beacon[r0:r1 + 1, c0:c1 + 1].any())
+            expected[i, j] = bool(beacon[r0 : r1 + 1, c0 : c1 + 1].any())
     assert torch.equal(ba.cells_seeing_beacon(s), expected)
     assert expected.any()
 
@@ -111,8 +113,9 @@ def test_shares_and_correctness_by_hand(head):
         dense = ba.effective_attention(model, out)[0].double()
         row = dense[i * 12 + j].reshape(12, 12)
         assert torch.isclose(queries.share[k], row[ba.cells_seeing_beacon(s)].sum())
-        assert bool(queries.correct[k]) == (int(out["logits_small"][0, :, i, j].argmax())
-                                             == s["beacon_class"])
+        assert bool(queries.correct[k]) == (
+            int(out["logits_small"][0, :, i, j].argmax()) == s["beacon_class"]
+        )
         assert torch.allclose(dense.sum(-1), torch.ones(144, dtype=torch.float64))
 
 

@@ -112,8 +112,14 @@ def browser():
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
         )
         yield browser
         browser.close()
@@ -250,8 +256,14 @@ def _load(page: Any, url: str, base: str) -> dict[str, Any]:
     page.wait_for_load_state("networkidle")
     state = page.evaluate(PAGE_STATE_JS)
     state["has_mathjax"] = has_mathjax
-    state.update(requests=requests, remote=remote, failed=failed, http_errors=http_errors,
-                 console=console, exceptions=exceptions)
+    state.update(
+        requests=requests,
+        remote=remote,
+        failed=failed,
+        http_errors=http_errors,
+        console=console,
+        exceptions=exceptions,
+    )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     name = url[len(base) :].replace("/", "__") or "index.html"
     page.screenshot(path=SCREENSHOTS / f"{name}.png")

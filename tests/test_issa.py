@@ -259,8 +259,9 @@ def test_module_defaults_and_gradcheck():
 def test_query_and_key_are_two_conv_bn_relu_layers_as_in_the_authors_code():
     # openseg.pytorch isa_block.py: f_query = f_key = conv(in->k) BN ReLU conv(k->k) BN ReLU,
     # f_value a bare conv, W = conv BN ReLU; every conv without bias.
-    step = InterlacedSparseSelfAttention(6, (2, 3), key_channels=3, value_channels=5,
-                                         out_channels=4).long_range
+    step = InterlacedSparseSelfAttention(
+        6, (2, 3), key_channels=3, value_channels=5, out_channels=4
+    ).long_range
     for projection in (step.query, step.key):
         assert len(projection) == 2
         for layer, (c_in, c_out) in zip(projection, [(6, 3), (3, 3)], strict=True):
@@ -273,7 +274,9 @@ def test_query_and_key_are_two_conv_bn_relu_layers_as_in_the_authors_code():
     assert isinstance(step.value, torch.nn.Conv2d) and step.value.bias is None
     assert (step.value.in_channels, step.value.out_channels) == (6, 5)
     assert [type(m) for m in step.out_proj] == [
-        torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU
+        torch.nn.Conv2d,
+        torch.nn.BatchNorm2d,
+        torch.nn.ReLU,
     ]
     # weights per step: 2 (C C' + C'^2 + 2·2 C') + C C_v + C_v C_out + 2 C_out
     expected = 2 * (6 * 3 + 3 * 3 + 4 * 3) + 6 * 5 + 5 * 4 + 2 * 4

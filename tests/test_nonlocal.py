@@ -21,9 +21,9 @@ def _explicit_attention(query, key):
     for b in range(batch):
         for u in range(n):
             energies = torch.stack([query[b, :, u] @ key[b, :, p] for p in range(n)])
-            rows[b, u] = torch.exp(energies - energies.max()) / torch.exp(
-                energies - energies.max()
-            ).sum()
+            rows[b, u] = (
+                torch.exp(energies - energies.max()) / torch.exp(energies - energies.max()).sum()
+            )
     return rows
 
 

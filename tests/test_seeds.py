@@ -46,8 +46,15 @@ def test_checkpoint_stem_follows_the_train_command():
 
 
 def test_shipped_seeds_matches_whole_names_only(tmp_path):
-    for stem in ("rcca2", "rcca2_seed3", "rcca2_seed10", "rcca2_ccl", "rcca2_ccl_seed1",
-                 "rcca2_ccl0.1", "rcca2x_seed1"):
+    for stem in (
+        "rcca2",
+        "rcca2_seed3",
+        "rcca2_seed10",
+        "rcca2_ccl",
+        "rcca2_ccl_seed1",
+        "rcca2_ccl0.1",
+        "rcca2x_seed1",
+    ):
         (tmp_path / f"{stem}.pt").write_bytes(b"")
     (tmp_path / "rcca2_seed4.txt").write_bytes(b"")
     assert shipped_seeds("rcca2", tmp_path) == [0, 3, 10]
@@ -68,8 +75,12 @@ def test_shipped_checkpoints_are_found_by_default():
 
 def test_load_seed_and_evaluate_seeds_agree_with_evaluate(tmp_path):
     curve = {"every": 2, "step": [2, 4], "loss": [1.0, 0.5]}
-    meta = {"train_seconds": 12.5, "loss_curve": curve, "metrics": {"miou": 0.1},
-            "command": "python -m ccnet_edu.train --all"}
+    meta = {
+        "train_seconds": 12.5,
+        "loss_curve": curve,
+        "metrics": {"miou": 0.1},
+        "command": "python -m ccnet_edu.train --all",
+    }
     models = {s: _save(tmp_path, checkpoint_stem("fcn", s), meta=meta) for s in (0, 2)}
     loaded = load_seed("fcn", 2, tmp_path)
     assert torch.equal(loaded.head.classifier.weight, models[2].head.classifier.weight)
@@ -97,8 +108,12 @@ def test_load_seed_and_evaluate_seeds_agree_with_evaluate(tmp_path):
 def test_recorded_seeds_read_the_checkpoints_metrics(tmp_path):
     metrics = {"miou": 0.5, "pixel_acc": 0.9, "far_acc": 0.85, "iou": [0.9, 0.5, 0.4, 0.2]}
     for seed in (0, 1):
-        _save(tmp_path, checkpoint_stem("rcca2", seed), head="rcca2",
-              meta={"metrics": dict(metrics, far_acc=0.85 - 0.1 * seed), "train_seconds": 3.0})
+        _save(
+            tmp_path,
+            checkpoint_stem("rcca2", seed),
+            head="rcca2",
+            meta={"metrics": dict(metrics, far_acc=0.85 - 0.1 * seed), "train_seconds": 3.0},
+        )
     runs = recorded_seeds(["rcca2"], directory=tmp_path)["rcca2"]
     assert [r.seed for r in runs] == [0, 1]
     assert [r.far_acc for r in runs] == [0.85, 0.75] and runs[0].iou == metrics["iou"]
@@ -120,8 +135,16 @@ def test_recorded_metrics_of_shipped_checkpoints_reproduce():
 
 
 def _run(seed, far, miou=None, iou=None, seconds=10.0, name="m", curve=None):
-    return SeedRun(name, seed, miou if miou is not None else far, 0.9, far,
-                   iou or [0.9, far, far / 2, 0.0], seconds, curve)
+    return SeedRun(
+        name,
+        seed,
+        miou if miou is not None else far,
+        0.9,
+        far,
+        iou or [0.9, far, far / 2, 0.0],
+        seconds,
+        curve,
+    )
 
 
 def test_summarise_counts_successes_and_takes_medians():
@@ -157,8 +180,11 @@ def test_spread_and_table_format():
 
 
 def test_curve_band_is_median_and_range_per_step():
-    curves = [{"step": [20, 40], "loss": [3.0, 1.0]}, {"step": [20, 40], "loss": [1.0, 0.2]},
-              {"step": [20, 40], "loss": [2.0, 0.4]}]
+    curves = [
+        {"step": [20, 40], "loss": [3.0, 1.0]},
+        {"step": [20, 40], "loss": [1.0, 0.2]},
+        {"step": [20, 40], "loss": [2.0, 0.4]},
+    ]
     runs = [_run(s, 0.9, curve=c) for s, c in enumerate(curves)]
     assert curve_band(runs) == ([20, 40], [2.0, 0.4], [1.0, 0.2], [3.0, 1.0])
     with pytest.raises(ValueError, match="no stored 'ccl' curve"):
@@ -176,8 +202,9 @@ class _Oracle(torch.nn.Module):
         self.next, self.seed, self.size = 0, seed, size
 
     def forward(self, x):
-        labels = [make_sample(self.seed, self.next + i, size=self.size)["label"]
-                  for i in range(len(x))]
+        labels = [
+            make_sample(self.seed, self.next + i, size=self.size)["label"] for i in range(len(x))
+        ]
         self.next += len(x)
         return torch.nn.functional.one_hot(torch.stack(labels), 4).permute(0, 3, 1, 2).float()
 

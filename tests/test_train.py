@@ -268,13 +268,38 @@ def test_all_reduce_batchnorm_is_batchnorm_outside_a_process_group():
 
 
 def _torchrun(tmp_path: Path, nproc: int, extra: list[str]) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo",
-               MASTER_ADDR="127.0.0.1", PYTHONWARNINGS="ignore")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        GLOO_SOCKET_IFNAME="lo",
+        MASTER_ADDR="127.0.0.1",
+        PYTHONWARNINGS="ignore",
+    )
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={nproc}", "-m", "ccnet_edu.train", "--ddp",
-        "--head", "rcca2", "--steps", "3", "--batch-size", "4", "--size", "32",
-        "--val-size", "0", "--dropout", "0", "--threads", "1", "--quiet", *extra,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "ccnet_edu.train",
+        "--ddp",
+        "--head",
+        "rcca2",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--size",
+        "32",
+        "--val-size",
+        "0",
+        "--dropout",
+        "0",
+        "--threads",
+        "1",
+        "--quiet",
+        *extra,
     ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -284,8 +309,9 @@ def _torchrun(tmp_path: Path, nproc: int, extra: list[str]) -> None:
 def test_ddp_two_cpu_processes_end_identical(tmp_path):
     """torchrun, 2 processes, gloo, synchronised BN: both ranks end with the same weights,
     and those equal a single process trained on the same global batches."""
-    _torchrun(tmp_path, 2, ["--digest-dir", str(tmp_path / "ddp"),
-                            "--save", str(tmp_path / "ddp.pt")])
+    _torchrun(
+        tmp_path, 2, ["--digest-dir", str(tmp_path / "ddp"), "--save", str(tmp_path / "ddp.pt")]
+    )
     digests = [(tmp_path / "ddp" / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert digests[0] == digests[1]
 
@@ -293,11 +319,13 @@ def test_ddp_two_cpu_processes_end_identical(tmp_path):
     init = SegmentationModel("rcca2", dropout=0.0)
     assert digests[0].strip() != state_dict_digest(init)  # the weights did move
 
-    single = train(TrainConfig(head="rcca2", steps=3, batch_size=4, size=32, dropout=0.0),
-                   progress=False)
+    single = train(
+        TrainConfig(head="rcca2", steps=3, batch_size=4, size=32, dropout=0.0), progress=False
+    )
     ddp = load_checkpoint(tmp_path / "ddp.pt")
-    for (name, a), (_, b) in zip(single.state_dict().items(), ddp.state_dict().items(),
-                                 strict=True):
+    for (name, a), (_, b) in zip(
+        single.state_dict().items(), ddp.state_dict().items(), strict=True
+    ):
         if a.is_floating_point():
             assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), name
 
@@ -385,7 +413,9 @@ def test_cli_ddp_batch_must_split_over_processes(capsys, monkeypatch):
 def test_cli_usage_error_is_exit_code_2_and_one_line():
     result = subprocess.run(
         [sys.executable, "-m", "ccnet_edu.train", "--steps", "0"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stdout == ""
@@ -400,19 +430,51 @@ def test_cli_all_writes_outside_the_package_unless_asked(tmp_path, monkeypatch):
     paths = _check_arguments(parser, parser.parse_args(["--all", "--names", "fcn"]))
     assert paths == [Path("checkpoints") / "fcn.pt"]
     paths = _check_arguments(
-        parser, parser.parse_args(["--all", "--names", "rcca2,rcca2_ccl", "--overwrite-shipped",
-                                   "--seeds", "0", "2", "--ccl-weight", "0.1"])
+        parser,
+        parser.parse_args(
+            [
+                "--all",
+                "--names",
+                "rcca2,rcca2_ccl",
+                "--overwrite-shipped",
+                "--seeds",
+                "0",
+                "2",
+                "--ccl-weight",
+                "0.1",
+            ]
+        ),
     )
-    assert paths == [CHECKPOINT_DIR / n for n in (
-        "rcca2.pt", "rcca2_ccl0.1.pt", "rcca2_seed2.pt", "rcca2_ccl0.1_seed2.pt")]
+    assert paths == [
+        CHECKPOINT_DIR / n
+        for n in ("rcca2.pt", "rcca2_ccl0.1.pt", "rcca2_seed2.pt", "rcca2_ccl0.1_seed2.pt")
+    ]
 
 
 def test_cli_all_several_seeds_names_and_meta(tmp_path, monkeypatch):
     shipped = {p.name: p.stat().st_mtime_ns for p in CHECKPOINT_DIR.glob("*.pt")}
     monkeypatch.chdir(tmp_path)
-    argv = ["--all", "--names", "fcn,rcca2_ccl", "--seeds", "0", "1", "--ccl-weight", "0.1",
-            "--steps", "3", "--batch-size", "2", "--size", "24", "--val-size", "0",
-            "--threads", "1", "--quiet"]
+    argv = [
+        "--all",
+        "--names",
+        "fcn,rcca2_ccl",
+        "--seeds",
+        "0",
+        "1",
+        "--ccl-weight",
+        "0.1",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--size",
+        "24",
+        "--val-size",
+        "0",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     train_main(argv)
     written = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
     assert written == ["fcn.pt", "fcn_seed1.pt", "rcca2_ccl0.1.pt", "rcca2_ccl0.1_seed1.pt"]
@@ -447,11 +509,19 @@ def test_checkpoint_name():
 
 def test_train_config_validates_every_key():
     for key, value, error in [
-        ("steps", 0, ValueError), ("steps", 2.0, TypeError), ("steps", True, TypeError),
-        ("size", 36, ValueError), ("size", 16, ValueError), ("lr", 0.0, ValueError),
-        ("lr", float("nan"), ValueError), ("dropout", 1.5, ValueError),
-        ("ccl", 1, TypeError), ("ccl_weight", -1.0, ValueError), ("seed", -1, ValueError),
-        ("head", "deeplab", ValueError), ("val_size", -1, ValueError),
+        ("steps", 0, ValueError),
+        ("steps", 2.0, TypeError),
+        ("steps", True, TypeError),
+        ("size", 36, ValueError),
+        ("size", 16, ValueError),
+        ("lr", 0.0, ValueError),
+        ("lr", float("nan"), ValueError),
+        ("dropout", 1.5, ValueError),
+        ("ccl", 1, TypeError),
+        ("ccl_weight", -1.0, ValueError),
+        ("seed", -1, ValueError),
+        ("head", "deeplab", ValueError),
+        ("val_size", -1, ValueError),
     ]:
         with pytest.raises(error, match=key):
             TrainConfig(**{key: value})

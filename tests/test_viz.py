@@ -66,7 +66,7 @@ def test_gaussian_query_key_trick_is_exact():
     tau = 0.05
     maps = viz.photo_attention_maps(image, grid=(4, 6), temperature=tau, block_size=(2, 3))
     f = viz.colour_position_features(image, (4, 6)).flatten(2)[0].T  # (N, 5)
-    expected = torch.softmax(-torch.cdist(f, f) ** 2 / tau, dim=1)
+    expected = torch.softmax(-(torch.cdist(f, f) ** 2) / tau, dim=1)
     assert torch.allclose(maps["non-local"]["dense"], expected, atol=1e-10)
 
 

@@ -40,20 +40,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels", type=cli_int(1), default=512, help="C (default 512)")
     parser.add_argument("--qk-channels", type=cli_int(1), default=64, help="C' (default 64)")
     parser.add_argument("--batch", type=cli_int(1), default=None, help="batch size (1)")
-    parser.add_argument("--repeats", type=cli_int(1), default=3,
-                        help="timed runs per model (median)")
-    parser.add_argument("--time-budget", type=cli_float(0.0, exclusive_minimum=True),
-                        default=None, help="seconds of timing per model (> 0; 60)")
+    parser.add_argument(
+        "--repeats", type=cli_int(1), default=3, help="timed runs per model (median)"
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=cli_float(0.0, exclusive_minimum=True),
+        default=None,
+        help="seconds of timing per model (> 0; 60)",
+    )
     parser.add_argument("--no-time", action="store_true", help="skip timing")
     parser.add_argument("--no-peak", action="store_true", help="skip peak memory")
     parser.add_argument("--impl", default="auto", choices=["auto", "fused", "reference"])
-    parser.add_argument("--device", type=cli_device(),
-                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", type=cli_device(), default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     parser.add_argument("--sweep", action="store_true", help="run the scaling sweep instead")
-    parser.add_argument("--sizes", type=cli_int(1), nargs="+", default=None,
-                        help="with --sweep: map sides (16 24 32 48 64 96 128)")
-    parser.add_argument("--memory-limit-mb", type=cli_float(0.0, exclusive_minimum=True),
-                        default=None, help="with --sweep: skip runs predicted above this (1024)")
+    parser.add_argument(
+        "--sizes",
+        type=cli_int(1),
+        nargs="+",
+        default=None,
+        help="with --sweep: map sides (16 24 32 48 64 96 128)",
+    )
+    parser.add_argument(
+        "--memory-limit-mb",
+        type=cli_float(0.0, exclusive_minimum=True),
+        default=None,
+        help="with --sweep: skip runs predicted above this (1024)",
+    )
     parser.add_argument("--csv", help="write the rows to this CSV file")
     parser.add_argument("--png", help="write a figure to this PNG file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -69,13 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here")
     sweep_only = {"--sizes": args.sizes, "--memory-limit-mb": args.memory_limit_mb}
-    table_only = {"--height": args.height, "--width": args.width, "--batch": args.batch,
-                  "--time-budget": args.time_budget, "--no-peak": args.no_peak or None}
+    table_only = {
+        "--height": args.height,
+        "--width": args.width,
+        "--batch": args.batch,
+        "--time-budget": args.time_budget,
+        "--no-peak": args.no_peak or None,
+    }
     for option, value in (table_only if args.sweep else sweep_only).items():
         if value is not None:
             parser.error(f"{option} {'does not go' if args.sweep else 'goes only'} with --sweep")
-    defaults = dict(height=97, width=97, batch=1, time_budget=60.0,
-                    sizes=[16, 24, 32, 48, 64, 96, 128], memory_limit_mb=1024.0)
+    defaults = dict(
+        height=97,
+        width=97,
+        batch=1,
+        time_budget=60.0,
+        sizes=[16, 24, 32, 48, 64, 96, 128],
+        memory_limit_mb=1024.0,
+    )
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)

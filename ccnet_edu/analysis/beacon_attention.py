@@ -128,8 +128,13 @@ class FarQueries:
         return len(self.image)
 
     def select(self, mask: torch.Tensor) -> FarQueries:
-        return FarQueries(self.image[mask], self.cell[mask], self.off_cross[mask],
-                          self.share[mask], self.correct[mask])
+        return FarQueries(
+            self.image[mask],
+            self.cell[mask],
+            self.off_cross[mask],
+            self.share[mask],
+            self.correct[mask],
+        )
 
 
 @torch.no_grad()
@@ -182,9 +187,13 @@ def far_query_attention(
     model.train(was_training)
     if not parts["image"]:
         empty = torch.zeros(0)
-        return FarQueries(empty.long(), torch.zeros(0, 2).long(), empty.bool(), empty.double(),
-                          empty.bool())
+        return FarQueries(
+            empty.long(), torch.zeros(0, 2).long(), empty.bool(), empty.double(), empty.bool()
+        )
     return FarQueries(
-        torch.cat(parts["image"]), torch.cat(parts["cell"]), torch.cat(parts["off"]),
-        torch.cat(parts["share"]), torch.cat(parts["ok"]),
+        torch.cat(parts["image"]),
+        torch.cat(parts["cell"]),
+        torch.cat(parts["off"]),
+        torch.cat(parts["share"]),
+        torch.cat(parts["ok"]),
     )

@@ -220,8 +220,9 @@ def _time_step(
     module: nn.Module, x: torch.Tensor, repeats: int, warmup: int, budget_s: float | None = None
 ) -> Timing:
     """Forward + backward of ``module`` on ``x`` timed ``repeats`` times after ``warmup`` runs."""
-    timing = time_ms(lambda: _step(module, x), x.device, repeats=repeats, warmup=warmup,
-                     budget_s=budget_s)
+    timing = time_ms(
+        lambda: _step(module, x), x.device, repeats=repeats, warmup=warmup, budget_s=budget_s
+    )
     for p in module.parameters():
         p.grad = None
     return timing
@@ -301,8 +302,14 @@ def comparison_table(
     """The comparison at the CCNet setting (one 97 x 97 map, C = 512, C' = 64) by default."""
     from tqdm.auto import tqdm
 
-    for name, value in (("height", height), ("width", width), ("channels", channels),
-                        ("qk_channels", qk_channels), ("batch", batch), ("repeats", repeats)):
+    for name, value in (
+        ("height", height),
+        ("width", width),
+        ("channels", channels),
+        ("qk_channels", qk_channels),
+        ("batch", batch),
+        ("repeats", repeats),
+    ):
         check_int(name, value, minimum=1)
     device = check_device("device", device)
     for name, value in (("timing", timing), ("peak", peak), ("progress", progress)):

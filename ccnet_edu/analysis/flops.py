@@ -85,8 +85,14 @@ def _fused_forward_flops(query_shape, key_shape, value_shape, *args: Any, **kwar
 
 
 def _fused_backward_flops(
-    grad_out_shape, grad_attention_shape, attention_shape, query_shape, key_shape, value_shape,
-    *args: Any, **kwargs: Any,
+    grad_out_shape,
+    grad_attention_shape,
+    attention_shape,
+    query_shape,
+    key_shape,
+    value_shape,
+    *args: Any,
+    **kwargs: Any,
 ) -> int:
     # Backward of out = A V and e = Q K^T: dA = dout V^T (C), dV = A^T dout (C),
     # dQ = de K (C'), dK = de^T Q (C'): twice the forward multiply-adds.
@@ -294,8 +300,9 @@ def cca_flops(
     ``energy = 2 N (H + W - 1) C'``, ``aggregation = 2 N (H + W - 1) C``,
     with ``N = B H W``.  Softmax and the residual are not counted.
     """
-    _check_sizes(height=height, width=width, channels=channels, qk_channels=qk_channels,
-                 batch=batch)
+    _check_sizes(
+        height=height, width=width, channels=channels, qk_channels=qk_channels, batch=batch
+    )
     n = batch * height * width
     positions = n * (height + width - 1)
     out = {
@@ -314,8 +321,7 @@ def rcca_flops(
     """Closed-form forward FLOPs of recurrent CCA: ``R`` times one CCA block (CCNet, Sec. 3.3)."""
     _check_sizes(recurrence=recurrence)
     return {
-        k: recurrence * v
-        for k, v in cca_flops(height, width, channels, qk_channels, batch).items()
+        k: recurrence * v for k, v in cca_flops(height, width, channels, qk_channels, batch).items()
     }
 
 
@@ -327,8 +333,9 @@ def nonlocal_flops(
     Same projections as CCA, but every pixel attends to all ``N = H W``:
     ``energy = 2 B N^2 C'``, ``aggregation = 2 B N^2 C``.
     """
-    _check_sizes(height=height, width=width, channels=channels, qk_channels=qk_channels,
-                 batch=batch)
+    _check_sizes(
+        height=height, width=width, channels=channels, qk_channels=qk_channels, batch=batch
+    )
     n = height * width
     out = {
         "projections": 2 * batch * n * channels * (2 * qk_channels + channels),
@@ -371,10 +378,14 @@ def issa_flops(
     value_channels = value_channels or channels
     q_h, q_w = math.ceil(height / p_h), math.ceil(width / p_w)
     n = batch * (q_h * p_h) * (q_w * p_w)
-    per_step_projections = 2 * n * (
-        2 * channels * key_channels  # first query and key layers, C -> C'
-        + 2 * key_channels * key_channels  # second query and key layers, C' -> C'
-        + 2 * channels * value_channels  # value C -> C_v and output projection C_v -> C
+    per_step_projections = (
+        2
+        * n
+        * (
+            2 * channels * key_channels  # first query and key layers, C -> C'
+            + 2 * key_channels * key_channels  # second query and key layers, C' -> C'
+            + 2 * channels * value_channels  # value C -> C_v and output projection C_v -> C
+        )
     )
     out = {
         "projections": 2 * per_step_projections,
@@ -395,6 +406,11 @@ def duplicate_centre_flops(
     ``2 B H W C`` for the column aggregation's zero-weight centre term.  See the
     module docstring; measured(reference) = closed form + this, per loop.
     """
-    _check_sizes(height=height, width=width, qk_channels=qk_channels,
-                 value_channels=value_channels, batch=batch)
+    _check_sizes(
+        height=height,
+        width=width,
+        qk_channels=qk_channels,
+        value_channels=value_channels,
+        batch=batch,
+    )
     return 2 * batch * height * width * (qk_channels + value_channels)

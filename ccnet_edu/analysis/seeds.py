@@ -201,8 +201,14 @@ def evaluate_seeds(
                 f"model {name!r}: seeds {missing or wanted} not found (have {found or 'none'})"
             )
         out[name] = [
-            evaluate_run(load_seed(name, s, directory), name, s, length=length,
-                         val_seed=val_seed, device=device)
+            evaluate_run(
+                load_seed(name, s, directory),
+                name,
+                s,
+                length=length,
+                val_seed=val_seed,
+                device=device,
+            )
             for s in wanted
         ]
     return out
@@ -323,8 +329,13 @@ def summarise(runs: Sequence[SeedRun], threshold: float = SUCCESS_FAR_ACC) -> Se
 
 def format_summary(summaries: Sequence[SeedSummary], digits: int = 3) -> str:
     """A plain-text table: successes, median [range] of mIoU and far accuracy, per-class IoU."""
-    header = ["model", "successes", "mIoU median [min–max]", "far acc median [min–max]",
-              "IoU per class (median): " + " / ".join(CLASS_NAMES[:NUM_CLASSES])]
+    header = [
+        "model",
+        "successes",
+        "mIoU median [min–max]",
+        "far acc median [min–max]",
+        "IoU per class (median): " + " / ".join(CLASS_NAMES[:NUM_CLASSES]),
+    ]
     body = [
         [
             s.name,
@@ -338,8 +349,10 @@ def format_summary(summaries: Sequence[SeedSummary], digits: int = 3) -> str:
     widths = [max(len(row[k]) for row in [header, *body]) for k in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if k in (0, 4) else c.rjust(w)
-                         for k, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        return "  ".join(
+            c.ljust(w) if k in (0, 4) else c.rjust(w)
+            for k, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
 

@@ -58,8 +58,10 @@ def _bench(args: argparse.Namespace) -> int:
     rows = benchmark.run(cases, repeats=repeats, device=args.device)
     after = benchmark.matmul_gflops(repeats=10, device=device)
     print(benchmark.format_table(rows, max(before, after)))
-    print(f"float32 matmul before / after the runs: {before:.0f} / {after:.0f} GFLOP/s "
-          "(the faster is used above)")
+    print(
+        f"float32 matmul before / after the runs: {before:.0f} / {after:.0f} GFLOP/s "
+        "(the faster is used above)"
+    )
     if args.csv:
         benchmark.write_csv(rows, args.csv)
         print(f"wrote {args.csv}")

@@ -23,6 +23,7 @@ from .maps import Maps, check_maps, query_map_array
 
 __all__ = ["attention_animation", "attention_animation_html", "offline_jshtml"]
 
+
 def attention_animation(
     image: torch.Tensor,
     maps: Maps | dict[str, torch.Tensor],
@@ -43,7 +44,9 @@ def attention_animation(
     panel_size = check_float("panel_size", panel_size, minimum=0.0, exclusive_minimum=True)
     height, width = image.shape[-2:]
     fig, axes = plt.subplots(
-        1, len(flat), figsize=(panel_size * len(flat), panel_size * height / width + 0.4),
+        1,
+        len(flat),
+        figsize=(panel_size * len(flat), panel_size * height / width + 0.4),
         squeeze=False,
     )
 

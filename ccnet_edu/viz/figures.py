@@ -33,6 +33,7 @@ __all__ = [
     "figure_to_png",
 ]
 
+
 def _gray(image: torch.Tensor) -> np.ndarray:
     return (0.3 * image[0] + 0.59 * image[1] + 0.11 * image[2]).numpy()
 
@@ -50,15 +51,24 @@ def overlay(
     ax.imshow(_gray(image), cmap="gray", vmin=0, vmax=1)
     peak = amap.max() if amap.max() > 0 else 1.0
     ax.imshow(
-        amap / peak, cmap="inferno", alpha=0.65, vmin=0, vmax=1,
-        extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest",
+        amap / peak,
+        cmap="inferno",
+        alpha=0.65,
+        vmin=0,
+        vmax=1,
+        extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+        interpolation="nearest",
     )
     cell_h, cell_w = height / h, width / w
     i, j = query
     ax.add_patch(
         plt.Rectangle(
-            (j * cell_w - 0.5, i * cell_h - 0.5), cell_w, cell_h,
-            fill=False, edgecolor="cyan", linewidth=1.5,
+            (j * cell_w - 0.5, i * cell_h - 0.5),
+            cell_w,
+            cell_h,
+            fill=False,
+            edgecolor="cyan",
+            linewidth=1.5,
         )
     )
     ax.set_title(title, fontsize=9)
@@ -95,8 +105,14 @@ def plot_query_maps(
         ax = axes[r, 0]
         ax.imshow(image.permute(1, 2, 0).numpy())
         h, w = grid
-        ax.plot((query[1] + 0.5) * width / w - 0.5, (query[0] + 0.5) * height / h - 0.5,
-                marker="+", color="cyan", markersize=12, markeredgewidth=2)
+        ax.plot(
+            (query[1] + 0.5) * width / w - 0.5,
+            (query[0] + 0.5) * height / h - 0.5,
+            marker="+",
+            color="cyan",
+            markersize=12,
+            markeredgewidth=2,
+        )
         ax.set_title(f"query {query}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -246,8 +262,9 @@ def plot_segmentation(
     ]:
         check_tensor(name, labelled, kind="int")
         if labelled.shape != labels.shape:
-            raise ValueError(f"{name} must have shape {tuple(labels.shape)}, got "
-                             f"{tuple(labelled.shape)}")
+            raise ValueError(
+                f"{name} must have shape {tuple(labels.shape)}, got {tuple(labelled.shape)}"
+            )
         if int(labelled.min()) < 0 or int(labelled.max()) >= len(PALETTE):
             raise ValueError(f"{name} must hold classes in [0, {len(PALETTE)})")
     palette = np.array(PALETTE)

@@ -15,6 +15,7 @@ from .maps import Maps, check_maps, flatten_maps
 
 __all__ = ["explorer"]
 
+
 def explorer(
     image: torch.Tensor,
     maps: Maps,
@@ -54,8 +55,11 @@ def explorer(
         with output:
             output.clear_output(wait=True)
             fig = plot_query_maps(
-                image, {f"{module.value} · {step.value}": maps[module.value][step.value]},
-                grid, [(row.value, col.value)], panel_size=3.5,
+                image,
+                {f"{module.value} · {step.value}": maps[module.value][step.value]},
+                grid,
+                [(row.value, col.value)],
+                panel_size=3.5,
             )
             display(fig)
             plt.close(fig)
@@ -70,6 +74,7 @@ def explorer(
         control.observe(redraw, names="value")
     controls = [widgets.HBox([row, col]), widgets.HBox([module, step])]
     if buttons:
+
         def pick(i: int, j: int) -> Callable[[Any], None]:
             def click(_: Any) -> None:
                 with row.hold_trait_notifications(), col.hold_trait_notifications():
