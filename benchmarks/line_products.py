@@ -8,8 +8,8 @@ function that calls ``sgemm_`` for the same products, and times all of them in t
 in one process on the shapes of the operator's sweeps at the benchmark's sizes:
 
 * energies, ``Q_i K_i^T``: (W x C') times (C' x W), the key read transposed in place;
-* aggregation, ``A_i V_i``: (W x W) times (W x C), the affinities with row stride
-  H + W - 1 as the operator stores them;
+* aggregation, ``A_i V_i``: (W x W) times (W x C) (each operand dense here; in the
+  operator the row affinities are read with the attention map's row stride H + W - 1);
 * the column versions of both, with H for W.
 
 Lines are split over threads by ``at::parallel_for`` with the operator's grain, and
