@@ -26,7 +26,8 @@ from ccnet_edu.ops import baselines
 
 # (B, C', C, H, W): odd, non-square, one row, one column, one pixel, batch > 1, and
 # one wide enough for several of the backward's column groups plus a partial one
-# (kGroup in csrc/cca_cpu.cpp) and its 8 x 8 transposes with row and channel tails.
+# (kGroup = 16 in csrc/cca_cpu.cpp: W = 37 is 16 + 16 + 5) and copy()'s square
+# vector-width transposes with row and channel tails.
 SHAPES = [
     (2, 5, 7, 5, 9),
     (1, 3, 4, 1, 6),
