@@ -46,6 +46,7 @@ from ccnet_edu import (  # noqa: E402
     models,
     ops,
     sa,
+    source,  # noqa: E402
     train,
     viz,
 )
@@ -84,6 +85,7 @@ MODULES = [
     "ccnet_edu.train",
     "ccnet_edu.sync_batchnorm",
     "ccnet_edu.train_cli",
+    "ccnet_edu.source",
     "ccnet_edu.ops",
 ]
 
@@ -180,6 +182,26 @@ Q, K, V = (lambda: fmap(1, 2, 3, 4)), (lambda: fmap(1, 2, 3, 4)), (lambda: fmap(
 # --------------------------------------------------------------------------- the table
 
 CASES = [
+    Case(source.source_markdown, lambda: source.source_markdown(42), TypeError, "obj must be"),
+    Case(
+        source.source_markdown,
+        lambda: source.source_markdown(source.show_source, "x"),
+        ValueError,
+        "start and stop",
+    ),
+    Case(
+        source.source_markdown,
+        lambda: source.source_markdown(source.show_source, 1, 2),
+        TypeError,
+        "start must be a str",
+    ),
+    Case(
+        source.source_markdown,
+        lambda: source.source_markdown(source.show_source, "nope", ")"),
+        ValueError,
+        "start: no line",
+    ),
+    Case(source.show_source, lambda: source.show_source(42), TypeError, "obj must be"),
     # functional
     Case(
         functional.criss_cross_attention,
