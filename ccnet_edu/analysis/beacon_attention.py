@@ -111,6 +111,10 @@ def effective_attention(model: nn.Module, out: dict) -> torch.Tensor | None:
     if head == "isa":
         h, w = out["features"].shape[-2:]
         return issa_attention_to_dense(attention, h, w, model.head.context.block_size, "combined")
+    if head == "axial":
+        from ..axial import axial_attention_to_dense
+
+        return axial_attention_to_dense(*attention)  # A_width @ A_height
     return None
 
 
