@@ -53,7 +53,14 @@ from ccnet_edu import (  # noqa: E402
 )
 from ccnet_edu import nonlocal_block as nl  # noqa: E402
 from ccnet_edu.analysis import __main__ as analysis_cli  # noqa: E402
-from ccnet_edu.analysis import compare, flops, memory, plots, propagation  # noqa: E402
+from ccnet_edu.analysis import (  # noqa: E402
+    beacon_attention,
+    compare,
+    flops,
+    memory,
+    plots,
+    propagation,
+)
 from ccnet_edu.ops import __main__ as ops_cli  # noqa: E402
 
 # Every module whose ``__all__`` is public surface.
@@ -1723,6 +1730,18 @@ CASES += [
         lambda: propagation.axial_reachability(3, True),
         TypeError,
         "width",
+    ),
+    Case(
+        beacon_attention.farthest_off_cross_query,
+        lambda: beacon_attention.farthest_off_cross_query(0),
+        ValueError,
+        "length",
+    ),
+    Case(
+        beacon_attention.farthest_off_cross_query,
+        lambda: beacon_attention.farthest_off_cross_query(5, val_seed=1.0),
+        TypeError,
+        "val_seed",
     ),
     Case(axial.relative_offsets, lambda: axial.relative_offsets(0, 2), ValueError, "length"),
     Case(
