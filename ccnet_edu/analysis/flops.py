@@ -63,6 +63,7 @@ __all__ = [
     "rcca_flops",
     "nonlocal_flops",
     "issa_flops",
+    "axial_flops",
     "duplicate_centre_flops",
 ]
 
@@ -341,6 +342,31 @@ def nonlocal_flops(
         "projections": 2 * batch * n * channels * (2 * qk_channels + channels),
         "energy": 2 * batch * n * n * qk_channels,
         "aggregation": 2 * batch * n * n * channels,
+    }
+    out["attention"] = out["energy"] + out["aggregation"]
+    out["total"] = out["projections"] + out["attention"]
+    return out
+
+
+def axial_flops(
+    height: int, width: int, channels: int, qk_channels: int, batch: int = 1
+) -> dict[str, int]:
+    """Closed-form forward FLOPs of axial attention, two passes (Ho et al.; Axial-DeepLab).
+
+    Each pass has CCA's three projections, ``2 N C (2 C' + C)``; the height pass
+    scores ``H`` keys per pixel, the width pass ``W``: ``energy = 2 N (H + W) C'``,
+    ``aggregation = 2 N (H + W) C``, with ``N = B H W``.  Softmax, the residual and
+    the optional positional terms are not counted.
+    """
+    _check_sizes(
+        height=height, width=width, channels=channels, qk_channels=qk_channels, batch=batch
+    )
+    n = batch * height * width
+    positions = n * (height + width)
+    out = {
+        "projections": 2 * 2 * n * channels * (2 * qk_channels + channels),
+        "energy": 2 * positions * qk_channels,
+        "aggregation": 2 * positions * channels,
     }
     out["attention"] = out["energy"] + out["aggregation"]
     out["total"] = out["projections"] + out["attention"]
