@@ -320,7 +320,7 @@ class OfficialISAModule(nn.Module):
 class OfficialISANetHead(nn.Module):
     """The head of openseg's ``ISANet`` (isanet.py), at any width.
 
-    ``isa_head``: conv 3x3 (default bias) C_in -> C, BNReLU, ``ISA_Module(C,
+    ``isa_head``: conv 3x3 (``bias=False``) C_in -> C, BNReLU, ``ISA_Module(C,
     key C // 2, value C, out C, dropout 0.05)``; ``cls_head``: conv 1x1 (with
     bias) -> classes.  The published code fixes C_in = 2048, C = 512.
     """
@@ -330,7 +330,7 @@ class OfficialISANetHead(nn.Module):
     ) -> None:
         super().__init__()
         self.isa_head = nn.Sequential(
-            nn.Conv2d(in_channels, channels, kernel_size=3, stride=1, padding=1),
+            nn.Conv2d(in_channels, channels, kernel_size=3, stride=1, padding=1, bias=False),
             bn_relu(channels),
             OfficialISAModule(
                 channels, channels // 2, channels, channels, down_factor, dropout=0.05
