@@ -11,7 +11,8 @@ forward computation, written here in our own words.  Nothing is imported from
   is BatchNorm followed by leaky ReLU with slope 0.01);
 * mmcv, open-mmlab/mmcv: ``mmcv/ops/cc_attention.py`` (``CrissCrossAttention``,
   the pure-PyTorch ``einsum`` form of mmcv >= 1.3.13);
-* ISSA, openseg-group/openseg.pytorch: ``lib/models/modules/isa_block.py``
+* ISSA, openseg-group/openseg.pytorch (master at commit aefc755):
+  ``lib/models/modules/isa_block.py``
   (``SelfAttentionBlock2D``, ``ISA_Block``, ``ISA_Module``) and
   ``lib/models/nets/isanet.py`` (the head of ``ISANet``), with ``bn_type``
   ``"torchbn"`` (``ModuleHelper.BNReLU`` = BatchNorm2d + ReLU);
