@@ -27,7 +27,10 @@ The counter does not know the fused criss-cross operator of
 operator computes exactly the ``H + W - 1`` energies and the aggregation of
 CCNet's Eqs. (1)-(2) (Huang et al., ICCV 2019, Sec. 3.2) for each pixel, and
 its backward twice that.  The formulas are passed per call
-(``custom_mapping``), so nothing breaks when the operator is not built.
+(``custom_mapping``), so nothing breaks when the operator is not built; an
+operator loaded only during the count (a fused module loads it on its first
+forward) is taught to the counter when it is first seen, and a ``ccnet_edu``
+operator without a formula raises instead of counting 0.
 
 Why the readable criss-cross attention measures slightly *more* than the
 closed form: :func:`ccnet_edu.functional.criss_cross_attention_reference`
@@ -48,7 +51,7 @@ from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, shape_wrapper
 
 from .._checks import check_bool, check_callable, check_int, check_positive_pair, check_str
 
@@ -197,6 +200,11 @@ class _EinsumMode(TorchFunctionMode):
         return out
 
 
+def _is_ccnet_edu_op(func_packet: object) -> bool:
+    """Whether ``func_packet`` is an operator of the ``ccnet_edu`` namespace."""
+    return str(getattr(func_packet, "_qualified_op_name", "")).startswith("ccnet_edu::")
+
+
 class AttentionFlopCounter(FlopCounterMode):
     """``FlopCounterMode`` taught the fused criss-cross operator and ``einsum``.
 
@@ -215,6 +223,16 @@ class AttentionFlopCounter(FlopCounterMode):
     def _count_flops(self, func_packet, out, args, kwargs):  # noqa: ANN001
         if self._silenced:
             return out
+        if func_packet not in self.flop_registry and _is_ccnet_edu_op(func_packet):
+            # The operator was loaded after this counter was made (a fused module loads it
+            # on its first forward, inside the counter): learn its formulas now.
+            for op, formula in flop_formulas().items():
+                self.flop_registry.setdefault(op, shape_wrapper(formula))
+            if func_packet not in self.flop_registry:
+                raise RuntimeError(
+                    f"no FLOP formula for the operator {func_packet}: "
+                    "add one to ccnet_edu.analysis.flops.flop_formulas"
+                )
         return super()._count_flops(func_packet, out, args, kwargs)
 
     def __enter__(self):
