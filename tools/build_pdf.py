@@ -191,8 +191,8 @@ PREPARE_JS = r"""
       citations++;
     }
   }
-  // In-page links whose target id is still not unique (the browser takes the first).
-  const ambiguous = [...document.querySelectorAll('a[href^="#"]')]
+  // Links in the printed text whose target id is still not unique (the browser takes the first).
+  const ambiguous = [...document.querySelectorAll('article.bd-article a[href^="#"]')]
     .map(a => decodeURIComponent(a.getAttribute('href').slice(1)))
     .filter(id => id && document.querySelectorAll(`[id="${CSS.escape(id)}"]`).length > 1);
 
