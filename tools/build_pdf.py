@@ -111,7 +111,17 @@ def build_singlehtml(work: Path, toc: dict[str, Any], strict: bool) -> Path:
     atomic_write_text(work / "_config.yml", yaml.safe_dump(config, sort_keys=False))
     atomic_write_text(work / "_toc.yml", yaml.safe_dump(toc, sort_keys=False))
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb), "build", str(ROOT), "--builder", "singlehtml", "--path-output", str(work)]
+    # --all: a fresh environment, so that a build of another toc (--chapters) leaves nothing behind.
+    cmd = [
+        str(jb),
+        "build",
+        str(ROOT),
+        "--builder",
+        "singlehtml",
+        "--path-output",
+        str(work),
+        "--all",
+    ]
     cmd += ["--config", str(work / "_config.yml"), "--toc", str(work / "_toc.yml")]
     cmd += ["-W", "--keep-going"] if strict else []
     log = work / "singlehtml.log"
@@ -180,6 +190,8 @@ PREPARE_JS = r"""
     }
   }
 
+  // The headings' own permalinks (hidden in print) would make every section a link target.
+  document.querySelectorAll('a.headerlink').forEach(a => a.remove());
   // Each page numbers its own ids ("id1", "id2", ...), so in the single page a bibliography
   // entry can share its id with a citation on another page: give the entries ids of their own.
   let citations = 0;
@@ -213,8 +225,6 @@ PREPARE_JS = r"""
   toc.innerHTML = '<h2>Contents</h2>';
   const entries = [];
   const unique = id => id && document.querySelectorAll(`[id="${CSS.escape(id)}"]`).length === 1;
-  // The headings' own permalinks (hidden in print) would make every section a link target.
-  document.querySelectorAll('a.headerlink').forEach(a => a.remove());
   const addRow = (section, heading, level) => {
     // Pages share section ids ("summary", "exercises"): where the section's id is not unique,
     // link to a fresh id on the heading instead.
