@@ -1,7 +1,8 @@
 # ccnet-edu: build the book and run every check.
 #   make book       build the rendered book into _build/html (strict: warnings are errors)
+#   make pdf        build the book as one PDF, _build/pdf/ccnet-edu.pdf (copied into _build/html)
 #   make test       ruff, the C++/CUDA op build, unit tests, the op tests under sanitizers and
-#                   another -mtune, nbval, strict book build, render test
+#                   another -mtune, nbval, strict book build, render test, PDF build and check
 #   make lab        JupyterLab on notebooks/
 #   make notebooks  re-execute every notebook in place, storing outputs and widget state
 #   make lock       re-resolve the dependencies and rewrite constraints.txt
@@ -39,7 +40,7 @@ exit $$rc
 endef
 
 .PHONY: help venv book book-strict book-assets check-toc test lint ops ops-sanitize ops-other-tune \
-        unit nbval render \
+        unit nbval render pdf pdf-check \
         notebooks lab lock clean
 
 help:  # the comment block at the top of this file, up to its first non-comment line
@@ -94,6 +95,32 @@ book-strict: venv book-assets check-toc
 	@n=$$(grep -c 'WARNING:' _build.log || true); echo "book build warnings: $$n"; \
 	if [ "$$n" != 0 ]; then exit 1; fi
 
+# The book as one PDF (tools/build_pdf.py): the single-page HTML build (`--builder singlehtml`,
+# from the stored outputs) printed by the headless Chromium that the render test already drives,
+# twice, so that the contents get their page numbers. Why not Jupyter Book's LaTeX builder: it
+# needs TeX Live (latexmk, texlive-latex-extra, texlive-xetex, texlive-fonts-recommended,
+# fonts-freefont-otf: 28 Debian 12 packages, 112 MB to download and 353 MB installed without
+# recommends, 245 MB / 700 MB with them, on every fresh CI machine), and LaTeX drops what the HTML
+# book shows: the notebooks' HTML tables and widget views fall back to their plain-text repr, SVG
+# needs a converter, and the maths would be TeX's rather than the MathJax the render test checks.
+# Printing the HTML keeps every output as the book renders it, needs only poppler-utils besides
+# (19 MB: the contents' page numbers and the checks) and fetches nothing.
+# `make pdf PDF_CHAPTERS=2` builds only the book's own pages and the first two chapters (quick).
+PDF_NAME     := ccnet-edu
+PDF          := _build/pdf/$(PDF_NAME).pdf
+PDF_CHAPTERS ?=
+
+pdf: venv book-assets check-toc
+	$(PY) tools/build_pdf.py --out $(PDF) $(if $(PDF_CHAPTERS),--chapters $(PDF_CHAPTERS))
+	@# The rendered book links to this copy (book/intro.md).
+	mkdir -p $(BOOK_HTML)
+	cp $(PDF) $(BOOK_HTML)/.$(PDF_NAME).pdf.tmp && mv $(BOOK_HTML)/.$(PDF_NAME).pdf.tmp $(BOOK_HTML)/$(PDF_NAME).pdf
+	@echo "The PDF is $(PDF) ($$(pdfinfo $(PDF) | awk '/^Pages:/ {print $$2}') pages)"
+
+# Builds the whole PDF and reads it back with poppler (tests/test_pdf.py).
+pdf-check: pdf
+	@export PDF_REQUIRED=1; $(call pytest,tests/test_pdf.py -p no:cacheprovider -v)
+
 # ---------------------------------------------------------------- tests
 lint: venv
 	$(BIN)/ruff check .
@@ -136,7 +163,7 @@ ops-other-tune: venv
 	$(call pytest,$(OPS_TESTS))
 
 unit: venv
-	@$(call pytest,tests/ --ignore=tests/test_book_render.py -p no:cacheprovider)
+	@$(call pytest,tests/ --ignore=tests/test_book_render.py --ignore=tests/test_pdf.py -p no:cacheprovider)
 
 nbval: venv
 	@$(call pytest,--nbval --nbval-current-env -p no:cacheprovider notebooks/)
@@ -154,6 +181,7 @@ test: venv
 	$(MAKE) --no-print-directory nbval
 	$(MAKE) --no-print-directory book-strict
 	$(MAKE) --no-print-directory render
+	$(MAKE) --no-print-directory pdf-check
 
 # ---------------------------------------------------------------- notebooks
 notebooks: venv
