@@ -36,6 +36,7 @@ import torch  # noqa: E402
 import ccnet_edu  # noqa: E402
 from ccnet_edu import (  # noqa: E402
     cca,
+    checkpoint,  # noqa: E402
     data,
     dense,
     functional,
@@ -1539,6 +1540,34 @@ CASES = [
         "meta",
     ),
     Case(models.load_checkpoint, lambda: models.load_checkpoint(3), TypeError, "path"),
+    Case(models.load_checkpoint, lambda: models.load_checkpoint(""), ValueError, "path"),
+    Case(
+        models.load_checkpoint,
+        lambda: models.load_checkpoint(_TMP),
+        ValueError,
+        "is a directory",
+        "a directory",
+    ),
+    Case(
+        checkpoint.payload_digest,
+        lambda: checkpoint.payload_digest([("format", 1)]),
+        TypeError,
+        "payload",
+    ),
+    Case(
+        checkpoint.payload_digest,
+        lambda: checkpoint.payload_digest({"format": "x", "config": {}, "meta": {}}),
+        ValueError,
+        "state_dict",
+    ),
+    Case(
+        checkpoint.payload_digest,
+        lambda: checkpoint.payload_digest(
+            {"format": "x", "config": {}, "meta": {"when": object()}, "state_dict": {}}
+        ),
+        TypeError,
+        "meta",
+    ),
     Case(
         models.load_checkpoint,
         lambda: models.load_checkpoint(models.CHECKPOINT_DIR / "fcn.pt", map_location="gpu0"),
