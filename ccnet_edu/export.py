@@ -184,7 +184,6 @@ def export_program(
     """
     model = _check_model(model)
     args = _as_args(example)
-    _check_dynamic(dynamic)
     if dynamic is True:
         shapes = dynamic_shapes(args)
     elif dynamic is False or dynamic is None:

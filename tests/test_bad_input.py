@@ -1663,12 +1663,6 @@ CASES = [
         "eval()",
         "training mode",
     ),
-    Case(
-        export.export_program,
-        lambda: export.export_program(eval_cca(), fmap(1, 8, 3, 4), dynamic=3),
-        TypeError,
-        "dynamic",
-    ),
     Case(export.dynamic_shapes, lambda: export.dynamic_shapes([1, 2]), TypeError, "example"),
     Case(export.fused_ops_in, lambda: export.fused_ops_in(eval_cca()), TypeError, "program"),
     Case(export.with_impl, lambda: export.with_impl({"cca": 1}, "fused"), TypeError, "model"),
