@@ -2,7 +2,7 @@
 
 Readable PyTorch implementations of criss-cross attention (CCNet) and its
 recurrent form, interlaced sparse self-attention (ISSA), squeeze-and-attention
-(SA), the non-local block, and the losses that go with them; an accelerated
+(SA), axial attention, the non-local block, and the losses that go with them; an accelerated
 criss-cross operator in C++/CUDA (:mod:`ccnet_edu.ops`); dense views for
 teaching and testing (:mod:`ccnet_edu.dense`); cost and propagation analysis
 (:mod:`ccnet_edu.analysis`), with time and peak memory measured by
@@ -35,6 +35,7 @@ _EXPORTS = {
     "SANetHead": "sa",
     "SANetLoss": "sa",
     "CategoryConsistentLoss": "losses",
+    "AxialAttention": "axial",
 }
 
 _SUBMODULES = (
@@ -43,6 +44,7 @@ _SUBMODULES = (
     "nonlocal_block",
     "issa",
     "sa",
+    "axial",
     "losses",
     "dense",
     "ops",

@@ -33,10 +33,13 @@ Padding.  ``H, W`` are padded with zeros up to multiples of ``P_h, P_w``; the
 padding is split evenly between top and bottom (left and right).  When the
 amount is odd the *extra* row goes to the **bottom** (the extra column to the
 **right**), as in the authors' ``ISA_Block``.  The padded positions **take
-part** in the attention like any other position (zero features before the
-projections; in the functional form without projections their key is the zero
-vector, so every query gives them the energy 0).  They are not masked, as in
-the authors' code.  The padding is cropped away at the end.  Everything
+part** in the attention like any other position.  The map is padded once,
+before the long step: there they hold zero features (in the functional form
+without projections their key is the zero vector, so every query gives them
+the energy 0).  In the short step they hold the long step's output, a
+weighted average over their long-range group that includes real pixels, so
+they are non-zero keys and values there.  They are not masked, as in the
+authors' code.  The padding is cropped away at the end.  Everything
 index-related below (groups, masks, dense matrices) lives on the *padded* grid
 of ``N' = H'·W'`` positions, flattened row-major.
 
@@ -654,7 +657,7 @@ class ISAHead(nn.Module):
 
     ::
 
-        x (C_in) -> reduce: 3x3 conv (with bias) -> C + BN + ReLU
+        x (C_in) -> reduce: 3x3 conv (no bias) -> C + BN + ReLU
                  -> issa:   InterlacedSparseSelfAttention(C, key C // 2, value C, out C)
                  -> concat [reduced, issa output]  (2C)
                  -> fuse:   1x1 conv (no bias) -> C + BN + ReLU + Dropout2d
@@ -663,8 +666,8 @@ class ISAHead(nn.Module):
     ``C`` is ``channels`` (default ``in_channels // 4``, e.g. 2048 -> 512 as in
     ISANet).  The ``issa`` + concat + ``fuse`` part is the authors'
     ``ISA_Module`` with one block size; ISANet adds the ``reduce`` convolution
-    before it (whose bias is redundant in front of BN but is kept, as there, so
-    that weights copy one to one) and the classifier after it.  The dropout
+    before it (``bias=False`` there, as here: the BN that follows would cancel
+    a bias) and the classifier after it.  The dropout
     default 0.05 is ISANet's.  ISANet's auxiliary head on the third backbone
     stage is not part of this module.
 
@@ -688,7 +691,7 @@ class ISAHead(nn.Module):
         _check_head_args(in_channels, num_classes, channels, block_size, dropout)
         channels = max(in_channels // 4, 1) if channels is None else channels
         self.in_channels = in_channels
-        self.reduce = conv_bn_relu(in_channels, channels, kernel_size=3, bias=True)
+        self.reduce = conv_bn_relu(in_channels, channels, kernel_size=3)
         self.issa = InterlacedSparseSelfAttention(channels, block_size)
         self.fuse = nn.Sequential(
             conv_bn_relu(2 * channels, channels, kernel_size=1), nn.Dropout2d(dropout)

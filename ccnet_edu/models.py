@@ -21,6 +21,7 @@ The network is ``backbone -> head -> upsample``:
   ``nonlocal``  :class:`~ccnet_edu.nonlocal_block.NonLocal2d` (CCNet form)
   ``isa``       :class:`~ccnet_edu.issa.InterlacedSparseSelfAttention`, 4x4 blocks
   ``sa``        :class:`~ccnet_edu.sa.SqueezeAttention` (pool 6: a 2x2 grid)
+  ``axial``     :class:`~ccnet_edu.axial.AxialAttention`: height pass, width pass
   ============  ===============================================================
 
   (CCNet's own head uses 3x3 convolutions around the attention; here they
@@ -78,7 +79,7 @@ __all__ = [
     *_CHECKPOINT_NAMES,
 ]
 
-HEADS = ("fcn", "rcca1", "rcca2", "nonlocal", "isa", "sa")
+HEADS = ("fcn", "rcca1", "rcca2", "nonlocal", "isa", "sa", "axial")
 
 
 class Backbone(nn.Module):
@@ -133,6 +134,10 @@ def make_context(head: str, channels: int) -> nn.Module | None:
         from .sa import SqueezeAttention
 
         return SqueezeAttention(channels, channels, pool=6)
+    if head == "axial":
+        from .axial import AxialAttention
+
+        return AxialAttention(channels)
     raise ValueError(f"head must be one of {HEADS}, got {head!r}")
 
 

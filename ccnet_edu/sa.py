@@ -18,9 +18,10 @@ Design choices of this library (documented because papers and code differ):
 * ``conv_main``: 3x3 conv + BN + ReLU to ``out_channels`` (paper: C/4).
 * ``conv_att``: 3x3 conv + BN + ReLU, then a 1x1 conv and a *gate*.  The
   default gate is a sigmoid, so ``x_att`` is an attention map in (0, 1) that
-  can be looked at.  The public SANet code ends the attention branch with
-  conv + BN + ReLU instead (no sigmoid; ``x_att >= 0`` and unbounded);
-  ``gate="relu"`` reproduces that.
+  can be looked at.  ``gate="relu"`` replaces the sigmoid by a ReLU (the
+  branch then ends in the 1x1 conv + ReLU, no BN after it), so ``x_att >= 0``
+  and unbounded.  Neither gate restates published code (the book links
+  none and tests against none).
 * Pooling: average pooling with kernel = stride = ``pool`` and
   ``ceil_mode=True``, so a size that ``pool`` does not divide keeps a last,
   smaller window (averaged over the pixels it holds).  Upsampling copies each
@@ -87,8 +88,8 @@ class SqueezeAttention(nn.Module):
         in_channels: C of the input.
         out_channels: channels of both branches (default ``in_channels // 4``, at least 1).
         pool: pooling (and upsampling) factor, an int or ``(p_h, p_w)`` (paper: 8).
-        gate: ``"sigmoid"`` (default, ``x_att`` in (0, 1)) or ``"relu"`` (as the
-            public SANet code).
+        gate: ``"sigmoid"`` (default, ``x_att`` in (0, 1)) or ``"relu"``
+            (``x_att >= 0``, unbounded).
     """
 
     def __init__(

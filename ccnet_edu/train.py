@@ -78,6 +78,7 @@ SHIPPED = {
     "nonlocal": ("nonlocal", False),
     "isa": ("isa", False),
     "sa": ("sa", False),
+    "axial": ("axial", False),
     "rcca2_ccl": ("rcca2", True),
 }
 # Pixels farther than this (Chebyshev, in pixels) from the beacon are "far":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import subprocess
 import sys
 
@@ -126,6 +127,31 @@ def test_fused_backward_flops_twice_forward():
     assert count_flops(attend, q, k, v) == forward
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     assert count_flops(attend, q, k, v, backward=True) == 3 * forward
+
+
+_FRESH_FUSED_COUNT = """
+import json, torch
+from ccnet_edu.analysis import flops
+from ccnet_edu.cca import RecurrentCrissCrossAttention
+assert not hasattr(torch.ops.ccnet_edu, "criss_cross_attention")  # not loaded yet
+x = torch.empty(1, 16, 9, 11, device="meta")
+block = RecurrentCrissCrossAttention(16, 2, 4, impl="fused").to("meta")
+print(json.dumps([flops.flops_by_kind(block, x), flops.cca_flops(9, 11, 16, 4)]))
+"""
+
+
+@needs_fused
+def test_fused_module_counted_in_a_fresh_process():
+    # The first forward of a fused module loads the operator inside the counter; its
+    # attention must still be counted (it was counted as 0 before the counter learned
+    # formulas lazily).
+    result = subprocess.run(
+        [sys.executable, "-c", _FRESH_FUSED_COUNT], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    split, closed = json.loads(result.stdout.splitlines()[-1])
+    assert split["attention"] == 2 * (closed["energy"] + closed["aggregation"])
+    assert split["projections"] == 2 * closed["projections"]
 
 
 @pytest.mark.parametrize("size", [(5, 7), (16, 16), (9, 3)])

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 import ccnet_edu  # noqa: E402
 from ccnet_edu import (  # noqa: E402
+    axial,
     cca,
     checkpoint,  # noqa: E402
     data,
@@ -60,7 +61,14 @@ from ccnet_edu import (  # noqa: E402
 )
 from ccnet_edu import nonlocal_block as nl  # noqa: E402
 from ccnet_edu.analysis import __main__ as analysis_cli  # noqa: E402
-from ccnet_edu.analysis import compare, flops, memory, plots, propagation  # noqa: E402
+from ccnet_edu.analysis import (  # noqa: E402
+    beacon_attention,
+    compare,
+    flops,
+    memory,
+    plots,
+    propagation,
+)
 from ccnet_edu.ops import __main__ as ops_cli  # noqa: E402
 from ccnet_edu.ops import benchmark as ops_bench  # noqa: E402
 
@@ -88,6 +96,7 @@ MODULES = [
     "ccnet_edu.nonlocal_block",
     "ccnet_edu.issa",
     "ccnet_edu.sa",
+    "ccnet_edu.axial",
     "ccnet_edu.losses",
     "ccnet_edu.dense",
     "ccnet_edu.layers",
@@ -2125,6 +2134,207 @@ CASES = [
         SystemExit,
         "--csv",
         "a directory",
+    ),
+]
+
+
+CASES += [
+    Case(flops.axial_flops, lambda: flops.axial_flops(9, 9, 0, 4), ValueError, "channels"),
+    Case(flops.axial_flops, lambda: flops.axial_flops(9, 9.0, 8, 4), TypeError, "width"),
+    Case(
+        propagation.axial_reachability,
+        lambda: propagation.axial_reachability(0, 4),
+        ValueError,
+        "height",
+    ),
+    Case(
+        propagation.axial_reachability,
+        lambda: propagation.axial_reachability(3, True),
+        TypeError,
+        "width",
+    ),
+    Case(
+        beacon_attention.farthest_off_cross_query,
+        lambda: beacon_attention.farthest_off_cross_query(0),
+        ValueError,
+        "length",
+    ),
+    Case(
+        beacon_attention.farthest_off_cross_query,
+        lambda: beacon_attention.farthest_off_cross_query(5, val_seed=1.0),
+        TypeError,
+        "val_seed",
+    ),
+    Case(axial.relative_offsets, lambda: axial.relative_offsets(0, 2), ValueError, "length"),
+    Case(
+        axial.relative_offsets,
+        lambda: axial.relative_offsets(4, 2.0),
+        TypeError,
+        "span",
+        "float for int",
+    ),
+    Case(axial.relative_offsets, lambda: axial.relative_offsets(4, 2, 3), TypeError, "device"),
+    Case(
+        axial.axial_line_attention,
+        lambda: axial.axial_line_attention(Q(), K(), V(), axis="depth"),
+        ValueError,
+        "axis",
+    ),
+    Case(
+        axial.axial_line_attention,
+        lambda: axial.axial_line_attention(fmap(2, 3, 4), K(), V(), axis="height"),
+        ValueError,
+        "query",
+        "rank",
+    ),
+    Case(
+        axial.axial_line_attention,
+        lambda: axial.axial_line_attention(Q(), K(), V(), axis="width", heads=True),
+        TypeError,
+        "heads",
+        "bool for int",
+    ),
+    Case(
+        axial.axial_line_attention,
+        lambda: axial.axial_line_attention(Q(), K(), V(), axis="width", heads=2),
+        ValueError,
+        "heads",
+    ),
+    Case(
+        axial.axial_line_attention,
+        lambda: axial.axial_line_attention(Q(), K(), fmap(1, 5, 3, 4, device="meta"), axis="width"),
+        ValueError,
+        "device",
+        "devices",
+    ),
+    Case(
+        axial.axial_line_attention,
+        lambda: axial.axial_line_attention(Q(), K(), V(), axis="width", rel_query=torch.ones(4, 2)),
+        ValueError,
+        "rel_query",
+    ),
+    Case(
+        axial.axial_line_attention,
+        lambda: axial.axial_line_attention(
+            Q(), K(), V(), axis="width", rel_query=torch.ones(3, 2), rel_value=torch.ones(5, 5)
+        ),
+        ValueError,
+        "one span",
+    ),
+    Case(
+        axial.axial_line_attention,
+        lambda: axial.axial_line_attention(Q(), K(), V(), axis="width", span=0),
+        ValueError,
+        "span",
+    ),
+    Case(
+        axial.axial_line_attention,
+        lambda: axial.axial_line_attention(Q(), K(), V(), axis="width", span=2, impl="flex"),
+        ValueError,
+        "impl",
+    ),
+    Case(
+        axial.axial_line_attention,
+        lambda: axial.axial_line_attention(Q(), K(), V(), axis="width", impl="fused"),
+        ValueError,
+        "impl",
+    ),
+    Case(
+        axial.axial_line_attention,
+        lambda: axial.axial_line_attention(
+            fmap(1, 2, 0, 4), fmap(1, 2, 0, 4), fmap(1, 5, 0, 4), axis="width"
+        ),
+        ValueError,
+        "query",
+        "empty",
+    ),
+    Case(axial.axial_mask, lambda: axial.axial_mask(3, 4, "diagonal"), ValueError, "axis"),
+    Case(axial.axial_mask, lambda: axial.axial_mask(3, -4, "width"), ValueError, "width"),
+    Case(
+        axial.axial_mask,
+        lambda: axial.axial_mask(3, 4, "width", span=NAN),
+        TypeError,
+        "span",
+        "NaN",
+    ),
+    Case(
+        axial.axial_attention_to_dense,
+        lambda: axial.axial_attention_to_dense(torch.rand(1, 1, 3, 4, 4)),
+        ValueError,
+        "attention_height",
+    ),
+    Case(
+        axial.axial_attention_to_dense,
+        lambda: axial.axial_attention_to_dense(torch.rand(1, 3, 4, 3)),
+        ValueError,
+        "attention_height",
+        "rank",
+    ),
+    Case(
+        axial.axial_attention_to_dense,
+        lambda: axial.axial_attention_to_dense(
+            torch.rand(1, 1, 3, 4, 3), torch.rand(1, 1, 3, 4, 3)
+        ),
+        ValueError,
+        "attention_width",
+    ),
+    Case(
+        axial.AxialAttentionLayer, lambda: axial.AxialAttentionLayer(8, "rows"), ValueError, "axis"
+    ),
+    Case(
+        axial.AxialAttentionLayer,
+        lambda: axial.AxialAttentionLayer(0, "width"),
+        ValueError,
+        "in_channels",
+    ),
+    Case(
+        axial.AxialAttentionLayer,
+        lambda: axial.AxialAttentionLayer(8, "width", heads=3),
+        ValueError,
+        "heads",
+    ),
+    Case(
+        axial.AxialAttentionLayer,
+        lambda: axial.AxialAttentionLayer(8, "width", positional=True),
+        ValueError,
+        "span",
+    ),
+    Case(
+        axial.AxialAttentionLayer,
+        lambda: axial.AxialAttentionLayer(8, "width", positional=1),
+        TypeError,
+        "positional",
+    ),
+    Case(
+        axial.AxialAttentionLayer,
+        lambda: axial.AxialAttentionLayer(8, "width")(fmap(1, 4, 3, 3)),
+        ValueError,
+        "x",
+    ),
+    Case(
+        axial.AxialAttention,
+        lambda: axial.AxialAttention(8, qk_channels=0),
+        ValueError,
+        "qk_channels",
+    ),
+    Case(
+        axial.AxialAttention,
+        lambda: axial.AxialAttention(8, span=5000, positional=True),
+        ValueError,
+        "span",
+    ),
+    Case(
+        axial.AxialAttention,
+        lambda: axial.AxialAttention(8)(fmap(1, 8, 3, 3, device="meta")),
+        ValueError,
+        "device",
+        "devices",
+    ),
+    Case(
+        axial.AxialAttention,
+        lambda: axial.AxialAttention(8)(fmap(1, 8, 3, 3), return_attention="yes"),
+        TypeError,
+        "return_attention",
     ),
 ]
 

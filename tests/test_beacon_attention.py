@@ -131,3 +131,16 @@ def test_far_query_attention_restores_training_mode():
     model = _model("rcca2").train()
     ba.far_query_attention(model, length=2)
     assert model.training
+
+
+def test_farthest_off_cross_query_is_the_farthest_far_cell_off_the_cross():
+    index, sample, (r, c) = ba.farthest_off_cross_query()
+    for earlier in range(index):  # no earlier image has a far query off the cross
+        s = make_sample(10_000, earlier)
+        assert not (ba.far_query_cells(s) & ba.off_cross(ba.cells_seeing_beacon(s))).any()
+    off = ba.far_query_cells(sample) & ba.off_cross(ba.cells_seeing_beacon(sample))
+    assert off[r, c]
+    br, bc = sample["beacon_corner"]
+    distances = [max(abs(8 * i - br), abs(8 * j - bc)) for i, j in off.nonzero().tolist()]
+    assert max(abs(8 * r - br), abs(8 * c - bc)) == max(distances)
+    assert ba.farthest_off_cross_query(length=index) is None

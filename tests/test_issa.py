@@ -285,7 +285,7 @@ def test_query_and_key_are_two_conv_bn_relu_layers_as_in_the_authors_code():
 
 def test_isa_head_follows_isanet():
     head = ISAHead(16, num_classes=5)
-    assert head.reduce[0].kernel_size == (3, 3) and head.reduce[0].bias is not None
+    assert head.reduce[0].kernel_size == (3, 3) and head.reduce[0].bias is None
     assert head.fuse[0][0].bias is None and head.fuse[1].p == 0.05
     assert head.issa.long_range.key_channels == 2  # channels // 2, as ISANet's 512 -> 256
 

@@ -11,7 +11,8 @@ forward computation, written here in our own words.  Nothing is imported from
   is BatchNorm followed by leaky ReLU with slope 0.01);
 * mmcv, open-mmlab/mmcv: ``mmcv/ops/cc_attention.py`` (``CrissCrossAttention``,
   the pure-PyTorch ``einsum`` form of mmcv >= 1.3.13);
-* ISSA, openseg-group/openseg.pytorch: ``lib/models/modules/isa_block.py``
+* ISSA, openseg-group/openseg.pytorch (master at commit aefc755):
+  ``lib/models/modules/isa_block.py``
   (``SelfAttentionBlock2D``, ``ISA_Block``, ``ISA_Module``) and
   ``lib/models/nets/isanet.py`` (the head of ``ISANet``), with ``bn_type``
   ``"torchbn"`` (``ModuleHelper.BNReLU`` = BatchNorm2d + ReLU);
@@ -320,7 +321,7 @@ class OfficialISAModule(nn.Module):
 class OfficialISANetHead(nn.Module):
     """The head of openseg's ``ISANet`` (isanet.py), at any width.
 
-    ``isa_head``: conv 3x3 (default bias) C_in -> C, BNReLU, ``ISA_Module(C,
+    ``isa_head``: conv 3x3 (``bias=False``) C_in -> C, BNReLU, ``ISA_Module(C,
     key C // 2, value C, out C, dropout 0.05)``; ``cls_head``: conv 1x1 (with
     bias) -> classes.  The published code fixes C_in = 2048, C = 512.
     """
@@ -330,7 +331,7 @@ class OfficialISANetHead(nn.Module):
     ) -> None:
         super().__init__()
         self.isa_head = nn.Sequential(
-            nn.Conv2d(in_channels, channels, kernel_size=3, stride=1, padding=1),
+            nn.Conv2d(in_channels, channels, kernel_size=3, stride=1, padding=1, bias=False),
             bn_relu(channels),
             OfficialISAModule(
                 channels, channels // 2, channels, channels, down_factor, dropout=0.05

@@ -60,7 +60,7 @@ def test_heads_run_on_meta(head):
 
 def test_context_reaches_far_pixels_only_with_context():
     """The FCN head's output at one corner ignores the opposite corner; RCCA (R=2) does not."""
-    for head, expect_far in (("fcn", False), ("rcca2", True), ("nonlocal", True)):
+    for head, expect_far in (("fcn", False), ("rcca2", True), ("nonlocal", True), ("axial", True)):
         torch.manual_seed(0)
         model = SegmentationModel(head).eval()
         for p in model.parameters():  # gamma = 0 at init would hide the attention path

@@ -33,6 +33,7 @@ from .compare import (
 )
 from .flops import (
     AttentionFlopCounter,
+    axial_flops,
     cca_flops,
     count_flops,
     duplicate_centre_flops,
@@ -45,6 +46,7 @@ from .flops import (
     rcca_flops,
 )
 from .memory import (
+    MAP_KINDS,
     PeakMemory,
     SavedTensor,
     SavedTensors,
@@ -55,6 +57,7 @@ from .memory import (
     saved_tensors,
 )
 from .propagation import (
+    axial_reachability,
     boolean_matmul,
     boolean_power,
     conv_stack,
@@ -79,6 +82,7 @@ __all__ = [
     "scaling_sweep",
     "write_csv",
     "AttentionFlopCounter",
+    "axial_flops",
     "cca_flops",
     "count_flops",
     "duplicate_centre_flops",
@@ -93,10 +97,12 @@ __all__ = [
     "SavedTensor",
     "SavedTensors",
     "StorageTracker",
+    "MAP_KINDS",
     "attention_map_bytes",
     "peak_memory",
     "saved_bytes",
     "saved_tensors",
+    "axial_reachability",
     "boolean_matmul",
     "boolean_power",
     "conv_stack",

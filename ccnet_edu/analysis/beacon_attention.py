@@ -41,6 +41,7 @@ __all__ = [
     "cells_seeing_beacon",
     "far_query_cells",
     "off_cross",
+    "farthest_off_cross_query",
     "effective_attention",
     "FarQueries",
     "far_query_attention",
@@ -97,6 +98,30 @@ def off_cross(seeing: torch.Tensor) -> torch.Tensor:
     return ~seeing.any(1)[:, None] & ~seeing.any(0)[None, :]
 
 
+def farthest_off_cross_query(
+    length: int = 200, val_seed: int = 10_000
+) -> tuple[int, dict, tuple[int, int]] | None:
+    """The first validation image with a far query off the cross, and its farthest such cell.
+
+    Returns ``(index, sample, (row, column))`` (the cell of the feature grid whose
+    centre is farthest, in Chebyshev distance, from the beacon's corner), or ``None``
+    when none of the ``length`` images of ``val_seed`` has one.
+    """
+    length = check_int("length", length, minimum=1, maximum=100_000)
+    val_seed = check_int("val_seed", val_seed, minimum=0)
+    for index in range(length):
+        sample = make_sample(val_seed, index)
+        off = far_query_cells(sample) & off_cross(cells_seeing_beacon(sample))
+        if off.any():
+            h, w = off.shape
+            br, bc = sample["beacon_corner"]
+            rows = (STRIDE * torch.arange(h) - br).abs()[:, None]  # (h, 1)
+            cols = (STRIDE * torch.arange(w) - bc).abs()[None, :]  # (1, w)
+            distance = torch.maximum(rows, cols) * off  # (h, w), 0 where not an off-cross query
+            return index, sample, divmod(int(distance.argmax()), w)
+    return None
+
+
 def effective_attention(model: nn.Module, out: dict) -> torch.Tensor | None:
     """The (B, N, N) effective attention of ``model`` from its ``return_all`` output.
 
@@ -111,6 +136,10 @@ def effective_attention(model: nn.Module, out: dict) -> torch.Tensor | None:
     if head == "isa":
         h, w = out["features"].shape[-2:]
         return issa_attention_to_dense(attention, h, w, model.head.context.block_size, "combined")
+    if head == "axial":
+        from ..axial import axial_attention_to_dense
+
+        return axial_attention_to_dense(*attention)  # A_width @ A_height
     return None
 
 

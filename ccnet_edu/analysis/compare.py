@@ -44,8 +44,8 @@ from .._checks import (
 )
 from .._io import atomic_write_csv
 from ..measure import Timing, time_ms
-from .flops import count_flops, issa_flops, nonlocal_flops, rcca_flops
-from .memory import attention_map_bytes, peak_memory, saved_tensors
+from .flops import axial_flops, count_flops, issa_flops, nonlocal_flops, rcca_flops
+from .memory import MAP_KINDS, attention_map_bytes, peak_memory, saved_tensors
 
 __all__ = [
     "Candidate",
@@ -80,7 +80,7 @@ class Candidate:
         if self.formula_flops is not None:
             check_callable("formula_flops", self.formula_flops)
         if self.map_kind is not None:
-            check_choice("map_kind", self.map_kind, ("dense", "criss_cross", "issa"))
+            check_choice("map_kind", self.map_kind, MAP_KINDS)
         check_int("recurrence", self.recurrence, minimum=1)
 
 
@@ -100,7 +100,7 @@ class Row:
 
 
 _IMPLS = ("auto", "fused", "reference")
-_INCLUDE = ("non-local", "rcca", "issa", "sa")
+_INCLUDE = ("non-local", "rcca", "issa", "sa", "axial")
 
 
 def _check_include(include: object) -> set[str]:
@@ -147,7 +147,9 @@ def paper_candidates(
       output channels C, each step with the authors' two-layer query and key
       projections;
     * SA: :class:`~ccnet_edu.SqueezeAttention` with the paper's defaults
-      (branches at C/4 channels, pooling 8).
+      (branches at C/4 channels, pooling 8);
+    * axial (only when ``include`` names it): :class:`~ccnet_edu.axial.AxialAttention`,
+      key channels C', one head, no positional terms: CCA's energies, two passes.
     """
     from ..cca import RecurrentCrissCrossAttention
     from ..issa import InterlacedSparseSelfAttention
@@ -197,6 +199,17 @@ def paper_candidates(
         )
     if "sa" in include:
         out.append(Candidate("SA (pool 8)", lambda: SqueezeAttention(channels)))
+    if "axial" in include:
+        from ..axial import AxialAttention
+
+        out.append(
+            Candidate(
+                "axial (2 passes)",
+                lambda: AxialAttention(channels, qk_channels=qk_channels),
+                lambda h, w: axial_flops(h, w, channels, qk_channels)["total"],
+                "axial",
+            )
+        )
     return out
 
 

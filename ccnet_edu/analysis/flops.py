@@ -27,7 +27,10 @@ The counter does not know the fused criss-cross operator of
 operator computes exactly the ``H + W - 1`` energies and the aggregation of
 CCNet's Eqs. (1)-(2) (Huang et al., ICCV 2019, Sec. 3.2) for each pixel, and
 its backward twice that.  The formulas are passed per call
-(``custom_mapping``), so nothing breaks when the operator is not built.
+(``custom_mapping``), so nothing breaks when the operator is not built; an
+operator loaded only during the count (a fused module loads it on its first
+forward) is taught to the counter when it is first seen, and a ``ccnet_edu``
+operator without a formula raises instead of counting 0.
 
 Why the readable criss-cross attention measures slightly *more* than the
 closed form: :func:`ccnet_edu.functional.criss_cross_attention_reference`
@@ -48,7 +51,7 @@ from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, shape_wrapper
 
 from .._checks import check_bool, check_callable, check_int, check_positive_pair, check_str
 
@@ -63,6 +66,7 @@ __all__ = [
     "rcca_flops",
     "nonlocal_flops",
     "issa_flops",
+    "axial_flops",
     "duplicate_centre_flops",
 ]
 
@@ -196,6 +200,11 @@ class _EinsumMode(TorchFunctionMode):
         return out
 
 
+def _is_ccnet_edu_op(func_packet: object) -> bool:
+    """Whether ``func_packet`` is an operator of the ``ccnet_edu`` namespace."""
+    return str(getattr(func_packet, "_qualified_op_name", "")).startswith("ccnet_edu::")
+
+
 class AttentionFlopCounter(FlopCounterMode):
     """``FlopCounterMode`` taught the fused criss-cross operator and ``einsum``.
 
@@ -214,6 +223,16 @@ class AttentionFlopCounter(FlopCounterMode):
     def _count_flops(self, func_packet, out, args, kwargs):  # noqa: ANN001
         if self._silenced:
             return out
+        if func_packet not in self.flop_registry and _is_ccnet_edu_op(func_packet):
+            # The operator was loaded after this counter was made (a fused module loads it
+            # on its first forward, inside the counter): learn its formulas now.
+            for op, formula in flop_formulas().items():
+                self.flop_registry.setdefault(op, shape_wrapper(formula))
+            if func_packet not in self.flop_registry:
+                raise RuntimeError(
+                    f"no FLOP formula for the operator {func_packet}: "
+                    "add one to ccnet_edu.analysis.flops.flop_formulas"
+                )
         return super()._count_flops(func_packet, out, args, kwargs)
 
     def __enter__(self):
@@ -341,6 +360,31 @@ def nonlocal_flops(
         "projections": 2 * batch * n * channels * (2 * qk_channels + channels),
         "energy": 2 * batch * n * n * qk_channels,
         "aggregation": 2 * batch * n * n * channels,
+    }
+    out["attention"] = out["energy"] + out["aggregation"]
+    out["total"] = out["projections"] + out["attention"]
+    return out
+
+
+def axial_flops(
+    height: int, width: int, channels: int, qk_channels: int, batch: int = 1
+) -> dict[str, int]:
+    """Closed-form forward FLOPs of axial attention, two passes (Ho et al.; Axial-DeepLab).
+
+    Each pass has CCA's three projections, ``2 N C (2 C' + C)``; the height pass
+    scores ``H`` keys per pixel, the width pass ``W``: ``energy = 2 N (H + W) C'``,
+    ``aggregation = 2 N (H + W) C``, with ``N = B H W``.  Softmax, the residual and
+    the optional positional terms are not counted.
+    """
+    _check_sizes(
+        height=height, width=width, channels=channels, qk_channels=qk_channels, batch=batch
+    )
+    n = batch * height * width
+    positions = n * (height + width)
+    out = {
+        "projections": 2 * 2 * n * channels * (2 * qk_channels + channels),
+        "energy": 2 * positions * qk_channels,
+        "aggregation": 2 * positions * channels,
     }
     out["attention"] = out["energy"] + out["aggregation"]
     out["total"] = out["projections"] + out["attention"]

@@ -58,6 +58,7 @@ __all__ = [
     "PeakMemory",
     "peak_memory",
     "StorageTracker",
+    "MAP_KINDS",
     "attention_map_bytes",
 ]
 
@@ -218,6 +219,10 @@ def peak_memory(
 # ---------------------------------------------------------------------------
 
 
+#: The kinds of :func:`attention_map_bytes`.
+MAP_KINDS = ("dense", "criss_cross", "issa", "axial")
+
+
 def attention_map_bytes(
     kind: str,
     height: int,
@@ -227,11 +232,12 @@ def attention_map_bytes(
     block_size: tuple[int, int] = (8, 8),
 ) -> int:
     """Bytes of one attention map: ``"dense"`` N², ``"criss_cross"`` N (H+W-1),
-    ``"issa"`` N' (Q_h Q_w + P_h P_w) (both steps, padded grid).
+    ``"issa"`` N' (Q_h Q_w + P_h P_w) (both steps, padded grid), ``"axial"``
+    N (H + W) (both passes).
 
     A formula, shown *beside* the measurements, never instead of them.
     """
-    check_choice("kind", kind, ("dense", "criss_cross", "issa"))
+    check_choice("kind", kind, MAP_KINDS)
     height = check_int("height", height, minimum=1)
     width = check_int("width", width, minimum=1)
     batch = check_int("batch", batch, minimum=1)
@@ -244,10 +250,12 @@ def attention_map_bytes(
         values = n * n
     elif kind == "criss_cross":
         values = n * (height + width - 1)
+    elif kind == "axial":
+        values = n * (height + width)
     elif kind == "issa":
         p_h, p_w = block_size
         q_h, q_w = math.ceil(height / p_h), math.ceil(width / p_w)
         values = q_h * p_h * q_w * p_w * (q_h * q_w + p_h * p_w)
     else:
-        raise ValueError(f"kind must be 'dense', 'criss_cross' or 'issa', got {kind!r}")
+        raise ValueError(f"kind must be one of {MAP_KINDS}, got {kind!r}")
     return batch * values * itemsize

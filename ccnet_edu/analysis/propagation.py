@@ -48,6 +48,7 @@ __all__ = [
     "boolean_power",
     "criss_cross_reachability",
     "issa_reachability",
+    "axial_reachability",
     "influence_map",
     "conv_stack",
 ]
@@ -143,6 +144,18 @@ def criss_cross_reachability(height: int, width: int, recurrence: int = 1) -> to
     """
     check_int("recurrence", recurrence, minimum=1)
     return boolean_power(criss_cross_mask(height, width), recurrence)
+
+
+def axial_reachability(height: int, width: int) -> torch.Tensor:
+    """Bool (N, N), ``N = H W``: can output ``u`` depend on input ``p`` after one axial layer?
+
+    The height pass first (pattern ``M_h``: same column), then the width pass
+    (``M_w``: same row): the product ``M_w · M_h``, every entry True -- ``u``
+    reaches ``p`` through the pixel in ``u``'s row and ``p``'s column.
+    """
+    from ..axial import axial_mask
+
+    return boolean_matmul(axial_mask(height, width, "width"), axial_mask(height, width, "height"))
 
 
 def issa_reachability(

@@ -39,12 +39,18 @@ def _gray(image: torch.Tensor) -> np.ndarray:
 
 
 def overlay(
-    ax: plt.Axes, image: torch.Tensor, amap: np.ndarray, query: tuple[int, int], title: str
+    ax: plt.Axes,
+    image: torch.Tensor,
+    amap: np.ndarray,
+    query: tuple[int, int],
+    title: str,
+    show_peak: bool = False,
 ) -> None:
     """Grey image, the map on top (scaled to its own maximum), the query cell outlined.
 
     One panel of :func:`plot_query_maps` and of each frame of
-    :func:`ccnet_edu.viz.animation.attention_animation`.
+    :func:`ccnet_edu.viz.animation.attention_animation`.  With ``show_peak`` the
+    title also gives the panel's maximum weight, the value its brightest colour stands for.
     """
     height, width = image.shape[-2:]
     h, w = amap.shape
@@ -71,7 +77,7 @@ def overlay(
             linewidth=1.5,
         )
     )
-    ax.set_title(title, fontsize=9)
+    ax.set_title(f"{title}\nmax {float(amap.max()):.3g}" if show_peak else title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -88,7 +94,9 @@ def plot_query_maps(
 
     ``maps`` is nested ``{module: {step: (N, N)}}`` or flat ``{title: (N, N)}``.
     Each panel is scaled to its own maximum (a dense map spreads its weight over
-    N pixels, a criss-cross map over H + W - 1: absolute colours would hide one).
+    N pixels, a criss-cross map over H + W - 1: absolute colours would hide one);
+    the maximum is in the panel's title and one colour bar gives the scale as a
+    fraction of it.
     """
     check_image(image)
     grid = check_grid(grid)
@@ -117,8 +125,10 @@ def plot_query_maps(
         ax.set_xticks([])
         ax.set_yticks([])
         for c, (title, matrix) in enumerate(flat.items(), start=1):
-            overlay(axes[r, c], image, query_map_array(matrix, query, grid), query, title)
+            overlay(axes[r, c], image, query_map_array(matrix, query, grid), query, title, True)
     fig.tight_layout()
+    scale = plt.cm.ScalarMappable(cmap="inferno", norm=plt.Normalize(0, 1))
+    fig.colorbar(scale, ax=axes[:, 1:], fraction=0.02, pad=0.01, label="weight / panel max")
     return fig
 
 

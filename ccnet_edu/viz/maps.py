@@ -96,6 +96,15 @@ def model_attention_maps(
         return {"ISSA": steps}, grid
     if head == "sa":
         return {"SA": {"pooled support": squeeze_support(grid, context.pool)}}, grid
+    if head == "axial":
+        from ..axial import axial_attention_to_dense
+
+        attention_height, attention_width = attention
+        steps = {
+            "height pass": axial_attention_to_dense(attention_height)[0],
+            "both passes": axial_attention_to_dense(attention_height, attention_width)[0],
+        }
+        return {"axial": steps}, grid
     return {}, grid
 
 
