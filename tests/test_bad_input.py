@@ -253,6 +253,24 @@ Q, K, V = (lambda: fmap(1, 2, 3, 4)), (lambda: fmap(1, 2, 3, 4)), (lambda: fmap(
 # --------------------------------------------------------------------------- the table
 
 CASES = [
+    Case(source.source_lines, lambda: source.source_lines(42, "x"), TypeError, "obj must be"),
+    Case(
+        source.source_lines,
+        lambda: source.source_lines(source.show_source, "no such line"),
+        ValueError,
+        "first",
+    ),
+    Case(
+        source.source_lines, lambda: source.source_lines(source.show_source, 3), TypeError, "first"
+    ),
+    Case(source.paper_beside_markdown, lambda: source.paper_beside_markdown(), ValueError, "rows"),
+    Case(
+        source.paper_beside_markdown,
+        lambda: source.paper_beside_markdown("a row"),
+        TypeError,
+        "each row",
+    ),
+    Case(source.paper_beside_code, lambda: source.paper_beside_code(), ValueError, "rows"),
     Case(source.source_markdown, lambda: source.source_markdown(42), TypeError, "obj must be"),
     Case(
         source.source_markdown,
