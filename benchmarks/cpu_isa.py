@@ -18,7 +18,6 @@ Run ``python benchmarks/cpu_isa.py [--repeats N] [--out DIR] [--isa LEVEL ...] [
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import re
@@ -26,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ccnet_edu._checks import OneLineArgumentParser, cli_int, cli_writable
+from ccnet_edu._io import atomic_write_csv, atomic_write_text
 from ccnet_edu.ops import _build, benchmark
 
 FIELDS = [
@@ -46,7 +47,7 @@ def run_level(isa: str, repeats: int, out: Path, quick: bool = False) -> tuple[s
     text = "\n".join(
         line for line in result.stdout.strip().splitlines() if not line.startswith("wrote ")
     )
-    (out / f"cpu-{isa}.md").write_text(text + "\n")
+    atomic_write_text(out / f"cpu-{isa}.md", text + "\n")
     with open(csv_path, newline="") as handle:
         return text, list(csv.DictReader(handle))
 
@@ -97,21 +98,21 @@ def markdown(summary: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats (median), >= 1")
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=cli_int(1, benchmark.MAX_REPEATS), default=7,
+                        help=f"timed repeats (median), 1 to {benchmark.MAX_REPEATS}")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--quick", action="store_true", help="the benchmark's small map only")
     parser.add_argument("--isa", nargs="+", choices=list(_build.ISA_LEVELS),
                         help="levels to run (default: every level this CPU runs)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
     supported = _build.supported_isas()
     levels = args.isa or [isa for isa in _build.ISA_LEVELS if isa in supported]
     missing = [isa for isa in levels if isa not in supported]
     if missing:
         parser.error(f"--isa: this CPU does not run {', '.join(missing)} (it runs "
                      f"{', '.join(supported)})")  # fmt: skip
+    cli_writable(parser, "--out", args.out, directory=True)  # before any level runs
     args.out.mkdir(parents=True, exist_ok=True)
     summary = []
     for isa in levels:
@@ -119,12 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         text, rows = run_level(isa, args.repeats, args.out, args.quick)
         print(text, flush=True)
         summary += summarise(isa, text, rows)
-    with open(args.out / "cpu-isa-summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(summary)
+    atomic_write_csv(args.out / "cpu-isa-summary.csv", FIELDS, summary)
     table = markdown(summary)
-    (args.out / "cpu-isa-summary.md").write_text(table + "\n")
+    atomic_write_text(args.out / "cpu-isa-summary.md", table + "\n")
     print(table)
     return 0
 

@@ -21,7 +21,6 @@ same way. Run ``python benchmarks/line_products.py [--threads N] [--out FILE] [-
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import functools
 import sys
@@ -31,6 +30,8 @@ import torch
 from torch.utils import cpp_extension
 
 from ccnet_edu import measure
+from ccnet_edu._checks import MAX_THREADS, OneLineArgumentParser, cli_int, cli_writable
+from ccnet_edu._io import atomic_write_text
 from ccnet_edu.ops import _build, benchmark
 
 SOURCE = r"""
@@ -149,16 +150,17 @@ def operands(lines, rows, cols, depth, b_transposed, generator):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--out", type=Path)
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=cli_int(1, MAX_THREADS), default=torch.get_num_threads(),
+                        help=f"torch threads, 1 to {MAX_THREADS}")  # fmt: skip
+    parser.add_argument("--repeats", type=cli_int(1, benchmark.MAX_REPEATS), default=15,
+                        help=f"timed repeats (median), 1 to {benchmark.MAX_REPEATS}")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
     parser.add_argument("--quick", action="store_true", help="the benchmark's small map only")
     parser.add_argument("--isa", nargs="+", choices=list(_build.ISA_LEVELS),
                         help="levels to compile (default: every level this CPU runs)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.repeats < 1:
-        parser.error("--threads and --repeats must be >= 1")
+    cli_writable(parser, "--out", args.out)  # before anything is compiled or timed
     supported = _build.supported_isas()
     isas = args.isa or [isa for isa in _build.ISA_LEVELS if isa in supported]
     if any(isa not in supported for isa in isas):
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines_out)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        atomic_write_text(args.out, text + "\n")
     return 0
 
 

@@ -14,9 +14,12 @@ deep inside an ``einsum`` with a shape error.  The rules, everywhere:
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import numbers
 import os
+import re
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,10 @@ __all__ = [
     "check_int_sequence",
     "check_index",
     "check_writable",
+    "memory_limit",
+    "check_memory",
+    "MAX_SEED",
+    "MAX_THREADS",
     "OneLineArgumentParser",
     "cli_int",
     "cli_float",
@@ -303,22 +310,38 @@ def check_device(name: str, device: object, *, optional: bool = False) -> torch.
 def check_writable(name: str, path: object, *, directory: bool = False) -> Path:
     """Check, before any work, that ``path`` can be written (nothing is created).
 
-    A file path must not be a directory; a directory path must not be a file;
-    the nearest existing ancestor must be a writable directory (missing
-    folders in between are created later, when the output is written).
+    A file path must not be a directory, nor an existing FIFO, socket or
+    device (files are written atomically, :mod:`ccnet_edu._io`: to a
+    temporary file in the same folder, then renamed over the target, so the
+    target must be a regular file and its folder writable); a directory path
+    must not be a file; the nearest existing ancestor must be a writable
+    directory (missing folders in between are created later, when the output
+    is written).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{name} must be a path (str or os.PathLike), got {_describe(path)}")
-    path = Path(path)
-    if str(path) == "":
+    if os.fspath(path) in ("", b""):
         raise ValueError(f"{name} must not be empty")
+    path = Path(path)
     if path.exists():
+        mode = path.stat().st_mode
         if directory and not path.is_dir():
             raise ValueError(f"{name} {str(path)!r} exists and is not a directory")
         if not directory and path.is_dir():
             raise ValueError(f"{name} {str(path)!r} is a directory, expected a file path")
+        if not directory and not stat.S_ISREG(mode):
+            raise ValueError(
+                f"{name} {str(path)!r} is not a regular file (a device, FIFO or socket): "
+                "outputs are written to a temporary file renamed over the target"
+            )
         if not os.access(path, os.W_OK):
             raise ValueError(f"{name} {str(path)!r} is not writable")
+        folder = path if directory else path.absolute().parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(
+                f"{name} {str(path)!r} cannot be replaced: its folder {str(folder)!r} is "
+                "read-only (outputs are written to a temporary file beside it)"
+            )
         return path
     ancestor = path.absolute().parent
     while not ancestor.exists():
@@ -328,6 +351,81 @@ def check_writable(name: str, path: object, *, directory: bool = False) -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ValueError(f"{name} {str(path)!r} cannot be created: {str(ancestor)!r} is read-only")
     return path
+
+
+# --------------------------------------------------------------------------- memory
+
+#: The largest seed a command line or config takes: ``torch.manual_seed`` takes seeds
+#: below 2**64, and the data and the training loop derive seeds from it by multiplying by
+#: at most about 2**20 and adding an index, which stays in range for seeds below 2**32.
+MAX_SEED = 2**32 - 1
+
+
+#: The most threads an option takes: far more than the cores of any machine this runs on,
+#: and each thread reserves its own stack (``--threads 1e12`` must not reach the OS).
+MAX_THREADS = 1024
+
+
+@functools.cache
+def _physical_memory() -> int | None:
+    """Bytes of RAM this process may use: the machine's, or its cgroup's limit if lower."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        total = None
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text.isdigit():
+            total = min(total or int(text), int(text))
+    except OSError:
+        pass
+    return total
+
+
+def memory_limit(device: object = "cpu") -> int | None:
+    """Bytes one request may plan to use on ``device``; ``None`` where nothing is allocated.
+
+    Half of this machine's RAM (or of its cgroup limit) on the CPU, leaving room for
+    the rest of the process and for an estimate that is only an estimate; 90 % of the
+    GPU's memory on CUDA; no limit on ``meta`` (shapes only).
+    """
+    device = check_device("device", device)
+    assert device is not None
+    if device.type == "meta":
+        return None
+    if device.type == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return int(torch.cuda.get_device_properties(index).total_memory * 0.9)
+    total = _physical_memory()
+    return None if total is None else total // 2
+
+
+def check_memory(name: str, need: float, device: object = "cpu", *, hint: str = "") -> None:
+    """Refuse a request whose estimated memory ``need`` (bytes) exceeds :func:`memory_limit`.
+
+    ``name`` says what was asked (e.g. ``"batch_size 1000000 at size 96"``), ``hint``
+    which arguments to lower.  Called before anything is allocated.
+    """
+    limit = memory_limit(device)
+    if limit is None or need <= limit:
+        return
+    whence = (
+        "half of this machine's RAM"
+        if check_device("device", device).type != "cuda"  # type: ignore[union-attr]
+        else "90% of the GPU's memory"
+    )
+    gib = need / 2**30
+    amount = (
+        "more memory than a tensor can address"
+        if not math.isfinite(gib)
+        else f"about {gib:,.1f} GiB"
+        if gib < 1e6
+        else f"about {gib:.2g} GiB"
+    )
+    raise ValueError(
+        f"{name} needs {amount} (estimated before allocating), over the limit of "
+        f"{limit / 2**30:,.1f} GiB ({whence})" + (f"; {hint}" if hint else "")
+    )
 
 
 # --------------------------------------------------------------------------- command lines
@@ -392,17 +490,17 @@ def cli_float(
 
 
 def cli_device(*, auto: bool = False) -> Callable[[str], str]:
-    """An argparse ``type``: anything ``torch.device`` reads (and ``"auto"`` if ``auto``)."""
+    """An argparse ``type``: ``cpu``, ``cuda`` or ``cuda:N`` (and ``"auto"`` if ``auto``).
+
+    Other device types torch knows (``meta``, ``mps``, ``xla``, ...) are refused: the
+    command lines compute on real data, on the CPU or an NVIDIA GPU.
+    """
     expected = "auto, cpu, cuda or cuda:N" if auto else "cpu, cuda or cuda:N"
 
     def parse(text: str) -> str:
-        if auto and text == "auto":
+        if (auto and text == "auto") or re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
             return text
-        try:
-            torch.device(text)
-        except RuntimeError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        return text
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
 
     parse.__name__ = "device"
     return parse

@@ -10,13 +10,22 @@ new one, never half of either; the temporary file is removed on failure.
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_csv",
+    "atomic_save_figure",
+    "atomic_write_text",
+    "fsync_dir",
+]
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -49,6 +58,8 @@ def atomic_write(
 
     Raises:
         IsADirectoryError: ``path`` names a folder.
+        ValueError: ``path`` is a FIFO, socket or device: renaming a file over it would
+            replace the special file itself (``/dev/null`` would become a regular file).
         OSError: the write, flush, fsync or rename failed (the old file is untouched).
     """
     if mode not in ("wb", "w"):
@@ -56,6 +67,11 @@ def atomic_write(
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a directory, not a file")
+    if target.exists() and not stat.S_ISREG(target.stat().st_mode):
+        raise ValueError(
+            f"{target} is not a regular file (a FIFO, socket or device); an atomic write "
+            "replaces the file, so it writes regular files only"
+        )
     directory = target.parent if str(target.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -92,3 +108,20 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "ut
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
     with atomic_write(path, "w", encoding=encoding) as handle:
         handle.write(text)
+
+
+def atomic_save_figure(figure: object, path: str | os.PathLike, **savefig: object) -> None:
+    """``figure.savefig`` (matplotlib) into ``path`` atomically; the format is the suffix's."""
+    image_format = Path(path).suffix.lstrip(".").lower() or "png"
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format=image_format, **savefig)  # type: ignore[attr-defined]
+
+
+def atomic_write_csv(
+    path: str | os.PathLike, fieldnames: Sequence[str], rows: Iterable[Mapping[str, object]]
+) -> None:
+    """Write a header and ``rows`` (dicts keyed by ``fieldnames``) as CSV, atomically."""
+    with atomic_write(path, "w") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(fieldnames))
+        writer.writeheader()
+        writer.writerows(rows)

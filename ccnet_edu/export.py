@@ -47,6 +47,8 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from ._checks import MAX_THREADS, check_bool, check_float, check_int, check_writable
+from ._io import atomic_write_bytes
 from .functional import criss_cross_attention_reference
 
 if TYPE_CHECKING:  # the optional dependencies are imported where they are used
@@ -96,6 +98,10 @@ def decompositions() -> dict[torch._ops.OpOverload, Callable[..., Any]]:
 
 def fused_ops_in(program: torch.export.ExportedProgram) -> list[str]:
     """Names of the ``ccnet_edu`` custom operators that ``program``'s graph still calls."""
+    if not isinstance(program, torch.export.ExportedProgram):
+        raise TypeError(
+            f"program must be a torch.export.ExportedProgram, got {type(program).__name__}"
+        )
     return sorted(
         {
             str(node.target)
@@ -109,15 +115,23 @@ def fused_ops_in(program: torch.export.ExportedProgram) -> list[str]:
 # --------------------------------------------------------------------------- tracing
 
 
-def _as_args(example: Any) -> tuple[Any, ...]:
+def _as_args(example: Any, name: str = "example") -> tuple[Any, ...]:
     """A tuple is the positional arguments; anything else is the single argument."""
     args = example if isinstance(example, tuple) else (example,)
     if not any(isinstance(leaf, torch.Tensor) for leaf in pytree.tree_leaves(args)):
         raise TypeError(
-            "example must be a tensor, or a tuple of positional arguments holding tensors "
+            f"{name} must be a tensor, or a tuple of positional arguments holding tensors "
             f"(e.g. (x,) or ([f1, f2, f3, f4],)), got {type(example).__name__}"
         )
     return args
+
+
+def _check_dynamic(dynamic: object) -> None:
+    if not isinstance(dynamic, (bool, dict, tuple, list)) and dynamic is not None:
+        raise TypeError(
+            "dynamic must be True, False or a dynamic_shapes spec (dict, tuple or list), "
+            f"got {type(dynamic).__name__}"
+        )
 
 
 def dynamic_shapes(example: Any) -> tuple[Any, ...]:
@@ -199,6 +213,8 @@ def with_impl(model: nn.Module, impl: str) -> nn.Module:
     """
     from .cca import CrissCrossAttention, _check_impl
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     impl = _check_impl(impl)
     copied = copy.deepcopy(model)
     blocks = [m for m in copied.modules() if isinstance(m, CrissCrossAttention)]
@@ -217,13 +233,19 @@ def onnx_session(
 ) -> onnxruntime.InferenceSession:
     """An onnxruntime session on the CPU provider for an ONNX file (or its bytes).
 
-    ``threads`` sets onnxruntime's intra-op threads (its default: one per core).
+    ``threads`` sets onnxruntime's intra-op threads (its default: one per core), at most
+    :data:`~ccnet_edu._checks.MAX_THREADS`.
     """
+    if not isinstance(model, (str, Path, bytes)):
+        raise TypeError(
+            f"model must be an ONNX file path (str or Path) or its bytes, got "
+            f"{type(model).__name__}"
+        )
+    if threads is not None:
+        threads = check_int("threads", threads, minimum=1, maximum=MAX_THREADS)
     ort = _require("onnxruntime")
     options = ort.SessionOptions()
     if threads is not None:
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     source = str(model) if isinstance(model, Path) else model
@@ -401,7 +423,8 @@ def to_onnx(
         dynamic: see :func:`export_program`.
         rtol: the largest relative difference (:class:`Check`) accepted; the
             export raises beyond it.  ``None`` only reports.
-        threads: onnxruntime intra-op threads (default: its own choice).
+        threads: onnxruntime intra-op threads (default: its own choice), at most
+            :data:`~ccnet_edu._checks.MAX_THREADS`.
         optimize: let ``torch.onnx`` optimise the ONNX graph (constant folding,
             removal of redundant shape operations).
 
@@ -409,28 +432,45 @@ def to_onnx(
         An :class:`OnnxExport`: ``max_abs_diff``/``max_rel_diff`` over
         ``example`` and every ``check_inputs`` entry, ``checks`` one by one.
 
+    Every argument is checked before anything is traced (``path`` too: it must be
+    writable; the file is written atomically, so a failed save leaves an old file whole).
+
     Raises:
-        ValueError: ``model`` is in training mode, or onnxruntime's output
-            differs from PyTorch's by more than ``rtol``.
+        TypeError: an argument has the wrong type.
+        ValueError: ``model`` is in training mode, ``path`` cannot be written, ``rtol`` or
+            ``threads`` is out of range, or onnxruntime's output differs from PyTorch's by
+            more than ``rtol``.
         ImportError: onnx, onnxruntime or onnxscript is not installed.
     """
+    _check_model(model)
+    _as_args(example)
+    if path is not None:
+        path = check_writable("path", path)
+    if isinstance(check_inputs, (str, bytes)) or not isinstance(check_inputs, Sequence):
+        raise TypeError(
+            f"check_inputs must be a list or tuple of inputs, got {type(check_inputs).__name__}"
+        )
+    for k, inputs in enumerate(check_inputs):
+        _as_args(inputs, f"check_inputs[{k}]")
+    _check_dynamic(dynamic)
+    if rtol is not None:
+        rtol = check_float("rtol", rtol, minimum=0.0, exclusive_minimum=True)
+    if threads is not None:
+        threads = check_int("threads", threads, minimum=1, maximum=MAX_THREADS)
+    check_bool("optimize", optimize)
     onnx = _require("onnx")
     _require("onnxscript")  # torch.onnx's dynamo exporter translates with it
-    if rtol is not None and not (isinstance(rtol, (int, float)) and rtol > 0):
-        raise ValueError(f"rtol must be a positive number or None, got {rtol!r}")
     program = export_program(model, example, dynamic=dynamic)
     with quiet_exporter():
         onnx_program = torch.onnx.export(program, verbose=False, optimize=optimize)
     ranges = _ranges(program, _name_axes(onnx_program, _as_args(example)))
     proto = onnx_program.model_proto
     onnx.checker.check_model(proto)  # a well-formed graph, before any runtime sees it
+    serialized = proto.SerializeToString()  # weights included (no external data)
     if path is not None:
-        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        onnx_program.save(path)
-        session = onnx_session(path, threads)
-    else:
-        session = onnx_session(proto.SerializeToString(), threads)
+        atomic_write_bytes(path, serialized)  # a failed save leaves the old file whole
+    session = onnx_session(serialized, threads)
     result = OnnxExport(onnx_program, program, session, path, ranges)
     for inputs in (example, *check_inputs):
         result.checks.append(result.compare(model, *_as_args(inputs)))

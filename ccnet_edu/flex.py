@@ -21,7 +21,10 @@ torch's Triton kernels, forward and backward; eager elsewhere.
 Torch's eager FlexAttention has no backward on the CPU (it refuses inputs that
 require grad there), so on the CPU, when a gradient is needed, the same two line
 attentions run as dense PyTorch products instead (:func:`dense_line_attention`):
-the same formulation and merge, differentiable on every device.
+the same formulation and merge, differentiable on every device.  Under
+``torch.no_grad()`` or ``torch.inference_mode()`` no gradient is recorded, so inputs
+that require grad go to FlexAttention detached; on the ``meta`` device (shapes only,
+which FlexAttention refuses) the dense products run too.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ __all__ = [
 
 # Device types on which torch's FlexAttention has no backward (it raises).
 _NO_FLEX_BACKWARD = ("cpu", "mps")
+# Device types FlexAttention refuses outright; the dense line attentions serve them.
+_NO_FLEX = ("meta",)
 # Value channels per FlexAttention call on a GPU: its kernels keep a block of queries'
 # output (BLOCK_M x value channels) in registers and are tuned for head sizes up to 128.
 GPU_VALUE_CHUNK = 128
@@ -151,8 +156,9 @@ def flex_line_attention(
 
 
 def _needs_dense(*tensors: Tensor) -> bool:
-    return (
-        tensors[0].device.type in _NO_FLEX_BACKWARD
+    device = tensors[0].device.type
+    return device in _NO_FLEX or (
+        device in _NO_FLEX_BACKWARD
         and torch.is_grad_enabled()
         and any(t.requires_grad for t in tensors)
     )
@@ -172,8 +178,8 @@ def criss_cross_attention_flex(
     Args:
         query, key: (B, C', H, W); value: (B, C, H, W); one floating dtype and device.
         return_attention: also compute the attention (B, H, W, H+W-1) in the layout
-            of :mod:`ccnet_edu.functional`, as ``exp(energy - lse)`` from the energies
-            and the merged log-sum-exp (the energies are then materialised); else ``None``.
+            of :mod:`ccnet_edu.functional`, the softmax of the materialised energies
+            over the criss-cross set; else ``None``.
         compiled: ``torch.compile`` FlexAttention; default: on CUDA only.
         value_chunk: value channels per FlexAttention call; default: 128 on CUDA, all
             elsewhere.
@@ -196,6 +202,10 @@ def criss_cross_attention_flex(
     def attend(q: Tensor, k: Tensor, v: Tensor, mask_centre: bool) -> tuple[Tensor, Tensor]:
         if _needs_dense(q, k, v):
             return dense_line_attention(q, k, v, mask_centre=mask_centre)
+        if q.device.type in _NO_FLEX_BACKWARD and not torch.is_grad_enabled():
+            # no_grad / inference_mode records no graph: FlexAttention's CPU refusal of
+            # inputs that require grad does not apply, the detached inputs are the same.
+            q, k, v = q.detach(), k.detach(), v.detach()
         if compiled:  # the Triton kernels read the channels of a position contiguously
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return flex_line_attention(
@@ -213,11 +223,13 @@ def criss_cross_attention_flex(
     out = out.permute(0, 3, 1, 2).to(query.dtype)  # (B, C, H, W), channels-last strides
     if not return_attention:
         return out, None
-    # The attention itself: exp(energy - lse) over the criss-cross set, in its layout.
+    # The attention itself: the softmax over the criss-cross set, in its layout.  Not
+    # exp(energy - lse) with FlexAttention's lse: that lse is rounded from energies computed
+    # by another kernel, and at |energy| ~ 1e4 one float32 ulp of difference (~1e-3) is
+    # already a 1e-3 error in every weight, so rows would not sum to 1.
     others = column_index(height, query.device)  # (H, H-1)
     index = others[None, :, None, :].expand(batch, height, width, height - 1)
     energy_row = torch.einsum("bcij,bcik->bijk", query, key)  # (B, H, W, W)
     energy_col = torch.einsum("bcij,bckj->bijk", query, key).gather(-1, index)  # (B, H, W, H-1)
     energy = torch.cat([energy_row, energy_col], dim=-1)  # (B, H, W, H+W-1)
-    attention = torch.exp(energy - lse.unsqueeze(-1).to(energy.dtype))
-    return out, attention
+    return out, torch.softmax(energy, dim=-1)

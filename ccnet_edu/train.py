@@ -27,11 +27,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._checks import (
+    MAX_SEED,
     check_bool,
     check_choice,
     check_device,
     check_float,
     check_int,
+    check_memory,
     check_str,
     check_tensor,
 )
@@ -55,6 +57,7 @@ __all__ = [
     *_CLI_NAMES,
     "checkpoint_name",
     "loss_curve",
+    "estimate_memory",
     "CHECKPOINT_COMMAND",
     "SHIPPED",
 ]
@@ -86,6 +89,10 @@ FAR = 24
 MIN_SIZE = 24
 # meta["loss_curve"] holds the mean loss of every window of this many steps.
 LOSS_CURVE_EVERY = 20
+# The most optimizer steps (and validation samples) a run takes: train(log=...) keeps one
+# dict of losses per step, a few hundred bytes each, so a million steps stay well within
+# memory (the shipped runs take 800).
+MAX_STEPS = 1_000_000
 
 
 def _field(default: Any, help: str, *, cli: bool = True, **rule: Any) -> Any:
@@ -118,7 +125,7 @@ class TrainConfig:
         minimum=0.0,
         exclusive_minimum=True,
     )
-    steps: int = _field(800, "optimizer steps", minimum=1)
+    steps: int = _field(800, "optimizer steps", minimum=1, maximum=MAX_STEPS)
     batch_size: int = _field(
         16, "global batch size (a multiple of the number of processes)", minimum=1
     )
@@ -126,7 +133,12 @@ class TrainConfig:
         4e-3, "peak learning rate of AdamW (poly schedule)", minimum=0.0, exclusive_minimum=True
     )
     weight_decay: float = _field(1e-4, "AdamW weight decay", minimum=0.0, cli=False)
-    seed: int = _field(0, "seed of the initial weights and of the training samples", minimum=0)
+    seed: int = _field(
+        0,
+        "seed of the initial weights and of the training samples",
+        minimum=0,
+        maximum=MAX_SEED,
+    )
     size: int = _field(
         96,
         f"image side (a multiple of 8, >= {MIN_SIZE})",
@@ -144,8 +156,10 @@ class TrainConfig:
         "synchronise the batch norm statistics over the processes of a --ddp run "
         "(per-process statistics are for comparison)",
     )
-    val_seed: int = _field(10_000, "seed of the validation samples", minimum=0)
-    val_size: int = _field(200, "validation samples (0 skips evaluation)", minimum=0)
+    val_seed: int = _field(10_000, "seed of the validation samples", minimum=0, maximum=MAX_SEED)
+    val_size: int = _field(
+        200, "validation samples (0 skips evaluation)", minimum=0, maximum=MAX_STEPS
+    )
 
     def __post_init__(self) -> None:
         kinds = get_type_hints(TrainConfig)
@@ -271,6 +285,83 @@ def metrics_from_confusion(confusion: torch.Tensor) -> dict[str, Any]:
     }
 
 
+def _parameters(config: TrainConfig) -> float:
+    """Parameters of the model ``config`` trains, counted on the ``meta`` device (no memory);
+    ``inf`` for sizes no tensor can have."""
+    try:
+        with torch.device("meta"):
+            model = SegmentationModel(
+                config.head,
+                width=config.width,
+                mid_channels=config.mid_channels,
+                embedding_channels=16 if config.ccl else 0,
+                dropout=config.dropout,
+            )
+        return float(sum(p.numel() for p in model.parameters()))
+    except (RuntimeError, OverflowError, MemoryError):
+        return float("inf")
+
+
+def _floats_per_image(head: str, size: int, width: int, mid_channels: int) -> float:
+    """Activations one image keeps for the backward pass, in floats (an over-estimate).
+
+    Each conv + BN + ReLU keeps three outputs; at full resolution the input, the labels,
+    the upsampled logits, their softmax and gradient; at stride 8 the head and the
+    context module, whose attention map is ``f x f`` for the non-local block (``f`` the
+    feature pixels), ``f x (H + W)`` per loop for criss-cross attention, less for the
+    others.
+    """
+    pixels, features, side = float(size) ** 2, (float(size) / 8) ** 2, float(size) / 8
+    k = NUM_CLASSES
+    floats = (5 + 3 * k) * pixels  # input, labels (int64), logits, softmax, gradient
+    floats += 6 * width * pixels / 4 + 6 * width * pixels / 16  # stride 2 and 4
+    floats += 24 * width * features  # the two stride-8 layers
+    floats += (7 * mid_channels + 4 * width + 192 + k + 16) * features  # the head
+    if head == "nonlocal":
+        floats += 3 * features**2
+    elif head == "isa":
+        floats += 6 * features * (16 + features / 16)
+    else:
+        floats += 6 * features * 2 * side + 10 * mid_channels * features
+    return floats
+
+
+def estimate_memory(config: TrainConfig) -> float:
+    """Bytes a training run of ``config`` needs at its peak, estimated before anything exists.
+
+    Twice the float32 activations a batch keeps for its backward pass (they and their
+    gradients), the weights with their gradients and AdamW's two moments, and the batch
+    of samples built on the CPU.  An over-estimate by design: :func:`train` and the
+    command line refuse a run whose estimate exceeds
+    :func:`~ccnet_edu._checks.memory_limit` before building anything.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    per_image = _floats_per_image(config.head, config.size, config.width, config.mid_channels)
+    activations = 2 * 4 * config.batch_size * per_image
+    weights = 4 * 4 * _parameters(config)
+    samples = 4 * config.batch_size * float(config.size) ** 2 * (3 + 2)
+    return activations + weights + samples
+
+
+_SIZED_BY = ("batch_size", "size", "width", "mid_channels")
+
+
+def _check_run_memory(config: TrainConfig, device: torch.device, *, options: bool = False) -> None:
+    """Refuse ``config`` when :func:`estimate_memory` exceeds the memory of ``device``.
+
+    ``options`` names the fields as the command line's options (``--batch-size``).
+    """
+    name = (lambda f: "--" + f.replace("_", "-")) if options else (lambda f: f)
+    asked = ", ".join(f"{name(f)} {getattr(config, f)}" for f in _SIZED_BY)
+    check_memory(
+        f"training {config.head} with {asked}",
+        estimate_memory(config),
+        device,
+        hint=f"lower {', '.join(name(f) for f in _SIZED_BY)}",
+    )
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -295,6 +386,14 @@ def evaluate(
     batch_size = check_int("batch_size", batch_size, minimum=1)
     device = check_device("device", device)
     check_bool("progress", progress)
+    images = min(batch_size, length)
+    check_memory(
+        f"evaluating batch_size {batch_size} (of length {length}) at size {size}",
+        # the samples (image, label, masks) and a model's activations, ~20 floats per pixel
+        4 * images * float(size) ** 2 * 20,
+        device,
+        hint="lower batch_size or size",
+    )
     was_training = model.training
     model.eval()
     confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
@@ -345,6 +444,7 @@ def _check_train_args(
         raise ValueError(
             f"batch_size {config.batch_size} must be divisible by the world size {world}"
         )
+    _check_run_memory(config, device)
     return device
 
 

@@ -48,12 +48,22 @@ from typing import Any, get_type_hints
 import torch
 import torch.distributed as dist
 
-from ._checks import OneLineArgumentParser, cli_device, cli_float, cli_int, cli_writable
+from ._checks import (
+    MAX_SEED,
+    MAX_THREADS,
+    OneLineArgumentParser,
+    cli_device,
+    cli_float,
+    cli_int,
+    cli_writable,
+)
+from ._io import atomic_write_text
 from .checkpoint import CHECKPOINT_DIR, save_checkpoint, state_dict_digest
 from .models import SegmentationModel
 from .train import (
     SHIPPED,
     TrainConfig,
+    _check_run_memory,
     _dist_info,
     checkpoint_name,
     evaluate,
@@ -99,7 +109,7 @@ def _run_one(
     if digest_dir is not None:
         digest = state_dict_digest(model)
         digest_dir.mkdir(parents=True, exist_ok=True)
-        (digest_dir / f"rank{rank}.txt").write_text(digest + "\n")
+        atomic_write_text(digest_dir / f"rank{rank}.txt", digest + "\n")
     if save is not None and rank == 0:
         meta = {
             "command": command,
@@ -208,10 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seeds",
-        type=cli_int(0),
+        type=cli_int(0, MAX_SEED),
         nargs="+",
         default=None,
-        help="with --all: train every model for each of these seeds",
+        help=f"with --all: train every model for each of these seeds (0 to {MAX_SEED})",
     )
     p.add_argument("--save", type=Path, default=None, help="checkpoint path (not with --all)")
     p.add_argument(
@@ -230,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", type=cli_device(auto=True), default="auto", help="auto, cpu, cuda, cuda:1, ..."
     )
     p.add_argument(
-        "--threads", type=cli_int(0), default=0, help="torch threads (0: cores / processes)"
+        "--threads",
+        type=cli_int(0, MAX_THREADS),
+        default=0,
+        help=f"torch threads (0: cores / processes; at most {MAX_THREADS})",
     )
     p.add_argument("--ddp", action="store_true", help="run under torchrun with DDP")
     p.add_argument(
@@ -309,6 +322,17 @@ def _check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> li
         and (not torch.cuda.is_available())
     ):
         p.error(f"--device {args.device}: CUDA is not available here")
+    device = _resolve_device(args.device)
+    heads = (
+        {SHIPPED[name] for name in args.names or SHIPPED}
+        if args.all
+        else {(config.head, config.ccl)}
+    )
+    for head, ccl in sorted(heads):  # the memory a run needs, before anything is built
+        try:
+            _check_run_memory(replace(config, head=head, ccl=ccl), device, options=True)
+        except ValueError as err:
+            p.error(str(err))
     if args.ddp:
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             p.error(
@@ -324,6 +348,14 @@ def _check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> li
     return paths
 
 
+def _resolve_device(option: str) -> torch.device:
+    """``--device``: ``auto`` is this process's GPU (``LOCAL_RANK``) if there is one."""
+    if option == "auto":
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(option)
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """The command line (see the module docstring); returns the validation metrics of each run.
 
@@ -336,11 +368,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     command = "python -m ccnet_edu.train " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if args.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = _resolve_device(args.device)
     if args.ddp:
         if device.type == "cuda":
             torch.cuda.set_device(device)

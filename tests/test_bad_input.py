@@ -6,13 +6,17 @@ call with one bad argument -- wrong rank, wrong type, ``bool`` for an int,
 ``float`` for a size, zero, negative, NaN, out-of-range labels, mismatched
 devices (CPU against ``meta``), empty tensors -- and the test asserts the
 exception type (``TypeError`` for a wrong type, ``ValueError`` for a wrong
-value) and that the message names the argument.  The three command lines
-(``ccnet_edu.train``, ``python -m ccnet_edu.analysis``, ``python -m
-ccnet_edu.ops``) are in the table too: a bad option exits with code 2 and a
-one-line message naming it, before any work.
+value) and that the message names the argument.  The command lines
+(:data:`CLIS`: ``python -m ccnet_edu.train``, ``.analysis``, ``.ops``,
+``.checkpoint`` and the benchmark scripts) are in the table too: a bad option
+exits with code 2 and a one-line message naming it, before any work.
 
 :func:`test_every_public_name_has_a_case` fails when a public name has no
-case and no stated reason, so a new public name cannot skip this file.
+case and no stated reason, so a new public name cannot skip this file;
+:func:`test_every_cli_option_has_a_case` does the same for every option that
+takes a value, of every command line (read off the parser each one builds), and
+:func:`test_every_command_line_is_in_the_table` for every script or module that
+runs as a command.
 
 None of the ``ccnet_edu.ops`` cases builds the operator: each is refused
 before the build is tried.
@@ -20,7 +24,9 @@ before the build is tried.
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import importlib.util
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,8 +43,10 @@ import ccnet_edu  # noqa: E402
 from ccnet_edu import (  # noqa: E402
     axial,
     cca,
+    checkpoint,  # noqa: E402
     data,
     dense,
+    export,
     functional,
     issa,
     layers,
@@ -62,6 +70,23 @@ from ccnet_edu.analysis import (  # noqa: E402
     propagation,
 )
 from ccnet_edu.ops import __main__ as ops_cli  # noqa: E402
+from ccnet_edu.ops import benchmark as ops_bench  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str) -> types.ModuleType:
+    """``benchmarks/<name>.py`` imported as a module (its ``main`` is its command line)."""
+    spec = importlib.util.spec_from_file_location(
+        f"benchmarks.{name}", ROOT / "benchmarks" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+line_products = _script("line_products")
+cpu_isa = _script("cpu_isa")
 
 # Every module whose ``__all__`` is public surface.
 MODULES = [
@@ -96,6 +121,8 @@ MODULES = [
     "ccnet_edu.train_cli",
     "ccnet_edu.source",
     "ccnet_edu.ops",
+    "ccnet_edu.ops.benchmark",
+    "ccnet_edu.export",
 ]
 
 # Public names that take no bad-input case, and why.
@@ -118,6 +145,29 @@ EXEMPT = {
     "ccnet_edu.ops._build.find_nvcc": "takes no arguments",
     "ccnet_edu.ops._build.select_isa": "takes no arguments",
     "ccnet_edu.ops._build.supported_isas": "takes no arguments",
+    "ccnet_edu.ops.benchmark.Row": "a result record of run; format_table/write_csv check rows",
+    "ccnet_edu.ops.benchmark.machine": "takes no arguments",
+    "ccnet_edu.export.Check": "a result record of OnnxExport.compare",
+    "ccnet_edu.export.OnnxExport": "a result record of to_onnx",
+    "ccnet_edu.export.decompositions": "takes no arguments",
+    "ccnet_edu.export.quiet_exporter": "takes no arguments",
+}
+
+# Every command line: its name and its ``main(argv)``.
+CLIS = {
+    "python -m ccnet_edu.train": train.main,
+    "python -m ccnet_edu.analysis": analysis_cli.main,
+    "python -m ccnet_edu.ops": ops_cli.main,
+    "python -m ccnet_edu.checkpoint": checkpoint.main,
+    "benchmarks/line_products.py": line_products.main,
+    "benchmarks/cpu_isa.py": cpu_isa.main,
+}
+# Files that run as commands but are not in CLIS, and why.
+CLI_EXEMPT = {
+    "ccnet_edu/train.py": "runs python -m ccnet_edu.train_cli's main (CLIS)",
+    "benchmarks/bench_cca.py": "python -m ccnet_edu.ops bench under another name (same parser)",
+    "benchmarks/gpu_check.py": "the GPU check's script (run on a GPU machine); not in CLIS yet",
+    "tools/check_toc.py": "a build tool: its one optional argument is the repository root",
 }
 
 
@@ -175,6 +225,18 @@ def point(model: str = "rcca", size: int = 8) -> compare.SweepPoint:
     return compare.SweepPoint(model, size, size * size, 1.0, 1.0, 1.0, 1.0)
 
 
+def eval_cca() -> cca.CrissCrossAttention:
+    torch.manual_seed(0)
+    return cca.CrissCrossAttention(8).eval()
+
+
+def bench_row() -> ops_bench.Row:
+    return ops_bench.Row("B=1 C'=8 C=8 8x8", "fused", "forward", 1.0, 1.0, 1.0, 0.0)
+
+
+QUICK = [ops_bench.Case(1, 2, 2, 3, 3)]
+
+
 def blocked_path(tmp: Path) -> Path:
     """A path whose parent is a file: unwritable whoever runs the tests."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -191,6 +253,24 @@ Q, K, V = (lambda: fmap(1, 2, 3, 4)), (lambda: fmap(1, 2, 3, 4)), (lambda: fmap(
 # --------------------------------------------------------------------------- the table
 
 CASES = [
+    Case(source.source_lines, lambda: source.source_lines(42, "x"), TypeError, "obj must be"),
+    Case(
+        source.source_lines,
+        lambda: source.source_lines(source.show_source, "no such line"),
+        ValueError,
+        "first",
+    ),
+    Case(
+        source.source_lines, lambda: source.source_lines(source.show_source, 3), TypeError, "first"
+    ),
+    Case(source.paper_beside_markdown, lambda: source.paper_beside_markdown(), ValueError, "rows"),
+    Case(
+        source.paper_beside_markdown,
+        lambda: source.paper_beside_markdown("a row"),
+        TypeError,
+        "each row",
+    ),
+    Case(source.paper_beside_code, lambda: source.paper_beside_code(), ValueError, "rows"),
     Case(source.source_markdown, lambda: source.source_markdown(42), TypeError, "obj must be"),
     Case(
         source.source_markdown,
@@ -1548,6 +1628,34 @@ CASES = [
         "meta",
     ),
     Case(models.load_checkpoint, lambda: models.load_checkpoint(3), TypeError, "path"),
+    Case(models.load_checkpoint, lambda: models.load_checkpoint(""), ValueError, "path"),
+    Case(
+        models.load_checkpoint,
+        lambda: models.load_checkpoint(_TMP),
+        ValueError,
+        "is a directory",
+        "a directory",
+    ),
+    Case(
+        checkpoint.payload_digest,
+        lambda: checkpoint.payload_digest([("format", 1)]),
+        TypeError,
+        "payload",
+    ),
+    Case(
+        checkpoint.payload_digest,
+        lambda: checkpoint.payload_digest({"format": "x", "config": {}, "meta": {}}),
+        ValueError,
+        "state_dict",
+    ),
+    Case(
+        checkpoint.payload_digest,
+        lambda: checkpoint.payload_digest(
+            {"format": "x", "config": {}, "meta": {"when": object()}, "state_dict": {}}
+        ),
+        TypeError,
+        "meta",
+    ),
     Case(
         models.load_checkpoint,
         lambda: models.load_checkpoint(models.CHECKPOINT_DIR / "fcn.pt", map_location="gpu0"),
@@ -1568,8 +1676,198 @@ CASES = [
         ValueError,
         "out",
     ),
+    # ccnet_edu.export: every argument checked before anything is traced
+    Case(
+        export.export_program,
+        lambda: export.export_program("model", fmap(1, 8, 3, 4)),
+        TypeError,
+        "model",
+    ),
+    Case(
+        export.export_program,
+        lambda: export.export_program(cca.CrissCrossAttention(8), fmap(1, 8, 3, 4)),
+        ValueError,
+        "eval()",
+        "training mode",
+    ),
+    Case(export.dynamic_shapes, lambda: export.dynamic_shapes([1, 2]), TypeError, "example"),
+    Case(export.fused_ops_in, lambda: export.fused_ops_in(eval_cca()), TypeError, "program"),
+    Case(export.with_impl, lambda: export.with_impl({"cca": 1}, "fused"), TypeError, "model"),
+    Case(export.with_impl, lambda: export.with_impl(eval_cca(), "fast"), ValueError, "impl"),
+    Case(export.onnx_session, lambda: export.onnx_session(3), TypeError, "model"),
+    Case(export.onnx_session, lambda: export.onnx_session(b"", threads=0), ValueError, "threads"),
+    Case(
+        export.onnx_session,
+        lambda: export.onnx_session(b"", threads=10**12),
+        ValueError,
+        "threads",
+        "huge",
+    ),
+    Case(
+        export.onnx_session,
+        lambda: export.onnx_session(b"", threads=True),
+        TypeError,
+        "threads",
+        "bool for int",
+    ),
+    Case(export.to_onnx, lambda: export.to_onnx(eval_cca(), "x"), TypeError, "example"),
+    Case(
+        export.to_onnx,
+        lambda: export.to_onnx(eval_cca(), fmap(1, 8, 3, 4), blocked_path(_TMP)),
+        ValueError,
+        "path",
+    ),
+    Case(
+        export.to_onnx,
+        lambda: export.to_onnx(eval_cca(), fmap(1, 8, 3, 4), _TMP),
+        ValueError,
+        "path",
+        "a directory",
+    ),
+    Case(
+        export.to_onnx,
+        lambda: export.to_onnx(eval_cca(), fmap(1, 8, 3, 4), check_inputs="x"),
+        TypeError,
+        "check_inputs",
+    ),
+    Case(
+        export.to_onnx,
+        lambda: export.to_onnx(eval_cca(), fmap(1, 8, 3, 4), check_inputs=[3]),
+        TypeError,
+        "check_inputs[0]",
+    ),
+    Case(
+        export.to_onnx,
+        lambda: export.to_onnx(eval_cca(), fmap(1, 8, 3, 4), rtol=-1),
+        ValueError,
+        "rtol",
+    ),
+    Case(
+        export.to_onnx,
+        lambda: export.to_onnx(eval_cca(), fmap(1, 8, 3, 4), rtol=NAN),
+        ValueError,
+        "rtol",
+        "NaN",
+    ),
+    Case(
+        export.to_onnx,
+        lambda: export.to_onnx(eval_cca(), fmap(1, 8, 3, 4), rtol="1e-4"),
+        TypeError,
+        "rtol",
+    ),
+    Case(
+        export.to_onnx,
+        lambda: export.to_onnx(eval_cca(), fmap(1, 8, 3, 4), threads=0),
+        ValueError,
+        "threads",
+    ),
+    Case(
+        export.to_onnx,
+        lambda: export.to_onnx(eval_cca(), fmap(1, 8, 3, 4), optimize=1),
+        TypeError,
+        "optimize",
+    ),
+    Case(
+        export.to_onnx,
+        lambda: export.to_onnx(eval_cca(), fmap(1, 8, 3, 4), dynamic="yes"),
+        TypeError,
+        "dynamic",
+    ),
+    # ccnet_edu.ops.benchmark: sizes bounded by the memory they need, before anything exists
+    Case(ops_bench.Case, lambda: ops_bench.Case(0, 8, 8, 8, 8), ValueError, "batch"),
+    Case(ops_bench.Case, lambda: ops_bench.Case(1, 8.0, 8, 8, 8), TypeError, "qk_channels"),
+    Case(ops_bench.run, lambda: ops_bench.run([], progress=False), ValueError, "cases"),
+    Case(
+        ops_bench.run,
+        lambda: ops_bench.run([(1, 8, 8, 8, 8)], progress=False),
+        TypeError,
+        "cases[0]",
+    ),
+    Case(
+        ops_bench.run,
+        lambda: ops_bench.run([ops_bench.Case(1, 64, 512, 10**5, 10**5)], progress=False),
+        ValueError,
+        "the case",
+        "huge",
+    ),
+    Case(
+        ops_bench.run,
+        lambda: ops_bench.run(QUICK, repeats=0, progress=False),
+        ValueError,
+        "repeats",
+    ),
+    Case(
+        ops_bench.run,
+        lambda: ops_bench.run(QUICK, repeats=10**12, progress=False),
+        ValueError,
+        "repeats",
+    ),
+    Case(
+        ops_bench.run, lambda: ops_bench.run(QUICK, warmup=-1, progress=False), ValueError, "warmup"
+    ),
+    Case(
+        ops_bench.run, lambda: ops_bench.run(QUICK, seed=2**70, progress=False), ValueError, "seed"
+    ),
+    Case(
+        ops_bench.run,
+        lambda: ops_bench.run(QUICK, device="meta", progress=False),
+        ValueError,
+        "device",
+    ),
+    Case(ops_bench.run, lambda: ops_bench.run(QUICK, progress=1), TypeError, "progress"),
+    Case(ops_bench.matmul_gflops, lambda: ops_bench.matmul_gflops(size=10**6), ValueError, "size"),
+    Case(
+        ops_bench.matmul_gflops, lambda: ops_bench.matmul_gflops(repeats=0), ValueError, "repeats"
+    ),
+    Case(ops_bench.matmul_gflops, lambda: ops_bench.matmul_gflops(size=2.0), TypeError, "size"),
+    Case(ops_bench.flops, lambda: ops_bench.flops((1, 8, 8, 8, 8), "forward"), TypeError, "case"),
+    Case(ops_bench.flops, lambda: ops_bench.flops(QUICK[0], "backward"), ValueError, "mode"),
+    Case(ops_bench.format_table, lambda: ops_bench.format_table("rows"), TypeError, "rows"),
+    Case(
+        ops_bench.format_table,
+        lambda: ops_bench.format_table([bench_row()], NAN),
+        ValueError,
+        "gflops",
+    ),
+    Case(ops_bench.write_csv, lambda: ops_bench.write_csv([], _TMP / "x.csv"), ValueError, "rows"),
+    Case(ops_bench.write_csv, lambda: ops_bench.write_csv([bench_row()], _TMP), ValueError, "path"),
+    Case(
+        ops_bench.write_csv,
+        lambda: ops_bench.write_csv([bench_row()], "/dev/full"),
+        ValueError,
+        "not a regular file",
+        "a device",
+    ),
     # train
     Case(train.TrainConfig, lambda: train.TrainConfig(steps=0), ValueError, "steps"),
+    Case(train.TrainConfig, lambda: train.TrainConfig(steps=10**12), ValueError, "steps", "huge"),
+    Case(train.TrainConfig, lambda: train.TrainConfig(seed=2**64), ValueError, "seed", "huge"),
+    Case(train.TrainConfig, lambda: train.TrainConfig(val_seed=-1), ValueError, "val_seed"),
+    Case(train.TrainConfig, lambda: train.TrainConfig(val_size=10**12), ValueError, "val_size"),
+    Case(
+        train.train,
+        lambda: train.train(train.TrainConfig(batch_size=10**12), progress=False),
+        ValueError,
+        "batch_size",
+        "memory",
+    ),
+    Case(
+        train.train,
+        lambda: train.train(train.TrainConfig(width=10**12), progress=False),
+        ValueError,
+        "width",
+        "memory",
+    ),
+    Case(
+        train.estimate_memory, lambda: train.estimate_memory({"head": "fcn"}), TypeError, "config"
+    ),
+    Case(
+        train.evaluate,
+        lambda: train.evaluate(small_model(), length=10**6, batch_size=10**6, size=9600),
+        ValueError,
+        "batch_size",
+        "memory",
+    ),
     Case(train.TrainConfig, lambda: train.TrainConfig(batch_size=16.0), TypeError, "batch_size"),
     Case(train.TrainConfig, lambda: train.TrainConfig(size=100), ValueError, "size"),
     Case(train.TrainConfig, lambda: train.TrainConfig(lr=NAN), ValueError, "lr"),
@@ -1675,6 +1973,148 @@ CASES = [
     Case(train.main, lambda: train.main(["--size", "36"]), SystemExit, "--size"),
     Case(train.main, lambda: train.main(["--batch-size", "true"]), SystemExit, "--batch-size"),
     Case(train.main, lambda: train.main(["--save", str(blocked_path(_TMP))]), SystemExit, "--save"),
+    Case(
+        train.main, lambda: train.main(["--save", str(_TMP)]), SystemExit, "--save", "a directory"
+    ),
+    Case(train.main, lambda: train.main(["--head", "deeplab"]), SystemExit, "--head"),
+    Case(train.main, lambda: train.main(["--ccl-weight", "0"]), SystemExit, "--ccl-weight"),
+    Case(train.main, lambda: train.main(["--lr", "inf"]), SystemExit, "--lr"),
+    Case(train.main, lambda: train.main(["--seed", str(10**12)]), SystemExit, "--seed", "huge"),
+    Case(train.main, lambda: train.main(["--val-seed", "1.5"]), SystemExit, "--val-seed"),
+    Case(train.main, lambda: train.main(["--val-size", str(10**12)]), SystemExit, "--val-size"),
+    Case(
+        train.main,
+        lambda: train.main(["--batch-size", str(10**12)]),
+        SystemExit,
+        "--batch-size",
+        "memory",
+    ),
+    Case(train.main, lambda: train.main(["--width", str(10**12)]), SystemExit, "--width", "memory"),
+    Case(
+        train.main,
+        lambda: train.main(["--mid-channels", str(10**12)]),
+        SystemExit,
+        "--mid-channels",
+        "memory",
+    ),
+    Case(train.main, lambda: train.main(["--size", str(10**12)]), SystemExit, "--size", "memory"),
+    Case(train.main, lambda: train.main(["--threads", str(10**12)]), SystemExit, "--threads"),
+    Case(train.main, lambda: train.main(["--device", "meta"]), SystemExit, "--device"),
+    Case(train.main, lambda: train.main(["--device", "mps"]), SystemExit, "--device"),
+    Case(train.main, lambda: train.main(["--device", "xla"]), SystemExit, "--device"),
+    Case(train.main, lambda: train.main(["--all", "--names", "deeplab"]), SystemExit, "--names"),
+    Case(train.main, lambda: train.main(["--all", "--seeds", "-1"]), SystemExit, "--seeds"),
+    Case(
+        train.main,
+        lambda: train.main(["--all", "--seeds", str(2**40)]),
+        SystemExit,
+        "--seeds",
+        "huge",
+    ),
+    Case(
+        train.main,
+        lambda: train.main(["--all", "--out-dir", str(blocked_path(_TMP))]),
+        SystemExit,
+        "--out-dir",
+    ),
+    Case(
+        train.main,
+        lambda: train.main(["--digest-dir", str(blocked_path(_TMP).parent / "a_file")]),
+        SystemExit,
+        "--digest-dir",
+    ),
+    Case(analysis_cli.main, lambda: analysis_cli.main(["--width", "0"]), SystemExit, "--width"),
+    Case(
+        analysis_cli.main, lambda: analysis_cli.main(["--channels", "-3"]), SystemExit, "--channels"
+    ),
+    Case(
+        analysis_cli.main,
+        lambda: analysis_cli.main(["--qk-channels", "x"]),
+        SystemExit,
+        "--qk-channels",
+    ),
+    Case(
+        analysis_cli.main,
+        lambda: analysis_cli.main(["--batch", str(10**12)]),
+        SystemExit,
+        "--batch",
+        "memory",
+    ),
+    Case(
+        analysis_cli.main,
+        lambda: analysis_cli.main(["--repeats", str(10**12)]),
+        SystemExit,
+        "--repeats",
+    ),
+    Case(analysis_cli.main, lambda: analysis_cli.main(["--impl", "flex"]), SystemExit, "--impl"),
+    Case(
+        analysis_cli.main, lambda: analysis_cli.main(["--device", "meta"]), SystemExit, "--device"
+    ),
+    Case(
+        analysis_cli.main,
+        lambda: analysis_cli.main(["--sweep", "--sizes", "0"]),
+        SystemExit,
+        "--sizes",
+    ),
+    Case(
+        analysis_cli.main,
+        lambda: analysis_cli.main(["--sweep", "--sizes", str(10**6)]),
+        SystemExit,
+        "--sizes",
+        "memory",
+    ),
+    Case(
+        analysis_cli.main,
+        lambda: analysis_cli.main(["--sweep", "--memory-limit-mb", "1e12"]),
+        SystemExit,
+        "--memory-limit-mb",
+    ),
+    Case(analysis_cli.main, lambda: analysis_cli.main(["--csv", str(_TMP)]), SystemExit, "--csv"),
+    Case(
+        ops_cli.main,
+        lambda: ops_cli.main(["bench", "--repeats", str(10**12)]),
+        SystemExit,
+        "--repeats",
+        "huge",
+    ),
+    Case(
+        ops_cli.main,
+        lambda: ops_cli.main(["bench", "--csv", "/dev/full"]),
+        SystemExit,
+        "--csv",
+        "a device",
+    ),
+    Case(checkpoint.main, lambda: checkpoint.main(["redigest", str(_TMP)]), SystemExit, "PATH"),
+    Case(checkpoint.main, lambda: checkpoint.main(["redigest", ""]), SystemExit, "PATH", "empty"),
+    Case(
+        line_products.main, lambda: line_products.main(["--threads", "0"]), SystemExit, "--threads"
+    ),
+    Case(
+        line_products.main,
+        lambda: line_products.main(["--threads", str(10**12)]),
+        SystemExit,
+        "--threads",
+        "huge",
+    ),
+    Case(
+        line_products.main, lambda: line_products.main(["--repeats", "0"]), SystemExit, "--repeats"
+    ),
+    Case(
+        line_products.main,
+        lambda: line_products.main(["--out", str(_TMP)]),
+        SystemExit,
+        "--out",
+        "a directory",
+    ),
+    Case(line_products.main, lambda: line_products.main(["--isa", "sse9"]), SystemExit, "--isa"),
+    Case(cpu_isa.main, lambda: cpu_isa.main(["--repeats", "2.5"]), SystemExit, "--repeats"),
+    Case(
+        cpu_isa.main,
+        lambda: cpu_isa.main(["--out", str(blocked_path(_TMP).parent / "a_file")]),
+        SystemExit,
+        "--out",
+    ),
+    Case(cpu_isa.main, lambda: cpu_isa.main(["--isa", "sse9"]), SystemExit, "--isa"),
     Case(analysis_cli.main, lambda: analysis_cli.main(["--height", "0"]), SystemExit, "--height"),
     Case(
         analysis_cli.main,
@@ -1985,3 +2425,100 @@ def test_the_table_is_broad():
     for label in ("rank", "devices", "bool for int", "float for int", "NaN", "empty"):
         assert any(label in k for k in kinds), label
     assert ccnet_edu.__all__  # the package itself is walked too (MODULES[0])
+
+
+# --------------------------------------------------------------------------- command lines
+
+
+class _Parser(Exception):
+    """Raised instead of parsing: carries the parser a command line built."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        super().__init__()
+        self.parser = parser
+
+
+def _parser_of(main: Callable) -> argparse.ArgumentParser:
+    """The parser ``main`` builds, caught at its ``parse_args`` (nothing else runs)."""
+
+    def capture(self, *args, **kwargs):
+        raise _Parser(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, "parse_args", capture)
+        with pytest.raises(_Parser) as caught:
+            main([])
+    return caught.value.parser
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option (its longest spelling) and positional that takes a value, subcommands'
+    too; flags take none (``--quiet``), so there is no bad value to give them."""
+    found: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _options(sub)
+        elif action.nargs == 0:
+            continue  # --help and the store_true / store_false flags
+        elif action.option_strings:
+            found.add(max(action.option_strings, key=len))
+        else:
+            found.add(action.metavar or action.dest.upper())
+    return found
+
+
+def _uncovered_options() -> list[str]:
+    covered = {(key(c.target), c.names) for c in CASES if c.error is SystemExit}
+    return sorted(
+        f"{name} {option}"
+        for name, main in CLIS.items()
+        for option in _options(_parser_of(main))
+        if (key(main), option) not in covered
+    )
+
+
+def test_every_cli_option_has_a_case():
+    missing = _uncovered_options()
+    assert not missing, f"command-line options without a bad-input case: {missing}"
+
+
+def test_a_new_cli_option_without_a_case_is_caught(monkeypatch):
+    from ccnet_edu import train_cli
+
+    build = train_cli.build_parser
+
+    def with_new_option():
+        parser = build()
+        parser.add_argument("--new-size", type=int, default=1)
+        return parser
+
+    monkeypatch.setattr(train_cli, "build_parser", with_new_option)
+    assert _uncovered_options() == ["python -m ccnet_edu.train --new-size"]
+
+
+def _command_files() -> set[str]:
+    """Every file that runs as a command: ``__main__.py`` modules, and modules and scripts
+    with a ``__name__ == "__main__"`` block."""
+    found = set()
+    for folder in ("ccnet_edu", "benchmarks", "tools"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            if path.name == "__main__.py" or '__name__ == "__main__"' in text:
+                found.add(path.relative_to(ROOT).as_posix())
+    return found
+
+
+def _cli_file(main: Callable) -> str:
+    module = main.__module__
+    if module.startswith("benchmarks."):
+        return f"benchmarks/{module.split('.', 1)[1]}.py"
+    return module.replace(".", "/") + ".py"
+
+
+def test_every_command_line_is_in_the_table():
+    listed = {_cli_file(main) for main in CLIS.values()}
+    missing = _command_files() - listed - set(CLI_EXEMPT)
+    assert not missing, f"commands neither in CLIS nor in CLI_EXEMPT: {sorted(missing)}"
+    assert set(CLI_EXEMPT) <= _command_files(), "stale CLI_EXEMPT entries"
+    assert not (listed & set(CLI_EXEMPT)), "a command in CLIS is also exempt: drop it"

@@ -226,3 +226,55 @@ def test_flex_route_rejects_bad_input():
         flex.criss_cross_attention_flex(q, k, v, value_chunk=0)
     with pytest.raises(TypeError, match="compiled"):
         flex.criss_cross_attention_flex(q, k, v, compiled="yes")
+
+
+# ------------------------------------------------------------------ every impl, the hard cases
+
+# Every impl the functional API offers ("auto" is one of the others, but it is a public value).
+IMPLS = list(Fn.IMPLS)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("energy", [1e2, 1e4, 1e6])
+def test_attention_rows_sum_to_one_at_large_energies(impl, dtype, energy):
+    """|energy| up to 1e6: every impl's rows sum to 1 (to rounding) and match the float64
+    reference's rows; flex once returned rows off by 4e-3 at 1e4 and 0.28 at 1e6 (float32)."""
+    (q, k, v), _, _ = _inputs((2, 3, 4, 5, 7), torch.float64, seed=7)
+    q = q / q.norm(dim=1, keepdim=True) * energy**0.5  # |q . k| <= energy, ~energy at the max
+    k = k / k.norm(dim=1, keepdim=True) * energy**0.5
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    out, attention = Fn.criss_cross_attention(q, k, v, impl=impl, return_attention=True)
+    error = (attention.double().sum(-1) - 1).abs().max().item()
+    assert error <= 8 * torch.finfo(dtype).eps * (attention.shape[-1]), (impl, error)
+    want_out, want_att = Fn.criss_cross_attention_reference(q, k, v)
+    # Same energies (the products are exact enough at this size): the same weights.
+    assert torch.allclose(attention, want_att, atol=1e-5 if dtype == torch.float32 else 1e-12)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_every_impl_without_grad_on_inputs_that_require_grad(impl, mode):
+    """Under no_grad / inference_mode an input that requires grad is fine for every impl
+    (flex once raised FlexAttention's "does not support backward on CPU")."""
+    (q, k, v), _, _ = _inputs((2, 3, 4, 5, 6), torch.float32, seed=3)
+    want_out, want_att = Fn.criss_cross_attention_reference(q, k, v)
+    q.requires_grad_(True)
+    context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with context:
+        out, attention = Fn.criss_cross_attention(q, k, v, impl=impl, return_attention=True)
+    assert not out.requires_grad
+    assert torch.allclose(out, want_out, atol=1e-5)
+    assert torch.allclose(attention, want_att, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_every_impl_on_the_meta_device(impl):
+    """Shapes only: every impl gives (B, C, H, W) and (B, H, W, H+W-1) on "meta" (flex once
+    raised FlexAttention's "only supported on CUDA, CPU, HPU, or MPS")."""
+    q = torch.empty(2, 3, 5, 7, device="meta")
+    v = torch.empty(2, 4, 5, 7, device="meta")
+    out, attention = Fn.criss_cross_attention(q, q, v, impl=impl, return_attention=True)
+    assert out.device.type == attention.device.type == "meta"
+    assert out.shape == (2, 4, 5, 7) and attention.shape == (2, 5, 7, 11)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ccnet_edu.checkpoint import payload_digest
 from ccnet_edu.models import (
     CHECKPOINT_DIR,
     HEADS,
@@ -190,7 +191,7 @@ def test_checkpoint_stores_the_digest_and_a_flipped_byte_is_caught(tmp_path):
 
 
 def _payload(tmp_path, name, **changes):
-    """A checkpoint file with ``changes`` applied to a valid payload (digest recomputed)."""
+    """A checkpoint file with ``changes`` applied to a valid payload (digests recomputed)."""
     torch.manual_seed(0)
     path = save_checkpoint(tmp_path / "valid.pt", SegmentationModel("fcn"), {"seed": 0})
     payload = torch.load(path, weights_only=True)
@@ -199,14 +200,18 @@ def _payload(tmp_path, name, **changes):
             payload.pop(key)
         else:
             payload[key] = value
+    if "digest" in payload:
+        payload["digest"] = payload_digest(payload)
     out = tmp_path / name
     torch.save(payload, out)
     return out
 
 
 def test_checkpoint_without_digest_says_how_to_add_one(tmp_path):
-    old = _payload(tmp_path, "old.pt", state_dict_digest=None)
-    with pytest.raises(ValueError, match=r"old.pt predates weight digests.*add_digest"):
+    old = _payload(
+        tmp_path, "old.pt", format="ccnet_edu.checkpoint/1", state_dict_digest=None, digest=None
+    )
+    with pytest.raises(ValueError, match=r"old.pt has the format .*weights only.*redigest"):
         load_checkpoint(old)
     before = torch.load(old, weights_only=True)
     add_digest(old)

@@ -19,10 +19,14 @@ import sys
 import torch
 
 from .._checks import OneLineArgumentParser, cli_device, cli_float, cli_int, cli_writable
+from .._io import atomic_save_figure
 from .compare import (
+    _check_memory_of,
+    _check_sweep_memory,
     comparison_table,
     format_claims,
     format_table,
+    paper_candidates,
     paper_claims,
     scaling_sweep,
     write_csv,
@@ -41,13 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--qk-channels", type=cli_int(1), default=64, help="C' (default 64)")
     parser.add_argument("--batch", type=cli_int(1), default=None, help="batch size (1)")
     parser.add_argument(
-        "--repeats", type=cli_int(1), default=3, help="timed runs per model (median)"
+        "--repeats", type=cli_int(1, 1000), default=3, help="timed runs per model (median), <= 1000"
     )
     parser.add_argument(
         "--time-budget",
-        type=cli_float(0.0, exclusive_minimum=True),
+        type=cli_float(0.0, 86400.0, exclusive_minimum=True),
         default=None,
-        help="seconds of timing per model (> 0; 60)",
+        help="seconds of timing per model (> 0, at most a day; 60)",
     )
     parser.add_argument("--no-time", action="store_true", help="skip timing")
     parser.add_argument("--no-peak", action="store_true", help="skip peak memory")
@@ -73,6 +77,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--png", help="write a figure to this PNG file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _check_memory(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The memory the run needs, predicted before anything is allocated: a usage error
+    (exit code 2, one line) when it exceeds what this machine can give one request."""
+    device = torch.device(args.device)
+    try:
+        candidates = paper_candidates(
+            args.channels, args.qk_channels, (2,) if args.sweep else (1, 2, 3), args.impl
+        )
+        if args.sweep:
+            names = ("--memory-limit-mb", "--channels", "--sizes")
+            _check_sweep_memory(
+                candidates, args.channels, args.sizes, args.memory_limit_mb, device, names
+            )
+        else:
+            shape = (args.batch, args.channels, args.height, args.width)
+            what = (
+                f"--batch {args.batch}, --channels {args.channels}, --height {args.height}, "
+                f"--width {args.width}"
+            )
+            _check_memory_of(candidates, shape, device, what)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is None:
             setattr(args, name, value)
 
+    _check_memory(parser, args)
     if args.sweep:
         points = scaling_sweep(
             args.sizes,
@@ -138,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             for ax, metric in zip(axes, ["gflops", "saved_mb", "peak_mb", "time_s"], strict=True):
                 plot_scaling(points, metric, ax=ax)
             fig.tight_layout()
-            fig.savefig(args.png, dpi=120)
+            atomic_save_figure(fig, args.png, dpi=120)
         return 0
 
     rows = comparison_table(
@@ -173,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
         metrics = ["gflops", "saved_mb"] + (["peak_mb"] if not args.no_peak else [])
         metrics += [] if args.no_time else ["time_s"]
-        plot_comparison(rows, metrics).savefig(args.png, dpi=120)
+        atomic_save_figure(plot_comparison(rows, metrics), args.png, dpi=120)
     return 0
 
 

@@ -18,7 +18,6 @@ comparison and are never used in their place.
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
@@ -37,10 +36,13 @@ from .._checks import (
     check_float,
     check_int,
     check_int_sequence,
+    check_memory,
     check_positive_pair,
     check_str,
     check_writable,
+    memory_limit,
 )
+from .._io import atomic_write_csv
 from ..measure import Timing, time_ms
 from .flops import axial_flops, count_flops, issa_flops, nonlocal_flops, rcca_flops
 from .memory import MAP_KINDS, attention_map_bytes, peak_memory, saved_tensors
@@ -211,6 +213,59 @@ def paper_candidates(
     return out
 
 
+def _predicted_bytes(candidate: Candidate, shape: tuple[int, ...]) -> float:
+    """Bytes one measurement of ``candidate`` on an input of ``shape`` needs, predicted on
+    ``meta`` (nothing allocated): the peak of its forward + backward, its weights and their
+    gradients, and the input.  Where the model cannot run on ``meta``, the non-local
+    block's bound stands in (its ``N x N`` map, three times, and 20 maps of the input)."""
+    inputs = math.prod(shape)
+    try:
+        with torch.device("meta"):
+            module = candidate.build()
+        weights = sum(p.numel() for p in module.parameters())
+        peak = peak_memory(module, torch.empty(shape, device="meta")).peak_bytes
+        return float(peak + 2 * 4 * weights + 4 * inputs)
+    except (NotImplementedError, RuntimeError, OverflowError):
+        pixels = shape[0] * shape[2] * shape[3]
+        return 4.0 * (3 * pixels * shape[2] * shape[3] + 20 * inputs)
+
+
+def _check_memory_of(
+    candidates: Sequence[Candidate], shape: tuple[int, ...], device: torch.device, what: str
+) -> None:
+    """Refuse, before anything is allocated, a measurement that would not fit ``device``."""
+    need, name = max((_predicted_bytes(c, shape), c.name) for c in candidates)
+    check_memory(f"{what} ({name})", need, device)
+
+
+def _check_sweep_memory(
+    candidates: Sequence[Candidate],
+    channels: int,
+    sizes: Sequence[int],
+    memory_limit_mb: float,
+    device: torch.device,
+    names: tuple[str, str, str] = ("memory_limit_mb", "channels", "size"),
+) -> None:
+    """The sweep's own limit fits ``device``, and so do its largest input and weights (they
+    exist before a point's peak is predicted); ``names`` name the three in messages."""
+    limit = memory_limit(device)
+    if limit is not None and memory_limit_mb * MB > limit:
+        raise ValueError(
+            f"{names[0]} must be <= {limit / MB:,.0f} (the memory one request may use on "
+            f"{device}: half the RAM, or 90% of a GPU's), got {memory_limit_mb:g}"
+        )
+    try:
+        with torch.device("meta"):
+            weights = max(sum(p.numel() for p in c.build().parameters()) for c in candidates)
+    except (RuntimeError, OverflowError):  # sizes no tensor can have
+        weights = float("inf")
+    check_memory(
+        f"the sweep's largest input ({names[1]} {channels}, {names[2]} {max(sizes)}) and weights",
+        4.0 * (channels * max(sizes) ** 2 + 2 * weights),
+        device,
+    )
+
+
 def _meta_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).to("meta")
 
@@ -332,9 +387,15 @@ def comparison_table(
     _check_include(include)
     if time_budget is not None:
         check_float("time_budget", time_budget, minimum=0.0, exclusive_minimum=True)
+    candidates = paper_candidates(channels, qk_channels, recurrences, impl, include=include)
+    _check_memory_of(
+        candidates,
+        (batch, channels, height, width),
+        device,
+        f"measuring batch {batch}, channels {channels}, height {height}, width {width}",
+    )
     torch.manual_seed(0)
     x = torch.randn(batch, channels, height, width, device=device)
-    candidates = paper_candidates(channels, qk_channels, recurrences, impl, include=include)
     rows = []
     bar = tqdm(candidates, desc="measuring", disable=not progress)
     for candidate in bar:
@@ -447,11 +508,7 @@ def write_csv(rows: Sequence[Row | SweepPoint], path: str | Path) -> None:
     if len({type(r) for r in rows}) > 1:
         raise ValueError("rows must be all comparison rows or all sweep points, not a mix")
     path = check_writable("path", path)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[fld.name for fld in fields(rows[0])])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(asdict(row))
+    atomic_write_csv(path, [fld.name for fld in fields(rows[0])], (asdict(r) for r in rows))
 
 
 # ---------------------------------------------------------------------------
@@ -509,6 +566,7 @@ def scaling_sweep(
     check_bool("progress", progress)
 
     candidates = paper_candidates(channels, qk_channels, recurrences, impl, include=include)
+    _check_sweep_memory(candidates, channels, sizes, memory_limit_mb, device)
     points: list[SweepPoint] = []
     jobs = [(c, s) for s in sizes for c in candidates]
     for candidate, size in tqdm(jobs, desc="sweep", disable=not progress):

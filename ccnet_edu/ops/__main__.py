@@ -110,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true", help="one small map, 3 repeats")
     bench.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
     bench.add_argument(
-        "--repeats", type=cli_int(minimum=1), default=None, help="timed repeats (median), >= 1"
+        "--repeats",
+        type=cli_int(minimum=1, maximum=1000),
+        default=None,
+        help="timed repeats (median), 1 to 1000",
     )
     bench.add_argument(
         "--device",

@@ -20,7 +20,6 @@ Run ``python -m ccnet_edu.ops bench [--quick] [--csv FILE]``.
 
 from __future__ import annotations
 
-import csv
 import datetime
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,6 +28,17 @@ import torch
 
 from .. import functional as Fn
 from .. import measure
+from .._checks import (
+    MAX_SEED,
+    check_bool,
+    check_choice,
+    check_device,
+    check_float,
+    check_int,
+    check_memory,
+    check_writable,
+)
+from .._io import atomic_write_csv
 from . import baselines
 
 __all__ = [
@@ -47,6 +57,11 @@ __all__ = [
 
 IMPLS = ("fused", "reference", "einsum", "bmm")
 MODES = ("forward", "forward+backward")
+# Timed repeats (and warm-up runs) at most: a median of a thousand runs is as settled as a
+# median gets, and a typo (--repeats 1e9) must not keep a machine busy for days.
+MAX_REPEATS = 1000
+# The side of the square matmul that measures the arithmetic rate, at most.
+MAX_MATMUL_SIZE = 16384
 
 
 @dataclass(frozen=True)
@@ -59,8 +74,24 @@ class Case:
     height: int
     width: int
 
+    def __post_init__(self) -> None:
+        for name in ("batch", "qk_channels", "channels", "height", "width"):
+            check_int(name, getattr(self, name), minimum=1)
+
     def __str__(self) -> str:
         return f"B={self.batch} C'={self.qk_channels} C={self.channels} {self.height}x{self.width}"
+
+    def memory_bytes(self) -> int:
+        """Bytes a run of this case needs at most, estimated before any tensor exists.
+
+        The float64 reference's energies and attention, and the ``bmm`` baseline's padded
+        (H + W) maps in float32 with their gradients, next to the inputs, the outputs and
+        their gradients in float64 and float32.
+        """
+        maps = self.batch * self.height * self.width * (self.height + self.width)
+        pixels = self.batch * self.height * self.width
+        features = pixels * (2 * self.qk_channels + 2 * self.channels)
+        return maps * (8 * 4 + 4 * 8) + features * (8 + 4 * 4)
 
 
 #: The CCNet setting (769x769 crop, output stride 8, C=512, C'=64) and a larger map.
@@ -91,6 +122,9 @@ def flops(case: Case, mode: str) -> float:
     Forward: energies (C') and aggregation (C) over H+W-1 positions per pixel;
     backward: dA (C), grad_value (C), grad_query and grad_key (C' each).
     """
+    if not isinstance(case, Case):
+        raise TypeError(f"case must be a Case, got {type(case).__name__}")
+    check_choice("mode", mode, MODES)
     n = case.batch * case.height * case.width * (case.height + case.width - 1)
     forward = 2 * n * (case.qk_channels + case.channels)
     backward = 2 * n * (2 * case.qk_channels + 2 * case.channels)
@@ -146,6 +180,9 @@ def run(
 ) -> list[Row]:
     """Benchmark every implementation on every case; returns one :class:`Row` each.
 
+    Every argument is checked, and every case's memory (:meth:`Case.memory_bytes`)
+    compared with :func:`~ccnet_edu._checks.memory_limit`, before anything is built.
+
     Raises:
         AssertionError: an implementation disagrees with the reference (checked
             before timing, relative error above 1e-4 in float32).
@@ -153,7 +190,22 @@ def run(
     from tqdm.auto import tqdm
 
     cases = DEFAULT_CASES if cases is None else cases
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(cases, (str, bytes)) or not isinstance(cases, (list, tuple)):
+        raise TypeError(f"cases must be a list of Case, got {type(cases).__name__}")
+    if not cases:
+        raise ValueError("cases must not be empty")
+    for k, case in enumerate(cases):
+        if not isinstance(case, Case):
+            raise TypeError(f"cases[{k}] must be a Case, got {type(case).__name__}")
+    device = check_device("device", device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda[:N], got {str(device)!r}")
+    repeats = check_int("repeats", repeats, minimum=1, maximum=MAX_REPEATS)
+    warmup = check_int("warmup", warmup, minimum=0, maximum=MAX_REPEATS)
+    check_bool("progress", progress)
+    seed = check_int("seed", seed, minimum=0, maximum=MAX_SEED)
+    for case in cases:
+        check_memory(f"the case {case}", case.memory_bytes(), device, hint="a smaller case")
     impls = _implementations()
     # Built, loaded and self-tested here, with autograd enabled: the first call of the
     # fused op below runs inside torch.no_grad(), where the load's self-test (a backward
@@ -214,8 +266,14 @@ def run(
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5, device: torch.device | str = "cpu") -> float:
-    """Measured float32 matmul throughput (GFLOP/s): the machine's arithmetic ceiling."""
-    device = torch.device(device)
+    """Measured float32 matmul throughput (GFLOP/s): the machine's arithmetic ceiling.
+
+    ``size`` at most :data:`MAX_MATMUL_SIZE`, ``repeats`` at most :data:`MAX_REPEATS`.
+    """
+    size = check_int("size", size, minimum=1, maximum=MAX_MATMUL_SIZE)
+    repeats = check_int("repeats", repeats, minimum=1, maximum=MAX_REPEATS)
+    device = check_device("device", device)
+    check_memory(f"a {size}^3 matmul", 3 * 4 * size * size, device)
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     ms = measure.time_ms(lambda: torch.mm(a, b), device, repeats=repeats, warmup=1).median_ms
@@ -240,6 +298,12 @@ def machine() -> str:
 
 def format_table(rows: list[Row], gflops: float | None = None) -> str:
     """A Markdown table; with ``gflops`` also the arithmetic floor and the fused op's share."""
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, (list, tuple)):
+        raise TypeError(f"rows must be a list of Row, got {type(rows).__name__}")
+    if not all(isinstance(r, Row) for r in rows):
+        raise TypeError("rows must be a list of Row (what run() returns)")
+    if gflops is not None:
+        gflops = check_float("gflops", gflops, minimum=0.0, exclusive_minimum=True)
     head = (
         "| case | mode | impl | median ms | min-max ms | einsum / impl | peak MiB "
         "| max rel. error |"
@@ -275,8 +339,12 @@ def _parse_case(text: str) -> Case:
 
 
 def write_csv(rows: list[Row], path: str) -> None:
-    """Write the rows as CSV."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0])))
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    """Write the rows as CSV, atomically (a failed write leaves the old file whole)."""
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, (list, tuple)):
+        raise TypeError(f"rows must be a list of Row, got {type(rows).__name__}")
+    if not rows:
+        raise ValueError("rows must not be empty: there is no header to write")
+    if not all(isinstance(r, Row) for r in rows):
+        raise TypeError("rows must be a list of Row (what run() returns)")
+    path = check_writable("path", path)
+    atomic_write_csv(path, list(asdict(rows[0])), (asdict(r) for r in rows))
