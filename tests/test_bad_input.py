@@ -75,11 +75,9 @@ from ccnet_edu.ops import benchmark as ops_bench  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str) -> types.ModuleType:
-    """``benchmarks/<name>.py`` imported as a module (its ``main`` is its command line)."""
-    spec = importlib.util.spec_from_file_location(
-        f"benchmarks.{name}", ROOT / "benchmarks" / f"{name}.py"
-    )
+def _script(name: str, folder: str = "benchmarks") -> types.ModuleType:
+    """``<folder>/<name>.py`` imported as a module (its ``main`` is its command line)."""
+    spec = importlib.util.spec_from_file_location(f"{folder}.{name}", ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -87,6 +85,7 @@ def _script(name: str) -> types.ModuleType:
 
 line_products = _script("line_products")
 cpu_isa = _script("cpu_isa")
+build_pdf = _script("build_pdf", folder="tools")
 
 # Every module whose ``__all__`` is public surface.
 MODULES = [
@@ -161,6 +160,7 @@ CLIS = {
     "python -m ccnet_edu.checkpoint": checkpoint.main,
     "benchmarks/line_products.py": line_products.main,
     "benchmarks/cpu_isa.py": cpu_isa.main,
+    "tools/build_pdf.py": build_pdf.main,
 }
 # Files that run as commands but are not in CLIS, and why.
 CLI_EXEMPT = {
@@ -2108,6 +2108,28 @@ CASES = [
     ),
     Case(line_products.main, lambda: line_products.main(["--isa", "sse9"]), SystemExit, "--isa"),
     Case(cpu_isa.main, lambda: cpu_isa.main(["--repeats", "2.5"]), SystemExit, "--repeats"),
+    Case(build_pdf.main, lambda: build_pdf.main(["--chapters", "0"]), SystemExit, "--chapters"),
+    Case(
+        build_pdf.main,
+        lambda: build_pdf.main(["--chapters", str(10**12)]),
+        SystemExit,
+        "--chapters",
+        "huge",
+    ),
+    Case(
+        build_pdf.main,
+        lambda: build_pdf.main(["--chapters", "999"]),
+        SystemExit,
+        "--chapters",
+        "more than the book has",
+    ),
+    Case(
+        build_pdf.main,
+        lambda: build_pdf.main(["--out", str(_TMP)]),
+        SystemExit,
+        "--out",
+        "a directory",
+    ),
     Case(
         cpu_isa.main,
         lambda: cpu_isa.main(["--out", str(blocked_path(_TMP).parent / "a_file")]),

@@ -24,7 +24,6 @@ footer. Needs the book's JavaScript (``tools/fetch_book_assets.sh``), Chromium a
 
 from __future__ import annotations
 
-import argparse
 import functools
 import http.server
 import os
@@ -49,6 +48,7 @@ PRINTED_PAGE = "_pdf_print.html"
 MAX_PRINTS = 4  # a table of contents that still moves after this many prints is an error
 
 sys.path.insert(0, str(ROOT))
+from ccnet_edu._checks import OneLineArgumentParser, cli_int, cli_writable  # noqa: E402
 from ccnet_edu._io import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 
@@ -429,21 +429,29 @@ def print_book(html_dir: Path, pdf: Path, captions: dict[str, str]) -> dict[str,
     }
 
 
+def numbered_chapters(toc: dict[str, Any]) -> int:
+    """How many numbered chapters the toc has (the most ``--chapters`` can ask for)."""
+    return sum(len(part["chapters"]) for part in toc["parts"] if part.get("numbered"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "pdf" / "ccnet-edu.pdf")
     parser.add_argument(
         "--chapters",
-        type=int,
+        type=cli_int(1, 1000),
         default=None,
         help="only the first N numbered chapters (with the book's own pages)",
     )
     args = parser.parse_args(argv)
-    if args.chapters is not None and args.chapters < 1:
-        parser.error("--chapters must be at least 1")
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    available = numbered_chapters(toc)
+    if args.chapters is not None and args.chapters > available:
+        parser.error(f"--chapters must be at most {available} (the book's numbered chapters)")
+    # checked before the build starts: a path that cannot be written fails now, not minutes later
+    cli_writable(parser, "--out", args.out)
     if not shutil.which("pdfinfo"):
         _fail("pdfinfo is missing (apt-get install -y poppler-utils)")
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
     if args.chapters is not None:
         toc = subset_toc(toc, args.chapters)
     out = args.out.resolve()
