@@ -1147,6 +1147,18 @@ CASES = [
         TypeError,
         "log",
     ),
+    Case(
+        plots.plot_influence,
+        lambda: plots.plot_influence(torch.rand(3, 4), vmin="0"),
+        TypeError,
+        "vmin",
+    ),
+    Case(
+        plots.plot_influence,
+        lambda: plots.plot_influence(torch.rand(3, 4), vmin=1.0, vmax=-1.0),
+        ValueError,
+        "vmin",
+    ),
     Case(plots.plot_scaling, lambda: plots.plot_scaling([point()], "flops"), ValueError, "metric"),
     Case(plots.plot_scaling, lambda: plots.plot_scaling([row()]), TypeError, "rows[0]"),
     Case(
