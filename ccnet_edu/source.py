@@ -27,6 +27,30 @@ __all__ = [
 ]
 
 
+def _python_source(obj: object) -> list[str]:
+    """The lines of ``obj``'s Python source; TypeError when it has none."""
+    try:
+        return inspect.getsource(obj).splitlines()
+    except (TypeError, OSError) as error:
+        raise TypeError(
+            f"obj must be a Python function, class or module with source, got {obj!r}"
+        ) from error
+
+
+def _between(
+    lines: list[str], start: str, stop: str, names: tuple[str, str], where: str
+) -> list[str]:
+    """``lines`` from the first that contains ``start`` to the first one after it that
+    contains ``stop``; ValueError naming the argument (``names``) that is not found."""
+    first = next((n for n, line in enumerate(lines) if start in line), None)
+    if first is None:
+        raise ValueError(f"{names[0]}: no line of {where} contains {start!r}")
+    last = next((n for n in range(first, len(lines)) if stop in lines[n]), None)
+    if last is None:
+        raise ValueError(f"{names[1]}: no line of {where} from {start!r} on contains {stop!r}")
+    return lines[first : last + 1]
+
+
 def source_markdown(obj: object, start: str | None = None, stop: str | None = None) -> str:
     """A Markdown ``python`` code block holding the source of ``obj``.
 
@@ -41,22 +65,12 @@ def source_markdown(obj: object, start: str | None = None, stop: str | None = No
     """
     if (start is None) != (stop is None):
         raise ValueError("start and stop must be given together (or neither)")
-    try:
-        lines = inspect.getsource(obj).splitlines()
-    except (TypeError, OSError) as error:
-        raise TypeError(
-            f"obj must be a Python function, class or module with source, got {obj!r}"
-        ) from error
+    lines = _python_source(obj)
     if start is not None:
         check_str("start", start)
         check_str("stop", stop)
-        first = next((n for n, line in enumerate(lines) if start in line), None)
-        if first is None:
-            raise ValueError(f"start: no line of the source contains {start!r}")
-        last = next((n for n in range(first, len(lines)) if stop in lines[n]), None)
-        if last is None:
-            raise ValueError(f"stop: no line from {start!r} on contains {stop!r}")
-        lines = textwrap.dedent("\n".join(lines[first : last + 1])).splitlines()
+        excerpt = _between(lines, start, stop, ("start", "stop"), "the source")
+        lines = textwrap.dedent("\n".join(excerpt)).splitlines()
     return "```python\n" + "\n".join(lines) + "\n```"
 
 
@@ -78,19 +92,8 @@ def source_lines(obj: object, first: str, last: str | None = None) -> str:
     check_str("first", first)
     if last is not None:
         check_str("last", last)
-    try:
-        lines = inspect.getsource(obj).splitlines()
-    except (TypeError, OSError) as error:
-        raise TypeError(
-            f"obj must be a Python function, class or module with source, got {obj!r}"
-        ) from error
-    start = next((n for n, line in enumerate(lines) if first in line), None)
-    if start is None:
-        raise ValueError(f"first: no line of the source contains {first!r}")
-    stop = next((n for n in range(start, len(lines)) if (last or first) in lines[n]), None)
-    if stop is None:
-        raise ValueError(f"last: no line from {first!r} on contains {last!r}")
-    return textwrap.dedent("\n".join(lines[start : stop + 1])).rstrip()
+    excerpt = _between(_python_source(obj), first, last or first, ("first", "last"), "the source")
+    return textwrap.dedent("\n".join(excerpt)).rstrip()
 
 
 def paper_beside_code_markdown(*rows: tuple[str, tuple[str, str]]) -> str:
@@ -152,13 +155,7 @@ def csrc_lines(path: str, start: str, stop: str) -> str:
     check_str("start", start)
     check_str("stop", stop)
     lines = _csrc_text(path).splitlines()
-    first = next((n for n, line in enumerate(lines) if start in line), None)
-    if first is None:
-        raise ValueError(f"start: no line of csrc/{path} contains {start!r}")
-    last = next((n for n in range(first, len(lines)) if stop in lines[n]), None)
-    if last is None:
-        raise ValueError(f"stop: no line of csrc/{path} from {start!r} on contains {stop!r}")
-    return "\n".join(lines[first : last + 1])
+    return "\n".join(_between(lines, start, stop, ("start", "stop"), f"csrc/{path}"))
 
 
 def _definition(text: str, path: str, name: str) -> str:
