@@ -132,7 +132,8 @@ ops: venv
 # The operator tests once more against two other builds of the CPU library, each in its own
 # cache directory: under AddressSanitizer + UndefinedBehaviorSanitizer (any report aborts the
 # run; the sanitizer runtimes are preloaded because python itself is not instrumented), and
-# with a non-generic -mtune (a tuning that once miscompiled a dtype choice), so that a
+# with a non-generic -mtune (a correct program computes the same with any tuning up to
+# rounding, so a larger difference is a compiler bug or undefined behaviour), so that a
 # code-generation-sensitive bug shows on any build machine.
 # The sanitized build is optimised at -O1 (appended after the library's -O3; the last -O wins),
 # as AddressSanitizer's documentation recommends; g++ compiles the instrumented kernels many

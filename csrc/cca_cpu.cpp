@@ -237,7 +237,7 @@ void row_aggregate(const Forward<T>& f) {
 // value is read through its strides.  When its channels are contiguous its
 // lines are (pixels x C) matrices in place.  Any other layout (NCHW from a
 // convolution) needs them channels-last, and a whole-tensor copy would be a
-// (B, H, W, C) buffer of fresh memory on every call (19 MiB at the paper's size;
+// (B, H, W, C) buffer of fresh memory on every call (18.4 MiB at the paper's size;
 // 64 MiB at 128 x 256, where every page of it costs a page fault).  out is that
 // buffer: row_energies_and_softmax parks each row of value in out,
 // channels-last; column_aggregate reads column j of it and overwrites it with

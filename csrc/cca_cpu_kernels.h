@@ -10,12 +10,14 @@
 // compiled for AVX-512, for AVX2 and for plain C++, and the ISA only decides how
 // many outputs are computed side by side.
 //
-// Identical bits in every x86-64 build.  Each output of line_product is one
-// chain of fused multiply-adds over k = 0, 1, ..., depth - 1, started from zero
-// (then added to out when accumulating): the tile shape or the vector width
-// changes which outputs share a register, never the chain.  The sums and maxima
-// of the softmax run over 16 lanes in a fixed order (see SixteenLanes), and exp
-// is the same sequence of IEEE operations in every build.
+// Identical bits in the x86-64-v3 and x86-64-v4 builds.  Each output of
+// line_product is one chain of fused multiply-adds over k = 0, 1, ..., depth - 1,
+// started from zero (then added to out when accumulating): the tile shape or the
+// vector width changes which outputs share a register, never the chain.  The sums
+// and maxima of the softmax run over 16 lanes in a fixed order (see SixteenLanes),
+// and exp is the same sequence of IEEE operations in both builds.  The 16-byte
+// build on baseline x86-64 has no fused multiply-add: it rounds each a * b + c
+// twice and agrees with the others to rounding error, not bit for bit.
 #pragma once
 
 #include <algorithm>

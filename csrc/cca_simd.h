@@ -12,8 +12,11 @@
 //                         4 floats         2 doubles       (SSE2, NEON)
 //
 // Every operation is one IEEE operation per lane (no approximate reciprocal, no
-// fast-math), so a lane computes the same bits in every build; only the number
-// of lanes side by side differs.
+// fast-math), and fma is one fused instruction in the x86-64-v3 and -v4 builds,
+// so a lane computes the same bits in those two builds; only the number of lanes
+// side by side differs.  The 16-byte build rounds a * b + c twice where the CPU
+// has no fused multiply-add (baseline x86-64, see the portable section below), so
+// its bits can differ from theirs by rounding error.
 #pragma once
 
 #include <cmath>

@@ -6,7 +6,8 @@ code (so that a state dict of the original would load into it), and the same
 forward computation, written here in our own words.  Nothing is imported from
 ``ccnet_edu`` to build them.  The published modules are
 
-* CCNet, speedinghzl/CCNet: ``cc_attention/functions.py`` (``CrissCrossAttention``)
+* CCNet, speedinghzl/CCNet: ``cc_attention/functions.py`` (``CrissCrossAttention``,
+  the pure-PyTorch version on ``master``, commit 1fae6c6)
   and ``networks/ccnet.py`` (``RCCAModule``; its norm layer ``InPlaceABNSync``
   is BatchNorm followed by leaky ReLU with slope 0.01);
 * mmcv, open-mmlab/mmcv: ``mmcv/ops/cc_attention.py`` (``CrissCrossAttention``,

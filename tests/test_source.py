@@ -37,8 +37,8 @@ def test_source_lines_cuts_dedents_and_names_a_missing_marker():
         source.source_lines(3, "x")
 
 
-def test_paper_beside_markdown_puts_excerpts_under_their_names():
-    text = source.paper_beside_markdown(
+def test_paper_beside_code_puts_several_excerpts_under_their_names():
+    text = source.paper_beside_code_markdown(
         ("Eq. (1): $$a = b$$ here", ("`f`", "x = 1"), ("`g`", "y = 2")),
         ("plain text", ("`h`", "z = 3")),
     )
@@ -47,6 +47,48 @@ def test_paper_beside_markdown_puts_excerpts_under_their_names():
     assert "`f`\n```python\nx = 1\n```\n`g`\n```python\ny = 2\n```" in text
     assert text.count(":::{grid-item}") == 4
     with pytest.raises(ValueError, match="rows"):
-        source.paper_beside_markdown()
+        source.paper_beside_code_markdown()
     with pytest.raises(TypeError, match="row"):
-        source.paper_beside_markdown("not a tuple")
+        source.paper_beside_code_markdown("not a tuple")
+
+
+def test_source_lines_is_the_excerpt_without_the_fence():
+    excerpt = source.source_lines(issa._interlaced_steps, "# Long range:", "attend_long(")
+    fenced = source.source_markdown(issa._interlaced_steps, "# Long range:", "attend_long(")
+    assert fenced == "```python\n" + excerpt + "\n```"
+    one = source.source_lines(issa._interlaced_steps, "# Long range:")
+    assert one.startswith("# Long range:") and "\n" not in one
+
+
+def test_paper_beside_code_puts_each_pair_in_two_grid_items():
+    text = source.paper_beside_code_markdown(
+        ("Eq. (1): $$y = x$$ in words", ("`f`", "y = x")),
+        ("Eq. (2)", ("`g`", "z = y")),
+    )
+    assert text.startswith("::::{grid} 1 1 2 2") and text.endswith("::::")
+    assert text.count(":::{grid-item}") == 4
+    assert "\n\n$$y = x$$\n\n" in text  # display maths on lines of their own
+    assert "`g`\n```python\nz = y\n```" in text
+
+
+def test_csrc_lines_are_the_file_s_own_lines():
+    from ccnet_edu.ops import csrc_dir
+
+    text = source.csrc_lines("cca_tiling.h", "inline float merge_lse(", "}")
+    lines = text.splitlines()
+    assert "merge_lse(" in lines[0] and lines[-1].strip() == "}"
+    assert text in (csrc_dir() / "cca_tiling.h").read_text()
+
+
+def test_csrc_definitions_match_braces_and_keep_the_comment_above():
+    text = source.csrc_definitions("cca_common.h", "tile_fma", "slot_pixel")
+    assert text.startswith("//")  # the comment above tile_fma
+    assert text.index("tile_fma(") < text.index("slot_pixel(")  # in the order asked
+    assert text.count("{") == text.count("}")  # whole bodies, braces balanced
+    assert text.rstrip().endswith("}")
+
+
+def test_csrc_opening_comment_stops_at_the_first_code_line():
+    text = source.csrc_opening_comment("cca_simd.h")
+    assert all(line.startswith("//") for line in text.splitlines())
+    assert "x86-64-v3 and -v4 builds" in text

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._checks import check_bool, check_choice, check_index, check_int, check_str, check_tensor
+from .._checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_index,
+    check_int,
+    check_str,
+    check_tensor,
+)
 from .compare import Row, SweepPoint, _check_rows, fit_exponent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,11 +90,15 @@ def plot_influence(
     ax: Axes | None = None,
     title: str = "",
     log: bool = True,
+    vmin: float | None = None,
+    vmax: float | None = None,
 ) -> Axes:
     """Draw an (H, W) influence map (:func:`~ccnet_edu.analysis.propagation.influence_map`).
 
     ``log=True`` shows ``log10`` of the influence so that weak but non-zero
-    paths are visible; exact zeros are drawn white.
+    paths are visible; exact zeros are drawn white.  ``vmin`` and ``vmax`` fix the
+    colour scale, in the units shown (``log10`` influence when ``log``), so that
+    several panels share one scale; ``None`` takes the map's own extreme.
     """
     import matplotlib.pyplot as plt
 
@@ -95,6 +107,12 @@ def plot_influence(
         pixel = check_index("pixel", pixel, tuple(influence.shape))
     check_str("title", title)
     check_bool("log", log)
+    if vmin is not None:
+        vmin = check_float("vmin", vmin)
+    if vmax is not None:
+        vmax = check_float("vmax", vmax)
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise ValueError(f"vmin must be < vmax, got vmin={vmin:g}, vmax={vmax:g}")
 
     _, ax = _axes(ax)
     values = influence.detach().cpu().double()
@@ -102,10 +120,10 @@ def plot_influence(
         shown = torch.where(values > 0, values.clamp_min(1e-300).log10(), torch.nan)
         cmap = plt.get_cmap("viridis").copy()
         cmap.set_bad("white")
-        image = ax.imshow(shown, cmap=cmap, interpolation="nearest")
+        image = ax.imshow(shown, cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
         label = "log10 influence (white: exactly 0)"
     else:
-        image = ax.imshow(values, cmap="viridis", interpolation="nearest")
+        image = ax.imshow(values, cmap="viridis", interpolation="nearest", vmin=vmin, vmax=vmax)
         label = "influence"
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label)
     if pixel is not None:

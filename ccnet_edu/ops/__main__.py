@@ -53,7 +53,7 @@ def _bench(args: argparse.Namespace) -> int:
     repeats = args.repeats or (3 if args.quick else 7)
     device = args.device or _default_device()
     # The matmul rate before and after the timed runs: on a shared machine one
-    # measurement can fall into a slow spell; the faster of the two is the ceiling.
+    # measurement can fall into a slow spell; the faster of the two is the yardstick.
     before = benchmark.matmul_gflops(repeats=10, device=device)
     rows = benchmark.run(cases, repeats=repeats, device=args.device)
     after = benchmark.matmul_gflops(repeats=10, device=device)

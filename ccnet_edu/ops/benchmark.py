@@ -266,9 +266,12 @@ def run(
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5, device: torch.device | str = "cpu") -> float:
-    """Measured float32 matmul throughput (GFLOP/s): the machine's arithmetic ceiling.
+    """Measured float32 throughput (GFLOP/s) of one large ``torch.mm``.
 
-    ``size`` at most :data:`MAX_MATMUL_SIZE`, ``repeats`` at most :data:`MAX_REPEATS`.
+    A yardstick from the BLAS torch links on this machine, not the hardware's peak: a
+    BLAS that does not use the CPU's full width runs below it, and small products
+    tiled by hand can run above it. ``size`` at most :data:`MAX_MATMUL_SIZE`, ``repeats``
+    at most :data:`MAX_REPEATS`.
     """
     size = check_int("size", size, minimum=1, maximum=MAX_MATMUL_SIZE)
     repeats = check_int("repeats", repeats, minimum=1, maximum=MAX_REPEATS)
@@ -297,7 +300,8 @@ def machine() -> str:
 
 
 def format_table(rows: list[Row], gflops: float | None = None) -> str:
-    """A Markdown table; with ``gflops`` also the arithmetic floor and the fused op's share."""
+    """A Markdown table; with ``gflops`` also the time of the fused op's multiply-adds at
+    that matmul rate, and the fused op's share of the rate."""
     if isinstance(rows, (str, bytes)) or not isinstance(rows, (list, tuple)):
         raise TypeError(f"rows must be a list of Row, got {type(rows).__name__}")
     if not all(isinstance(r, Row) for r in rows):
@@ -325,8 +329,8 @@ def format_table(rows: list[Row], gflops: float | None = None) -> str:
             case = _parse_case(r.case)
             floor_ms = flops(case, r.mode) / (gflops * 1e9) * 1e3
             lines.append(
-                f"fused {r.mode} at {r.case}: {flops(case, r.mode) / 1e9:.2f} GFLOP, floor "
-                f"{floor_ms:.1f} ms, measured {r.median_ms:.1f} ms "
+                f"fused {r.mode} at {r.case}: {flops(case, r.mode) / 1e9:.2f} GFLOP, at the "
+                f"matmul rate {floor_ms:.1f} ms, measured {r.median_ms:.1f} ms "
                 f"({floor_ms / r.median_ms:.0%} of the matmul rate)"
             )
     return "\n".join(lines)
