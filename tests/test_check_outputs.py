@@ -162,3 +162,9 @@ def test_the_books_notebooks_pass():
     assert len(found) >= 12
     findings = [f for path in found for f in check_outputs.check_notebook(path)]
     assert findings == [], "\n".join(map(str, findings))
+
+
+def test_a_file_that_is_no_json_is_an_error(tmp_path, capsys):
+    (tmp_path / "broken.ipynb").write_text('{"cells": [', encoding="utf-8")
+    assert check_outputs.main([str(tmp_path / "broken.ipynb")]) == 2
+    assert "cannot read a notebook" in capsys.readouterr().err

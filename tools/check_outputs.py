@@ -186,7 +186,11 @@ def main(argv: list[str]) -> int:
     except FileNotFoundError as error:
         print(f"check_outputs: {error}", file=sys.stderr)
         return 2
-    findings = [f for path in found for f in check_notebook(path)]
+    try:
+        findings = [f for path in found for f in check_notebook(path)]
+    except (ValueError, OSError) as error:  # json.JSONDecodeError is a ValueError
+        print(f"check_outputs: cannot read a notebook: {error}", file=sys.stderr)
+        return 2
     for finding in findings:
         print(finding)
     print(
