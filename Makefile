@@ -1,8 +1,9 @@
 # ccnet-edu: build the book and run every check.
 #   make book       build the rendered book into _build/html (strict: warnings are errors)
 #   make pdf        build the book as one PDF, _build/pdf/ccnet-edu.pdf (copied into _build/html)
-#   make test       ruff, the C++/CUDA op build, unit tests, the op tests under sanitizers and
-#                   another -mtune, nbval, strict book build, render test, PDF build and check
+#   make test       ruff and the output check, the C++/CUDA op build, unit tests, the op tests
+#                   under sanitizers and another -mtune, nbval twice (the second time on other
+#                   CPU code paths), strict book build, render test, PDF build and check
 #   make lab        JupyterLab on notebooks/
 #   make notebooks  re-execute every notebook in place, storing outputs and widget state
 #   make lock       re-resolve the dependencies and rewrite constraints.txt
@@ -40,7 +41,7 @@ exit $$rc
 endef
 
 .PHONY: help venv book book-strict book-assets check-toc test lint ops ops-sanitize ops-other-tune \
-        unit nbval render pdf pdf-check \
+        unit nbval nbval-other-path render pdf pdf-check \
         notebooks lab lock clean
 
 help:  # the comment block at the top of this file, up to its first non-comment line
@@ -125,6 +126,7 @@ pdf-check: pdf
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(PY) tools/check_outputs.py
 
 ops: venv
 	$(PY) -m ccnet_edu.ops build
@@ -169,6 +171,38 @@ unit: venv
 nbval: venv
 	@$(call pytest,--nbval --nbval-current-env -p no:cacheprovider notebooks/)
 
+# nbval once more with PyTorch's CPU kernels on other code paths than the machine picks by
+# itself, so that a checked output which depends on the CPU (a rounding error, a float32 sum
+# in another order) fails here, on any build machine, and not first on a reader's:
+#   ATEN_CPU_CAPABILITY   ATen's own vectorised kernels (softmax, reductions, element-wise
+#                         operations): AVX2 on a machine whose default is AVX-512, else the
+#                         unvectorised "default" kernels (on AVX2, on other architectures);
+#   ONEDNN_MAX_CPU_ISA    oneDNN's convolutions: AVX2 kernels at most, or SSE4.1 on an AVX2
+#                         machine;
+#   MKL_ENABLE_INSTRUCTIONS  MKL's GEMM on Intel CPUs (MKL ignores it on AMD, where its generic
+#                         path runs anyway);
+#   OMP_NUM_THREADS=1     one thread instead of all cores: reductions split differently (the
+#                         chapters that set their own thread count keep it).
+# Each of these was seen to change the bits of a float32 result on an AMD EPYC (AVX-512).
+# The run prints the capability ATen uses, and stops if ATEN_CPU_CAPABILITY did not take effect.
+CAPABILITY := $(PY) -c "import torch; print(torch.backends.cpu.get_cpu_capability())"
+
+nbval-other-path: venv
+	@own=$$($(CAPABILITY)); \
+	if [ "$$own" = AVX512 ]; then \
+	    export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2; \
+	else \
+	    export ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2; \
+	fi; \
+	export OMP_NUM_THREADS=1; \
+	now=$$($(CAPABILITY)); \
+	echo "nbval on other CPU code paths: ATen $$own -> $$now, ONEDNN_MAX_CPU_ISA=$$ONEDNN_MAX_CPU_ISA," \
+	     "MKL_ENABLE_INSTRUCTIONS=$$MKL_ENABLE_INSTRUCTIONS, OMP_NUM_THREADS=1"; \
+	if [ "$$now" = "$$own" ] && [ "$$own" != DEFAULT ]; then \
+	    echo "error: ATEN_CPU_CAPABILITY=$$ATEN_CPU_CAPABILITY did not change ATen's kernels" >&2; exit 1; \
+	fi; \
+	$(call pytest,--nbval --nbval-current-env -p no:cacheprovider notebooks/)
+
 # Needs the built book and Chromium; in `make test` a missing one is an error, not a skip.
 render: venv
 	@export BOOK_RENDER_REQUIRED=1; $(call pytest,tests/test_book_render.py -p no:cacheprovider -v)
@@ -180,6 +214,7 @@ test: venv
 	$(MAKE) --no-print-directory ops-sanitize
 	$(MAKE) --no-print-directory ops-other-tune
 	$(MAKE) --no-print-directory nbval
+	$(MAKE) --no-print-directory nbval-other-path
 	$(MAKE) --no-print-directory book-strict
 	$(MAKE) --no-print-directory render
 	$(MAKE) --no-print-directory pdf-check
