@@ -1019,7 +1019,7 @@ def run_notebooks(
         while pending and len(running) < jobs:
             notebook = pending.pop(0)
             stem = notebook.stem
-            scratch = log_dir / "kernels" / stem
+            scratch = log_dir.parent / "kernels" / stem  # IPython's files: not logs
             scratch.mkdir(parents=True, exist_ok=True)
             log = open(log_dir / f"nb_{stem}.log", "w")  # noqa: SIM115  (closed below)
             left = max(1, int(end - time.monotonic()))
@@ -1227,8 +1227,11 @@ def report(work: Path, out: Path) -> str:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(tests["counts"].items()))
         lines.append(f"{tests['collected']} collected: {counts}.")
         lines += [
-            f"- {p['outcome']}: `{p['id']}`: {p.get('message', '')}" for p in tests["problems"][:15]
+            f"- {p['outcome']}: `{p['id']}`: {p.get('message', '')[:200]}"
+            for p in tests["problems"][:10]
         ]
+        if len(tests["problems"]) > 10:
+            lines.append(f"- and {len(tests['problems']) - 10} more (tests.jsonl in logs.tar.gz)")
     else:
         lines.append("No test summary (see tests.log).")
     lines += ["", "## compute-sanitizer", ""]

@@ -160,9 +160,9 @@ pack() {
     local start
     start=$(now_us)
     record total - "$(seconds $((start - t0_us)))" "$budget" "before packing"
-    timeout 20 nvidia-smi >"$logs/nvidia-smi-after.txt" 2>&1 || true
+    timeout 8 nvidia-smi >"$logs/nvidia-smi-after.txt" 2>&1 || true
     [ -f "$logs/notebooks.xml" ] && cp "$logs/notebooks.xml" "$out/notebooks.xml"
-    timeout 20 "$PY" benchmarks/gpu_check.py report --work "$work" --out "$out" \
+    timeout 12 "$PY" benchmarks/gpu_check.py report --work "$work" --out "$out" \
         >"$logs/report.log" 2>&1 || echo "gpu_check: the report failed (logs/report.log)"
     rm -f "$work/pids"
     tar -czf "$out/.logs.tar.gz.part" -C "$work" logs && mv -f "$out/.logs.tar.gz.part" "$out/logs.tar.gz"
