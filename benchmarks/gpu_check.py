@@ -28,9 +28,10 @@ is first checked against float64 on the same inputs; then it is warmed up
 inputs rotated among three sets (the smallest problem's inputs would otherwise stay
 in L2); its peak memory is the most allocated above the inputs.  Inputs are NCHW (as
 1x1 convolutions give them).  A row starts only while the step's time limit leaves
-room for it (1.5 times the implementation's slowest row so far); a row that leaves
-the GPU in an error state ends that implementation, and the timing goes on in a
-fresh process with the next one.  The floor of each row is the larger of bytes /
+room for it (1.5 times the implementation's slowest row so far).  The rows are timed
+in a worker process: a row that crashes it, runs past its limit (45 s, the first flex
+row 150 s) or leaves the GPU in an error state ends that implementation, and a fresh
+worker goes on with the next one.  The floor of each row is the larger of bytes /
 bandwidth and operations / rate (:mod:`ccnet_edu.roofline`) at the copy bandwidth and
 matrix rates measured by ``env``.
 """
@@ -819,23 +820,61 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, text.getvalue())  # the whole table so far, as each row lands
 
 
-def bench(
-    device_name: str,
-    dry: bool,
-    time_limit: float,
-    csv_path: Path,
-    env_path: Path,
-    impls: tuple[str, ...],
-    restarts: int = 0,
-) -> int:
-    """Time each implementation in turn (see the module docstring); rows already in
-    ``csv_path`` are kept and not measured again."""
+#: A row that runs longer ends its worker (faulthandler dumps the stacks first): seconds,
+#: the first row of an implementation (FlexAttention compiles in it) and any later one
+#: (3 times the slowest so far, at least this).
+ROW_LIMIT_FIRST = {"flex": 150.0}
+ROW_LIMIT = 45.0
+RUNNING = "running"
+
+
+def bench(device_name: str, dry: bool, time_limit: float, csv_path: Path, env_path: Path,
+          impls: tuple[str, ...]) -> int:  # fmt: skip
+    """Run :func:`bench_worker` in a subprocess until every row is written or the time
+    is up: a worker that dies in a row (a crash, a hang stopped by the row limit, a GPU
+    error that leaves the context unusable) leaves that row marked in the CSV, and a
+    fresh worker goes on with the next implementation."""
+    end = time.monotonic() + time_limit
+    for attempt in range(1, 7):
+        left = end - time.monotonic()
+        if left < 5:
+            break
+        command = [
+            *(sys.executable, str(Path(__file__).resolve()), "bench-worker"),
+            *("--csv", str(csv_path), "--env", str(env_path), "--impls", ",".join(impls)),
+            *("--time-limit", f"{left:.1f}", *(["--dry-run"] if dry else [])),
+        ]
+        try:
+            rc = subprocess.run(command, timeout=left + 5).returncode
+        except subprocess.TimeoutExpired:
+            rc = "killed"
+        rows = read_rows(csv_path)
+        if not any(r.get("status") == RUNNING for r in rows) and rc in (0, 1):
+            return rc
+        print(f"bench worker {attempt} ended (rc {rc}) in a row: a fresh one goes on", flush=True)
+    return 1
+
+
+def bench_worker(device_name: str, dry: bool, time_limit: float, csv_path: Path,
+                 env_path: Path, impls: tuple[str, ...]) -> int:  # fmt: skip
+    """Time each implementation in turn (see the module docstring).  Rows already in
+    ``csv_path`` are kept; a row left ``running`` by a worker that died is marked so, and
+    its implementation is not run again.  Returns 3 after an error that leaves the GPU
+    unusable (the supervisor starts a fresh worker)."""
     import torch
 
     from ccnet_edu import ops, roofline
 
     end = time.monotonic() + time_limit
     device = torch.device(device_name)
+    shapes = DRY_SHAPES if dry else roofline.SHAPES
+    rows = read_rows(csv_path)
+    for row in rows:
+        if row.get("status") == RUNNING:
+            row["status"] = "died in this row (a crash, a hang, or a GPU error): see bench.log"
+            _mark(rows, row["impl"], shapes, "not run: an earlier row of this implementation died")
+    _write_rows(csv_path, rows)
+    done = {(r["impl"], r["shape"], r["dtype"]) for r in rows}
     config = torch._dynamo.config  # room for every shape and dtype of flex
     limit_name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, limit_name, 64)
@@ -846,11 +885,8 @@ def bench(
         load_error = f"{type(error).__name__}: {str(error)[:160]}"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     measured = env.get("ceilings") or ceilings(device, dry)
-    shapes = DRY_SHAPES if dry else roofline.SHAPES
     max_reps, max_s = (3, 0.3) if dry else (20, 0.6)
     cases = _Cases(device, 1 if dry else 3)
-    rows = read_rows(csv_path)
-    done = {(r["impl"], r["shape"], r["dtype"]) for r in rows}
     slowest: dict[str, float] = {}
     for impl in impls:
         for shape in shapes:
@@ -869,11 +905,17 @@ def bench(
                     row[f"{mode}_floor_ms"] = 1e3 * max(floor)
                 left, need = end - time.monotonic(), max(3.0, 1.5 * slowest.get(impl, 0.0))
                 start = time.monotonic()
+                rows.append(row)
                 if left < need:
                     row["status"] = f"skipped: {left:.0f} s left, the row needs about {need:.0f}"
                 elif load_error and impl in ("fused", "fused-nhwc", "portable"):
                     row["status"] = f"failed: {load_error}"
                 else:
+                    row["status"] = RUNNING  # what stays if this process dies in the row
+                    _write_rows(csv_path, rows)
+                    first = ROW_LIMIT_FIRST.get(impl, ROW_LIMIT)
+                    limit = max(ROW_LIMIT, 3 * slowest[impl]) if impl in slowest else first
+                    faulthandler.dump_traceback_later(max(1.0, min(limit, left)), exit=True)
                     try:
                         sets, want = cases.get(shape, dtype_name)
                         if impl == "fused-nhwc":
@@ -885,41 +927,15 @@ def bench(
                         _time_row(_impl_fn(impl), sets, want, tol, device, max_reps, max_s, row)
                     except Exception as error:  # a failure is a row of the table, not the end
                         row["status"] = f"failed: {type(error).__name__}: {str(error)[:160]}"
-                        if device.type == "cuda" and STICKY.search(str(error)) and restarts < 3:
-                            rows.append(row)
-                            _write_rows(csv_path, rows)
-                            print(
-                                _row_line(row),
-                                "\n  the GPU is in an error state: a fresh process "
-                                "goes on with the next implementation",
-                                flush=True,
-                            )
-                            rest = impls[impls.index(impl) + 1 :]
+                        if device.type == "cuda" and STICKY.search(str(error)):
                             _mark(rows, impl, shapes, "not run: an earlier row left a GPU error")
                             _write_rows(csv_path, rows)
-                            if not rest:
-                                return 1
-                            os.execv(
-                                sys.executable,
-                                [
-                                    sys.executable,
-                                    str(Path(__file__).resolve()),
-                                    "bench",
-                                    "--csv",
-                                    str(csv_path),
-                                    "--env",
-                                    str(env_path),
-                                    "--time-limit",
-                                    f"{end - time.monotonic():.1f}",
-                                    "--impls",
-                                    ",".join(rest),
-                                    "--restarts",
-                                    str(restarts + 1),
-                                ],
-                            )
+                            print(_row_line(row), "\n  the GPU is in an error state", flush=True)
+                            return 3
+                    finally:
+                        faulthandler.cancel_dump_traceback_later()
                     slowest[impl] = max(slowest.get(impl, 0.0), time.monotonic() - start)
                 row["seconds"] = time.monotonic() - start
-                rows.append(row)
                 _write_rows(csv_path, rows)
                 print(_row_line(row), flush=True)
         if device.type == "cuda":
@@ -1305,13 +1321,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=float, required=True)
     p.add_argument("--record", type=Path, required=True)
     p.add_argument("args", nargs=argparse.REMAINDER)
-    p = sub.add_parser("bench", help="the timing rows")
-    p.add_argument("--csv", type=Path, required=True)
-    p.add_argument("--env", type=Path, required=True)
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--impls", default=",".join(IMPLS))
-    p.add_argument("--time-limit", type=float, default=None)
-    p.add_argument("--restarts", type=int, default=0, help=argparse.SUPPRESS)
+    for name in ("bench", "bench-worker"):
+        p = sub.add_parser(name, help="the timing rows" if name == "bench" else argparse.SUPPRESS)
+        p.add_argument("--csv", type=Path, required=True)
+        p.add_argument("--env", type=Path, required=True)
+        p.add_argument("--dry-run", action="store_true")
+        p.add_argument("--impls", default=",".join(IMPLS))
+        p.add_argument("--time-limit", type=float, default=None)
     p = sub.add_parser("notebooks", help="nbval on notebooks, in parallel")
     p.add_argument("--log-dir", type=Path, required=True)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -1343,14 +1359,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pytest-worker":
         rest = args.args[1:] if args.args[:1] == ["--"] else args.args
         return pytest_worker(args.limit, args.record, rest)
-    if args.command == "bench":
+    if args.command in ("bench", "bench-worker"):
         limit = args.time_limit if args.time_limit is not None else _time_limit(600)
         impls = tuple(i for i in args.impls.split(",") if i)
         unknown = sorted(set(impls) - set(IMPLS))
         if unknown:
             parser.error(f"--impls: unknown {unknown}; expected some of {list(IMPLS)}")
         device = "cpu" if args.dry_run else "cuda"
-        return bench(device, args.dry_run, limit, args.csv, args.env, impls, args.restarts)
+        run = bench if args.command == "bench" else bench_worker
+        return run(device, args.dry_run, limit, args.csv, args.env, impls)
     if args.command == "notebooks":
         return run_notebooks(
             args.notebooks, args.jobs, _time_limit(600), args.log_dir, args.threads

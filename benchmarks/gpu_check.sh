@@ -122,10 +122,12 @@ fi
 export TORCHINDUCTOR_CACHE_DIR=$work/inductor TRITON_CACHE_DIR=$work/triton
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 # torch's extension builder runs the `ninja` executable: a pip-installed ninja sits next to
-# the interpreter or inside its package.
+# the interpreter or inside its package.  They go last on PATH: a ninja already there wins,
+# as it does for every other caller, since two ninja versions sharing a build folder
+# rebuild each other's objects (their logs differ).
 pybin=$(dirname "$("$PY" -c 'import sys; print(sys.executable)' 2>/dev/null || echo python3)")
 ninja_bin=$("$PY" -c 'import ninja; print(ninja.BIN_DIR)' 2>/dev/null || true)
-export PATH=$pybin${ninja_bin:+:$ninja_bin}:$PATH:/usr/local/cuda/bin
+export PATH=$PATH:$pybin${ninja_bin:+:$ninja_bin}:/usr/local/cuda/bin
 export PYDEVD_DISABLE_FILE_VALIDATION=1
 
 # record NAME RC SECONDS LIMIT NOTE: one line in steps.tsv and one on stdout
