@@ -219,6 +219,16 @@ test: venv
 	$(MAKE) --no-print-directory render
 	$(MAKE) --no-print-directory pdf-check
 
+# ---------------------------------------------------------------- GPU check
+# The wheels the GPU machine lacks for benchmarks/gpu_check.sh's notebook step (nbval and
+# its Jupyter stack, CPython 3.12, manylinux x86-64), into an ignored folder that a device
+# call carries (benchmarks/gpu_notes.md); prints their total size, which must stay well
+# inside the 64 MiB a call carries.
+GPU_WHEELS ?= .gpu-wheels
+.PHONY: gpu-wheels
+gpu-wheels: venv
+	$(PY) benchmarks/gpu_check.py wheels --dest $(GPU_WHEELS) --constraints $(LOCK)
+
 # ---------------------------------------------------------------- notebooks
 notebooks: venv
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
