@@ -286,6 +286,24 @@ def test_flex_route_matches_einsum(axis, heads):
         torch.testing.assert_close(a, b, **TOL)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("axis", ["height", "width"])
+def test_flex_route_compiled_on_gpu(axis):
+    """On CUDA the flex route compiles FlexAttention (Triton), two value chunks of 128."""
+    g = torch.Generator().manual_seed(11)
+    q, k = (torch.randn(1, 64, 33, 47, generator=g) for _ in "qk")
+    v = torch.randn(1, 256, 33, 47, generator=g)
+    q, k, v = (t.cuda().requires_grad_() for t in (q, k, v))  # drawn on the CPU, moved
+    out = axial_line_attention(q, k, v, axis=axis, heads=2, impl="flex")
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    want = axial_line_attention(*leaves, axis=axis, heads=2)
+    go = torch.randn(out.shape, generator=g).cuda()
+    got = (out, *torch.autograd.grad(out, (q, k, v), go))
+    wanted = (want, *torch.autograd.grad(want, leaves, go.double()))
+    for a, b in zip(got, wanted, strict=True):  # float32: Triton's dot may run as TF32
+        assert (a.double() - b).norm() <= 1e-3 * b.norm()
+
+
 # --------------------------------------------------------------------------- the published port
 
 
