@@ -14,10 +14,14 @@ line region of its axial-attention layer, Eq. (4))::
     y_o = sum_{p in N_m(o)} softmax_p(q_o^T k_p + q_o^T r^q_{p-o} + k_p^T r^k_{p-o})
                             (v_p + r^v_{p-o})
 
-where ``N_m(o)`` are the positions ``p`` of the line with ``|p - o| < m`` (all
-of them when ``m >= L``: *global* axial attention), and ``r^q``, ``r^k``,
-``r^v`` are learned *relative positional encodings*, one vector per offset
-``p - o`` in ``-(m-1) .. m-1``: Axial-DeepLab's *position-sensitive* terms.
+where ``N_m(o)`` is the paper's ``1 x m`` region: the ``m`` positions of the
+line centred on ``o`` (``m`` odd), ``|p - o| <= (m - 1) / 2``, cut at the ends
+of the line; it holds the whole line when ``m >= 2 L - 1`` (*global* axial
+attention; the default when no span is given).  ``r^q``, ``r^k``, ``r^v`` are
+learned *relative positional encodings*, one vector per offset ``p - o`` in
+``-(m-1)/2 .. (m-1)/2`` (a table of ``m`` rows): Axial-DeepLab's
+*position-sensitive* terms.  This is the paper's span: deeplab2's
+``memory_flange`` of 32 is "a span of 65" (32 positions either side).
 Without them (``positional=False``) the energy is ``q_o^T k_p``, the energy of
 criss-cross attention (CCNet, Huang et al., ICCV 2019, Eq. (1)) and of Ho et
 al.'s axial attention, and the pass is plain 1-D attention.  The scale is 1, as
@@ -27,9 +31,10 @@ projection can absorb).
 The difference from criss-cross attention, exactly: CCA takes **one** softmax
 over the ``H + W - 1`` energies of a pixel's row and column together; axial
 attention takes one softmax over the column (height pass), then a second over
-the row (width pass) of the height pass's *output*.  After the two passes
-every pixel depends on every pixel (through the pixel at its row and the
-other's column); one CCA loop reaches only its own row and column.
+the row (width pass) of the height pass's *output*.  With a global span (the
+default), after the two passes every pixel depends on every pixel (through the
+pixel at its row and the other's column); one CCA loop reaches only its own row
+and column.
 
 * :func:`axial_line_attention` -- the functional core: one pass along
   ``axis`` (``"height"`` or ``"width"``), multi-head, optional positional terms,
@@ -81,28 +86,40 @@ _IMPLS = ("einsum", "flex")
 def relative_offsets(
     length: int, span: int, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index of ``r_{p-o}`` and the window ``|p - o| < span`` on a line of ``length``.
+    """Index of ``r_{p-o}`` and the window of ``span`` positions centred on ``o``.
 
+    ``span`` is Axial-DeepLab's ``m`` (odd): the positions ``|p - o| <= (m - 1) / 2``.
     Returns ``(index, inside)``, both (L, L) indexed ``[o, p]`` (query, key):
-    ``index[o, p] = p - o + span - 1`` clamped to the table's ``2 span - 1``
-    rows, and ``inside[o, p] = |p - o| < span`` (bool).
+    ``index[o, p] = p - o + (m - 1) / 2`` clamped to the table's ``m`` rows, and
+    ``inside[o, p] = |p - o| <= (m - 1) / 2`` (bool).
     """
     length = check_int("length", length, minimum=1)
-    span = check_int("span", span, minimum=1)
+    radius = _radius(span)
     device = check_device("device", device, optional=True)
     position = torch.arange(length, device=device)
     offset = position[None, :] - position[:, None]  # (L, L): p - o
-    inside = offset.abs() < span
-    return (offset + span - 1).clamp(0, 2 * span - 2), inside
+    inside = offset.abs() <= radius
+    return (offset + radius).clamp(0, 2 * radius), inside
+
+
+def _radius(span: object) -> int:
+    """``(m - 1) / 2`` for Axial-DeepLab's span ``m``: a positive odd integer."""
+    span = check_int("span", span, minimum=1)
+    if span % 2 != 1:
+        raise ValueError(
+            f"span must be odd (the m positions centred on the query, Axial-DeepLab's 1 x m "
+            f"region), got {span}"
+        )
+    return (span - 1) // 2
 
 
 def _check_table(name: str, table: object, channels: int, like: torch.Tensor) -> torch.Tensor:
-    check_tensor(name, table, dim=2, kind="float", layout="(2 span - 1, channels per head)")
+    check_tensor(name, table, dim=2, kind="float", layout="(span, channels per head)")
     assert isinstance(table, torch.Tensor)
     rows, width = table.shape
     if rows % 2 != 1 or width != channels:
         raise ValueError(
-            f"{name} must have shape (2 span - 1, {channels}) (an odd number of offsets, "
+            f"{name} must have shape (span, {channels}) (an odd number of offsets, "
             f"the channels of one head), got {tuple(table.shape)}"
         )
     if table.dtype != like.dtype:
@@ -142,17 +159,19 @@ def axial_line_attention(
     """One axial pass: 1-D softmax attention along each column (``"height"``) or row (``"width"``).
 
     ``y_o = sum_p softmax_p(q_o.k_p + q_o.r^q_{p-o} + k_p.r^k_{p-o}) (v_p + r^v_{p-o})``
-    over the positions ``p`` of ``o``'s line with ``|p - o| < span`` (Axial-DeepLab,
-    Eqs. (3) and (4)); each head ``g`` uses its own slice of the channels.
+    over the ``span`` positions ``p`` of ``o``'s line centred on ``o``,
+    ``|p - o| <= (span - 1) / 2`` (Axial-DeepLab, Eqs. (3) and (4)); each head ``g`` uses
+    its own slice of the channels.
 
     Args:
         query, key: (B, C', H, W); value: (B, C, H, W); one floating dtype and device.
         axis: ``"height"`` (attend along the column of each pixel) or ``"width"`` (its row).
         heads: G, dividing C' and C (the relative tables are shared by the heads).
-        rel_query, rel_key: optional (2 span - 1, C'/G) tables ``r^q``, ``r^k``; row
-            ``p - o + span - 1`` is the offset ``p - o``.
-        rel_value: optional (2 span - 1, C/G) table ``r^v``.
-        span: ``m``: keys with ``|p - o| < m``; default: the tables' span, else the whole line.
+        rel_query, rel_key: optional (span, C'/G) tables ``r^q``, ``r^k``; row
+            ``p - o + (span - 1) / 2`` is the offset ``p - o``.
+        rel_value: optional (span, C/G) table ``r^v``.
+        span: Axial-DeepLab's ``m``, odd: the keys with ``|p - o| <= (m - 1) / 2``;
+            default: the tables' row count, else the whole line (``m >= 2 L - 1`` is global).
         return_attention: also return the weights, (B, G, H, W, L) with ``L`` the line
             length: ``[b, g, i, j, l]`` is the weight of ``(l, j)`` (height) or ``(i, l)``
             (width) for the query ``(i, j)``; 0 outside the span.
@@ -182,12 +201,12 @@ def axial_line_attention(
     for name, table in tables.items():
         if table is not None:
             _check_table(name, table, widths[name], query)
-    spans = {(t.shape[0] + 1) // 2 for t in tables.values() if t is not None}
+    spans = {t.shape[0] for t in tables.values() if t is not None}
     if len(spans) > 1:
         raise ValueError(f"rel_query, rel_key and rel_value must have one span, got {spans}")
     length = query.shape[2] if axis == "height" else query.shape[3]
     if span is not None:
-        span = check_int("span", span, minimum=1)
+        _radius(span)
         if spans and spans != {span}:
             raise ValueError(f"span must match the tables' span {spans.pop()}, got {span}")
     elif spans:
@@ -232,16 +251,26 @@ def axial_line_attention(
 def _line_attention_flex(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, axis: str, heads: int
 ) -> torch.Tensor:
-    """The pass on :mod:`ccnet_edu.flex`'s line attention (lines and heads as its heads)."""
-    from .flex import _needs_dense, dense_line_attention, flex_line_attention
+    """The pass on :mod:`ccnet_edu.flex`'s line attention (lines and heads as its heads).
+
+    As :func:`~ccnet_edu.flex.criss_cross_attention_flex`: compiled (Triton kernels) with
+    ``flex.GPU_VALUE_CHUNK`` value channels per call on CUDA, eager elsewhere.
+    """
+    from .flex import GPU_VALUE_CHUNK, _needs_dense, dense_line_attention, flex_line_attention
 
     def lines(t: torch.Tensor) -> torch.Tensor:
         x = _to_lines(t, axis, heads)  # (B, n, G, L, d)
         return x.reshape(x.shape[0], -1, *x.shape[3:])  # (B, n G, L, d)
 
     q, k, v = lines(query), lines(key), lines(value)
+    on_gpu = query.device.type == "cuda"
     if _needs_dense(q, k, v):  # FlexAttention has no backward on the CPU
         out, _ = dense_line_attention(q, k, v, mask_centre=False)
+    elif on_gpu:  # the Triton kernels read the channels of a position contiguously
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out, _ = flex_line_attention(
+            q, k, v, mask_centre=False, compiled=True, value_chunk=GPU_VALUE_CHUNK
+        )
     else:
         out, _ = flex_line_attention(q, k, v, mask_centre=False)
     batch, _, height, width = value.shape
@@ -259,8 +288,9 @@ def axial_mask(
 ) -> torch.Tensor:
     """Bool (N, N), ``N = H W`` row-major: may query ``u`` attend to key ``p`` in one pass?
 
-    ``"height"``: ``p`` in ``u``'s column, ``"width"``: in its row; with ``span``,
-    only ``|p - u| < span`` along that line.
+    ``"height"``: ``p`` in ``u``'s column, ``"width"``: in its row; with ``span``
+    (Axial-DeepLab's ``m``, odd), only the ``m`` positions of that line centred on
+    ``u``, ``|p - u| <= (m - 1) / 2``.
     """
     height = check_int("height", height, minimum=1)
     width = check_int("width", width, minimum=1)
@@ -274,8 +304,7 @@ def axial_mask(
         same, along = row[:, None] == row[None, :], col
     if span is None:
         return same
-    span = check_int("span", span, minimum=1)
-    return same & ((along[:, None] - along[None, :]).abs() < span)
+    return same & ((along[:, None] - along[None, :]).abs() <= _radius(span))
 
 
 def _pass_to_dense(weights: torch.Tensor, axis: str) -> torch.Tensor:
@@ -294,13 +323,16 @@ def _pass_to_dense(weights: torch.Tensor, axis: str) -> torch.Tensor:
 def axial_attention_to_dense(
     attention_height: torch.Tensor, attention_width: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The dense (B, N, N) attention of the passes, averaged over heads.
+    """The dense (B, N, N) attention of the passes: the product of head-averaged pass matrices.
 
     ``attention_height``: (B, G, H, W, H) from the height pass; ``attention_width``:
     (B, G, H, W, W) from the width pass, or ``None`` for the height pass alone.  Both
-    passes: ``A = A_width @ A_height``, the weight with which an input pixel's value
-    reaches each output pixel through the two passes (the value projections are
-    linear); exact for one head, a head average otherwise.
+    passes: ``A = mean_g(A_width) @ mean_g(A_height)``.  With one head and no ``r^v``
+    it is exact: the weight with which an input pixel's value reaches each output pixel
+    through the two passes (the value projections are linear).  With several heads it
+    is a summary, not the effective weight (the width pass's value projection mixes the
+    heads' channels, so no single spatial matrix exists), and the ``r^v`` term does not
+    go through ``A``.
     """
     check_tensor(
         "attention_height", attention_height, dim=5, kind="float", layout="(B, G, H, W, H)"
@@ -337,8 +369,10 @@ class AxialAttentionLayer(nn.Module):
         qk_channels: C' (default ``C // 8``, at least 1, as
             :class:`~ccnet_edu.cca.CrissCrossAttention`).
         heads: G, dividing C' and C.
-        span: with ``positional``, the span ``m`` of the tables (keys with ``|p - o| < m``);
-            a map whose lines are at most ``m`` long is attended globally.
+        span: Axial-DeepLab's span ``m`` (odd): each query reads the ``m`` positions of
+            its line centred on it, ``|p - o| <= (m - 1) / 2``; with ``positional`` it
+            sizes the tables (``m`` rows).  Lines of at most ``(m + 1) / 2`` positions are
+            attended globally; ``None``: global, no tables.
         positional: add the position-sensitive terms ``r^q``, ``r^k``, ``r^v``.
     """
 
@@ -366,17 +400,21 @@ class AxialAttentionLayer(nn.Module):
         self.positional = check_bool("positional", positional)
         if positional and span is None:
             raise ValueError("span must be given with positional=True (it sizes the tables)")
-        self.span = None if span is None else check_int("span", span, minimum=1, maximum=4096)
+        if span is not None:
+            check_int("span", span, minimum=1, maximum=8191)
+            _radius(span)
+        self.span = span
         self.query = nn.Conv2d(in_channels, self.qk_channels, kernel_size=1)
         self.key = nn.Conv2d(in_channels, self.qk_channels, kernel_size=1)
         self.value = nn.Conv2d(in_channels, in_channels, kernel_size=1)
         if positional:
-            offsets = 2 * self.span - 1
             d_qk, d_v = self.qk_channels // heads, in_channels // heads
-            # Initialised as Axial-DeepLab's port: normal, std 1/sqrt(channels per head).
-            self.rel_query = nn.Parameter(torch.randn(offsets, d_qk) / d_qk**0.5)
-            self.rel_key = nn.Parameter(torch.randn(offsets, d_qk) / d_qk**0.5)
-            self.rel_value = nn.Parameter(torch.randn(offsets, d_v) / d_v**0.5)
+            # As the PyTorch re-implementation (csrhddlam/axial-deeplab): one std for all
+            # three tables, 1/sqrt(value channels per head).
+            std = d_v**-0.5
+            self.rel_query = nn.Parameter(torch.randn(self.span, d_qk) * std)
+            self.rel_key = nn.Parameter(torch.randn(self.span, d_qk) * std)
+            self.rel_value = nn.Parameter(torch.randn(self.span, d_v) * std)
         else:
             self.rel_query = self.rel_key = self.rel_value = None
 
@@ -412,8 +450,8 @@ class AxialAttention(nn.Module):
 
     ``out = width(height(x))``: each pass is an :class:`AxialAttentionLayer` with its
     own projections and its own softmax; ``gamma`` starts at 0 (identity at start),
-    as in :class:`~ccnet_edu.cca.CrissCrossAttention`.  After the two passes every
-    output pixel depends on every input pixel.
+    as in :class:`~ccnet_edu.cca.CrissCrossAttention`.  With a global span (the default),
+    after the two passes every output pixel depends on every input pixel.
 
     Args:
         in_channels: C.

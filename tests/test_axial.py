@@ -7,9 +7,11 @@
 * the position-sensitive terms against a loop over pixels written from
   Axial-DeepLab's Eqs. (3)-(4);
 * gradcheck in float64;
-* a restatement of the widely used PyTorch port of Axial-DeepLab
-  (csrhddlam/axial-deeplab, ``lib/models/axialnet.py``, class ``AxialAttention``,
-  commit 0bcd864c), written here in our own words, weights copied;
+* a restatement of the PyTorch re-implementation of Axial-DeepLab linked from the
+  paper (csrhddlam/axial-deeplab, by the first author; ImageNet classification only;
+  ``lib/models/axialnet.py``, class ``AxialAttention``, commit 0bcd864c), written here
+  in our own words, weights copied (Google's official re-implementation, deeplab2, is
+  TensorFlow and is not restated);
 * the line formulation: criss-cross attention's row half and column half
   (:mod:`ccnet_edu.flex`) are axial attention's width and height passes.
 """
@@ -136,7 +138,11 @@ def test_single_column_is_plain_1d_attention():
 
 
 def loop_reference(q, k, v, axis, heads, r_q, r_k, r_v, span):
-    """Axial-DeepLab Eqs. (3)-(4), pixel by pixel, offset by offset."""
+    """Axial-DeepLab Eqs. (3)-(4), pixel by pixel, offset by offset.
+
+    ``span`` is the paper's ``m``: the ``m`` positions centred on ``o`` (``m`` odd).
+    """
+    radius = (span - 1) // 2
     batch, qk, height, width = q.shape
     c = v.shape[1]
     dq, dv = qk // heads, c // heads
@@ -154,9 +160,9 @@ def loop_reference(q, k, v, axis, heads, r_q, r_k, r_v, span):
                     sq, sv = slice(g * dq, (g + 1) * dq), slice(g * dv, (g + 1) * dv)
                     energies, keys = [], []
                     for p, pos in enumerate(line):
-                        if abs(p - o) >= span:
+                        if abs(p - o) > radius:
                             continue
-                        r = p - o + span - 1
+                        r = p - o + radius
                         qo, kp = q[b, sq, i, j], k[b, sq, pos[0], pos[1]]
                         energies.append(qo @ kp + qo @ r_q[r] + kp @ r_k[r])
                         keys.append((pos, r))
@@ -167,14 +173,12 @@ def loop_reference(q, k, v, axis, heads, r_q, r_k, r_v, span):
 
 
 @pytest.mark.parametrize("axis", ["height", "width"])
-@pytest.mark.parametrize("span,heads", [(3, 1), (6, 2), (2, 2)])
+@pytest.mark.parametrize("span,heads", [(5, 1), (11, 2), (3, 2), (1, 1)])
 def test_position_sensitive_terms_match_the_equation(axis, span, heads):
     q, k, v = qkv(2, 5, 4, qk=4, c=6)
     g = torch.Generator().manual_seed(3)
-    r_q, r_k = (
-        torch.randn(2 * span - 1, 4 // heads, generator=g, dtype=torch.float64) for _ in "qk"
-    )
-    r_v = torch.randn(2 * span - 1, 6 // heads, generator=g, dtype=torch.float64)
+    r_q, r_k = (torch.randn(span, 4 // heads, generator=g, dtype=torch.float64) for _ in "qk")
+    r_v = torch.randn(span, 6 // heads, generator=g, dtype=torch.float64)
     out = axial_line_attention(
         q, k, v, axis=axis, heads=heads, rel_query=r_q, rel_key=r_k, rel_value=r_v
     )
@@ -184,16 +188,22 @@ def test_position_sensitive_terms_match_the_equation(axis, span, heads):
 
 
 def test_relative_offsets():
-    index, inside = relative_offsets(4, 2)
+    """Span m = 3 (Axial-DeepLab's 1 x 3 region): the query and one position either side."""
+    index, inside = relative_offsets(4, 3)
     assert index.tolist() == [[1, 2, 2, 2], [0, 1, 2, 2], [0, 0, 1, 2], [0, 0, 0, 1]]
-    assert inside.sum().item() == 4 + 2 * 3
+    assert inside.sum(1).tolist() == [2, 3, 3, 2]  # m = 3 positions, cut at the line's ends
+    _, inside = relative_offsets(9, 65)  # deeplab2's flange 32: 32 either side, all of 9
+    assert bool(inside.all())
+    assert relative_offsets(9, 5)[1][4].tolist() == [0, 0, 1, 1, 1, 1, 1, 0, 0]
 
 
 def test_span_masks_far_keys():
     q, k, v = qkv(1, 6, 3)
-    _, attention = axial_line_attention(q, k, v, axis="height", span=2, return_attention=True)
-    index, inside = relative_offsets(6, 2)
+    _, attention = axial_line_attention(q, k, v, axis="height", span=3, return_attention=True)
+    index, inside = relative_offsets(6, 3)
     assert bool((attention[0, 0].permute(1, 0, 2)[:, ~inside] == 0).all())
+    assert bool((attention[0, 0].permute(1, 0, 2)[:, inside] > 0).all())
+    assert axial_mask(6, 3, "height", span=3).sum(1).tolist()[:3] == [2, 2, 2]
 
 
 def test_gradcheck():
@@ -208,6 +218,23 @@ def test_gradcheck():
             q, k, v, axis="height", heads=2, rel_query=r_q, rel_key=r_k, rel_value=r_v
         )
         return axial_line_attention(h, h, h, axis="width", heads=2)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, *tables))
+
+
+@pytest.mark.parametrize("axis", ["height", "width"])
+def test_gradcheck_local_span(axis):
+    """A span shorter than the lines: the gradient through the masked (-inf) energies."""
+    q, k, v = (t.requires_grad_() for t in qkv(2, 5, 6, qk=2, c=2))
+    g = torch.Generator().manual_seed(6)
+    tables = [
+        torch.randn(3, 1, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3)
+    ]
+
+    def fn(q, k, v, r_q, r_k, r_v):
+        return axial_line_attention(
+            q, k, v, axis=axis, heads=2, rel_query=r_q, rel_key=r_k, rel_value=r_v
+        )
 
     assert torch.autograd.gradcheck(fn, (q, k, v, *tables))
 
@@ -257,6 +284,24 @@ def test_flex_route_matches_einsum(axis, heads):
     g_ref = torch.autograd.grad(ref.sum(), (q64, k64, v64))
     for a, b in zip(g_flex, g_ref, strict=True):
         torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("axis", ["height", "width"])
+def test_flex_route_compiled_on_gpu(axis):
+    """On CUDA the flex route compiles FlexAttention (Triton), two value chunks of 128."""
+    g = torch.Generator().manual_seed(11)
+    q, k = (torch.randn(1, 64, 33, 47, generator=g) for _ in "qk")
+    v = torch.randn(1, 256, 33, 47, generator=g)
+    q, k, v = (t.cuda().requires_grad_() for t in (q, k, v))  # drawn on the CPU, moved
+    out = axial_line_attention(q, k, v, axis=axis, heads=2, impl="flex")
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    want = axial_line_attention(*leaves, axis=axis, heads=2)
+    go = torch.randn(out.shape, generator=g).cuda()
+    got = (out, *torch.autograd.grad(out, (q, k, v), go))
+    wanted = (want, *torch.autograd.grad(want, leaves, go.double()))
+    for a, b in zip(got, wanted, strict=True):  # float32: Triton's dot may run as TF32
+        assert (a.double() - b).norm() <= 1e-3 * b.norm()
 
 
 # --------------------------------------------------------------------------- the published port
@@ -373,8 +418,8 @@ def test_restated_port_matches(axis, groups):
         _randomise_bn(port.bn_similarity, g)
         _randomise_bn(port.bn_output, g)
     port.eval()
-    ours = AxialAttentionLayer(
-        planes, axis, qk_channels=planes // 2, heads=groups, span=length, positional=True
+    ours = AxialAttentionLayer(  # the port's kernel_size L is a global span of 2 L - 1
+        planes, axis, qk_channels=planes // 2, heads=groups, span=2 * length - 1, positional=True
     ).double()
     copy_port_into_ours(port, ours)
     x = torch.randn(2, planes, height, width, dtype=torch.float64)
@@ -390,8 +435,8 @@ def test_restated_port_block_matches():
     for bn in (h.bn_qkv, h.bn_similarity, h.bn_output, w.bn_qkv, w.bn_similarity, w.bn_output):
         _randomise_bn(bn, g)
     h.eval(), w.eval()
-    ours = AxialAttention(8, qk_channels=4, span=6, positional=True).double()
-    ours.height = AxialAttentionLayer(8, "height", qk_channels=4, span=5, positional=True).double()
+    ours = AxialAttention(8, qk_channels=4, span=11, positional=True).double()
+    ours.height = AxialAttentionLayer(8, "height", qk_channels=4, span=9, positional=True).double()
     copy_port_into_ours(h, ours.height)
     copy_port_into_ours(w, ours.width)
     nn.init.constant_(ours.gamma, 1.0)
@@ -402,7 +447,7 @@ def test_restated_port_block_matches():
 def test_port_in_train_mode_differs():
     """In train() the port's BatchNorms use batch statistics: no fixed attention to fold."""
     port = PortAxialAttention(8, 1, 5, width=False).double().train()
-    ours = AxialAttentionLayer(8, "height", qk_channels=4, span=5, positional=True).double()
+    ours = AxialAttentionLayer(8, "height", qk_channels=4, span=9, positional=True).double()
     port.eval()
     copy_port_into_ours(port, ours)
     port.train()
@@ -452,7 +497,8 @@ def test_axial_attention_map_bytes_and_candidate():
 def test_axial_reachability(size):
     h, w = size
     assert axial_reachability(h, w).all()
-    one_pass = axial_mask(h, w, "height") | torch.eye(h * w, dtype=torch.bool)
-    assert boolean_matmul(one_pass, one_pass).equal(axial_mask(h, w, "height"))
+    one_pass = axial_mask(h, w, "height")  # holds the diagonal: a pass reads its own pixel
+    assert one_pass.diagonal().all()
+    assert boolean_matmul(one_pass, one_pass).equal(one_pass)  # a second pass adds nothing
     if h > 1 and w > 1:
         assert not criss_cross_reachability(h, w, 1).all()

@@ -2300,7 +2300,7 @@ CASES += [
         "span",
         "float for int",
     ),
-    Case(axial.relative_offsets, lambda: axial.relative_offsets(4, 2, 3), TypeError, "device"),
+    Case(axial.relative_offsets, lambda: axial.relative_offsets(4, 3, 3), TypeError, "device"),
     Case(
         axial.axial_line_attention,
         lambda: axial.axial_line_attention(Q(), K(), V(), axis="depth"),
@@ -2356,7 +2356,14 @@ CASES += [
     ),
     Case(
         axial.axial_line_attention,
-        lambda: axial.axial_line_attention(Q(), K(), V(), axis="width", span=2, impl="flex"),
+        lambda: axial.axial_line_attention(Q(), K(), V(), axis="width", span=4),
+        ValueError,
+        "span must be odd",
+        "even span",
+    ),
+    Case(
+        axial.axial_line_attention,
+        lambda: axial.axial_line_attention(Q(), K(), V(), axis="width", span=3, impl="flex"),
         ValueError,
         "impl",
     ),
@@ -2446,7 +2453,7 @@ CASES += [
     ),
     Case(
         axial.AxialAttention,
-        lambda: axial.AxialAttention(8, span=5000, positional=True),
+        lambda: axial.AxialAttention(8, span=9001, positional=True),
         ValueError,
         "span",
     ),
