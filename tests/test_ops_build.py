@@ -178,9 +178,13 @@ def test_isa_levels_follow_the_cpu(monkeypatch):
     monkeypatch.setattr(_build.platform, "machine", lambda: "aarch64")
     monkeypatch.delenv("CCNET_EDU_CPU_ISA")
     assert _build.select_isa() == "portable"
-    assert _build.cpu_flags("portable")[0] == _build.CPU_CFLAGS + _build._extra(
-        "CCNET_EDU_EXTRA_CFLAGS"
-    )
+    extra = _build._extra("CCNET_EDU_EXTRA_CFLAGS")
+    assert _build.cpu_flags("portable", openmp=True)[0] == [
+        *_build.CPU_CFLAGS,
+        *_build.OPENMP_FLAGS,
+        *extra,
+    ]
+    assert _build.cpu_flags("portable", openmp=False)[0] == _build.CPU_CFLAGS + extra
 
 
 def test_no_build_targets_the_build_machine():
