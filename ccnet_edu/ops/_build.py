@@ -1,7 +1,8 @@
 """Building and loading the C++/CUDA criss-cross operator (``csrc/``).
 
-The sources are compiled on first use with ``torch.utils.cpp_extension.load``
-(ninja).  Two libraries:
+The sources are compiled on first use with the ninja builder of
+``torch.utils.cpp_extension`` (that of its ``load``, without the loading: a library is
+verified before it is loaded, see below).  Two libraries:
 
 * ``ccnet_edu_cca_cpu``  -- the schemas, the CPU kernels and the portable path;
   needs only a C++ compiler.
@@ -98,13 +99,17 @@ __all__ = [
     "compiler_has_openmp",
     "cpu_flags",
     "csrc_dir",
+    "cuda_arch_list",
     "find_nvcc",
+    "first_error",
     "load_cpu",
     "load_cuda",
     "load_verified",
+    "record_verified",
     "sanitized",
     "select_isa",
     "supported_isas",
+    "unverified",
 ]
 
 #: GPU architecture when ``TORCH_CUDA_ARCH_LIST`` is unset and no GPU is present to
@@ -482,11 +487,14 @@ def unverified(library: Path) -> str | None:
     return None
 
 
-def record_verified(library: Path, **details: str) -> None:
-    """Write ``library``'s digest and size beside it (atomically), with ``details``."""
+def record_verified(library: Path, measured: tuple[str, int] | None = None, **details: str) -> None:
+    """Write ``library``'s digest and size beside it (atomically), with ``details``.
+
+    ``measured``: the ``(sha256, size)`` taken when the file was built, else read now.
+    """
     from .._io import atomic_write_text
 
-    digest, size = _digest(library)
+    digest, size = measured if measured is not None else _digest(library)
     text = json.dumps({"sha256": digest, "size": size, **details}, indent=1) + "\n"
     atomic_write_text(_record_path(library), text)
 
@@ -543,6 +551,7 @@ def load_verified(
         staging.mkdir()
         try:
             build(staging)
+            measured = _digest(staging / library.name)  # as the linker wrote it
             os.replace(staging / library.name, library)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -555,7 +564,7 @@ def load_verified(
             outcome = f"failed: {(str(error).splitlines() or [''])[0]}"
             raise
         finally:
-            record_verified(library, check=outcome)
+            record_verified(library, measured, check=outcome)
     rebuilt = None if reason == "not built yet" else reason
     if rebuilt is not None:
         warnings.warn(f"ccnet_edu: rebuilt {library} ({rebuilt})", RuntimeWarning, stacklevel=3)
@@ -611,7 +620,12 @@ def _ninja_build(
     here so that a library is verified first (the keyword arguments it does not know in
     this torch version are left out).
     """
-    builder = cpp_extension._write_ninja_file_and_build_library
+    builder = getattr(cpp_extension, "_write_ninja_file_and_build_library", None)
+    if builder is None:
+        raise BuildError(
+            f"torch {torch.__version__} has no ninja builder "
+            "(torch.utils.cpp_extension._write_ninja_file_and_build_library)"
+        )
     kwargs = dict(
         name=name,
         sources=sources,
