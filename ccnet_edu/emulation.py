@@ -22,10 +22,11 @@ import hashlib
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import torch
 
-from .ops._build import BuildError, build_dir, csrc_dir
+from .ops._build import BuildError, build_dir, csrc_dir, first_error, load_verified
 
 __all__ = [
     "DTYPES",
@@ -65,18 +66,25 @@ def library() -> ctypes.CDLL:
         key.update((src / name).read_bytes())
     directory = build_dir() / f"emulation-{key.hexdigest()[:16]}"
     path = directory / "cca_lines_emulate.so"
-    if not path.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        partial = directory / f"cca_lines_emulate.{os.getpid()}.so"
+
+    def build(staging: Path) -> None:
         result = subprocess.run(
-            [compiler, *flags, str(src / "cca_lines_emulate.cpp"), "-o", str(partial)],
+            [compiler, *flags, str(src / "cca_lines_emulate.cpp"), "-o", str(staging / path.name)],
             capture_output=True,
             text=True,
         )
         if result.returncode != 0:
-            raise BuildError(f"building the emulation failed:\n{result.stderr[-2000:]}")
-        os.replace(partial, path)  # atomic: a concurrent build never sees half a file
-    lib = ctypes.CDLL(str(path))
+            raise BuildError(
+                f"building the emulation failed: {first_error(result.stderr)}\n"
+                f"{result.stderr[-2000:]}"
+            )
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # loaded only when its digest matches the record written when it was built
+        lib, _ = load_verified(path, build, lambda library: ctypes.CDLL(str(library)))
+    except OSError as error:
+        raise BuildError(f"building the emulation in {directory} failed: {error}") from error
     lib.cca_lines_grid.restype = ctypes.c_int64
     lib.cca_lines_smem_bytes.restype = ctypes.c_int64
     lib.cca_lines_merge_lse.restype = ctypes.c_float

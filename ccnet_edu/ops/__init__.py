@@ -86,6 +86,18 @@ def _outside_any_trace() -> Iterator[None]:
         yield
 
 
+def _constant_under_compile(fn):
+    """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo``.
+
+    That decorator only marks the function (Dynamo then calls it at trace time and puts
+    its result into the graph as a constant), but importing it would load all of Dynamo
+    with this package; the mark is set directly.  ``tests/test_ops_compile.py`` compiles
+    every impl in a fresh process, so a renamed mark fails there.
+    """
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 def _try(kind: str, verbose: bool = False) -> BuildInfo | BuildError:
     if kind not in _state:
         with _outside_any_trace():
@@ -94,17 +106,27 @@ def _try(kind: str, verbose: bool = False) -> BuildInfo | BuildError:
 
 
 def _load_and_test(kind: str, verbose: bool) -> BuildInfo | BuildError:
-    try:
-        info = load_cpu(verbose) if kind == "cpu" else load_cuda(verbose)
+    seconds: list[float] = []
+
+    def check() -> str:
+        """Runs right after the library is loaded, before it is recorded as verified."""
         if kind == "cpu":
             _register_python_side()
-        if kind == "cpu" or torch.cuda.is_available():
-            start = time.perf_counter()
-            self_test(kind)
-            info.extra["self_test_seconds"] = time.perf_counter() - start
-        return info
+        elif not torch.cuda.is_available():
+            return "not run: no GPU"
+        start = time.perf_counter()
+        self_test(kind)
+        seconds.append(time.perf_counter() - start)
+        return "passed"
+
+    try:
+        info = load_cpu(verbose, check) if kind == "cpu" else load_cuda(verbose, check)
     except BuildError as error:
         return error
+    if seconds:
+        info.extra["self_test_seconds"] = seconds[0]
+        info.seconds = max(0.0, info.seconds - seconds[0])  # build and load only
+    return info
 
 
 # Self-test cases: (B, C', C, H, W), odd and non-square, batch 2.
@@ -174,7 +196,12 @@ def self_test(device_type: str = "cpu") -> None:
 
 
 def _why_not(device_type: str) -> str | None:
-    """None when the operator runs on this device type, else the reason it does not."""
+    """None when the operator runs on this device type, else the reason it does not.
+
+    Called at trace time under ``torch.compile``: Dynamo runs it eagerly (building and
+    loading the library on a first use) and puts its answer into the graph as a
+    constant, instead of tracing the build.
+    """
     if device_type not in ("cpu", "meta", "cuda"):
         return f"no kernels for device type {device_type!r}"
     cpu = _try("cpu")
@@ -187,6 +214,9 @@ def _why_not(device_type: str) -> str | None:
     return None
 
 
+_why_not = _constant_under_compile(_why_not)
+
+
 def _check_load_args(cuda: object, verbose: object) -> None:
     """``cuda``: a bool or ``None`` (decide by the GPU); ``verbose``: a bool."""
     if cuda is not None:
@@ -195,10 +225,14 @@ def _check_load_args(cuda: object, verbose: object) -> None:
 
 
 def load(cuda: bool | None = None, verbose: bool = False) -> list[BuildInfo]:
-    """Build (when needed) and load the operator; return what was loaded.
+    """Build (when needed), verify and load the operator; return what was loaded.
 
     Args:
-        cuda: also build the CUDA kernels. ``None``: only when a GPU is present.
+        cuda: ``True``: the CUDA kernels too, or raise; ``False``: the CPU library
+            only; ``None``: the CUDA kernels too when a GPU is present, and when they
+            cannot be built (no ``nvcc``, say) a warning gives the reason and the CPU
+            library is returned alone (:func:`is_available` then says ``False`` for
+            ``"cuda"``).
         verbose: show the compiler's output (it goes to stderr).
 
     Raises:
@@ -212,6 +246,16 @@ def load(cuda: bool | None = None, verbose: bool = False) -> list[BuildInfo]:
     ):
         result = _try(kind, verbose)
         if isinstance(result, BuildError):
+            if kind == "cuda" and cuda is None:
+                if "cuda-load" not in _warned:
+                    _warned.add("cuda-load")
+                    warnings.warn(
+                        f"ccnet_edu: the CUDA operator is unavailable ({result}); "
+                        "loaded the CPU operator only",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                continue
             raise result
         loaded.append(result)
     return loaded
@@ -253,21 +297,29 @@ def usable_for(tensor: torch.Tensor) -> bool:
     warning saying why.
     """
     _check_has_device(tensor)
-    if tensor.device.type not in MEASURED_FASTER:
+    return _usable_on(tensor.device.type)
+
+
+def _usable_on(device_type: str) -> bool:
+    """:func:`usable_for` for a device type; a constant of the graph under ``torch.compile``."""
+    if device_type not in MEASURED_FASTER:
         return False
-    reason = _why_not(tensor.device.type)
+    reason = _why_not(device_type)
     if reason is None:
         info = _state.get("cpu")
         return info is None or info.extra.get("isa") in MEASURED_FASTER_ISAS
-    if tensor.device.type not in _warned:
-        _warned.add(tensor.device.type)
+    if device_type not in _warned:
+        _warned.add(device_type)
         warnings.warn(
-            f"ccnet_edu: fused criss-cross attention unavailable on {tensor.device.type} "
+            f"ccnet_edu: fused criss-cross attention unavailable on {device_type} "
             f"({reason}); using the reference implementation",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return False
+
+
+_usable_on = _constant_under_compile(_usable_on)
 
 
 def criss_cross_attention(

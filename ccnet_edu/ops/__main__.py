@@ -23,6 +23,9 @@ def _build(args: argparse.Namespace) -> int:
         f"self-test passed in {info.extra['self_test_seconds']:.2f} s)"
     )
     print(f"  flags: {' '.join(info.extra['cflags'])}")
+    print(f"  threading: {info.threading}")
+    if info.rebuilt:
+        print(f"  rebuilt: {info.rebuilt}")
     if args.no_cuda:
         print("CUDA operator: not requested (--no-cuda)")
         return 0

@@ -1,7 +1,8 @@
 """Building and loading the C++/CUDA criss-cross operator (``csrc/``).
 
-The sources are compiled on first use with ``torch.utils.cpp_extension.load``
-(ninja).  Two libraries:
+The sources are compiled on first use with the ninja builder of
+``torch.utils.cpp_extension`` (that of its ``load``, without the loading: a library is
+verified before it is loaded, see below).  Two libraries:
 
 * ``ccnet_edu_cca_cpu``  -- the schemas, the CPU kernels and the portable path;
   needs only a C++ compiler.
@@ -42,6 +43,21 @@ source edit always rebuilds, whatever the file times say; a different
 compiler, flag or ISA never reuses a library; and two checkouts with
 identical sources share one build.
 
+**OpenMP is optional.**  ``at::parallel_for`` is an inline OpenMP loop compiled into
+*this* library, so with ``-fopenmp`` the kernels run on torch's intra-op threads.  A
+compiler without OpenMP (Debian's or Apple's clang without libomp) is detected by
+compiling and linking a tiny OpenMP program (:func:`compiler_has_openmp`, cached per
+compiler identity); the library is then built without ``-fopenmp`` and
+``at::parallel_for`` runs its loop inline, on one thread.  :class:`BuildInfo` says which
+(``openmp``, ``threading``), and the choice is part of the cache key.
+
+**Verified before loaded.**  A library is loaded only when its SHA-256 digest and size
+match the record written beside it (``<library>.verified.json``) when it was built and
+self-tested.  A missing record or a mismatch (a truncated copy, a full disk, flipped
+bytes) rebuilds it in a fresh staging directory, whose output replaces the damaged file
+with one atomic rename: ``torch.ops.load_library`` never maps a file that was not
+verified, and ninja never sees a damaged output as up to date.
+
 ``CCNET_EDU_EXTRA_CFLAGS`` / ``CCNET_EDU_EXTRA_LDFLAGS`` append flags to the
 CPU build (and to its key): ``make test`` uses them to build the library once
 more under AddressSanitizer + UndefinedBehaviorSanitizer, and once with a
@@ -50,17 +66,25 @@ non-generic ``-mtune``, and runs the operator tests against each.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import inspect
+import json
 import logging
 import os
 import platform
+import re
+import secrets
 import shlex
 import shutil
 import subprocess
 import sysconfig
+import tempfile
 import time
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,20 +96,26 @@ __all__ = [
     "ISA_INSTRUCTIONS",
     "ISA_LEVELS",
     "build_dir",
+    "compiler_has_openmp",
     "cpu_flags",
     "csrc_dir",
+    "cuda_arch_list",
     "find_nvcc",
+    "first_error",
     "load_cpu",
     "load_cuda",
+    "load_verified",
+    "record_verified",
     "sanitized",
     "select_isa",
     "supported_isas",
+    "unverified",
 ]
 
-#: Default GPU architecture when ``TORCH_CUDA_ARCH_LIST`` is unset. There is no
-#: GPU to detect on a build machine, and every architecture costs a full nvcc
-#: pass over the sources: one real architecture (Ampere, sm_80) plus PTX, which
-#: the driver JIT-compiles for any newer GPU.
+#: GPU architecture when ``TORCH_CUDA_ARCH_LIST`` is unset and no GPU is present to
+#: ask (:func:`cuda_arch_list`). Every architecture costs a full nvcc pass over the
+#: sources: one real architecture (Ampere, sm_80) plus PTX, which the driver
+#: JIT-compiles for any newer GPU.
 DEFAULT_CUDA_ARCH_LIST = "8.0+PTX"
 
 CPU_SOURCES = ("cca_cpu.cpp",)
@@ -126,10 +156,12 @@ _X86_64_V4_FEATURES = _X86_64_V3_FEATURES | {
 }
 
 # -O3; -ffp-contract=fast lets g++ fuse a * b + c into one FMA as nvcc does (ISO
-# C++ mode turns that off); -fopenmp because at::parallel_for is an inline OpenMP
-# loop compiled into *our* code.
-CPU_CFLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp"]
-CPU_LDFLAGS = ["-fopenmp"]
+# C++ mode turns that off).
+CPU_CFLAGS = ["-O3", "-ffp-contract=fast"]
+CPU_LDFLAGS: list[str] = []
+# Added when the compiler has OpenMP: at::parallel_for is an inline OpenMP loop
+# compiled into *our* code.
+OPENMP_FLAGS = ["-fopenmp"]
 
 
 class BuildError(RuntimeError):
@@ -138,12 +170,20 @@ class BuildError(RuntimeError):
 
 @dataclass
 class BuildInfo:
-    """What :func:`load_cpu` / :func:`load_cuda` built: library path, timing, flags."""
+    """What :func:`load_cpu` / :func:`load_cuda` built: library path, timing, flags.
+
+    ``openmp``: whether the library was compiled with OpenMP; ``threading``: how its
+    CPU loops run (torch's OpenMP threads, or inline on one thread); ``rebuilt``: why a
+    cached library was rebuilt (it failed verification), else ``None``.
+    """
 
     name: str
     library: Path
     seconds: float
     extra: dict = field(default_factory=dict)
+    openmp: bool = False
+    threading: str = ""
+    rebuilt: str | None = None
 
 
 # ------------------------------------------------------------------ sources
@@ -224,11 +264,81 @@ def _extra(variable: str) -> list[str]:
     return shlex.split(os.environ.get(variable, ""))
 
 
-def cpu_flags(isa: str | None = None) -> tuple[list[str], list[str]]:
-    """The complete ``(cflags, ldflags)`` of the CPU library for ``isa`` (default: selected)."""
+def _compiler() -> str:
+    """The C++ compiler torch's extension builder uses: ``CXX``, else ``c++``."""
+    return os.environ.get("CXX", "c++")
+
+
+def cpu_flags(isa: str | None = None, openmp: bool | None = None) -> tuple[list[str], list[str]]:
+    """The complete ``(cflags, ldflags)`` of the CPU library for ``isa`` (default: selected).
+
+    ``openmp``: add ``-fopenmp``; ``None`` asks :func:`compiler_has_openmp` about ``CXX``.
+    """
     isa = select_isa() if isa is None else isa
-    cflags = CPU_CFLAGS + ISA_LEVELS[isa] + _extra("CCNET_EDU_EXTRA_CFLAGS")
-    return cflags, CPU_LDFLAGS + _extra("CCNET_EDU_EXTRA_LDFLAGS")
+    if openmp is None:
+        openmp = compiler_has_openmp(_compiler())
+    omp = OPENMP_FLAGS if openmp else []
+    cflags = CPU_CFLAGS + omp + ISA_LEVELS[isa] + _extra("CCNET_EDU_EXTRA_CFLAGS")
+    return cflags, CPU_LDFLAGS + omp + _extra("CCNET_EDU_EXTRA_LDFLAGS")
+
+
+# A parallel region that needs omp.h and the OpenMP runtime: a compiler that merely
+# ignores the pragma, or lacks the header or the library, fails to compile or link it.
+_OPENMP_PROBE = """\
+#include <omp.h>
+int main() {
+  int n = 0;
+#pragma omp parallel reduction(+ : n)
+  n += 1;
+  return n > 0 && omp_get_max_threads() > 0 ? 0 : 1;
+}
+"""
+
+
+@functools.lru_cache(maxsize=8)
+def compiler_has_openmp(compiler: str) -> bool:
+    """Whether ``compiler`` compiles and links an OpenMP program with ``-fopenmp``.
+
+    The answer is cached per compiler identity (path and ``--version``) in memory and
+    in ``<build dir>/probes/`` (when writable), so a process pays the try-compile once
+    per compiler.
+
+    Raises:
+        BuildError: the compiler is not found or does not run.
+    """
+    identity = _compiler_identity(compiler)
+    digest = hashlib.sha256(f"{identity}\0{_OPENMP_PROBE}\0{OPENMP_FLAGS}".encode())
+    record = build_dir() / "probes" / f"openmp-{digest.hexdigest()[:16]}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        answer = json.loads(record.read_text())["openmp"]
+        if isinstance(answer, bool):
+            return answer
+    path = identity.split("\n", 1)[0]
+    with tempfile.TemporaryDirectory(prefix="ccnet_edu_openmp_") as tmp:
+        source = Path(tmp) / "probe.cpp"
+        source.write_text(_OPENMP_PROBE)
+        try:
+            result = subprocess.run(
+                [path, *OPENMP_FLAGS, str(source), "-o", str(Path(tmp) / "probe")],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            answer = result.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            answer = False
+    with contextlib.suppress(OSError):
+        from .._io import atomic_write_text
+
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps({"compiler": identity, "openmp": answer}) + "\n")
+    return answer
+
+
+def _threading(openmp: bool) -> str:
+    if openmp:
+        return "OpenMP: at::parallel_for runs on torch's intra-op threads"
+    return "no OpenMP: at::parallel_for runs its loop inline, on one thread"
 
 
 def sanitized() -> bool:
@@ -336,6 +446,225 @@ def _writable_directory(directory: Path) -> None:
         )
 
 
+# ------------------------------------------------------------------ verification
+
+
+def _record_path(library: Path) -> Path:
+    return library.with_name(library.name + ".verified.json")
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    """SHA-256 (hex) and size in bytes of the file at ``path``."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def unverified(library: Path) -> str | None:
+    """``None`` when ``library`` matches its record (digest and size), else why not."""
+    record = _record_path(library)
+    if not library.is_file():
+        return "not built yet"
+    try:
+        data = json.loads(record.read_text())
+        expected = (str(data["sha256"]), int(data["size"]))
+    except FileNotFoundError:
+        return f"{library.name} has no verification record"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"the verification record of {library.name} is unreadable"
+    try:
+        digest, size = _digest(library)
+    except OSError as error:
+        return f"{library.name} cannot be read ({error.strerror or error})"
+    if size != expected[1]:
+        return f"{library.name} has {size} bytes, its record says {expected[1]}"
+    if digest != expected[0]:
+        return f"the SHA-256 of {library.name} differs from its record"
+    return None
+
+
+def record_verified(library: Path, measured: tuple[str, int] | None = None, **details: str) -> None:
+    """Write ``library``'s digest and size beside it (atomically), with ``details``.
+
+    ``measured``: the ``(sha256, size)`` taken when the file was built, else read now.
+    """
+    from .._io import atomic_write_text
+
+    digest, size = measured if measured is not None else _digest(library)
+    text = json.dumps({"sha256": digest, "size": size, **details}, indent=1) + "\n"
+    atomic_write_text(_record_path(library), text)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (released by the kernel if the holder dies)."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): builds of one key are not serialised
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def load_verified(
+    library: Path,
+    build: Callable[[Path], None],
+    load: Callable[[Path], object],
+    check: Callable[[], str] | None = None,
+) -> tuple[object, str | None]:
+    """Load ``library`` only once it is verified; (re)build it when it is not.
+
+    ``build(staging)`` must write a fresh ``staging / library.name`` (a new directory
+    each time, so nothing damaged is reused); it then replaces ``library`` with one atomic
+    rename, is loaded with ``load(library)``, checked with ``check()`` (which returns a
+    word for the record, such as ``"passed"``, or raises) and recorded.  Builds of one
+    library are serialised by a lock beside it.
+
+    Returns:
+        ``(what load returned, why it was rebuilt)``; the reason is ``None`` after a
+        first build or a verified cache hit.
+    """
+    if unverified(library) is None:
+        result = load(library)
+        if check is not None:
+            check()
+        return result, None
+    with _locked(library.with_name(library.name + ".lock")):
+        reason = unverified(library)  # another process may have built it meanwhile
+        if reason is None:
+            result = load(library)
+            if check is not None:
+                check()
+            return result, None
+        for stale in library.parent.glob(f".{library.name}.staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
+        staging = library.with_name(f".{library.name}.staging-{secrets.token_hex(4)}")
+        staging.mkdir()
+        try:
+            build(staging)
+            measured = _digest(staging / library.name)  # as the linker wrote it
+            os.replace(staging / library.name, library)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        result = load(library)
+        outcome = "not run"
+        try:
+            if check is not None:
+                outcome = check()
+        except Exception as error:
+            outcome = f"failed: {(str(error).splitlines() or [''])[0]}"
+            raise
+        finally:
+            record_verified(library, measured, check=outcome)
+    rebuilt = None if reason == "not built yet" else reason
+    if rebuilt is not None:
+        warnings.warn(f"ccnet_edu: rebuilt {library} ({rebuilt})", RuntimeWarning, stacklevel=3)
+    return result, rebuilt
+
+
+def first_error(output: str) -> str:
+    """The first line of compiler or linker ``output`` that reports an error."""
+    pattern = re.compile(
+        r"\berror\b\s*:|\berror\b\s*#|undefined reference|cannot find -l|"
+        r"fatal error|\bld(\.\w+)?: ",
+        re.IGNORECASE,
+    )
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in lines:
+        if pattern.search(line) and not line.startswith(("ninja:", "FAILED:")):
+            return line
+    return lines[-1] if lines else "(no output)"
+
+
+def _explain_failure(name: str, error: Exception) -> str:
+    """A build failure: the first error line, then the command that failed."""
+    text = str(error)
+    lines = text.splitlines()
+    command = None
+    for index, line in enumerate(lines):
+        if line.startswith("FAILED:") and index + 1 < len(lines):
+            command = lines[index + 1].strip()
+            break
+    message = f"building {name} failed: {first_error(text)}"
+    if command:
+        message += f"\n  command: {command}"
+    return message
+
+
+def _ninja_build(
+    cpp_extension,
+    name: str,
+    sources: list[str],
+    include: str,
+    staging: Path,
+    *,
+    cuda: bool,
+    verbose: bool,
+    cflags: list[str],
+    ldflags: list[str],
+    cuda_cflags: list[str],
+    arch: str | None,
+) -> None:
+    """Compile and link ``staging/<name>.so`` with torch's ninja builder, without loading it.
+
+    torch's public ``load`` always loads what it built; its builder underneath is used
+    here so that a library is verified first (the keyword arguments it does not know in
+    this torch version are left out).
+    """
+    builder = getattr(cpp_extension, "_write_ninja_file_and_build_library", None)
+    if builder is None:
+        raise BuildError(
+            f"torch {torch.__version__} has no ninja builder "
+            "(torch.utils.cpp_extension._write_ninja_file_and_build_library)"
+        )
+    kwargs = dict(
+        name=name,
+        sources=sources,
+        extra_cflags=cflags,
+        extra_cuda_cflags=cuda_cflags,
+        extra_sycl_cflags=[],
+        extra_ldflags=ldflags,
+        extra_include_paths=[include],
+        build_directory=str(staging),
+        verbose=verbose,
+        with_cuda=cuda,
+        with_sycl=False,
+        is_standalone=False,
+    )
+    accepted = inspect.signature(builder).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    saved = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if arch is not None:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch  # read by the builder's nvcc flags
+    try:
+        builder(**kwargs)
+    except Exception as error:  # compiler missing, compile or link error, unwritable files
+        raise BuildError(_explain_failure(name, error)) from error
+    finally:
+        if arch is not None:
+            if saved is None:
+                os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+            else:
+                os.environ["TORCH_CUDA_ARCH_LIST"] = saved
+
+
+def _load_library(path: Path) -> None:
+    try:
+        torch.ops.load_library(str(path))
+    except (OSError, RuntimeError) as error:
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise BuildError(f"loading {path} failed: {first}") from error
+
+
 def _load(
     name: str,
     sources: tuple[str, ...],
@@ -346,6 +675,9 @@ def _load(
     ldflags: list[str],
     cuda_cflags: list[str],
     key_parts: list[str],
+    openmp: bool,
+    arch: str | None = None,
+    check: Callable[[], str] | None = None,
 ) -> BuildInfo:
     src = csrc_dir()
     missing = [s for s in sources + HEADERS if not (src / s).exists()]
@@ -354,13 +686,13 @@ def _load(
     cpp_extension = _cpp_extension()
     if shutil.which("ninja") is None and not _venv_ninja():
         raise BuildError("ninja is not installed (pip install ninja)")
-    compiler = os.environ.get("CXX", "c++")
     parts = [
         f"torch {torch.__version__} {_flavour()}",
-        _compiler_identity(compiler),
+        _compiler_identity(_compiler()),
         "cflags " + " ".join(cflags),
         "ldflags " + " ".join(ldflags),
         "cuda_cflags " + " ".join(cuda_cflags),
+        f"openmp {openmp}",
         *key_parts,
     ]
     key = content_key(parts, _all_sources(src))
@@ -372,30 +704,35 @@ def _load(
     # checkout, so identical checkouts share one library instead of rebuilding it in turn.
     src = _copy_sources(src, directory / "src")
     start = time.perf_counter()
-    kwargs = dict(
-        name=name,
-        sources=[str(src / s) for s in sources],
-        extra_include_paths=[str(src)],
-        extra_cflags=cflags,
-        extra_ldflags=ldflags,
-        build_directory=str(directory),
-        verbose=verbose,
-        is_python_module=False,
-        with_cuda=cuda,
-    )
-    if cuda:
-        kwargs["extra_cuda_cflags"] = cuda_cflags
-    try:
-        cpp_extension.load(**kwargs)
-    except Exception as error:  # compiler missing, compile or link error, unwritable files
-        lines = str(error).strip().splitlines() or [type(error).__name__]
-        raise BuildError(f"building {name} failed: {lines[-1]}") from error
+
+    def build(staging: Path) -> None:
+        _ninja_build(
+            cpp_extension,
+            name,
+            [str(src / s) for s in sources],
+            str(src),
+            staging,
+            cuda=cuda,
+            verbose=verbose,
+            cflags=cflags,
+            ldflags=ldflags,
+            cuda_cflags=cuda_cflags,
+            arch=arch,
+        )
+
     library = directory / f"{name}.so"
+    try:
+        _, rebuilt = load_verified(library, build, _load_library, check)
+    except OSError as error:  # the staging directory, the rename or the record
+        raise BuildError(f"building {name} in {directory} failed: {error}") from error
     return BuildInfo(
         name,
         library,
         time.perf_counter() - start,
         extra={"key": key, "cflags": cflags, "ldflags": ldflags, "directory": directory},
+        openmp=openmp,
+        threading=_threading(openmp),
+        rebuilt=rebuilt,
     )
 
 
@@ -423,15 +760,19 @@ def _venv_ninja() -> bool:
         return False
 
 
-def load_cpu(verbose: bool = False) -> BuildInfo:
-    """Build (if needed) and load the CPU library for :func:`select_isa`'s level.
+def load_cpu(verbose: bool = False, check: Callable[[], str] | None = None) -> BuildInfo:
+    """Build (if needed), verify and load the CPU library for :func:`select_isa`'s level.
+
+    ``check``: run right after loading (the self-test); a fresh build is recorded as
+    verified with what it returns (or the first line of what it raised).
 
     Raises:
         BuildError: no compiler, an unwritable cache, a compile or link error, or
             an ISA level this CPU lacks.
     """
     isa = select_isa()
-    cflags, ldflags = cpu_flags(isa)
+    openmp = compiler_has_openmp(_compiler())
+    cflags, ldflags = cpu_flags(isa, openmp)
     info = _load(
         "ccnet_edu_cca_cpu",
         CPU_SOURCES,
@@ -441,13 +782,35 @@ def load_cpu(verbose: bool = False) -> BuildInfo:
         ldflags=ldflags,
         cuda_cflags=[],
         key_parts=[isa],
+        openmp=openmp,
+        check=check,
     )
     info.extra["isa"] = isa
     return info
 
 
-def load_cuda(verbose: bool = False) -> BuildInfo:
-    """Build (if needed) and load the CUDA library; raises :class:`BuildError`."""
+def cuda_arch_list() -> str:
+    """The architectures to build for: ``TORCH_CUDA_ARCH_LIST``, else the GPU present.
+
+    Without the variable, the compute capability of the current GPU plus PTX (``9.0`` ->
+    ``9.0+PTX``: native code for this GPU, PTX for newer ones); without a GPU,
+    :data:`DEFAULT_CUDA_ARCH_LIST`.  The kernels use no architecture-specific (``sm_90a``)
+    features, so the plain architecture is enough.
+    """
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if arch:
+        return arch
+    try:
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return f"{major}.{minor}+PTX"
+    except (RuntimeError, AssertionError):  # a driver that cannot answer
+        pass
+    return DEFAULT_CUDA_ARCH_LIST
+
+
+def load_cuda(verbose: bool = False, check: Callable[[], str] | None = None) -> BuildInfo:
+    """Build (if needed), verify and load the CUDA library; raises :class:`BuildError`."""
     if sanitized():
         raise BuildError("the CPU library is built under a sanitizer: no CUDA build in this run")
     nvcc = find_nvcc()
@@ -457,20 +820,24 @@ def load_cuda(verbose: bool = False) -> BuildInfo:
         )
     if torch.version.cuda is None:
         raise BuildError("this torch build has no CUDA support")
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
-    arch = os.environ["TORCH_CUDA_ARCH_LIST"]
+    arch = cuda_arch_list()
     # No --use_fast_math: the GPU must compute exp() as the CPU does.  The host
     # code is built for the same ISA level as the CPU library.
     isa = select_isa()
+    openmp = compiler_has_openmp(_compiler())
+    omp = OPENMP_FLAGS if openmp else []
     info = _load(
         "ccnet_edu_cca_cuda",
         CUDA_SOURCES,
         cuda=True,
         verbose=verbose,
-        cflags=CPU_CFLAGS + ISA_LEVELS[isa],
-        ldflags=CPU_LDFLAGS,
+        cflags=CPU_CFLAGS + omp + ISA_LEVELS[isa],
+        ldflags=CPU_LDFLAGS + omp,
         cuda_cflags=["-O3"],
         key_parts=[isa, f"arch {arch}", _compiler_identity(nvcc)],
+        openmp=openmp,
+        arch=arch,
+        check=check,
     )
     info.extra.update({"nvcc": nvcc, "arch": arch, "isa": isa})
     return info
