@@ -34,6 +34,8 @@ __all__ = [
     "check_device",
     "check_positive_pair",
     "check_int",
+    "check_channels",
+    "MAX_CHANNELS",
     "check_float",
     "check_probability",
     "check_bool",
@@ -85,6 +87,24 @@ def check_int(
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
+
+
+MAX_CHANNELS = 16384
+"""The most channels (or classes) a module accepts: a 1x1 convolution from 16384 to 16384
+channels already holds 1 GiB of float32 weights, and a block holds several."""
+
+
+def check_channels(name: str, value: object, *, minimum: int = 1) -> int:
+    """A channel or class count: an int in ``[minimum, MAX_CHANNELS]``, checked before a
+    module allocates its weights (a typo such as ``10**9`` channels is refused, not
+    allocated until the machine runs out of memory)."""
+    value = check_int(name, value, minimum=minimum)
+    if isinstance(value, torch.SymInt) or value <= MAX_CHANNELS:
+        return value
+    raise ValueError(
+        f"{name} must be <= {MAX_CHANNELS}, got {value}: a 1x1 convolution of "
+        f"{MAX_CHANNELS} to {MAX_CHANNELS} channels already holds 1 GiB of float32 weights"
+    )
 
 
 def check_float(

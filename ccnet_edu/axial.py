@@ -58,6 +58,7 @@ from torch import nn
 
 from ._checks import (
     check_bool,
+    check_channels,
     check_choice,
     check_device,
     check_feature_map,
@@ -386,11 +387,11 @@ class AxialAttentionLayer(nn.Module):
         positional: bool = False,
     ):
         super().__init__()
-        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        self.in_channels = check_channels("in_channels", in_channels, minimum=1)
         self.axis = check_choice("axis", axis, AXES)
         if qk_channels is None:
             qk_channels = max(self.in_channels // 8, 1)
-        self.qk_channels = check_int("qk_channels", qk_channels, minimum=1)
+        self.qk_channels = check_channels("qk_channels", qk_channels, minimum=1)
         self.heads = check_int("heads", heads, minimum=1)
         if self.qk_channels % self.heads or self.in_channels % self.heads:
             raise ValueError(

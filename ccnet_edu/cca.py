@@ -24,6 +24,7 @@ from torch import nn
 
 from ._checks import (
     check_bool,
+    check_channels,
     check_choice,
     check_feature_map,
     check_int,
@@ -68,10 +69,10 @@ class CrissCrossAttention(nn.Module):
 
     def __init__(self, in_channels: int, qk_channels: int | None = None, impl: Impl = "reference"):
         super().__init__()
-        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        self.in_channels = check_channels("in_channels", in_channels, minimum=1)
         if qk_channels is None:
             qk_channels = max(self.in_channels // 8, 1)
-        self.qk_channels = check_int("qk_channels", qk_channels, minimum=1)
+        self.qk_channels = check_channels("qk_channels", qk_channels, minimum=1)
         self.impl = _check_impl(impl)
 
         # 1x1 convolutions: a per-pixel linear map, i.e. a learned projection.
@@ -148,7 +149,7 @@ def _mid_channels(in_channels: int, mid_channels: int | None) -> int:
     """The heads' reduced width: ``mid_channels``, or ``in_channels // 4`` (at least 1)."""
     if mid_channels is None:
         mid_channels = max(in_channels // 4, 1)
-    return check_int("mid_channels", mid_channels, minimum=1)
+    return check_channels("mid_channels", mid_channels, minimum=1)
 
 
 def _check_norm_activation(norm: object, activation: object) -> None:
@@ -239,13 +240,13 @@ class RCCAHead(nn.Module):
         impl: Impl = "reference",
     ):
         super().__init__()
-        self.in_channels = check_int("in_channels", in_channels, minimum=1)
-        check_int("num_classes", num_classes, minimum=1)
+        self.in_channels = check_channels("in_channels", in_channels, minimum=1)
+        check_channels("num_classes", num_classes, minimum=1)
         mid_channels = _mid_channels(in_channels, mid_channels)
-        check_int("out_channels", out_channels, minimum=1)
+        check_channels("out_channels", out_channels, minimum=1)
         check_int("recurrence", recurrence, minimum=1)
         if qk_channels is not None:
-            check_int("qk_channels", qk_channels, minimum=1)
+            check_channels("qk_channels", qk_channels, minimum=1)
         _check_impl(impl)
         check_probability("dropout", dropout)
         _check_norm_activation(norm, activation)
@@ -309,8 +310,8 @@ class FCNHead(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        self.in_channels = check_int("in_channels", in_channels, minimum=1)
-        check_int("num_classes", num_classes, minimum=1)
+        self.in_channels = check_channels("in_channels", in_channels, minimum=1)
+        check_channels("num_classes", num_classes, minimum=1)
         mid_channels = _mid_channels(in_channels, mid_channels)
         check_probability("dropout", dropout)
         _check_norm_activation(norm, activation)

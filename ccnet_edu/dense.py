@@ -29,6 +29,7 @@ from ._checks import (
     check_choice,
     check_device,
     check_int,
+    check_memory,
     check_same_device,
     check_tensor,
 )
@@ -117,6 +118,11 @@ def criss_cross_mask(
     check_int("height", height, minimum=1)
     check_int("width", width, minimum=1)
     device = check_device("device", device, optional=True)
+    n = height * width
+    # the (N, N) result and the two (N, N) comparisons it is made of, one byte each
+    check_memory(
+        f"the ({n}, {n}) mask of height {height} and width {width}", 3 * n * n, device or "cpu"
+    )
     position = torch.arange(height * width, device=device)
     row, col = position // width, position % width  # (N,), (N,)
     return (row[:, None] == row[None, :]) | (col[:, None] == col[None, :])

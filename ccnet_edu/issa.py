@@ -59,6 +59,7 @@ from torch import nn
 
 from ._checks import (
     check_bool,
+    check_channels,
     check_feature_map,
     check_float,
     check_int,
@@ -214,7 +215,7 @@ def _check_issa_args(
     projections: object,
 ) -> None:
     """Arguments of :class:`InterlacedSparseSelfAttention` (block_size is checked apart)."""
-    check_int("in_channels", in_channels, minimum=1)
+    check_channels("in_channels", in_channels, minimum=1)
     optional = {
         "key_channels": _check_optional_channels("key_channels", key_channels),
         "value_channels": _check_optional_channels("value_channels", value_channels),
@@ -237,8 +238,8 @@ def _check_head_args(
     dropout: object,
 ) -> None:
     """Arguments of :class:`ISAHead`."""
-    check_int("in_channels", in_channels, minimum=1)
-    check_int("num_classes", num_classes, minimum=1)
+    check_channels("in_channels", in_channels, minimum=1)
+    check_channels("num_classes", num_classes, minimum=1)
     _check_optional_channels("channels", channels)
     check_positive_pair("block_size", block_size)
     check_probability("dropout", dropout)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._checks import check_bool, check_int
+from ._checks import check_bool, check_channels, check_int
 
 __all__ = ["conv_bn_relu"]
 
@@ -27,8 +27,8 @@ def conv_bn_relu(
     ``nn.Sequential``), so the parameter names in a state dict are
     ``<name>.0.weight``, ``<name>.1.weight``, ``<name>.1.bias``, ...
     """
-    check_int("in_channels", in_channels, minimum=1)
-    check_int("out_channels", out_channels, minimum=1)
+    check_channels("in_channels", in_channels, minimum=1)
+    check_channels("out_channels", out_channels, minimum=1)
     check_int("kernel_size", kernel_size, minimum=1)
     check_int("stride", stride, minimum=1)
     check_bool("bias", bias)

@@ -33,7 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_feature_map, check_float, check_int, check_same_device, check_tensor
+from ._checks import (
+    check_channels,
+    check_feature_map,
+    check_float,
+    check_int,
+    check_same_device,
+    check_tensor,
+)
 
 __all__ = ["phi_var", "category_consistent_terms", "CategoryConsistentLoss"]
 
@@ -61,7 +68,7 @@ def _check_deltas(delta_v: object, delta_d: object) -> tuple[float, float]:
 
 
 def _check_classes(num_classes: object, ignore_index: object) -> tuple[int, int]:
-    num_classes = check_int("num_classes", num_classes, minimum=1)
+    num_classes = check_channels("num_classes", num_classes, minimum=1)
     ignore_index = check_int("ignore_index", ignore_index)
     if 0 <= ignore_index < num_classes:
         raise ValueError(

@@ -49,6 +49,7 @@ from torch import nn
 
 from ._checks import (
     check_bool,
+    check_channels,
     check_choice,
     check_feature_map,
     check_int,
@@ -115,7 +116,7 @@ def make_context(head: str, channels: int) -> nn.Module | None:
     depends only on the module a head actually uses.
     """
     check_choice("head", head, HEADS)
-    channels = check_int("channels", channels, minimum=1)
+    channels = check_channels("channels", channels, minimum=1)
     if head == "fcn":
         return None
     if head in ("rcca1", "rcca2"):
@@ -162,13 +163,13 @@ class ContextHead(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
-        in_channels = check_int("in_channels", in_channels, minimum=1)
-        num_classes = check_int("num_classes", num_classes, minimum=1)
+        in_channels = check_channels("in_channels", in_channels, minimum=1)
+        num_classes = check_channels("num_classes", num_classes, minimum=1)
         if context is not None and not isinstance(context, nn.Module):
             raise TypeError(f"context must be an nn.Module or None, got {type(context).__name__}")
-        mid_channels = check_int("mid_channels", mid_channels, minimum=1)
-        out_channels = check_int("out_channels", out_channels, minimum=1)
-        embedding_channels = check_int("embedding_channels", embedding_channels, minimum=0)
+        mid_channels = check_channels("mid_channels", mid_channels, minimum=1)
+        out_channels = check_channels("out_channels", out_channels, minimum=1)
+        embedding_channels = check_channels("embedding_channels", embedding_channels, minimum=0)
         dropout = check_probability("dropout", dropout)
         self.in_channels = in_channels
         self.reduce = conv_bn_relu(in_channels, mid_channels, kernel_size=1)
@@ -292,7 +293,7 @@ def check_config(config: object) -> dict[str, Any]:
     check_choice("head", full["head"], HEADS)
     for key in ("num_classes", "width", "mid_channels"):
         check_int(key, full[key], minimum=1)
-    check_int("embedding_channels", full["embedding_channels"], minimum=0)
+    check_channels("embedding_channels", full["embedding_channels"], minimum=0)
     full["dropout"] = check_probability("dropout", full["dropout"])
     return full
 

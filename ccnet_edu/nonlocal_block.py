@@ -24,7 +24,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_choice, check_feature_map, check_int, check_same_device
+from ._checks import (
+    check_bool,
+    check_channels,
+    check_choice,
+    check_feature_map,
+    check_same_device,
+)
 from .dense import dense_attention
 
 __all__ = ["NonLocal2d"]
@@ -46,11 +52,11 @@ class NonLocal2d(nn.Module):
 
     def __init__(self, in_channels: int, qk_channels: int | None = None, mode: Mode = "ccnet"):
         super().__init__()
-        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        self.in_channels = check_channels("in_channels", in_channels, minimum=1)
         self.mode = check_choice("mode", mode, ("ccnet", "original"))
         if qk_channels is None:
             qk_channels = max(in_channels // (8 if mode == "ccnet" else 2), 1)
-        self.qk_channels = check_int("qk_channels", qk_channels, minimum=1)
+        self.qk_channels = check_channels("qk_channels", qk_channels, minimum=1)
 
         if mode == "ccnet":
             self.query = nn.Conv2d(in_channels, qk_channels, kernel_size=1)

@@ -41,6 +41,7 @@ from torch import nn
 
 from ._checks import (
     check_bool,
+    check_channels,
     check_choice,
     check_feature_map,
     check_float,
@@ -62,7 +63,7 @@ class SqueezeExcitation(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
-        self.channels = check_int("channels", channels, minimum=1)
+        self.channels = check_channels("channels", channels, minimum=1)
         check_int("reduction", reduction, minimum=1)
         hidden = max(channels // reduction, 1)
         self.fc = nn.Sequential(
@@ -100,9 +101,9 @@ class SqueezeAttention(nn.Module):
         gate: Literal["sigmoid", "relu"] = "sigmoid",
     ) -> None:
         super().__init__()
-        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        self.in_channels = check_channels("in_channels", in_channels, minimum=1)
         out_channels = max(in_channels // 4, 1) if out_channels is None else out_channels
-        self.out_channels = check_int("out_channels", out_channels, minimum=1)
+        self.out_channels = check_channels("out_channels", out_channels, minimum=1)
         self.pool = check_positive_pair("pool", pool)
         check_choice("gate", gate, ("sigmoid", "relu"))
         self.conv_main = conv_bn_relu(in_channels, out_channels, kernel_size=3)
@@ -189,11 +190,11 @@ class SANetHead(nn.Module):
             )
         for k, c in enumerate(in_channels_list):
             check_int(f"in_channels_list[{k}]", c, minimum=1)
-        check_int("num_classes", num_classes, minimum=1)
+        check_channels("num_classes", num_classes, minimum=1)
         if channels is not None:
-            check_int("channels", channels, minimum=1)
+            check_channels("channels", channels, minimum=1)
         if mid_channels is not None:
-            check_int("mid_channels", mid_channels, minimum=1)
+            check_channels("mid_channels", mid_channels, minimum=1)
         check_positive_pair("pool", pool)
         check_probability("dropout", dropout)
         self.in_channels_list = in_channels_list
@@ -292,7 +293,7 @@ class SANetLoss(nn.Module):
 
         Every label must lie in ``[0, num_classes)`` or be ``ignore_index``.
         """
-        num_classes = check_int("num_classes", num_classes, minimum=1)
+        num_classes = check_channels("num_classes", num_classes, minimum=1)
         target = self._check_target_values(_check_target(target, None), num_classes)
         valid = target != self.ignore_index
         # Send ignored pixels to an extra column K that is dropped afterwards.

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ._checks import (
     MAX_SEED,
     check_bool,
+    check_channels,
     check_choice,
     check_device,
     check_float,
@@ -248,7 +249,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     Every entry of ``pred`` and ``target`` must lie in ``[0, K)``: the counts
     are sized by ``num_classes``, never by the data.
     """
-    num_classes = check_int("num_classes", num_classes, minimum=1)
+    num_classes = check_channels("num_classes", num_classes, minimum=1)
     check_tensor("pred", pred, kind="int", nonempty=False)
     check_tensor("target", target, kind="int", nonempty=False)
     if pred.shape != target.shape:
@@ -298,7 +299,9 @@ def _parameters(config: TrainConfig) -> float:
                 dropout=config.dropout,
             )
         return float(sum(p.numel() for p in model.parameters()))
-    except (RuntimeError, OverflowError, MemoryError):
+    except (RuntimeError, OverflowError, MemoryError, ValueError):
+        # ValueError: a width over the modules' own bound (MAX_CHANNELS); the estimate then
+        # refuses the run naming the training options, not the module's argument
         return float("inf")
 
 

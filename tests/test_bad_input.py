@@ -168,6 +168,8 @@ CLI_EXEMPT = {
     "benchmarks/bench_cca.py": "python -m ccnet_edu.ops bench under another name (same parser)",
     "benchmarks/gpu_check.py": "the GPU check's script (run on a GPU machine); not in CLIS yet",
     "tools/check_toc.py": "a build tool: its one optional argument is the repository root",
+    "tools/check_outputs.py": "a lint tool (make lint): its arguments are the notebooks to check; "
+    "an unreadable one is one line, exit 2 (tests/test_check_outputs.py)",
 }
 
 
@@ -472,6 +474,62 @@ CASES = [
         lambda: cca.CrissCrossAttention(8, qk_channels=0),
         ValueError,
         "qk_channels",
+    ),
+    Case(
+        cca.CrissCrossAttention,
+        lambda: cca.CrissCrossAttention(10**9),
+        ValueError,
+        "in_channels",
+        "huge: refused before its weights are allocated",
+    ),
+    Case(
+        cca.CrissCrossAttention,
+        lambda: cca.CrissCrossAttention(8, qk_channels=10**9),
+        ValueError,
+        "qk_channels",
+        "huge: refused before its weights are allocated",
+    ),
+    Case(
+        cca.RCCAHead,
+        lambda: cca.RCCAHead(8, num_classes=10**9),
+        ValueError,
+        "num_classes",
+        "huge: refused before its weights are allocated",
+    ),
+    Case(
+        nl.NonLocal2d,
+        lambda: nl.NonLocal2d(10**9),
+        ValueError,
+        "in_channels",
+        "huge: refused before its weights are allocated",
+    ),
+    Case(
+        issa.InterlacedSparseSelfAttention,
+        lambda: issa.InterlacedSparseSelfAttention(10**9),
+        ValueError,
+        "in_channels",
+        "huge: refused before its weights are allocated",
+    ),
+    Case(
+        sa.SqueezeAttention,
+        lambda: sa.SqueezeAttention(8, out_channels=10**9),
+        ValueError,
+        "out_channels",
+        "huge: refused before its weights are allocated",
+    ),
+    Case(
+        axial.AxialAttention,
+        lambda: axial.AxialAttention(10**9),
+        ValueError,
+        "in_channels",
+        "huge: refused before its weights are allocated",
+    ),
+    Case(
+        dense.criss_cross_mask,
+        lambda: dense.criss_cross_mask(10**5, 10**5),
+        ValueError,
+        "mask of height 100000",
+        "huge: refused before its weights are allocated",
     ),
     Case(
         cca.CrissCrossAttention,
