@@ -343,10 +343,12 @@ def test_page_count_in_range_and_no_blank_page() -> None:
 def test_subset_toc_keeps_the_book_pages_and_the_first_chapters() -> None:
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
     small = build_pdf.subset_toc(toc, 2)
-    files = list(build_pdf._toc_files(small))
-    numbered = [f for p in small["parts"] if p.get("numbered") for f in build_pdf._toc_files(p)]
+    files = list(build_pdf.toc_entries(small))
+    numbered = [f for p in small["parts"] if p.get("numbered") for f in build_pdf.toc_entries(p)]
     assert len(numbered) == 2
-    unnumbered = [f for p in toc["parts"] if not p.get("numbered") for f in build_pdf._toc_files(p)]
+    unnumbered = [
+        f for p in toc["parts"] if not p.get("numbered") for f in build_pdf.toc_entries(p)
+    ]
     assert set(unnumbered) <= set(files)
     assert files[0] == toc["root"]
     captions = build_pdf.part_captions(toc)

@@ -51,22 +51,13 @@ sys.path.insert(0, str(ROOT))
 from ccnet_edu._checks import OneLineArgumentParser, cli_int, cli_writable  # noqa: E402
 from ccnet_edu._io import atomic_write_bytes, atomic_write_text  # noqa: E402
 
+sys.path.insert(0, str(TOOLS))
+from check_toc import toc_entries  # noqa: E402  (the toc's files, as check_toc reads them)
+
 
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
-
-
-def _toc_files(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("root", "file") and isinstance(value, str):
-                yield value
-            else:
-                yield from _toc_files(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _toc_files(item)
 
 
 def subset_toc(toc: dict[str, Any], chapters: int) -> dict[str, Any]:
@@ -91,7 +82,7 @@ def part_captions(toc: dict[str, Any]) -> dict[str, str]:
     """Docname of the first page of each part -> the part's caption."""
     captions = {}
     for part in toc.get("parts", []):
-        files = list(_toc_files(part.get("chapters", [])))
+        files = list(toc_entries(part.get("chapters", [])))
         if files and part.get("caption"):
             docname = files[0].removesuffix(".ipynb").removesuffix(".md")
             captions[docname] = part["caption"]
