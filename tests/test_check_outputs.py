@@ -29,8 +29,9 @@ MAIN_04B_CELL = (
 
 
 def code_cell(source: str, text: str, kind: str = "stream") -> dict:
-    if kind == "stream":
-        outputs = [{"output_type": "stream", "name": "stdout", "text": text}]
+    if kind in ("stream", "stderr"):
+        name = "stdout" if kind == "stream" else "stderr"
+        outputs = [{"output_type": "stream", "name": name, "text": text}]
     else:  # display data, as Markdown(...) leaves it
         outputs = [
             {
@@ -124,6 +125,13 @@ def test_bounds_and_ordinary_numbers_pass(tmp_path, text):
 def test_timings_are_flagged(tmp_path, text):
     (finding,) = flagged(tmp_path, "print(x)", text)
     assert "timings" in finding.why
+
+
+def test_stderr_in_a_checked_cell_is_flagged(tmp_path):
+    warning = "RuntimeWarning: rebuilt cca_lines_emulate.so (it has no verification record)"
+    (finding,) = flagged(tmp_path, "import ccnet_edu", warning, kind="stderr")
+    assert "stderr" in finding.why
+    assert flagged(tmp_path, "import ccnet_edu", "loaded", kind="stream") == []
 
 
 @pytest.mark.parametrize("marker", ["# NBVAL_IGNORE_OUTPUT", "# NBVAL_SKIP"])

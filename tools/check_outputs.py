@@ -11,6 +11,8 @@ prints alike; this check flags, in the *stored* output of each checked cell,
     is not flagged: the number follows ``<``, ``<=``, ``≤``, "below", "under", "within",
     "less than" or a ``tol``/``atol``/``rtol`` name, or is followed by ``: True``/``: False``
     (``max |difference| below 1e-12: True``, ``match the reference to 1e-6: True``);
+  * **anything on stderr**: a warning or a log line depends on the state of caches (a library
+    rebuilt, a file downloaded), on the cells run before it and on the library versions;
   * a **timing**: a number followed by a unit of time (``28.4 ms``, ``3 µs``, ``0.33 s``,
     ``12 seconds``), a rate per second (``GFLOP/s``, ``GB/s``, ``it/s``, "per second") or the
     word "took".
@@ -138,6 +140,13 @@ def check_cell(cell: dict) -> str | None:
         return None
     text = output_text(cell)
     problems = []
+    if any(
+        o.get("output_type") == "stream" and o.get("name") == "stderr"
+        for o in cell.get("outputs", [])
+    ):
+        # a warning or a log line: it depends on the state of caches, on what ran before and on
+        # the library versions, and nbval compares it like any other output
+        problems.append("writes to stderr (a warning or log line)")
     small = list(dict.fromkeys(small_numbers(text)))
     if small:
         problems.append(f"prints rounding-error magnitudes {', '.join(small[:3])}")
