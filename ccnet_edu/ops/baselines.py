@@ -10,8 +10,8 @@ convolutions, ``gamma`` and the residual stay outside, as in
 * :func:`einsum_criss_cross` -- mmcv's ``CrissCrossAttention`` (``mmcv/ops/cc_attention.py``)
   after mmcv deleted its CUDA kernels because this ``einsum`` form was faster.
 * :func:`bmm_criss_cross` -- the pure-PyTorch version of the original CCNet code
-  (``cc_attention/functions.py`` on its ``master`` branch since its PR #101, commit
-  1fae6c6; the CUDA kernels are on its ``pytorch-1.1`` and ``pytorch-1.5`` branches),
+  (``cc_attention/functions.py`` on its ``master`` branch since its PR #99, read at
+  commit 1fae6c6; the CUDA kernels are on its ``pytorch-1.1`` and ``pytorch-1.5`` branches),
   batched matrix products over reshaped rows and columns.
 
 Both originals build their ``-inf`` diagonal with ``.cuda()`` (CCNet) or on
