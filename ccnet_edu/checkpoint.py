@@ -317,6 +317,11 @@ def load_checkpoint(
             f"checkpoint {path} has a config {config} that no model can have "
             f"({type(err).__name__}: {str(err)[:200]})"
         ) from None
+    except ValueError as err:  # a size over a module's own bound (e.g. MAX_CHANNELS)
+        raise ValueError(
+            f"checkpoint {path} does not match its config {config}: no model of that config "
+            f"can be built ({str(err)[:200]})"
+        ) from None
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in payload["state_dict"].items()}
     if expected != found:

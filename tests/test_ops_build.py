@@ -449,7 +449,10 @@ CHAPTER_4_ON_A_GPU_WITHOUT_NVCC = """
     _build.find_nvcc = lambda: None
     notebook = json.loads(open(sys.argv[1], encoding="utf-8").read())
     cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
-    last = next(i for i, source in enumerate(cells) if "ops.load(" in source)
+    # the first cell that loads the operator (directly or through ccnet_edu.runtime)
+    last = next(
+        i for i, source in enumerate(cells) if "ops.load(" in source or "load_operator(" in source
+    )
     namespace = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
