@@ -25,8 +25,10 @@ call above what was allocated before it, by one of three methods:
   operator returns and subtracts it when the storage is freed.  It does not
   see temporaries that a kernel allocates and frees inside one operator;
 * ``"profiler"`` (CPU): the CPU allocator's own event log, recorded by
-  ``torch.profiler`` with ``profile_memory=True``; it also sees the buffers
-  allocated inside a kernel (those of the fused C++ operator).
+  ``torch.profiler`` with ``profile_memory=True``; it also sees the tensors a
+  kernel allocates through that allocator inside one operator (the fused C++
+  operator's ATen buffers), but not memory a kernel takes past it (the fused
+  operator's per-thread scratch, ``std::vector`` and ``operator new``).
 """
 
 from __future__ import annotations

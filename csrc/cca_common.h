@@ -1,9 +1,11 @@
-// Criss-cross attention: the arithmetic shared by the CPU and the CUDA build.
+// Criss-cross attention: the arithmetic of the portable kernels, shared by the
+// CPU and the CUDA build.
 //
 // Every function here is C10_HOST_DEVICE: g++ compiles it into the CPU
-// operator and nvcc compiles the same text into the GPU kernels, so a test on
-// the CPU runs the arithmetic the GPU runs (same index math, same float
-// accumulation, same order of summation).
+// operator and nvcc compiles the same text into the GPU's portable kernels, so a
+// test on the CPU runs the arithmetic those GPU kernels run (same index math, same
+// float accumulation, same order of summation).  The fast paths have kernels of
+// their own: cca_cpu_kernels.h on the CPU, the tiled kernels of cca_lines.h on the GPU.
 //
 // Layout (channels-last, the op converts its inputs once):
 //   query, key  (B, H, W, C')   value, out  (B, H, W, C)
@@ -72,8 +74,8 @@ C10_HOST_DEVICE inline double cca_exp(double x) { return ::exp(x); }
 //   acc[r][x] += sum_{k < n} a[r * a_r + k * a_k] * b[k * b_k + x]
 //
 // energies (a = query, b = key), aggregation (a = attention, b = value) and all
-// the gradients are this with different pointers and strides.  The GPU (and the
-// portable path on the CPU) calls it with 1 x 1, one output element per thread;
+// the gradients are this with different pointers and strides.  The portable kernels
+// (the GPU's and the CPU's) call it with 1 x 1, one output element per thread;
 // the fast CPU path computes the same contraction with the vector register tiles
 // of cca_cpu_kernels.h (line_product), each output a chain over k in this order.
 template <int R, int X, typename T, typename a_t, typename b_t>
@@ -116,8 +118,8 @@ C10_HOST_DEVICE inline void softmax_backward_row(const a_t* att, T* g, int64_t n
 }
 
 // ------------------------------------------------------ one element at a time
-// The GPU kernels are these bodies, one thread per element; the CPU runs them
-// too (the "portable" operator used by the tests), in a parallel loop.
+// The GPU's portable kernels are these bodies, one thread per element; the CPU
+// runs them too (the "portable" operator used by the tests), in a parallel loop.
 
 // dot[u, l] = a(u) . b(position of slot l), over n channels:
 // the energies (a = query, b = key) and dA (a = grad_out, b = value).

@@ -5,8 +5,8 @@
 //     CUDA : one thread per idx, grid-stride loop  (cca_cuda.cu, CudaLaunch)
 //
 // Everything that is not "where do the threads come from" lives here, so the
-// CUDA operator is this file plus a launch configuration, and the CPU tests of
-// the portable operator check the GPU's arithmetic and orchestration.
+// GPU's portable operator is this file plus a launch configuration, and the CPU
+// tests of the portable operator check its arithmetic and orchestration.
 #pragma once
 
 #include <ATen/ATen.h>

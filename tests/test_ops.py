@@ -421,13 +421,26 @@ def test_module_with_fused_impl():
     torch.testing.assert_close(g, g_ref)
 
 
-def test_benchmark_checks_before_timing():
-    """The benchmark compares the fused op with the reference before it times anything."""
+def test_benchmark_checks_before_timing(monkeypatch):
+    """The benchmark compares every implementation's out, attention map and gradients with
+    the float64 reference before it times anything: a wrong gradient is refused."""
     from ccnet_edu.ops import benchmark
 
     rows = benchmark.run([benchmark.Case(1, 4, 8, 5, 6)], repeats=1, warmup=0, progress=False)
     assert {row.impl for row in rows} == set(benchmark.IMPLS)
     assert all(row.max_error < 1e-4 for row in rows)
+
+    implementations = benchmark._implementations()
+    bmm = implementations["bmm"]
+
+    def wrong_value_gradient(query, key, value):
+        out, attention = bmm(query, key, value)
+        return out + (value - value.detach()), attention  # right out, grad value off by one
+
+    implementations["bmm"] = wrong_value_gradient
+    monkeypatch.setattr(benchmark, "_implementations", lambda: implementations)
+    with pytest.raises(AssertionError, match="bmm differs from the reference.*grad value"):
+        benchmark.run([benchmark.Case(1, 4, 8, 5, 6)], repeats=1, warmup=0, progress=False)
 
 
 def test_build_command_prints_library():

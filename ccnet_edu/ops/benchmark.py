@@ -12,8 +12,11 @@ timed in turn, one run of each per round, so that a slow spell of a shared
 machine does not fall on one of them only), with its peak
 memory (``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the allocator
 events recorded by ``torch.profiler`` with ``profile_memory=True``, which see
-the operator's internal buffers too). Before anything is timed every
-implementation's output is compared with the float64 reference.
+every tensor allocated through c10's CPU allocator, the fused operator's internal
+ATen tensors included, but not the per-thread scratch its CPU kernels take
+outside that allocator). Before anything is timed every implementation's
+``out`` and attention map, and its gradients of query, key and value for one
+random gradient of ``out``, are compared with the float64 reference.
 
 Run ``python -m ccnet_edu.ops bench [--quick] [--csv FILE]``.
 """
@@ -84,7 +87,8 @@ class Case:
     def memory_bytes(self) -> int:
         """Bytes a run of this case needs at most, estimated before any tensor exists.
 
-        The float64 reference's energies and attention, and the ``bmm`` baseline's padded
+        The float64 reference's energies and attention and their gradients (the check before
+        timing runs its backward), and the ``bmm`` baseline's padded
         (H + W) maps in float32 with their gradients, next to the inputs, the outputs and
         their gradients in float64 and float32.
         """
@@ -109,7 +113,9 @@ class Row:
     median_ms: float
     ratio_vs_einsum: float  # einsum time / this time: > 1 means faster than einsum
     peak_mib: float
-    max_error: float  # max |out - reference| / max |reference|
+    # max |x - reference| / max |reference|, largest over the checked tensors x: out and the
+    # attention map (forward), and the gradients of query, key and value (forward+backward)
+    max_error: float
     min_ms: float = float("nan")  # fastest and slowest of the timed repeats
     max_ms: float = float("nan")
 
@@ -144,7 +150,8 @@ def _implementations() -> dict[str, Callable]:
 
 def _peak_mib(fn: Callable[[], None], device: torch.device) -> float:
     """Peak memory allocated *during* ``fn`` (inputs excluded), MiB: the CUDA allocator on a
-    GPU, the CPU allocator's event log (which sees the fused operator's buffers) elsewhere."""
+    GPU, the CPU allocator's event log elsewhere (which sees the fused operator's ATen tensors,
+    not its CPU kernels' per-thread scratch)."""
     method = "cuda" if device.type == "cuda" else "profiler"
     return measure.peak_memory_of(fn, device, method).peak_bytes / 2**20
 
@@ -169,6 +176,18 @@ def _make_step(impl: Callable, inputs, grad_out, mode: str) -> Callable[[], None
     return step
 
 
+def _outputs_and_grads(impl: Callable, inputs, grad_out) -> list[torch.Tensor]:
+    """``out``, the attention map (B, H, W, H+W-1) and the gradients of query, key and value
+    from ``out.backward(grad_out)``, as the timed forward+backward computes them; in float64
+    on the CPU."""
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    out, attention = impl(*leaves)
+    if attention.shape[-1] == attention.shape[1] + attention.shape[2]:  # [column | row]
+        attention = Fn.attention_from_padded(attention)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    return [t.detach().double().cpu() for t in (out, attention, *grads)]
+
+
 def run(
     cases: list[Case] | None = None,
     *,
@@ -184,7 +203,8 @@ def run(
     compared with :func:`~ccnet_edu._checks.memory_limit`, before anything is built.
 
     Raises:
-        AssertionError: an implementation disagrees with the reference (checked
+        AssertionError: an implementation disagrees with the float64 reference on
+            ``out``, the attention map or a gradient of query, key or value (checked
             before timing, relative error above 1e-4 in float32).
     """
     from tqdm.auto import tqdm
@@ -225,26 +245,33 @@ def run(
             (case.batch, case.channels, case.height, case.width), generator=generator
         )
         names = list(impls)
-        reference, _ = Fn.criss_cross_attention_reference(
-            query.double(), key.double(), value.double()
+        grad_out = torch.randn(value.shape, generator=generator)
+        expected = _outputs_and_grads(
+            Fn.criss_cross_attention_reference,
+            [t.double() for t in (query, key, value)],
+            grad_out.double(),
         )
         inputs = [t.to(device) for t in (query, key, value)]
-        grad_out = torch.randn(value.shape, generator=generator).to(device)
+        grad_out = grad_out.to(device)
 
-        # Correctness first: nothing is timed unless it computes the same thing.
+        # Correctness first: nothing is timed unless it computes the same thing. A forward
+        # row's error is that of out and the attention map, a forward+backward row's also
+        # that of the three gradients.
         errors = {}
         for name in names:
-            impl = impls[name]
-            with torch.no_grad():
-                out, _ = impl(*inputs)
-            errors[name] = (
-                (out.double().cpu() - reference).abs().max() / reference.abs().max()
-            ).item()
-            if errors[name] > 1e-4:
+            got = _outputs_and_grads(impls[name], inputs, grad_out)
+            each = [
+                ((g - e).abs().max() / e.abs().max()).item()
+                for g, e in zip(got, expected, strict=True)
+            ]
+            errors[name, "forward"], errors[name, "forward+backward"] = max(each[:2]), max(each)
+            if max(each) > 1e-4:
+                tensors = ("out", "attention", "grad query", "grad key", "grad value")
+                worst = tensors[each.index(max(each))]
                 raise AssertionError(
-                    f"{name} differs from the reference on {case}: {errors[name]:.2e}"
+                    f"{name} differs from the reference on {case}: {worst} {max(each):.2e}"
                 )
-        del out
+        del got, expected
 
         for mode in MODES:
             steps = {name: _make_step(impls[name], inputs, grad_out, mode) for name in names}
@@ -259,7 +286,7 @@ def run(
                 spread = {"min_ms": timings[name].min_ms, "max_ms": timings[name].max_ms}
                 ratio = timings["einsum"].median_ms / ms
                 rows.append(
-                    Row(str(case), name, mode, ms, ratio, peaks[name], errors[name], **spread)
+                    Row(str(case), name, mode, ms, ratio, peaks[name], errors[name, mode], **spread)
                 )
     bar.close()
     return rows
