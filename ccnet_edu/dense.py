@@ -28,6 +28,7 @@ from ._checks import (
     check_bool,
     check_choice,
     check_device,
+    check_float,
     check_int,
     check_memory,
     check_same_device,
@@ -51,6 +52,7 @@ __all__ = [
     "attention_to_dense",
     "query_map",
     "attention_query_map",
+    "same_values",
 ]
 
 Kind = Literal["criss_cross", "recurrent", "dense", "issa"]
@@ -372,3 +374,19 @@ def attention_query_map(
     h_pad, w_pad = height + top + bottom, width + left + right
     padded = query_map(dense, i + top, j + left, h_pad, w_pad)  # (B, H', W')
     return padded[:, top : top + height, left : left + width]
+
+
+def same_values(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-12) -> bool:
+    """Whether ``a`` and ``b`` have one shape and agree to within ``atol`` everywhere (no rtol).
+
+    The book's check that two float64 computations of the same quantity (a
+    hand loop, a masked dense reference, the library) are equal up to
+    round-off: ``1e-12`` is far above float64's rounding errors on the small
+    maps it compares and far below any real difference.
+    """
+    check_tensor("a", a, kind="float")
+    check_tensor("b", b, kind="float")
+    check_float("atol", atol, minimum=0.0)
+    if a.shape != b.shape:
+        return False
+    return torch.allclose(a, b, rtol=0.0, atol=atol)

@@ -80,6 +80,7 @@ __all__ = [
     "short_range_unpermute",
     "long_range_groups",
     "short_range_groups",
+    "pixel_groups",
     "interlaced_masks",
     "group_attention",
     "interlaced_sparse_attention",
@@ -370,6 +371,27 @@ def short_range_groups(height: int, width: int, block_size: BlockSize) -> torch.
     return index.flatten(1).long()  # (Q_h·Q_w, P_h·P_w)
 
 
+def pixel_groups(
+    height: int, width: int, block_size: BlockSize
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ISSA's two groups of every pixel of an H x W map: ``(offset, block)``, each (H, W) long.
+
+    ``offset[i, j] = a·P_w + b`` is the pixel's offset inside its block, the
+    index of its long-range group (the row of :func:`long_range_groups`);
+    ``block[i, j] = bi·Q_w + bj`` is its block, the index of its short-range
+    group (the row of :func:`short_range_groups`).  Both are taken on the
+    padded grid, so a pixel keeps the groups the module puts it in.
+    """
+    top, bottom, left, right = blocks_padding(height, width, block_size)
+    p_h, p_w = check_positive_pair("block_size", block_size)
+    q_w = (width + left + right) // p_w
+    rows = torch.arange(height)[:, None] + top  # padded-grid row of every input row
+    cols = torch.arange(width)[None, :] + left
+    offset = (rows % p_h) * p_w + cols % p_w
+    block = (rows // p_h) * q_w + cols // p_w
+    return offset, block
+
+
 def _membership(groups: torch.Tensor, size: int) -> torch.Tensor:
     """``mask[u, p] = True`` iff u and p are in one group: (N', N') bool."""
     group_of = torch.empty(size, dtype=torch.long)
@@ -453,6 +475,23 @@ def interlaced_sparse_attention(
 _GroupAttention = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def _long_range_step(
+    x: torch.Tensor, block_size: tuple[int, int], attend_long: _GroupAttention
+) -> tuple[torch.Tensor, tuple[int, int, int, int], torch.Tensor]:
+    """ISSA's first step: pad, attend among pixels P_h, P_w apart, back to the padded grid.
+
+    Returns the long step's output on the padded grid (B, C_out, H', W'), the
+    padding and the attention (B·P_h·P_w, n, n) of its groups.
+    """
+    feats, padding = pad_to_blocks(x, block_size)  # (B, C, H', W')
+    h_pad, w_pad = feats.shape[2:]
+    # Long range: attend among pixels P_h, P_w apart (same offset in their block).
+    groups = long_range_permute(feats, block_size)  # (B·P_h·P_w, C, Q_h, Q_w)
+    out, long_attention = attend_long(groups)
+    feats = long_range_unpermute(out, x.shape[0], h_pad, w_pad, block_size)  # (B, C_out, H', W')
+    return feats, padding, long_attention
+
+
 def _interlaced_steps(
     x: torch.Tensor,
     block_size: tuple[int, int],
@@ -470,13 +509,8 @@ def _interlaced_steps(
     """
     batch = x.shape[0]
     p_h, p_w = block_size
-    feats, padding = pad_to_blocks(x, block_size)  # (B, C, H', W')
+    feats, padding, long_attention = _long_range_step(x, block_size, attend_long)
     h_pad, w_pad = feats.shape[2:]
-
-    # Long range: attend among pixels P_h, P_w apart (same offset in their block).
-    groups = long_range_permute(feats, block_size)  # (B·P_h·P_w, C, Q_h, Q_w)
-    out, long_attention = attend_long(groups)
-    feats = long_range_unpermute(out, batch, h_pad, w_pad, block_size)  # (B, C_out, H', W')
 
     # Short range: attend inside each contiguous P_h x P_w block.
     blocks = short_range_permute(feats, block_size)  # (B·Q_h·Q_w, C_out, P_h, P_w)
@@ -650,6 +684,24 @@ class InterlacedSparseSelfAttention(nn.Module):
         check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
         check_bool("return_attention", return_attention)
         y, attention = _interlaced_steps(x, self.block_size, self.long_range, self.short_range)
+        return (y, attention) if return_attention else y
+
+    def long_range_step(
+        self, x: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The long-range step alone: x (B, C, H, W) -> its output (B, C_out, H, W) [, attention].
+
+        Exactly what :meth:`forward` computes before its short-range step
+        (pad, group the pixels ``P_h``, ``P_w`` apart, ``self.long_range``,
+        ungroup), cropped back to the input's H x W.  The attention has the
+        shape (B, P_h·P_w, n, n) of the long step in :meth:`forward`.  Used to
+        measure what the first step alone reaches.
+        """
+        check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
+        check_bool("return_attention", return_attention)
+        feats, padding, attention = _long_range_step(x, self.block_size, self.long_range)
+        attention = attention.reshape(x.shape[0], -1, *attention.shape[1:])
+        y = unpad(feats, padding)
         return (y, attention) if return_attention else y
 
 

@@ -23,6 +23,7 @@ from ccnet_edu.analysis import (
     criss_cross_reachability,
     duplicate_centre_flops,
     einsum_flops,
+    erf_width,
     fit_exponent,
     flops_by_kind,
     flops_by_module,
@@ -439,6 +440,46 @@ def test_influence_issa_long_step_alone_is_its_group_in_eval_mode():
     assert torch.equal(influence.flatten() > 0, expected)
 
 
+def test_influence_issa_long_range_step_is_its_group_in_eval_mode():
+    # The same trap through the module's own long_range_step, on a map that needs padding.
+    from ccnet_edu.issa import pixel_groups
+
+    torch.manual_seed(1)
+    block = (3, 2)
+    issa = InterlacedSparseSelfAttention(4, block_size=block, key_channels=2).double()
+    x = torch.randn(2, 4, 7, 5, dtype=torch.float64)
+    u = (4, 1)
+    issa.train()
+    assert (influence_map(issa.long_range_step, x, u) > 0).all()
+    issa.eval()
+    offset, _ = pixel_groups(7, 5, block)
+    influence = influence_map(issa.long_range_step, x, u)
+    assert torch.equal(influence > 0, offset == offset[u])
+
+
+def test_erf_width_by_hand():
+    # All the influence two rows above and below the centre row: the width is 2 exactly.
+    influence = torch.zeros(7, 4, dtype=torch.float64)
+    influence[1, 0] = influence[5, 3] = 3.0
+    assert erf_width(influence) == pytest.approx(2.0, abs=1e-15)
+    # A point at the centre has width 0; the scale of the map does not matter.
+    point = torch.zeros(5, 5)
+    point[2, 2] = 7.0
+    assert erf_width(point) == 0.0
+    # Another centre: rows 0 and 2 with shares 1/4 and 3/4 around centre 0 -> sqrt(3/4 * 4).
+    two = torch.zeros(3, 2, dtype=torch.float64)
+    two[0, 1], two[2, 0] = 1.0, 3.0
+    assert erf_width(two, centre=0) == pytest.approx(3**0.5, abs=1e-15)
+
+
+def test_erf_width_of_a_gaussian_is_its_sigma():
+    # A wide discrete Gaussian of standard deviation 4 along the rows: width close to 4.
+    offsets = torch.arange(61, dtype=torch.float64) - 30
+    gauss = torch.exp(-(offsets**2) / (2 * 4.0**2))
+    influence = gauss[:, None] * gauss[None, :]
+    assert erf_width(influence) == pytest.approx(4.0, rel=1e-6)
+
+
 def test_influence_bad_pixel():
     with pytest.raises(ValueError, match="pixel"):
         influence_map(nn.Identity(), torch.randn(1, 2, 3, 3), (3, 0))
@@ -555,3 +596,22 @@ def test_cli_usage_error_exit_code_is_2():
     assert result.stderr.splitlines() == [
         "python -m ccnet_edu.analysis: error: argument --repeats: must be >= 1, got 0 (see --help)"
     ]
+
+
+def test_plot_query_attention_masks_exact_zeros_and_shares_the_scale():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ccnet_edu.analysis import plots
+
+    weights = torch.tensor([[0.0, 0.25], [1e-9, 0.5]], dtype=torch.float64)
+    fig, ax = plt.subplots()
+    plots.plot_query_attention(weights, pixel=(1, 1), ax=ax, vmax=0.8)
+    image = ax.images[0]
+    shown = image.get_array()
+    assert bool(shown.mask[0, 0]) and not bool(shown.mask[1, 0])  # 0 masked, 1e-9 drawn
+    assert image.get_clim() == (0.0, 0.8)
+    assert ax.get_xlabel() == "column j" and ax.get_ylabel() == "row i"
+    plt.close(fig)

@@ -893,6 +893,20 @@ CASES = [
         "rank",
     ),
     Case(issa.long_range_groups, lambda: issa.long_range_groups(0, 4, 2), ValueError, "height"),
+    Case(issa.pixel_groups, lambda: issa.pixel_groups(4, 0, 2), ValueError, "width"),
+    Case(issa.pixel_groups, lambda: issa.pixel_groups(4, 4, (2, 0)), ValueError, "block_size"),
+    Case(
+        dense.same_values,
+        lambda: dense.same_values(torch.ones(2), torch.ones(2, dtype=torch.long)),
+        TypeError,
+        "b",
+    ),
+    Case(
+        dense.same_values,
+        lambda: dense.same_values(torch.ones(2), torch.ones(2), atol=-1.0),
+        ValueError,
+        "atol",
+    ),
     Case(
         issa.short_range_groups,
         lambda: issa.short_range_groups(4, 2.5, 2),
@@ -1358,6 +1372,24 @@ CASES = [
         "pixel",
     ),
     Case(
+        plots.plot_query_attention,
+        lambda: plots.plot_query_attention(torch.ones(2, 3, 3)),
+        ValueError,
+        "weights",
+    ),
+    Case(
+        plots.plot_query_attention,
+        lambda: plots.plot_query_attention(-torch.ones(3, 3)),
+        ValueError,
+        "weights",
+    ),
+    Case(
+        plots.plot_query_attention,
+        lambda: plots.plot_query_attention(torch.ones(3, 3), vmax=0.0),
+        ValueError,
+        "vmax",
+    ),
+    Case(
         plots.plot_influence,
         lambda: plots.plot_influence(torch.rand(1, 3, 4)),
         ValueError,
@@ -1478,6 +1510,30 @@ CASES = [
         lambda: propagation.mean_influence(torch.nn.Identity(), [fmap(2, 3, 3)], (0, 0)),
         ValueError,
         "inputs[0]",
+    ),
+    Case(
+        propagation.erf_width,
+        lambda: propagation.erf_width(torch.ones(3, 3, dtype=torch.bool)),
+        TypeError,
+        "influence",
+    ),
+    Case(
+        propagation.erf_width,
+        lambda: propagation.erf_width(torch.zeros(3, 3)),
+        ValueError,
+        "influence",
+    ),
+    Case(
+        propagation.erf_width,
+        lambda: propagation.erf_width(-torch.ones(3, 3)),
+        ValueError,
+        "influence",
+    ),
+    Case(
+        propagation.erf_width,
+        lambda: propagation.erf_width(torch.ones(3, 3), centre=3),
+        ValueError,
+        "centre",
     ),
     Case(
         propagation.mean_influence,

@@ -235,3 +235,14 @@ def test_issa_query_maps(height, width):
         attention_query_map(pair, 1, 2, "issa", height=height, width=width)
     with pytest.raises(ValueError, match="step"):
         attention_to_dense(pair, "issa", height=height, width=width, block_size=2, step="both")
+
+
+def test_same_values_absolute_tolerance_and_shape():
+    from ccnet_edu.dense import same_values
+
+    a = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    assert same_values(a, a + 1e-13)  # round-off
+    assert not same_values(a, a + 1e-9)  # a real difference, whatever the magnitude of a
+    assert not same_values(1e6 * a, 1e6 * a + 1e-9)  # no relative tolerance
+    assert same_values(a, a + 1e-9, atol=1e-8)
+    assert not same_values(a, a[:1])  # another shape is never the same

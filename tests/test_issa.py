@@ -18,6 +18,7 @@ from ccnet_edu.issa import (
     long_range_permute,
     long_range_unpermute,
     pad_to_blocks,
+    pixel_groups,
     short_range_groups,
     short_range_permute,
     short_range_unpermute,
@@ -195,6 +196,38 @@ def test_masks_match_reference_and_cover_everything(height, width, block):
 # ---------------------------------------------------------------------------
 # Module
 # ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("height,width,block", SHAPES)
+def test_pixel_groups_match_the_group_lists(height, width, block):
+    # pixel (i, j) sits in row offset[i, j] of long_range_groups and row block[i, j] of
+    # short_range_groups (flat indices of the padded grid)
+    offset, block_of = pixel_groups(height, width, block)
+    top, _, left, right = blocks_padding(height, width, block)
+    w_pad = width + left + right
+    padded = (torch.arange(height)[:, None] + top) * w_pad + torch.arange(width)[None, :] + left
+    long_groups = long_range_groups(height, width, block)
+    short_groups = short_range_groups(height, width, block)
+    for i in range(height):
+        for j in range(width):
+            assert int(padded[i, j]) in long_groups[offset[i, j]].tolist()
+            assert int(padded[i, j]) in short_groups[block_of[i, j]].tolist()
+
+
+@pytest.mark.parametrize("height,width,block", [(5, 7, (2, 3)), (7, 5, (3, 2))])
+def test_long_range_step_is_the_first_step_of_forward(height, width, block):
+    # pad, permute, long-range block, unpermute, crop, by hand with the public pieces
+    torch.manual_seed(0)
+    module = InterlacedSparseSelfAttention(4, block, key_channels=2).double().eval()
+    x = torch.randn(2, 4, height, width, dtype=torch.float64)
+    y, attention = module.long_range_step(x, return_attention=True)
+    feats, padding = pad_to_blocks(x, block)
+    out, by_hand = module.long_range(long_range_permute(feats, block))
+    expected = unpad(long_range_unpermute(out, 2, *feats.shape[2:], block), padding)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    _, (long_attention, _) = module(x, return_attention=True)
+    torch.testing.assert_close(attention, long_attention, rtol=0, atol=0)
+    assert attention.shape == (2, block[0] * block[1], *by_hand.shape[1:])
 
 
 def test_module_without_projections_equals_functional():

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "plot_reachability",
     "plot_influence",
+    "plot_query_attention",
     "plot_scaling",
     "plot_comparison",
 ]
@@ -80,6 +81,8 @@ def plot_reachability(
         ax.plot([j], [i], marker="x", color="tab:red")
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.set_xlabel("column j")
+        ax.set_ylabel("row i")
     ax.set_title(title)
     return ax
 
@@ -130,6 +133,59 @@ def plot_influence(
         ax.plot([pixel[1]], [pixel[0]], marker="x", color="tab:red")
     ax.set_xticks([])
     ax.set_yticks([])
+    ax.set_xlabel("column j")
+    ax.set_ylabel("row i")
+    ax.set_title(title)
+    return ax
+
+
+def plot_query_attention(
+    weights: torch.Tensor,
+    pixel: tuple[int, int] | None = None,
+    ax: Axes | None = None,
+    title: str = "",
+    vmax: float | None = None,
+    label: str = "attention weight",
+) -> Axes:
+    """Draw where one query pixel looks: an (H, W) map of its attention weights.
+
+    ``weights`` is one image of :func:`~ccnet_edu.dense.attention_query_map`
+    (or :func:`~ccnet_edu.dense.query_map`).  The colour scale runs from 0 to
+    ``vmax`` (default: the map's largest weight; pass one ``vmax`` to several
+    panels to compare them on one scale).  Weights that are exactly 0, the
+    positions the pattern masks out, are drawn white, apart from small
+    positive weights; the colour bar says so.  ``pixel`` marks the query.
+    """
+    import matplotlib.pyplot as plt
+
+    check_tensor("weights", weights, dim=2, kind="float", layout="(H, W)")
+    if pixel is not None:
+        pixel = check_index("pixel", pixel, tuple(weights.shape))
+    check_str("title", title)
+    check_str("label", label)
+    values = weights.detach().cpu().double()
+    if bool((values < 0).any()):
+        raise ValueError("weights must be non-negative attention weights")
+    if vmax is None:
+        vmax = float(values.max())
+    vmax = check_float("vmax", vmax, minimum=0.0, exclusive_minimum=True)
+
+    _, ax = _axes(ax)
+    shown = torch.where(values > 0, values, torch.nan)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("white")
+    image = ax.imshow(shown, cmap=cmap, interpolation="nearest", vmin=0.0, vmax=vmax)
+    ax.figure.colorbar(
+        image, ax=ax, fraction=0.046, pad=0.04, label=f"{label}\n(white: exactly 0, masked)"
+    )
+    if pixel is not None:
+        ax.plot([pixel[1]], [pixel[0]], marker="x", color="tab:red", markersize=8)
+    height, width = values.shape
+    if max(height, width) <= 16:
+        ax.set_xticks(range(width))
+        ax.set_yticks(range(height))
+    ax.set_xlabel("column j")
+    ax.set_ylabel("row i")
     ax.set_title(title)
     return ax
 

@@ -250,4 +250,30 @@ def mean_influence(
     return torch.stack(maps).mean(0)
 
 
-__all__ += ["reach_fraction", "mean_influence"]
+def erf_width(influence: torch.Tensor, centre: int | None = None) -> float:
+    """Width ``sigma_ERF`` of an (H, W) influence map: RMS distance from the centre row.
+
+    The map is normalised to sum to one and summed over its columns, which
+    gives the share of the influence in each row ``i``; the width is
+    ``sqrt(Σ_i share_i · (i - centre)^2)``, in pixels, the root mean square
+    distance from the centre along one axis (the book's ``sigma_ERF``, after
+    Luo et al., 2016).  ``centre`` is the row of the measured output pixel
+    (default ``H // 2``, the centre of an odd map).
+    """
+    check_tensor("influence", influence, dim=2, kind="float", layout="(H, W)")
+    height = influence.shape[0]
+    centre = height // 2 if centre is None else check_int("centre", centre, minimum=0)
+    if centre >= height:
+        raise ValueError(f"centre must be a row of the map, in [0, {height}), got {centre}")
+    values = influence.detach().double()
+    if bool((values < 0).any()) or not bool(torch.isfinite(values).all()):
+        raise ValueError("influence must be finite and non-negative (an influence_map)")
+    total = values.sum()
+    if not total > 0:
+        raise ValueError("influence must not be all zero")
+    offsets = torch.arange(height, dtype=torch.float64, device=values.device) - centre
+    share = values.sum(1) / total  # (H,): share of the influence in each row
+    return float(torch.sqrt((share * offsets**2).sum()))
+
+
+__all__ += ["reach_fraction", "mean_influence", "erf_width"]
