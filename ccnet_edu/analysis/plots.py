@@ -142,7 +142,7 @@ _METRICS = {
 }
 
 
-# Legend text no smaller than 8 points; the guides start at this fraction of the first point.
+# Legend text no smaller than 8 points; the guides start at this fraction of the lowest first point.
 LEGEND_FONTSIZE = 8
 GUIDE_OFFSET = 0.3
 
@@ -156,10 +156,11 @@ def plot_scaling(
     """Log-log plot of a sweep metric against N, one line per model, with fitted slopes.
 
     ``guides`` adds grey ``N^2`` (dotted) and ``N^1.5`` (dashed) lines, the two
-    growth laws of dense and criss-cross attention, starting at ``GUIDE_OFFSET``
-    times the first model's first point: below the data, so that a guide never
-    lies on a series that grows at the same rate.  Each model is drawn in its
-    colour of :func:`ccnet_edu.viz.model_colour` (the same in every chapter).
+    growth laws of dense and criss-cross attention, starting at the smallest N
+    at ``GUIDE_OFFSET`` times the lowest first value of any model: below every
+    series, so that a guide never lies on a series that grows at its rate.
+    Each model is drawn in its colour of :func:`ccnet_edu.viz.model_colour`
+    (the same in every chapter).
     """
     from ..viz.colours import model_colour
 
@@ -182,7 +183,11 @@ def plot_scaling(
         except ValueError:  # a model without a book colour: matplotlib's cycle
             colour = None
         ax.loglog(ns, values, style, color=colour, label=f"{model} (slope {slope:.2f})")
-        first = first or (ns[0], values[0])
+        first = (
+            (ns[0], values[0])
+            if first is None
+            else (min(first[0], ns[0]), min(first[1], values[0]))
+        )
     if guides and first is not None:
         n0, v0 = first[0], first[1] * GUIDE_OFFSET
         n_max = max(p.n for p in points)
