@@ -55,6 +55,7 @@ __all__ = [
     "time_once_ms",
     "time_ms",
     "time_in_turn",
+    "median_ms_in_turn",
     "StorageTracker",
     "PeakMemory",
     "PEAK_METHODS",
@@ -187,6 +188,24 @@ def time_in_turn(
         for name in names[shift:] + names[:shift]:
             samples[name].append(_once_ms(fns[name], device))
     return {name: Timing(tuple(t)) for name, t in samples.items()}
+
+
+def median_ms_in_turn(
+    fns: Mapping[str, Callable[[], object]],
+    device: torch.device | str = "cpu",
+    *,
+    repeats: int = 20,
+    warmup: int = 3,
+) -> dict[str, float]:
+    """Median wall time in milliseconds of each function, timed in turn.
+
+    :func:`time_in_turn` (one run of each per round, the order rotating, after
+    ``warmup`` untimed runs of each), reduced to each function's median.
+    """
+    return {
+        name: timing.median_ms
+        for name, timing in time_in_turn(fns, device, repeats=repeats, warmup=warmup).items()
+    }
 
 
 # ---------------------------------------------------------------------------

@@ -227,8 +227,10 @@ def segmentation_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy on the full-size logits [+ ``ccl_weight`` x category consistent loss].
 
-    The CCL works on the embedding at feature resolution (stride 8), so the
-    labels are taken at the centre of each 8x8 cell (nearest neighbour).
+    The CCL works on the embedding at feature resolution (stride 8), so it gets
+    the label of pixel ``(8i, 8j)`` for feature cell ``(i, j)`` (``mode="nearest"``
+    takes source index ``floor(8 i)``: the top-left pixel of each 8x8 cell, the
+    pixel on which the cell's receptive field is centred, not the cell's centre).
     """
     _check_loss_inputs(out, labels, ccl, ccl_weight)
     loss = F.cross_entropy(out["logits"], labels)

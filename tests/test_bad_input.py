@@ -109,6 +109,7 @@ MODULES = [
     "ccnet_edu.viz",
     "ccnet_edu.viz.photos",
     "ccnet_edu.viz.maps",
+    "ccnet_edu.viz.colours",
     "ccnet_edu.viz.figures",
     "ccnet_edu.viz.animation",
     "ccnet_edu.viz.interactive",
@@ -1187,6 +1188,12 @@ CASES = [
         "bool for int",
     ),
     Case(
+        measure.median_ms_in_turn,
+        lambda: measure.median_ms_in_turn({}, repeats=1, warmup=0),
+        ValueError,
+        "fns",
+    ),
+    Case(
         measure.peak_memory_of,
         lambda: measure.peak_memory_of(lambda: None, "cpu", "cuda"),
         ValueError,
@@ -1639,6 +1646,9 @@ CASES = [
         "image",
     ),
     Case(viz.squeeze_support, lambda: viz.squeeze_support((4, 4), 0), ValueError, "pool"),
+    Case(viz.squeeze_reach, lambda: viz.squeeze_reach((4, 4), 0), ValueError, "pool"),
+    Case(viz.model_colour, lambda: viz.model_colour(3), TypeError, "name"),
+    Case(viz.model_colour, lambda: viz.model_colour("resnet"), ValueError, "name"),
     Case(viz.flatten_maps, lambda: viz.flatten_maps({"CCA": torch.ones(4, 4)}), TypeError, "maps"),
     Case(
         viz.query_map_array,

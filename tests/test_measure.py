@@ -22,6 +22,16 @@ def test_time_in_turn_rotates_the_order_after_the_warmup():
     assert all(t.runs == 3 and min(t.samples_ms) >= 0 for t in timings.values())
 
 
+def test_median_ms_in_turn_is_the_median_of_time_in_turn():
+    """The same rotation as time_in_turn, reduced to each function's median."""
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+    medians = measure.median_ms_in_turn(fns, repeats=3, warmup=1)
+    assert "".join(calls) == "ab" + "ab" + "ba" + "ab"
+    assert list(medians) == ["a", "b"]
+    assert all(isinstance(v, float) and v >= 0 for v in medians.values())
+
+
 def test_time_ms_warms_up_then_times_each_run():
     calls = []
 

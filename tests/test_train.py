@@ -532,3 +532,36 @@ def test_train_config_validates_every_key():
             TrainConfig(**{key: value})
     with pytest.raises(TypeError, match="unexpected keyword argument .epochs."):
         TrainConfig(epochs=3)
+
+
+def test_ccl_labels_are_pixel_8i_8j_the_receptive_field_centre():
+    """segmentation_loss hands the CCL the label of pixel (8i, 8j) of feature cell (i, j).
+
+    ``mode="nearest"`` takes the top-left pixel of each 8x8 cell (not its centre,
+    which ``nearest-exact`` would take); that pixel is the centre of the cell's
+    receptive field in the book's backbone.
+    """
+    from ccnet_edu.train import segmentation_loss
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, embedding, labels):
+            seen.append(labels)
+            return embedding.sum() * 0
+
+    offset = torch.arange(96) % 8
+    labels = offset[:, None] * 8 + offset[None, :]  # the pixel's (row, col) inside its 8x8 cell
+    out = {"logits": torch.zeros(1, 64, 96, 96), "embedding": torch.zeros(1, 2, 12, 12)}
+    segmentation_loss(out, labels[None], Recorder(), 1.0)
+    assert torch.equal(seen[0][0], torch.zeros(12, 12, dtype=torch.long))  # offset (0, 0)
+
+    torch.manual_seed(0)
+    model = SegmentationModel("fcn").eval()
+    x = torch.rand(1, 3, 96, 96, requires_grad=True)
+    model(x, return_all=True)["features"][0, :, 6, 6].sum().backward()
+    support = x.grad[0].abs().sum(0) > 0
+    rows = torch.nonzero(support.any(1)).flatten()
+    cols = torch.nonzero(support.any(0)).flatten()
+    assert (int(rows.min()) + int(rows.max())) / 2 == 8 * 6
+    assert (int(cols.min()) + int(cols.max())) / 2 == 8 * 6

@@ -89,6 +89,59 @@ def test_squeeze_support():
     assert (s[14] > 0).sum() == 36  # centre window sees all 9 windows
 
 
+def test_squeeze_reach_counts_the_support_of_squeeze_support():
+    for grid, pool in (((12, 12), 6), ((20, 28), 4), ((9, 13), (2, 5)), ((5, 5), 8)):
+        support = (viz.squeeze_support(grid, pool) > 0).sum(1).reshape(grid)
+        assert torch.equal(viz.squeeze_reach(grid, pool), support)
+    reach = viz.squeeze_reach((97, 97), 8)  # too large for the (N, N) matrix of a test
+    assert int(reach.min()) == 9 * 9 and int(reach.max()) == 24 * 24
+
+
+def test_model_colours_one_per_model_and_by_row_name():
+    colours = list(viz.MODEL_COLOURS.values())
+    assert len(set(colours)) == len(colours)  # no two models share a colour
+    assert not {"grey", "gray", "black", "tab:gray"} & set(colours)  # kept for reference lines
+    from ccnet_edu.train import SHIPPED
+
+    assert set(SHIPPED) <= set(viz.MODEL_COLOURS)
+    for row, model in (
+        ("non-local", "nonlocal"),
+        ("RCCA R=1 (= CCA) [fused]", "rcca1"),
+        ("RCCA R=2 [reference]", "rcca2"),
+        ("ISSA 8x8", "isa"),
+        ("SA (pool 8)", "sa"),
+        ("axial (2 passes)", "axial"),
+        ("FCN (no context)", "fcn"),
+        ("RCCA R=2 + CCL, weight 0.1", "rcca2_ccl0.1"),
+        ("RCCA R=2 + CCL, weight 1", "rcca2_ccl"),
+    ):
+        assert viz.model_colour(row) == viz.MODEL_COLOURS[model], row
+
+
+def test_plot_scaling_legend_colours_and_guides():
+    from matplotlib.colors import to_rgba
+
+    from ccnet_edu.analysis import compare, plots
+
+    points = [
+        compare.SweepPoint(name, s, s * s, gflops, 0, None, None)
+        for s in (16, 32, 64)
+        for name, gflops in (("non-local", 1e-6 * s**4), ("RCCA R=2 [fused]", 1e-4 * s**3))
+    ]
+    fig, ax = plt.subplots()
+    plots.plot_scaling(points, "gflops", ax=ax)
+    legend = ax.get_legend()
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 8
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    nonlocal_line = next(v for k, v in lines.items() if k.startswith("non-local"))
+    assert to_rgba(nonlocal_line.get_color()) == to_rgba(viz.model_colour("non-local"))
+    # the guides start below every series (the N^2 guide parallel to the slope-2 series and the
+    # N^1.5 guide parallel to the slope-1.5 one run apart from them, not on them)
+    for guide in ("N^2", "N^1.5"):
+        assert lines[guide].get_ydata()[0] < 0.5 * min(p.gflops for p in points)
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("head", HEADS)
 def test_model_attention_maps(head):
     torch.manual_seed(0)

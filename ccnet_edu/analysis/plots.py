@@ -198,6 +198,11 @@ _METRICS = {
 }
 
 
+# Legend text no smaller than 8 points; the guides start at this fraction of the lowest first point.
+LEGEND_FONTSIZE = 8
+GUIDE_OFFSET = 0.3
+
+
 def plot_scaling(
     points: Sequence[SweepPoint],
     metric: str = "gflops",
@@ -206,9 +211,15 @@ def plot_scaling(
 ) -> Axes:
     """Log-log plot of a sweep metric against N, one line per model, with fitted slopes.
 
-    ``guides`` adds dotted ``N^2`` and ``N^1.5`` lines through the first point
-    of the first model, the two growth laws of dense and criss-cross attention.
+    ``guides`` adds grey ``N^2`` (dotted) and ``N^1.5`` (dashed) lines, the two
+    growth laws of dense and criss-cross attention, starting at the smallest N
+    at ``GUIDE_OFFSET`` times the lowest first value of any model: below every
+    series, so that a guide never lies on a series that grows at its rate.
+    Each model is drawn in its colour of :func:`ccnet_edu.viz.model_colour`
+    (the same in every chapter).
     """
+    from ..viz.colours import model_colour
+
     check_choice("metric", metric, tuple(_METRICS))
     _check_rows(points, SweepPoint)
     check_bool("guides", guides)
@@ -222,10 +233,19 @@ def plot_scaling(
         ns = [p.n for p in mine]
         values = [getattr(p, metric) for p in mine]
         slope = fit_exponent(ns, values) if len(mine) > 1 else float("nan")
-        ax.loglog(ns, values, "o-", label=f"{model} (slope {slope:.2f})")
-        first = first or (ns[0], values[0])
+        style = "s--" if "[reference]" in model else "o-"
+        try:
+            colour: str | None = model_colour(model)
+        except ValueError:  # a model without a book colour: matplotlib's cycle
+            colour = None
+        ax.loglog(ns, values, style, color=colour, label=f"{model} (slope {slope:.2f})")
+        first = (
+            (ns[0], values[0])
+            if first is None
+            else (min(first[0], ns[0]), min(first[1], values[0]))
+        )
     if guides and first is not None:
-        n0, v0 = first
+        n0, v0 = first[0], first[1] * GUIDE_OFFSET
         n_max = max(p.n for p in points)
         for power, style in [(2.0, ":"), (1.5, "--")]:
             ax.loglog(
@@ -237,7 +257,7 @@ def plot_scaling(
             )
     ax.set_xlabel("N = H W (positions)")
     ax.set_ylabel(_METRICS[metric])
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=LEGEND_FONTSIZE)
     return ax
 
 

@@ -16,6 +16,8 @@ module:
   together with the patterns behind them: the criss-cross mask
   (:func:`plot_criss_cross_mask`), ISSA's groups (:func:`plot_issa_groups`)
   and what a pixel can reach after each loop (:func:`plot_reachability`);
+* :mod:`~ccnet_edu.viz.colours` gives every model one colour, the same in
+  every chapter (:data:`MODEL_COLOURS`, :func:`model_colour`);
 * :mod:`~ccnet_edu.viz.interactive` offers an ipywidgets explorer for
   JupyterLab (:func:`explorer`), and :mod:`~ccnet_edu.viz.animation`, for
   the rendered book where no kernel runs, a self-contained HTML/JS
@@ -28,6 +30,7 @@ Every public name is re-exported here: ``viz.plot_query_maps`` and
 from __future__ import annotations
 
 from .animation import attention_animation, attention_animation_html, offline_jshtml
+from .colours import MODEL_COLOURS, model_colour
 from .figures import (
     figure_to_png,
     plot_criss_cross_mask,
@@ -37,7 +40,13 @@ from .figures import (
     plot_segmentation,
 )
 from .interactive import explorer
-from .maps import flatten_maps, model_attention_maps, query_map_array, squeeze_support
+from .maps import (
+    flatten_maps,
+    model_attention_maps,
+    query_map_array,
+    squeeze_reach,
+    squeeze_support,
+)
 from .photos import PHOTOS, colour_position_features, load_photo, photo_attention_maps
 from .photos import _gaussian_qk as _gaussian_qk  # shown and called in the attention-maps chapter
 
@@ -48,6 +57,9 @@ __all__ = [
     "photo_attention_maps",
     "model_attention_maps",
     "squeeze_support",
+    "squeeze_reach",
+    "MODEL_COLOURS",
+    "model_colour",
     "flatten_maps",
     "query_map_array",
     "plot_query_maps",

@@ -58,6 +58,24 @@ def squeeze_support(grid: tuple[int, int], pool: int | tuple[int, int]) -> torch
     return near / near.sum(1, keepdim=True)
 
 
+def squeeze_reach(grid: tuple[int, int], pool: int | tuple[int, int]) -> torch.Tensor:
+    """(H, W) int64: how many pixels SA's attention branch draws on for each pixel.
+
+    The pixel's own ``pool`` window and its (up to) 8 neighbouring windows: the
+    support of :func:`squeeze_support`, counted per pixel without building the
+    ``(N, N)`` matrix, so it also serves large grids.  Separable: the count is
+    the product of the counts along the rows and along the columns.
+    """
+    h, w = check_grid(grid)
+    p_h, p_w = check_positive_pair("pool", pool)
+
+    def along(n: int, p: int) -> torch.Tensor:
+        window = torch.arange(n) // p
+        return ((window[:, None] - window[None, :]).abs() <= 1).sum(1)  # (n,)
+
+    return along(h, p_h)[:, None] * along(w, p_w)[None, :]
+
+
 @torch.no_grad()
 def model_attention_maps(
     model: torch.nn.Module, image: torch.Tensor
