@@ -485,7 +485,7 @@ def test_chapter_4_starts_on_a_gpu_machine_without_nvcc(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
-    assert "operator libraries: ['ccnet_edu_cca_cpu.so']" in result.stdout
+    assert "CPU operator library: ccnet_edu_cca_cpu.so" in result.stdout
     assert "cuda available: False" in result.stdout
     assert "the CUDA operator is unavailable (nvcc not found" in result.stdout
     assert "cuda=True: nvcc not found" in result.stdout
