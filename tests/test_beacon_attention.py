@@ -51,6 +51,19 @@ def test_cells_seeing_beacon_by_brute_force(receptive_rows, index):
 
 
 @pytest.mark.parametrize("index", range(6))
+def test_cells_holding_beacon_by_brute_force(index):
+    s = make_sample(10_000, index)
+    br, bc = s["beacon_corner"]
+    size = int(s["beacon_size"])
+    beacon = torch.zeros(96, 96, dtype=torch.bool)
+    beacon[br : br + size, bc : bc + size] = True
+    expected = beacon.reshape(12, 8, 12, 8).any(3).any(1)
+    held = ba.cells_holding_beacon(s)
+    assert torch.equal(held, expected)
+    assert held.any() and not (held & ~ba.cells_seeing_beacon(s)).any()  # held cells see it
+
+
+@pytest.mark.parametrize("index", range(6))
 def test_far_query_cells_and_off_cross_by_brute_force(index):
     s = make_sample(10_000, index)
     d = distance_to_beacon(s)
@@ -72,6 +85,8 @@ def test_far_query_cells_and_off_cross_by_brute_force(index):
 def test_input_errors():
     with pytest.raises(TypeError, match="make_sample"):
         ba.cells_seeing_beacon({"label": torch.zeros(96, 96)})
+    with pytest.raises(TypeError, match="make_sample"):
+        ba.cells_holding_beacon({"label": torch.zeros(96, 96)})
     with pytest.raises(TypeError, match="bool tensor"):
         ba.off_cross(torch.zeros(3, 3))
     with pytest.raises(TypeError, match="SegmentationModel"):

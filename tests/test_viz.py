@@ -228,3 +228,23 @@ def test_explorer_updates_on_slider_and_click(photo_maps):
     assert box.shown == {"module": "ISSA", "step": "combined", "query": (7, 11)}
     module.value = "CCA"
     assert box.shown == {"module": "CCA", "step": "loop 1", "query": (7, 11)}
+
+
+def test_reachability_has_one_convention():
+    # viz.plot_reachability draws its panels with analysis.plots.plot_reachability: black =
+    # reachable, numbered rows and columns, a key on one panel
+    fig = viz.plot_reachability(6, 9, (1, 2), loops=2, block_size=(3, 3))
+    drawn = [ax for ax in fig.axes if ax.images]
+    assert len(drawn) == 4
+    for ax in drawn:
+        assert ax.images[0].get_cmap().name == "Greys"
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("column j", "row i")
+        assert len(ax.get_xticks()) == 9 and len(ax.get_yticks()) == 6
+    legends = [ax.get_legend() for ax in drawn if ax.get_legend() is not None]
+    assert len(legends) == 1
+    assert [t.get_text() for t in legends[0].get_texts()] == [
+        "reachable",
+        "not reachable",
+        "the pixel",
+    ]
+    assert all(t.get_fontsize() >= 8 for t in legends[0].get_texts())

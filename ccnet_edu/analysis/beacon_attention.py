@@ -39,6 +39,7 @@ __all__ = [
     "STRIDE",
     "RECEPTIVE_HALF",
     "cells_seeing_beacon",
+    "cells_holding_beacon",
     "far_query_cells",
     "off_cross",
     "farthest_off_cross_query",
@@ -74,6 +75,24 @@ def cells_seeing_beacon(sample: dict) -> torch.Tensor:
     rows = (centres_r + RECEPTIVE_HALF >= br) & (centres_r - RECEPTIVE_HALF <= br + size - 1)
     cols = (centres_c + RECEPTIVE_HALF >= bc) & (centres_c - RECEPTIVE_HALF <= bc + size - 1)
     return rows[:, None] & cols[None, :]
+
+
+def cells_holding_beacon(sample: dict) -> torch.Tensor:
+    """(h, w) bool: the feature cells whose own ``STRIDE x STRIDE`` pixels hold part of the beacon.
+
+    A subset of :func:`cells_seeing_beacon`: these cells hold the beacon, the
+    others of that set only see it through their receptive field.
+    """
+    if not isinstance(sample, dict) or "beacon_corner" not in sample:
+        raise TypeError("sample must be a dict from ccnet_edu.data.make_sample")
+    h, w = _grid_of(sample)
+    br, bc = sample["beacon_corner"]
+    size = int(sample["beacon_size"])
+    held = torch.zeros(h, w, dtype=torch.bool)
+    held[
+        br // STRIDE : (br + size - 1) // STRIDE + 1, bc // STRIDE : (bc + size - 1) // STRIDE + 1
+    ] = True
+    return held
 
 
 def far_query_cells(sample: dict, far: int | None = None) -> torch.Tensor:

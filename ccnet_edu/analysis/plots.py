@@ -54,11 +54,14 @@ def plot_reachability(
     pixel: tuple[int, int] | None = None,
     ax: Axes | None = None,
     title: str = "",
+    legend: bool = False,
 ) -> Axes:
     """Draw a bool (N, N) reachability matrix, or, with ``pixel``, the (H, W) map of one row.
 
     The per-pixel view is the readable one: which input pixels can output
-    ``pixel`` depend on?
+    ``pixel`` depend on?  The book's one convention for reachability: black =
+    reachable, white = not, the pixel a red cross, rows and columns numbered.
+    ``legend`` adds a key for the two colours and the cross (per-pixel view).
     """
     height = check_int("height", height, minimum=1)
     width = check_int("width", width, minimum=1)
@@ -69,20 +72,36 @@ def plot_reachability(
     if pixel is not None:
         pixel = check_index("pixel", pixel, (height, width))
     check_str("title", title)
+    check_bool("legend", legend)
     _, ax = _axes(ax)
     if pixel is None:
         ax.imshow(reach.cpu().float(), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
         ax.set_xlabel("input position p")
         ax.set_ylabel("output position u")
     else:
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+
         i, j = pixel
         image = reach[i * width + j].reshape(height, width).cpu().float()
         ax.imshow(image, cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
-        ax.plot([j], [i], marker="x", color="tab:red")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.plot([j], [i], marker="x", color="tab:red", markersize=8, markeredgewidth=2)
+        if max(height, width) <= 16:  # numbered rows and columns while they stay legible
+            ax.set_xticks(range(width))
+            ax.set_yticks(range(height))
+            ax.tick_params(labelsize=8)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
         ax.set_xlabel("column j")
         ax.set_ylabel("row i")
+        if legend:
+            key = [
+                Patch(facecolor="black", edgecolor="black", label="reachable"),
+                Patch(facecolor="white", edgecolor="black", label="not reachable"),
+                Line2D([], [], marker="x", color="tab:red", linestyle="", label="the pixel"),
+            ]
+            ax.legend(handles=key, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     ax.set_title(title)
     return ax
 

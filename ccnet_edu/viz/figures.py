@@ -20,6 +20,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from .._checks import check_float, check_index, check_int, check_positive_pair, check_tensor
+from ..analysis.plots import plot_reachability as plot_reachability_map
 from ..dense import criss_cross_mask, interlaced_masks
 from ._args import check_grid, check_image, check_queries
 from .maps import Maps, check_maps, query_map_array
@@ -144,7 +145,9 @@ def plot_criss_cross_mask(height: int, width: int, query: tuple[int, int]) -> Fi
     left.set_title(f"criss-cross set of {query}: H+W-1 = {height + width - 1} pixels", fontsize=9)
     left.set_xticks(range(width))
     left.set_yticks(range(height))
-    left.tick_params(labelsize=6)
+    left.tick_params(labelsize=8)
+    left.set_xlabel("column j")
+    left.set_ylabel("row i")
     right.imshow(mask.numpy(), cmap="Blues", interpolation="nearest")
     right.set_title(f"mask M (N x N, N = {height * width}): row u = query u", fontsize=9)
     right.set_xlabel("key position p")
@@ -168,7 +171,7 @@ def plot_issa_groups(height: int, width: int, block_size: tuple[int, int]) -> Fi
     xs = torch.arange(width)[None, :].expand(height, width)
     long_id = (ys % p_h) * p_w + (xs % p_w)  # offset inside the block
     short_id = (ys // p_h) * (width // p_w) + (xs // p_w)  # which block
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.4))
     for ax, ids, title in (
         (axes[0], long_id, f"long-range step: {p_h * p_w} groups, pixels {block_size} apart"),
         (axes[1], short_id, f"short-range step: {int(short_id.max()) + 1} blocks of {block_size}"),
@@ -178,13 +181,18 @@ def plot_issa_groups(height: int, width: int, block_size: tuple[int, int]) -> Fi
         ax.imshow(ids.numpy(), cmap=ListedColormap(colours), vmin=-0.5, vmax=n - 0.5)
         if height * width <= 400:
             for (y, x), g in np.ndenumerate(ids.numpy()):
-                ax.text(x, y, str(g), ha="center", va="center", fontsize=6)
+                ax.text(x, y, str(g), ha="center", va="center", fontsize=8)
         ax.set_title(title, fontsize=9)
-        ax.set_xticks(np.arange(-0.5, width, p_w))
-        ax.set_yticks(np.arange(-0.5, height, p_h))
-        ax.set_xticklabels([])
-        ax.set_yticklabels([])
-        ax.grid(color="k", linewidth=1.2)
+        # the grid lines mark the blocks; the labelled ticks number the columns and rows
+        ax.set_xticks(np.arange(-0.5, width, p_w), minor=True)
+        ax.set_yticks(np.arange(-0.5, height, p_h), minor=True)
+        ax.set_xticks(range(width))
+        ax.set_yticks(range(height))
+        ax.tick_params(labelsize=8)
+        ax.tick_params(which="minor", length=0)
+        ax.grid(which="minor", color="k", linewidth=1.2)
+        ax.set_xlabel("column j")
+        ax.set_ylabel("row i")
     fig.tight_layout()
     return fig
 
@@ -201,7 +209,9 @@ def plot_reachability(
 
     Row ``u`` of ``M^r`` (M = criss-cross mask) is the set reached after ``r``
     loops; with ``block_size`` a second row shows ISSA after its long and its
-    short step (``L`` then ``S L``).
+    short step (``L`` then ``S L``).  Each panel is drawn by
+    :func:`ccnet_edu.analysis.plots.plot_reachability` (black = reachable, the
+    query a red cross), the convention of every reachability figure of the book.
     """
     height = check_int("height", height, minimum=1)
     width = check_int("width", width, minimum=1)
@@ -233,7 +243,7 @@ def plot_reachability(
         ]
     ncols = max(loops, len(issa_maps))
     nrows = 2 if issa_maps else 1
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 2.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     panels = [[(t, m) for (t, _), m in zip(rows[0], cca_maps, strict=True)], issa_maps]
@@ -241,12 +251,21 @@ def plot_reachability(
         for c, (title, m) in enumerate(row):
             ax = axes[r, c]
             ax.axis("on")
-            ax.imshow(m.numpy(), cmap="Greens", vmin=0, vmax=1.2)
-            ax.plot(query[1], query[0], "r*", markersize=10)
+            # One (N, N) matrix whose row u is this panel's map: drawn by the book's one
+            # reachability plotter, so every chapter shows reachability the same way.
+            matrix = torch.zeros(height * width, height * width, dtype=torch.bool)
+            matrix[u] = m.flatten() > 0
             reached = int(m.sum())
-            ax.set_title(f"{title}\n{reached}/{height * width} pixels", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            plot_reachability_map(
+                matrix,
+                height,
+                width,
+                pixel=query,
+                ax=ax,
+                title=f"{title}\n{reached}/{height * width} pixels",
+                legend=(r, c) == (0, ncols - 1),
+            )
+            ax.title.set_fontsize(9)
     fig.tight_layout()
     return fig
 
