@@ -156,10 +156,12 @@ def _slice_width(channels: int, slices: int) -> int:
 
 def v2_slices(
     shape: tuple[int, int, int, int, int], element_bytes: int, mode: str, l2_bytes: int = L2_BYTES
-) -> tuple[int, bool]:
-    """``(slices, fits)`` of the v2 design: the fewest slices of the value channels for
-    which what one map's column pass reads again (the row pass read or wrote it) fits in
-    ``L2_SHARE`` of the L2; ``fits`` is False when not even a 16-channel slice fits.
+) -> tuple[int, int, bool]:
+    """``(slices, width, fits)`` of the v2 design: the fewest slices of the value channels
+    (``width`` channels each, the last one the rest) for which what one map's column pass
+    reads again (the row pass read or wrote it) fits in ``L2_SHARE`` of the L2; ``fits``
+    is False when not even a 16-channel slice fits (then one slice of all channels).
+    ``csrc/cca_tiling.h`` (``plan_passes``) makes the same choice.
 
     Forward, per pixel: query and key (``2 C'``), a slice of value and of out (``2 c``).
     Backward: query, key and their gradients (``4 C'``), a slice of grad out and of grad
@@ -177,10 +179,11 @@ def v2_slices(
         else:
             reused = pixels * (element_bytes * (4 * qk + 2 * c) + 4)
         if reused <= budget:
-            return slices, True
+            c = min(c, channels)
+            return _ceil(channels, c), c, True
         if c == SLICE_STEP:
             break
-    return 1, False
+    return 1, channels, False
 
 
 def design_costs(
@@ -204,13 +207,14 @@ def design_costs(
     the gradients back); a statistics pass over both halves; a row and a column
     aggregation, one CTA per 64 queries and 128 value channels, each CTA computing the
     energies and exponentials of its keys again; the column pass reads and rewrites
-    ``out``.  ``"v2"``: inputs read in their layout; the passes of one map run slice by
-    slice of the value channels so that the column pass's second reads and the
-    read-modify-write of ``out`` hit the L2; one CTA computes a line's energies and
-    exponentials once for all the channels of its slice.  Its backward keeps v1's passes
-    (dA and D, then the gradients row and column) without the copies, slice by slice:
-    the attention and grad out are read by the dA pass and again by the gradient passes,
-    and dA (float32) is written and read, so it stays over 1.5 x the floor.
+    ``out``.  ``"v2"`` (the kernels now): inputs read in their layout; the passes run a
+    group of maps and a slice of the value channels at a time, so that the column
+    pass's second reads and the read-modify-write of ``out`` hit the L2; a CTA still
+    covers 128 channels of its slice and computes its keys' energies again.  Its
+    backward keeps v1's passes (dA and D, then the gradients row and column) without the
+    copies, slice by slice: the attention and grad out are read by the dA pass and again
+    by the gradient passes, and dA (float32) is written and read, so it stays over
+    1.5 x the floor.
     """
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
@@ -260,7 +264,9 @@ def design_costs(
             }
             flops = 4 * n * slots * (qk + channels)
         return DesignCosts(design, flops, sum(terms.values()), terms, 1, True)
-    slices, fits = v2_slices(shape, element_bytes, mode, l2_bytes)
+    slices, width, fits = v2_slices(shape, element_bytes, mode, l2_bytes)
+    last = channels - (slices - 1) * width
+    ctas = (slices - 1) * _ceil(width, CHUNK) + _ceil(last, CHUNK)  # 128-channel CTAs
     if mode == "forward":
         terms = {
             "query, key, value read once": n * (2 * qk + channels) * e,
@@ -273,7 +279,7 @@ def design_costs(
                 n * (2 * qk + 2 * channels) * e
             )
             terms["out of the row pass written"] = n * channels * e
-        flops = energies * (1 + slices) + 2 * n * slots * channels
+        flops = energies * (1 + ctas) + 2 * n * slots * channels
     else:
         terms = {
             "query, key, value, grad out, attention read once": (

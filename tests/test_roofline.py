@@ -55,10 +55,12 @@ def test_v2_forward_is_within_1_5_x_of_the_byte_floor(shape, size):
     v2 = roofline.design_costs(shape, size, "forward", "v2")
     assert v2.fits
     assert v2.bytes <= 1.5 * roofline.costs(shape, size, "forward").bytes
-    # the energies once for the statistics and once per slice of the value channels
+    # the energies once for the statistics and once per CTA of 128 channels of a slice
     batch, qk, channels, height, width = shape
     n, slots = batch * height * width, height + width - 1
-    assert v2.flops == 2 * n * slots * (qk * (1 + v2.slices) + channels)
+    slices, width_of, _ = roofline.v2_slices(shape, size, "forward")
+    ctas = sum(-(-min(width_of, channels - s * width_of) // 128) for s in range(slices))
+    assert v2.flops == 2 * n * slots * (qk * (1 + ctas) + channels)
 
 
 @pytest.mark.parametrize("size", DTYPE_BYTES)
@@ -73,14 +75,13 @@ def test_v2_moves_fewer_bytes_than_v1(shape, size):
 def test_v2_slices_fit_the_l2_share():
     """The fewest slices whose reused tensors fit half the L2; a smaller L2, more slices."""
     shape, size = roofline.SHAPES[1], 4
-    slices, fits = roofline.v2_slices(shape, size, "forward")
-    assert fits and slices == 2  # float32: 512 channels do not fit 25 MiB, 256 do
+    slices, width_of, fits = roofline.v2_slices(shape, size, "forward")
+    assert fits and (slices, width_of) == (2, 256)  # float32: 512 do not fit 25 MiB, 256 do
     _, qk, channels, height, width = shape
-    width_of = roofline._slice_width(channels, slices)
     assert height * width * size * (2 * qk + 2 * width_of) <= roofline.L2_SHARE * roofline.L2_BYTES
     smaller = roofline.v2_slices(shape, size, "forward", l2_bytes=roofline.L2_BYTES // 4)
     assert smaller[0] > slices
-    assert roofline.v2_slices(shape, size, "forward", l2_bytes=1) == (1, False)
+    assert roofline.v2_slices(shape, size, "forward", l2_bytes=1) == (1, 512, False)
     not_fitting = roofline.design_costs(shape, size, "forward", "v2", l2_bytes=1)
     assert not not_fitting.fits
     assert not_fitting.bytes > roofline.design_costs(shape, size, "forward", "v2").bytes
