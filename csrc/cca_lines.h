@@ -264,7 +264,9 @@ CCA_DEV void stats_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned
   float* ss = reinterpret_cast<float*>(smem + m.s);
   float* run_max = reinterpret_cast<float*>(smem + m.stat0);
   float* run_sum = reinterpret_cast<float*>(smem + m.stat1);
+  float* part = reinterpret_cast<float*>(smem + m.a);  // (half, query): (max, sum)
   const int row0 = w.block * kRows, cqk = p.cqk_pad();
+  constexpr int kHalf = kTile / 2;
 
   ex.async_phase([&](int tid) {  // the queries and the first key tile
     load_rows(ex, tid, qs, m.ldq, prm.q, p.cqk, p.cqk, line, row0, 0, cqk, prm.vec_qk, prm.nchw);
@@ -286,20 +288,36 @@ CCA_DEV void stats_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned
     ex.warps([&](int warp) {
       energies(ex, warp, ss, m.lds, qs, ks, m.ldq, cqk, row0, key0, line.P);
     });
-    ex.threads([&](int tid) {  // one thread per query folds the tile into (m, s)
+    ex.threads([&](int tid) {  // two threads per query, half of the tile's keys each
+      const int r = tid % kRows, h = tid / kRows, t = row0 + r;
+      float half_max = -INFINITY, half_sum = 0.f;
+      if (t < line.P) {
+        const float* e = ss + r * m.lds + h * kHalf;
+        // key (j + r) mod kHalf at step j: the threads of a warp in different banks
+        for (int j = 0; j < kHalf; ++j) {
+          const int s = (j + r) % kHalf;
+          if (line.sees(t, key0 + h * kHalf + s)) half_max = fmaxf(half_max, e[s]);
+        }
+        if (half_max != -INFINITY)
+          for (int j = 0; j < kHalf; ++j) {
+            const int s = (j + r) % kHalf;
+            if (line.sees(t, key0 + h * kHalf + s)) half_sum += expf(e[s] - half_max);
+          }
+      }
+      part[(h * kRows + r) * 2] = half_max;
+      part[(h * kRows + r) * 2 + 1] = half_sum;
+    });
+    ex.threads([&](int tid) {  // one thread per query folds the two halves into (m, s)
       const int t = row0 + tid;
       if (tid >= kRows || t >= line.P) return;
-      const float* e = ss + tid * m.lds;
-      float tile_max = -INFINITY;
-      for (int s = 0; s < kTile; ++s)
-        if (line.sees(t, key0 + s)) tile_max = fmaxf(tile_max, e[s]);
+      const float* lo = part + tid * 2;
+      const float* hi = part + (kRows + tid) * 2;
+      const float tile_max = fmaxf(lo[0], hi[0]);
       if (tile_max == -INFINITY) return;  // the query sees no key of this tile
       const float m_new = fmaxf(run_max[tid], tile_max);
-      float sum = rescale(run_sum[tid], run_max[tid], m_new);
-      for (int s = 0; s < kTile; ++s)
-        if (line.sees(t, key0 + s)) sum += expf(e[s] - m_new);
+      run_sum[tid] = rescale(run_sum[tid], run_max[tid], m_new) + rescale(lo[1], lo[0], m_new) +
+                     rescale(hi[1], hi[0], m_new);
       run_max[tid] = m_new;
-      run_sum[tid] = sum;
     });
   }
   ex.template async_wait<0>();
@@ -414,9 +432,11 @@ CCA_DEV void bwd_da_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigne
   const auto vbuf = [&](int b) { return reinterpret_cast<T*>(smem + (b ? m.v2 : m.v)); };
   float* ss = reinterpret_cast<float*>(smem + m.s);
   float* dsum = reinterpret_cast<float*>(smem + m.stat0);
+  float* part = reinterpret_cast<float*>(smem + m.a);  // (half, query): sum of A dA
   const int row0 = w.block * kRows;
   const int64_t L = p.slots();
   const int64_t chunks = ceil_div(p.cv, kBwdChunk);
+  constexpr int kHalf = kTile / 2;
   typename Ex::template PerWarp<AccTiles<Ex, T, kTile / kFrag>> acc;
 
   // Step i multiplies chunk i % chunks of grad_out and of the values of key tile
@@ -466,11 +486,17 @@ CCA_DEV void bwd_da_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigne
         ss[r * m.lds + s] = prod;
       }
     });
-    ex.threads([&](int tid) {  // one thread per query, keys in order: deterministic
-      if (tid >= kRows) return;
-      float sum = dsum[tid];
-      for (int s = 0; s < kTile; ++s) sum += ss[tid * m.lds + s];
-      dsum[tid] = sum;
+    ex.threads([&](int tid) {  // two threads per query, half of the keys each, in a
+      // fixed order (deterministic): key (j + r) mod kHalf at step j, threads of a warp
+      // in different banks
+      const int r = tid % kRows, h = tid / kRows;
+      const float* prod = ss + r * m.lds + h * kHalf;
+      float sum = 0.f;
+      for (int j = 0; j < kHalf; ++j) sum += prod[(j + r) % kHalf];
+      part[h * kRows + r] = sum;
+    });
+    ex.threads([&](int tid) {
+      if (tid < kRows) dsum[tid] += part[tid] + part[kRows + tid];
     });
   }
   ex.template async_wait<0>();

@@ -318,6 +318,7 @@ CCA_HD inline Smem smem_layout(int pass, const Problem& p, int elem_bytes) {
     m.s = take(int64_t(kRows) * m.lds * 4);
     m.stat0 = take(kRows * 4);  // running max
     m.stat1 = take(kRows * 4);  // running sum
+    m.a = take(2 * kRows * 2 * 4);  // each half tile's (max, sum) of each query
   } else if (pass == kAgg) {
     m.ldv = pad_ld(kChunk, e);
     m.lda = pad_ld(kTile, e);
@@ -348,6 +349,7 @@ CCA_HD inline Smem smem_layout(int pass, const Problem& p, int elem_bytes) {
     m.v2 = take(int64_t(kTile) * m.ldv * e);
     m.s = take(int64_t(kRows) * m.lds * 4);
     m.stat0 = take(kRows * 4);  // the running sum_l A dA of each query
+    m.a = take(2 * kRows * 4);  // each half tile's sum of each query
   } else {  // kBwdGrads
     const int cols = cqk > kChunk ? cqk : kChunk;
     m.ldw = pad_ld(kTile, e);
