@@ -146,6 +146,28 @@ def test_passes_by_groups_of_maps_and_slices_of_channels_give_the_same_bits(dtyp
 
 
 @pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
+@pytest.mark.parametrize("shape", [(3, 3, 40, 1, 70), (3, 2, 40, 67, 1)], ids=str)
+def test_slices_with_a_tail_on_one_row_or_one_column_give_the_same_bits(shape, dtype):
+    """16-channel slices (16, 16, then a tail of 8) of maps of one row (no column pass) or
+    one column: the same bits as all at once."""
+    size = 4 if dtype == torch.float32 else 2
+    q, k, v, go, ga = qkv_case(shape, dtype, seed=7)
+    whole = emulation.forward(q, k, v)
+    grads = emulation.backward(go, ga, whole[1], q, k, v)
+    for mode in ("forward", "backward"):
+        l2 = 2 * _reused(shape, size, mode, 16)
+        plan = emulation.plan(shape, dtype, mode, l2)
+        assert (plan["maps"], plan["width"], plan["slices"]) == (1, 16, 3)
+        if mode == "forward":
+            for a, b in zip(whole, emulation.forward(q, k, v, l2_bytes=l2), strict=True):
+                assert torch.equal(a, b)
+        else:
+            grouped = emulation.backward(go, ga, whole[1], q, k, v, l2_bytes=l2)
+            for a, b in zip(grads, grouped, strict=True):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
 @pytest.mark.parametrize("shape", roofline.SHAPES, ids=str)
 def test_plan_is_the_roofline_design(shape, dtype):
     """The kernels slice the channels as ccnet_edu.roofline.design_costs counts them."""
