@@ -8,6 +8,12 @@ each tensor-core product in float arithmetic on the operands the GPU gives it
 ``csrc/cca_lines_emulate.cpp`` with the C++ compiler alone (no torch headers, no
 CUDA; a few seconds, cached by content) and calls it through :mod:`ctypes`.
 
+The kernels read their inputs in place, NCHW or channels-last (``layout``), stream
+their tiles into shared memory by asynchronous copies, which the emulation lands at the
+wait that covers them or at their issue (``early_copies``: both must give the same
+bits), and run the passes a group of maps and a slice of the value channels at a time
+for a given L2 (``l2_bytes``, :func:`plan`).
+
 It is slow and only for checking: the tests and chapter "Making it fast on a GPU"
 compare it with the float64 reference, and read the kernels' work decomposition off
 it (:func:`grid`, :func:`decode`, :func:`smem_bytes`).  Outputs, scratch buffers and

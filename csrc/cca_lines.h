@@ -38,7 +38,9 @@
 //            2  gradients   rows, then columns: dE = A (dA - D) on the fly;
 //                           grad_value = A^T dout, grad_key = dE^T Q, grad_query = dE K
 // Every CTA writes its own rows; the column passes add to the row passes' results
-// in a later launch: no atomics, the same bits on every run.
+// in a later launch: no atomics, the same bits on every run.  The passes run a group
+// of maps and a slice of the value channels at a time (run_forward, run_backward), so
+// that what a column pass reads again is still in the L2.
 //
 // Precision.  Energies, softmax statistics, dA and D are float32 (float accumulators on
 // the tensor cores; exp and log in float).  float32 inputs: every product 3xTF32, about

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from ccnet_edu import roofline
 from ccnet_edu.ops import _build, csrc_dir, find_nvcc
 
 ARCHS = ("sm_80", "sm_90")
@@ -172,3 +173,13 @@ def test_tensor_cores_asynchronous_copies_and_no_local_memory(compiled):
         assert re.search(r"\bLDGDEPBAR\b", sass), f"{arch} {dtype} {name}: no commit_group"
         assert re.search(r"\bDEPBAR\.LE SB0, 0x1\b", sass), f"{arch} {dtype} {name}: no wait"
         assert not re.search(r"\b(LDL|STL)\b", sass), f"{arch} {dtype} {name}: local memory"
+
+
+def test_the_design_these_kernels_implement_is_within_1_5_x_of_the_byte_floor(compiled):
+    """The asynchronous copies above are v2's; its forward moves at most 1.5 x the bytes
+    of the floor at the GPU check's shapes (``ccnet_edu.roofline.design_costs``)."""
+    for shape in roofline.SHAPES:
+        for size in (2, 4):
+            floor = roofline.costs(shape, size, "forward").bytes
+            assert roofline.design_costs(shape, size, "forward", "v2").bytes <= 1.5 * floor
+            assert roofline.design_costs(shape, size, "forward", "v1").bytes > 3 * floor
