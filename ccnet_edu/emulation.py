@@ -132,8 +132,8 @@ def _dims(query: torch.Tensor, value: torch.Tensor) -> tuple[int, int, int, int,
     return batch, qk, value.shape[1], height, width
 
 
-def _flags(reverse: bool, early_copies: bool, nchw: bool) -> int:
-    return int(reverse) | 2 * int(early_copies) | 4 * int(nchw)
+def _flags(reverse: bool, early_copies: bool, nchw: bool, grad_out_nchw: bool = False) -> int:
+    return int(reverse) | 2 * int(early_copies) | 4 * int(nchw) | 8 * int(grad_out_nchw)
 
 
 def _check(rc: int, dims, dtype) -> None:
@@ -197,13 +197,18 @@ def backward(
     early_copies: bool = False,
     l2_bytes: int = 0,
     layout: str = "nchw",
+    grad_out_layout: str | None = None,
 ) -> list[torch.Tensor]:
     """The backward passes: ``[grad_query, grad_key, grad_value]``, each (B, C, H, W)
-    (``reverse``, ``early_copies``, ``l2_bytes``, ``layout``: as :func:`forward`)."""
+    (``reverse``, ``early_copies``, ``l2_bytes``, ``layout``: as :func:`forward`);
+    ``grad_out`` is read in ``grad_out_layout`` (default ``layout``): autograd hands it
+    over in the layout of ``out``, channels-last, whatever the inputs' layout."""
     nchw = _is_nchw(layout)
+    go_nchw = _is_nchw(grad_out_layout or layout)
     dims = _dims(query, value)
     batch, qk, channels, height, width = dims
-    go, q, k, v = (_in_layout(t, nchw) for t in (grad_out, query, key, value))
+    q, k, v = (_in_layout(t, nchw) for t in (query, key, value))
+    go = _in_layout(grad_out, go_nchw)
     ga = grad_attention.detach().contiguous() if grad_attention is not None else None
     grads = [_nan(batch, c, height, width, query.dtype, nchw) for c in (qk, qk, channels)]
     rc = library().cca_lines_backward(
@@ -216,7 +221,7 @@ def backward(
         _ptr(k),
         _ptr(v),
         *(_ptr(g) for g in grads),
-        _flags(reverse, early_copies, nchw),
+        _flags(reverse, early_copies, nchw, go_nchw),
         ctypes.c_int64(l2_bytes),
     )
     _check(rc, dims, query.dtype)

@@ -177,9 +177,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   if (!tiled(query_in, value_in))
     return portable_backward(grad_out_in, grad_att_in, attention_in, query_in, key_in, value_in,
                              CudaLaunch{});
-  const bool nchw = reads_nchw(query_in);
+  // grad_out in its own layout: autograd gives that of out (channels-last).
+  const bool nchw = reads_nchw(query_in), go_nchw = reads_nchw(grad_out_in);
   const auto query = in_layout(query_in, nchw), key = in_layout(key_in, nchw),
-             value = in_layout(value_in, nchw), grad_out = in_layout(grad_out_in, nchw);
+             value = in_layout(value_in, nchw), grad_out = in_layout(grad_out_in, go_nchw);
   const auto attention = attention_in.contiguous();
   at::Tensor grad_att;
   if (grad_att_in.has_value() && grad_att_in->defined()) grad_att = grad_att_in->contiguous();
@@ -196,6 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   a.dtype = lines_dtype(dtype);
   a.l2_bytes = l2_bytes();
   a.nchw = nchw;
+  a.go_nchw = go_nchw;
   a.q = query.const_data_ptr();
   a.k = key.const_data_ptr();
   a.v = value.const_data_ptr();

@@ -88,9 +88,9 @@ CCA_HD constexpr int64_t b_tile(int n, int ld) {
 template <class T>
 struct Elem;
 
-// Everything a pass reads and writes.  q, k, v, grad_out and the gradients are all
-// NCHW (nchw) or all channels-last, contiguous (cca_tiling.h, Line::at); out is
-// channels-last (the operator's contract).
+// Everything a pass reads and writes.  q, k, v and the gradients are all NCHW (nchw)
+// or all channels-last, contiguous (cca_tiling.h, Line::at); out is channels-last (the
+// operator's contract), grad_out either (go_nchw).
 template <class T>
 struct Params {
   Problem p;
@@ -109,10 +109,12 @@ struct Params {
   T* grad_q;
   T* grad_k;
   T* grad_v;
-  bool vec_qk;  // 16-byte vectors for query, key, grad_query, grad_key (channels-last)
-  bool vec_v;   // ... and for value, out, grad_out, grad_value
+  bool vec_qk;   // 16-byte vectors for query, key, grad_query, grad_key (channels-last)
+  bool vec_v;    // ... for value, grad_value
   bool vec_out;  // ... for out
+  bool vec_go;   // ... for grad_out
   bool nchw;     // NCHW: read and written element by element, positions across threads
+  bool go_nchw;  // grad_out's own layout (autograd gives the layout of out, channels-last)
 };
 
 // A warp's accumulator tiles: N tiles of 16 x 16 side by side.
@@ -447,9 +449,9 @@ CCA_DEV void bwd_da_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigne
     const int key0 = static_cast<int>(step / chunks) * kTile;
     const int64_t c0 = (step % chunks) * kBwdChunk;
     load_rows(ex, tid, gbuf(buf), m.ldv, prm.grad_out, p.cv, p.cv, line, row0, c0, kBwdChunk,
-                    prm.vec_v, prm.nchw);
-    load_rows(ex, tid, vbuf(buf), m.ldv, prm.v, p.cv, p.cv, line, key0, c0, kBwdChunk,
-                    prm.vec_v, prm.nchw);
+              prm.vec_go, prm.go_nchw);
+    load_rows(ex, tid, vbuf(buf), m.ldv, prm.v, p.cv, p.cv, line, key0, c0, kBwdChunk, prm.vec_v,
+              prm.nchw);
   };
   const int64_t steps = ceil_div(line.P, kTile) * chunks;
   ex.async_phase([&](int tid) {
@@ -532,12 +534,15 @@ CCA_DEV void bwd_grads_body(const Ex& ex, const Params<T>& prm, int64_t id,
   const int64_t c0 = w.kind == kGradValue ? p.v0 + int64_t(w.chunk) * kChunk : 0;
   const int ycols = w.kind == kGradValue ? kChunk : p.cqk_pad();
   const int cols = static_cast<int>(bound - c0 < ycols ? bound - c0 : ycols);
-  const bool vec = w.kind == kGradValue ? prm.vec_v : prm.vec_qk;
+  const bool vec = w.kind == kGradValue ? prm.vec_v : prm.vec_qk;  // of dst
+  // of ysrc: grad_out in its own layout
+  const bool yvec = w.kind == kGradValue ? prm.vec_go : prm.vec_qk;
+  const bool ynchw = w.kind == kGradValue ? prm.go_nchw : prm.nchw;
   typename Ex::template PerWarp<AccTiles<Ex, T, kChunkFrags>> acc;
   static_assert(kQkFrags <= kChunkFrags, "grad q/k fit the value accumulators");
 
   ex.async_phase([&](int tid) {  // the first tile of rows; the next while one is used
-    load_rows(ex, tid, ybuf(0), m.ldy, ysrc, channels, bound, line, 0, c0, ycols, vec, prm.nchw);
+    load_rows(ex, tid, ybuf(0), m.ldy, ysrc, channels, bound, line, 0, c0, ycols, yvec, ynchw);
   });
   ex.warps([&](int warp) { zero_tiles(ex, acc(warp)); });
   for (int pos0 = 0, i = 0; pos0 < line.P; pos0 += kTile, ++i) {  // queries (by key) or keys
@@ -546,7 +551,7 @@ CCA_DEV void bwd_grads_body(const Ex& ex, const Params<T>& prm, int64_t id,
     ex.async_phase([&](int tid) {
       if (pos0 + kTile < line.P)
         load_rows(ex, tid, ybuf((i + 1) & 1), m.ldy, ysrc, channels, bound, line, pos0 + kTile,
-                        c0, ycols, vec, prm.nchw);
+                        c0, ycols, yvec, ynchw);
     });
     if (w.kind != kGradValue) {
       ex.threads([&](int tid) {  // D = the two halves' sum_l A dA
@@ -665,7 +670,8 @@ struct RawArgs {
   Problem p;
   int dtype;         // DType
   int64_t l2_bytes;  // the L2 the passes are grouped for (plan_passes); <= 0: no groups
-  bool nchw;         // the layout of q, k, v, grad_out and the gradients (Params)
+  bool nchw;         // the layout of q, k, v and the gradients (Params)
+  bool go_nchw;      // ... and of grad_out
   const void* q;
   const void* k;
   const void* v;
@@ -702,14 +708,15 @@ inline Params<T> make_params(const RawArgs& a) {
   prm.grad_v = static_cast<T*>(a.grad_v);
   const int e = sizeof(T);
   prm.nchw = a.nchw;
+  prm.go_nchw = a.go_nchw;
   const auto ok = [e](const void* ptr, int64_t channels) {
     return ptr == nullptr || vector_ok(ptr, channels, e);
   };
   prm.vec_out = ok(a.out, a.p.cv);
   prm.vec_qk = !a.nchw && ok(a.q, a.p.cqk) && ok(a.k, a.p.cqk) && ok(a.grad_q, a.p.cqk) &&
                ok(a.grad_k, a.p.cqk);
-  prm.vec_v = !a.nchw && ok(a.v, a.p.cv) && ok(a.out, a.p.cv) && ok(a.grad_out, a.p.cv) &&
-              ok(a.grad_v, a.p.cv);
+  prm.vec_v = !a.nchw && ok(a.v, a.p.cv) && ok(a.grad_v, a.p.cv);
+  prm.vec_go = !a.go_nchw && ok(a.grad_out, a.p.cv);
   return prm;
 }
 

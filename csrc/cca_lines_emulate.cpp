@@ -7,9 +7,10 @@
 //
 //   shape: {B, C', C, H, W}; tensors contiguous, of dtype 0 float32, 1 float16,
 //   2 bfloat16 (the bits, as torch stores them); attention (B, H, W, L), out
-//   channels-last (B, H, W, C), the others too, or NCHW with flag 4.
+//   channels-last (B, H, W, C), the others too, or NCHW with flag 4 (grad_out: 8).
 //   flags: 1 runs each pass's CTAs in decreasing order, 2 lands the asynchronous
-//   copies when issued instead of at their wait (cca_lines_host.h), 4 NCHW.
+//   copies when issued instead of at their wait (cca_lines_host.h), 4 NCHW, 8 grad_out
+//   NCHW.
 //   l2_bytes: the L2 the passes are grouped for (maps and slices, plan_passes);
 //   0: all at once.
 //   Returns 0, -1 when the tiled kernels do not take the problem, -2 when a CTA
@@ -137,6 +138,7 @@ int cca_lines_backward(int dtype, const int64_t* shape, const void* grad_out,
   a.dtype = dtype;
   a.l2_bytes = l2_bytes;
   a.nchw = (flags & 4) != 0;
+  a.go_nchw = (flags & 8) != 0;
   a.q = q;
   a.k = k;
   a.v = v;

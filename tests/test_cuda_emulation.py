@@ -104,8 +104,11 @@ def test_asynchronous_copies_landing_early_or_late_give_the_same_bits(shape, dty
         assert torch.equal(a, c)
     grads = emulation.backward(go, ga, late[1], q, k, v, layout=layout)
     grads_early = emulation.backward(go, ga, late[1], q, k, v, early_copies=True, layout=layout)
-    for a, b in zip(grads, grads_early, strict=True):
+    # grad_out channels-last as autograd gives it (the layout of out), the inputs NCHW
+    grads_mixed = emulation.backward(go, ga, late[1], q, k, v, grad_out_layout="channels_last")
+    for a, b, c in zip(grads, grads_early, grads_mixed, strict=True):
         assert torch.equal(a, b)
+        assert torch.equal(a, c)
     want = float64_reference(q, k, v, go, ga)
     names = ("out", "attention", "grad_query", "grad_key", "grad_value")
     for name, got, expected in zip(names, [*late, *grads], want, strict=True):
