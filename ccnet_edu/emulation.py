@@ -8,6 +8,12 @@ each tensor-core product in float arithmetic on the operands the GPU gives it
 ``csrc/cca_lines_emulate.cpp`` with the C++ compiler alone (no torch headers, no
 CUDA; a few seconds, cached by content) and calls it through :mod:`ctypes`.
 
+The kernels read their inputs in place, NCHW or channels-last (``layout``), stream
+their tiles into shared memory by asynchronous copies, which the emulation lands at the
+wait that covers them or at their issue (``early_copies``: both must give the same
+bits), and run the passes a group of maps and a slice of the value channels at a time
+for a given L2 (``l2_bytes``, :func:`plan`).
+
 It is slow and only for checking: the tests and chapter "Making it fast on a GPU"
 compare it with the float64 reference, and read the kernels' work decomposition off
 it (:func:`grid`, :func:`decode`, :func:`smem_bytes`).  Outputs, scratch buffers and
@@ -37,6 +43,7 @@ __all__ = [
     "grid",
     "library",
     "merge_lse",
+    "plan",
     "smem_bytes",
     "supported",
 ]
@@ -100,8 +107,24 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr() if t is not None else None)
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().cpu().permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+def _in_layout(x: torch.Tensor, nchw: bool) -> torch.Tensor:
+    x = x.detach().cpu()
+    return x.contiguous() if nchw else x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+
+
+def _nan(batch: int, channels: int, height: int, width: int, dtype, nchw: bool) -> torch.Tensor:
+    shape = (batch, channels, height, width) if nchw else (batch, height, width, channels)
+    return torch.full(shape, float("nan"), dtype=dtype)
+
+
+def _as_nchw(x: torch.Tensor, nchw: bool) -> torch.Tensor:
+    return x if nchw else x.permute(0, 3, 1, 2)
+
+
+def _is_nchw(layout: str) -> bool:
+    if layout not in ("nchw", "channels_last"):
+        raise ValueError(f"layout must be 'nchw' or 'channels_last', got {layout!r}")
+    return layout == "nchw"
 
 
 def _dims(query: torch.Tensor, value: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -109,18 +132,43 @@ def _dims(query: torch.Tensor, value: torch.Tensor) -> tuple[int, int, int, int,
     return batch, qk, value.shape[1], height, width
 
 
+def _flags(reverse: bool, early_copies: bool, nchw: bool, grad_out_nchw: bool = False) -> int:
+    return int(reverse) | 2 * int(early_copies) | 4 * int(nchw) | 8 * int(grad_out_nchw)
+
+
+def _check(rc: int, dims, dtype) -> None:
+    if rc == -2:
+        raise RuntimeError("a CTA of the tiled kernels ended with asynchronous copies in flight")
+    if rc != 0:
+        raise ValueError(f"the tiled kernels do not take {dims} in {dtype}")
+
+
 def forward(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, reverse: bool = False
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    reverse: bool = False,
+    early_copies: bool = False,
+    l2_bytes: int = 0,
+    layout: str = "nchw",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward passes: ``(out (B, C, H, W), attention (B, H, W, H+W-1))``.
 
     float32, float16 or bfloat16 on the CPU; ``reverse`` runs each pass's CTAs in
-    decreasing order (the result must not depend on it).
+    decreasing order (the result must not depend on it).  The kernels' asynchronous
+    copies land at the wait that covers them, or with ``early_copies`` when they are
+    issued: a GPU's land in between, so both must give the same bits.  ``l2_bytes``:
+    the L2 for which the passes run a group of maps and a slice of the value channels
+    at a time (:func:`plan`), as on a GPU; 0 runs them over everything at once.
+    ``layout``: the kernels read ``"nchw"`` tensors (what a convolution gives) or
+    ``"channels_last"`` ones, in place; ``out`` is channels-last either way.
     """
+    nchw = _is_nchw(layout)
     dims = _dims(query, value)
     batch, _, channels, height, width = dims
-    q, k, v = (_channels_last(t) for t in (query, key, value))
-    out = torch.full((batch, height, width, channels), float("nan"), dtype=query.dtype)
+    q, k, v = (_in_layout(t, nchw) for t in (query, key, value))
+    out = _nan(batch, channels, height, width, query.dtype, False)  # channels-last
     att = torch.full((batch, height, width, height + width - 1), float("nan"), dtype=query.dtype)
     rc = library().cca_lines_forward(
         DTYPES[query.dtype],
@@ -130,10 +178,10 @@ def forward(
         _ptr(v),
         _ptr(out),
         _ptr(att),
-        int(reverse),
+        _flags(reverse, early_copies, nchw),
+        ctypes.c_int64(l2_bytes),
     )
-    if rc != 0:
-        raise ValueError(f"the tiled kernels do not take {dims} in {query.dtype}")
+    _check(rc, dims, query.dtype)
     return out.permute(0, 3, 1, 2), att
 
 
@@ -146,16 +194,23 @@ def backward(
     value: torch.Tensor,
     *,
     reverse: bool = False,
+    early_copies: bool = False,
+    l2_bytes: int = 0,
+    layout: str = "nchw",
+    grad_out_layout: str | None = None,
 ) -> list[torch.Tensor]:
-    """The backward passes: ``[grad_query, grad_key, grad_value]``, each (B, C, H, W)."""
+    """The backward passes: ``[grad_query, grad_key, grad_value]``, each (B, C, H, W)
+    (``reverse``, ``early_copies``, ``l2_bytes``, ``layout``: as :func:`forward`);
+    ``grad_out`` is read in ``grad_out_layout`` (default ``layout``): autograd hands it
+    over in the layout of ``out``, channels-last, whatever the inputs' layout."""
+    nchw = _is_nchw(layout)
+    go_nchw = _is_nchw(grad_out_layout or layout)
     dims = _dims(query, value)
     batch, qk, channels, height, width = dims
-    go, q, k, v = (_channels_last(t) for t in (grad_out, query, key, value))
+    q, k, v = (_in_layout(t, nchw) for t in (query, key, value))
+    go = _in_layout(grad_out, go_nchw)
     ga = grad_attention.detach().contiguous() if grad_attention is not None else None
-    grads = [
-        torch.full((batch, height, width, c), float("nan"), dtype=query.dtype)
-        for c in (qk, qk, channels)
-    ]
+    grads = [_nan(batch, c, height, width, query.dtype, nchw) for c in (qk, qk, channels)]
     rc = library().cca_lines_backward(
         DTYPES[query.dtype],
         _shape(dims),
@@ -166,11 +221,11 @@ def backward(
         _ptr(k),
         _ptr(v),
         *(_ptr(g) for g in grads),
-        int(reverse),
+        _flags(reverse, early_copies, nchw, go_nchw),
+        ctypes.c_int64(l2_bytes),
     )
-    if rc != 0:
-        raise ValueError(f"the tiled kernels do not take {dims} in {query.dtype}")
-    return [g.permute(0, 3, 1, 2) for g in grads]
+    _check(rc, dims, query.dtype)
+    return [_as_nchw(g, nchw) for g in grads]
 
 
 def supported(shape: tuple[int, int, int, int, int], dtype: torch.dtype) -> bool:
@@ -193,6 +248,19 @@ def decode(pass_: str, direction: int, shape, index: int) -> dict[str, int]:
 def smem_bytes(pass_: str, shape, dtype: torch.dtype) -> int:
     """Shared memory of one CTA of a pass, bytes."""
     return library().cca_lines_smem_bytes(PASSES[pass_], _shape(shape), DTYPES[dtype])
+
+
+def plan(
+    shape: tuple[int, int, int, int, int], dtype: torch.dtype, mode: str, l2_bytes: int
+) -> dict[str, int | bool]:
+    """How the passes are grouped for an L2 of ``l2_bytes``: maps per group, value
+    channels per slice, slices, and whether a slice's reused tensors fit half the L2
+    (``mode``: ``"forward"`` or ``"backward"``; ``csrc/cca_tiling.h``, plan_passes)."""
+    out = (ctypes.c_int64 * 4)()
+    library().cca_lines_plan(
+        _shape(shape), DTYPES[dtype], int(mode == "backward"), ctypes.c_int64(l2_bytes), out
+    )
+    return {"maps": out[0], "width": out[1], "slices": out[2], "fits": bool(out[3])}
 
 
 def merge_lse(m_row: float, s_row: float, m_col: float, s_col: float) -> float:

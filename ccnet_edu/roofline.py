@@ -13,7 +13,8 @@ criss-cross set, ``C'`` query/key channels and ``C`` value channels:
   attention and grad out and writes the three gradients, ``N (4 C' + 3 C + L)``.
 
 Over a GPU's memory bandwidth and its arithmetic rate they give two times; the larger
-is the floor no implementation goes under (:func:`floor_seconds`).  The ceilings in
+is the floor no implementation goes under (:func:`floor_seconds`).  What a design of
+the tiled kernels does and moves against those counts is :func:`design_costs`.  The ceilings in
 :data:`CEILINGS` are the vendor's datasheet figures: leads, to be replaced by the rates
 measured on the machine (``benchmarks/gpu_check.py`` measures both).
 """
@@ -22,7 +23,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CEILINGS", "Ceiling", "Costs", "costs", "floor_seconds", "SHAPES"]
+__all__ = [
+    "CEILINGS",
+    "DESIGNS",
+    "L2_BYTES",
+    "SHAPES",
+    "Ceiling",
+    "Costs",
+    "DesignCosts",
+    "costs",
+    "design_costs",
+    "floor_seconds",
+    "v2_slices",
+]
 
 #: The three problem sizes of ``benchmarks/gpu_check.py``: (B, C', C, H, W).  97 x 97 is
 #: CCNet's setting (a 769 x 769 crop at output stride 8, C = 512, C' = C / 8).
@@ -99,3 +112,190 @@ def costs(shape: tuple[int, int, int, int, int], element_bytes: int, mode: str) 
 def floor_seconds(c: Costs, bandwidth: float, rate: float) -> tuple[float, float]:
     """``(memory time, arithmetic time)``; the larger is the floor."""
     return c.bytes / bandwidth, c.flops / rate
+
+
+# ------------------------------------------------------------- the kernels' designs
+
+#: The L2 of an H100 and of an H200 (``cudaDeviceProp.l2CacheSize``: 50 MiB on both).
+L2_BYTES = 50 * 2**20
+#: The share of the L2 that the tensors a group of passes reads twice may take: the rest
+#: is left to the streams that pass through it (the attention written, the other CTAs).
+L2_SHARE = 0.5
+#: The channels one CTA of the tiled kernels covers (``kChunk`` in ``csrc/cca_tiling.h``),
+#: and the step of a slice's width (``kFrag``: one tensor-core tile).
+CHUNK, SLICE_STEP = 128, 16
+#: The designs :func:`design_costs` counts: ``"v1"`` the tiled kernels as issue #28 found
+#: them, ``"v2"`` the design it asks for.
+DESIGNS = ("v1", "v2")
+
+
+@dataclass(frozen=True)
+class DesignCosts:
+    """Operations done and DRAM bytes moved by one design of the tiled kernels.
+
+    ``terms`` splits ``bytes`` by what moves it (bytes per term, summing to ``bytes``);
+    ``slices`` is how many slices of the value channels the v2 passes take one after
+    another (1 for v1); ``fits`` whether a slice's reused tensors fit the L2 share.
+    """
+
+    design: str
+    flops: float
+    bytes: float
+    terms: dict[str, float]
+    slices: int
+    fits: bool
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _slice_width(channels: int, slices: int) -> int:
+    return _ceil(_ceil(channels, slices), SLICE_STEP) * SLICE_STEP
+
+
+def v2_slices(
+    shape: tuple[int, int, int, int, int], element_bytes: int, mode: str, l2_bytes: int = L2_BYTES
+) -> tuple[int, int, bool]:
+    """``(slices, width, fits)`` of the v2 design: the fewest slices of the value channels
+    (``width`` channels each, the last one the rest) for which what one map's column pass
+    reads again (the row pass read or wrote it) fits in ``L2_SHARE`` of the L2; ``fits``
+    is False when not even a 16-channel slice fits (then one slice of all channels).
+    ``csrc/cca_tiling.h`` (``plan_passes``) makes the same choice.
+
+    Forward, per pixel: query and key (``2 C'``), a slice of value and of out (``2 c``).
+    Backward: query, key and their gradients (``4 C'``), a slice of grad out and of grad
+    value (``2 c``), D (a float); the column pass's halves of the attention and of dA
+    are read once, not again.
+    """
+    _, qk, channels, height, width = shape
+    pixels = height * width
+    budget = L2_SHARE * l2_bytes
+    width_max = _ceil(channels, SLICE_STEP)
+    for slices in range(1, width_max + 1):
+        c = _slice_width(channels, slices)
+        if mode == "forward":
+            reused = pixels * element_bytes * (2 * qk + 2 * c)
+        else:
+            reused = pixels * (element_bytes * (4 * qk + 2 * c) + 4)
+        if reused <= budget:
+            c = min(c, channels)
+            return _ceil(channels, c), c, True
+        if c == SLICE_STEP:
+            break
+    return 1, channels, False
+
+
+def design_costs(
+    shape: tuple[int, int, int, int, int],
+    element_bytes: int,
+    mode: str,
+    design: str,
+    l2_bytes: int = L2_BYTES,
+) -> DesignCosts:
+    """Operations and DRAM bytes of a design of the tiled kernels at ``shape = (B, C', C, H, W)``.
+
+    A design count, not a measurement.  Inputs are NCHW (what a convolution gives);
+    the backward without a gradient of the attention (as :func:`costs`).  Re-reads of a
+    line's keys and values by the line's other CTAs within one launch are taken to hit
+    the L2 (consecutive CTAs share a line); what a later launch reads again is counted
+    from DRAM, except in v2 where the passes of one map and one slice run back to back
+    and the reused tensors fit ``L2_SHARE`` of ``l2_bytes`` (:func:`v2_slices`).  Scratch
+    (the softmax statistics, dA, D) is float32 and is counted written once to DRAM.
+
+    ``"v1"`` (the kernels issue #28 found): channels-last copies of the inputs (and of
+    the gradients back); a statistics pass over both halves; a row and a column
+    aggregation, one CTA per 64 queries and 128 value channels, each CTA computing the
+    energies and exponentials of its keys again; the column pass reads and rewrites
+    ``out``.  ``"v2"`` (the kernels now): inputs read in their layout; the passes run a
+    group of maps and a slice of the value channels at a time, so that the column
+    pass's second reads and the read-modify-write of ``out`` hit the L2; a CTA still
+    covers 128 channels of its slice and computes its keys' energies again.  Its
+    backward keeps v1's passes (dA and D, then the gradients row and column) without the
+    copies, slice by slice: the attention and grad out are read by the dA pass and again
+    by the gradient passes, and dA (float32) is written and read, so it stays over
+    1.5 x the floor.
+    """
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+    if mode not in ("forward", "backward", "forward+backward"):
+        raise ValueError(f"mode must be 'forward', 'backward' or 'forward+backward', got {mode!r}")
+    if mode == "forward+backward":
+        f = design_costs(shape, element_bytes, "forward", design, l2_bytes)
+        b = design_costs(shape, element_bytes, "backward", design, l2_bytes)
+        terms = {f"forward: {k}": v for k, v in f.terms.items()}
+        terms.update({f"backward: {k}": v for k, v in b.terms.items()})
+        return DesignCosts(
+            design,
+            f.flops + b.flops,
+            f.bytes + b.bytes,
+            terms,
+            max(f.slices, b.slices),
+            f.fits and b.fits,
+        )
+    batch, qk, channels, height, width = shape
+    n, slots, e = batch * height * width, height + width - 1, element_bytes
+    energies = 2 * n * slots * qk  # E = Q K^T over both halves, once
+    if design == "v1":
+        chunks = _ceil(channels, CHUNK)
+        if mode == "forward":
+            terms = {
+                "channels-last copies of query, key, value": 2 * n * (2 * qk + channels) * e,
+                "statistics pass: query, key of both halves": 2 * 2 * n * qk * e,
+                "row and column aggregation: query, key, value": 2 * n * (2 * qk + channels) * e,
+                "out written, then read and rewritten by the column pass": 3 * n * channels * e,
+                "attention written": n * slots * e,
+                "statistics (scratch) written, read by both aggregations": 3 * 16 * n,
+            }
+            flops = energies * (1 + chunks) + 2 * n * slots * channels
+        else:
+            grads = n * (2 * qk + channels) * e
+            terms = {
+                "channels-last copies of query, key, value, grad out": (
+                    2 * n * (2 * qk + 2 * channels) * e
+                ),
+                "gradients copied back to the inputs' layout": 2 * grads,
+                "dA pass: grad out and value of both halves": 2 * 2 * n * channels * e,
+                "attention read by the dA pass and the gradient passes": 2 * n * slots * e,
+                "dA (scratch) written, read": 2 * 4 * n * slots,
+                "D (scratch) written, read by both gradient passes": 8 * n + 2 * 8 * n,
+                "gradient passes: grad out, query, key": 2 * n * (channels + 2 * qk) * e,
+                "gradients written, then read and rewritten by the column pass": 3 * grads,
+            }
+            flops = 4 * n * slots * (qk + channels)
+        return DesignCosts(design, flops, sum(terms.values()), terms, 1, True)
+    slices, width, fits = v2_slices(shape, element_bytes, mode, l2_bytes)
+    last = channels - (slices - 1) * width
+    ctas = (slices - 1) * _ceil(width, CHUNK) + _ceil(last, CHUNK)  # 128-channel CTAs
+    if mode == "forward":
+        terms = {
+            "query, key, value read once": n * (2 * qk + channels) * e,
+            "out written once": n * channels * e,
+            "attention written once": n * slots * e,
+            "statistics (scratch) written": 16 * n,
+        }
+        if not fits:
+            terms["column pass: query, key, value and out read again"] = (
+                n * (2 * qk + 2 * channels) * e
+            )
+            terms["out of the row pass written"] = n * channels * e
+        flops = energies * (1 + ctas) + 2 * n * slots * channels
+    else:
+        terms = {
+            "query, key, value, grad out, attention read once": (
+                n * (2 * qk + 2 * channels + slots) * e
+            ),
+            "gradients written once": n * (2 * qk + channels) * e,
+            "attention and grad out read again by the gradient passes": (
+                n * (slots + channels) * e
+            ),
+            "dA (scratch) written, read": 2 * 4 * n * slots,
+            "D (scratch) written": 4 * n,
+        }
+        if not fits:
+            terms["column pass: query, key, grad out, gradients read again"] = (
+                n * (4 * qk + 2 * channels) * e
+            )
+            terms["gradients of the row pass written"] = n * (2 * qk + channels) * e
+        flops = 4 * n * slots * (qk + channels)
+    return DesignCosts(design, flops, sum(terms.values()), terms, slices, fits)

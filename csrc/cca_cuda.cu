@@ -1,7 +1,8 @@
 // Criss-cross attention on CUDA: which kernels run, and their torch-side plumbing.
 //
 //   criss_cross_attention[_backward]           the tiled line kernels (cca_lines.h,
-//       launched by cca_cuda_lines.cu) for float32, float16 and bfloat16 with C' <= 128;
+//       launched by cca_cuda_lines.cu) for float32, float16 and bfloat16 with C' <= 128,
+//       reading NCHW or channels-last inputs in place (no layout copies);
 //       the portable kernels for anything else (float64, a wider C').
 //   portable_criss_cross_attention[_backward]  the portable element bodies (cca_common.h,
 //       cca_portable.h), one thread per output element: the oracle the tiled kernels
@@ -89,6 +90,14 @@ int lines_dtype(at::ScalarType t) {
   }
 }
 
+// The L2 of the current device, for which the tiled passes are grouped.
+int64_t l2_bytes() {
+  int device = 0, bytes = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, device));
+  return bytes;
+}
+
 lines::Problem problem_of(const at::Tensor& query, const at::Tensor& value) {
   lines::Problem p;
   p.B = query.size(0);
@@ -105,6 +114,24 @@ bool tiled(const at::Tensor& query, const at::Tensor& value) {
   return dtype >= 0 && lines::tiled_supported(problem_of(query, value), dtype);
 }
 
+// The layout the tiled kernels read in: channels-last when the query already is
+// (and is not NCHW-contiguous too), else NCHW; an input in the other layout, or
+// neither, is copied into it.
+bool reads_nchw(const at::Tensor& query) {
+  return query.is_contiguous() || !query.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+at::Tensor in_layout(const at::Tensor& x, bool nchw) {
+  return nchw ? x.contiguous() : channels_last(x);
+}
+
+at::Tensor empty_in_layout(const at::Tensor& like, int64_t channels, at::ScalarType dtype,
+                           bool nchw) {
+  return nchw ? at::empty({like.size(0), channels, like.size(2), like.size(3)},
+                          like.options().dtype(dtype))
+              : empty_channels_last(like, channels, dtype);
+}
+
 // grad in the layout of input, copied only when the strides differ.
 at::Tensor like_input(const at::Tensor& grad, const at::Tensor& input) {
   return grad.strides() == input.strides() ? grad : in_layout_of(grad, input);
@@ -116,8 +143,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& query_in,
   check_inputs(query_in, key_in, value_in);
   const c10::cuda::CUDAGuard guard(query_in.device());
   if (!tiled(query_in, value_in)) return portable_forward(query_in, key_in, value_in, CudaLaunch{});
-  const auto query = channels_last(query_in), key = channels_last(key_in),
-             value = channels_last(value_in);
+  const bool nchw = reads_nchw(query_in);
+  const auto query = in_layout(query_in, nchw), key = in_layout(key_in, nchw),
+             value = in_layout(value_in, nchw);
   const lines::Problem p = problem_of(query, value);
   const auto dtype = query.scalar_type();
   auto out = empty_channels_last(value, p.cv, dtype);                     // (B, C, H, W)
@@ -127,6 +155,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& query_in,
   lines::RawArgs a{};
   a.p = p;
   a.dtype = lines_dtype(dtype);
+  a.l2_bytes = l2_bytes();
+  a.nchw = nchw;
   a.q = query.const_data_ptr();
   a.k = key.const_data_ptr();
   a.v = value.const_data_ptr();
@@ -147,22 +177,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   if (!tiled(query_in, value_in))
     return portable_backward(grad_out_in, grad_att_in, attention_in, query_in, key_in, value_in,
                              CudaLaunch{});
-  const auto query = channels_last(query_in), key = channels_last(key_in),
-             value = channels_last(value_in), grad_out = channels_last(grad_out_in);
+  // grad_out in its own layout: autograd gives that of out (channels-last).
+  const bool nchw = reads_nchw(query_in), go_nchw = reads_nchw(grad_out_in);
+  const auto query = in_layout(query_in, nchw), key = in_layout(key_in, nchw),
+             value = in_layout(value_in, nchw), grad_out = in_layout(grad_out_in, go_nchw);
   const auto attention = attention_in.contiguous();
   at::Tensor grad_att;
   if (grad_att_in.has_value() && grad_att_in->defined()) grad_att = grad_att_in->contiguous();
   const lines::Problem p = problem_of(query, value);
   const auto dtype = query.scalar_type();
-  auto grad_query = empty_channels_last(query, p.cqk, dtype);
-  auto grad_key = empty_channels_last(query, p.cqk, dtype);
-  auto grad_value = empty_channels_last(value, p.cv, dtype);
+  auto grad_query = empty_in_layout(query, p.cqk, dtype, nchw);
+  auto grad_key = empty_in_layout(query, p.cqk, dtype, nchw);
+  auto grad_value = empty_in_layout(value, p.cv, dtype, nchw);
   auto g = at::empty({p.pixels(), p.slots()}, query.options().dtype(at::kFloat));  // dA
   auto dpart = at::empty({2, p.pixels()}, query.options().dtype(at::kFloat));      // D halves
   if (poison()) fill_nan({grad_query, grad_key, grad_value, g, dpart});
   lines::RawArgs a{};
   a.p = p;
   a.dtype = lines_dtype(dtype);
+  a.l2_bytes = l2_bytes();
+  a.nchw = nchw;
+  a.go_nchw = go_nchw;
   a.q = query.const_data_ptr();
   a.k = key.const_data_ptr();
   a.v = value.const_data_ptr();

@@ -12,14 +12,14 @@ namespace {
 template <class T>
 cudaError_t forward_as(const RawArgs& args, cudaStream_t stream) {
   GpuLaunch launch{stream};
-  run_forward(launch, make_params<T>(args));
+  run_forward(launch, make_params<T>(args), args.l2_bytes);
   return launch.error;
 }
 
 template <class T>
 cudaError_t backward_as(const RawArgs& args, cudaStream_t stream) {
   GpuLaunch launch{stream};
-  run_backward(launch, make_params<T>(args));
+  run_backward(launch, make_params<T>(args), args.l2_bytes);
   return launch.error;
 }
 

@@ -10,7 +10,17 @@
 //                   of B; float accumulators; LA, LB: RowMajor or ColMajor operands
 //   ex.zero(acc), ex.store(dst, ld, acc)     an accumulator tile, to float shared memory
 //   ex.copy16(dst, src), ex.zero16(dst)      one 16-byte vector
+//   ex.async_phase(f)  every thread t runs f(t), which may issue asynchronous 16-byte
+//                   copies from global to shared memory (ex.copy16_async), and closes
+//                   them as one group; no barrier
+//   ex.async_wait<N>()  waits until at most the N latest groups are in flight, then a
+//                   barrier: what the older groups copied is in shared memory for all
 //   Ex::PerWarp<X>  what a warp keeps in registers across phases (its accumulators)
+//
+// The tiles of the line stream through shared memory by asynchronous copies
+// (cp.async, sm_80 and later): the next tile is issued before the current one is
+// multiplied, into a second buffer or into a buffer the CTA has finished with, so
+// that loads stay in flight while the tensor cores work.
 //
 // cca_lines_cuda.h is the GPU's executor (WMMA on tensor cores: float16/bfloat16
 // inputs, and float32 as 3xTF32), cca_lines_host.h a CPU emulation of it (the same
@@ -28,7 +38,9 @@
 //            2  gradients   rows, then columns: dE = A (dA - D) on the fly;
 //                           grad_value = A^T dout, grad_key = dE^T Q, grad_query = dE K
 // Every CTA writes its own rows; the column passes add to the row passes' results
-// in a later launch: no atomics, the same bits on every run.
+// in a later launch: no atomics, the same bits on every run.  The passes run a group
+// of maps and a slice of the value channels at a time (run_forward, run_backward), so
+// that what a column pass reads again is still in the L2.
 //
 // Precision.  Energies, softmax statistics, dA and D are float32 (float accumulators on
 // the tensor cores; exp and log in float).  float32 inputs: every product 3xTF32, about
@@ -76,7 +88,9 @@ CCA_HD constexpr int64_t b_tile(int n, int ld) {
 template <class T>
 struct Elem;
 
-// Everything a pass reads and writes.  Tensors are channels-last and contiguous.
+// Everything a pass reads and writes.  q, k, v and the gradients are all NCHW (nchw)
+// or all channels-last, contiguous (cca_tiling.h, Line::at); out is channels-last (the
+// operator's contract), grad_out either (go_nchw).
 template <class T>
 struct Params {
   Problem p;
@@ -95,8 +109,12 @@ struct Params {
   T* grad_q;
   T* grad_k;
   T* grad_v;
-  bool vec_qk;  // 16-byte vectors for query, key, grad_query, grad_key
-  bool vec_v;   // ... and for value, out, grad_out, grad_value
+  bool vec_qk;   // 16-byte vectors for query, key, grad_query, grad_key (channels-last)
+  bool vec_v;    // ... for value, grad_value
+  bool vec_out;  // ... for out
+  bool vec_go;   // ... for grad_out
+  bool nchw;     // NCHW: read and written element by element, positions across threads
+  bool go_nchw;  // grad_out's own layout (autograd gives the layout of out, channels-last)
 };
 
 // A warp's accumulator tiles: N tiles of 16 x 16 side by side.
@@ -108,28 +126,47 @@ struct AccTiles {
 // ------------------------------------------------------------ tile transfers
 // Called from within a threads phase by every thread (tid).
 
-// dst[r][c] = src(position row0 + r of the line)[c0 + c] for r < kRows, c < cols;
-// zero outside the line and at channels >= `channels`.
+// dst[r][c] = src(position row0 + r of the line)[c0 + c] for r < kRows, c < cols, of a
+// tensor of `channels` channels; zero outside the line and at channels >= `bound`.
+// Called in an async_phase.  Channels-last: 16-byte vectors by asynchronous copies,
+// or (rows of C not a whole number of vectors) elements.  NCHW: element by element,
+// consecutive threads on consecutive positions (contiguous along a row); float32 by
+// 4-byte asynchronous copies.  Zeros and the other elements by ordinary stores, seen
+// after the wait's barrier all the same.
 template <class Ex, class T>
 CCA_DEV inline void load_rows(const Ex& ex, int tid, T* dst, int ld, const T* src,
-                              int64_t channels, const Line& line, int row0, int64_t c0, int cols,
-                              bool vec) {
+                              int64_t channels, int64_t bound, const Line& line, int row0,
+                              int64_t c0, int cols, bool vec, bool nchw) {
   constexpr int V = 16 / sizeof(T);
-  if (vec) {  // channels % V == 0 and c0, cols multiples of V: a vector is all in or all out
+  if (nchw) {
+    for (int e = tid; e < kRows * cols; e += kThreads) {
+      const int r = e % kRows, c = e / kRows, t = row0 + r;
+      T* d = dst + r * ld + c;
+      if (t < line.P && c0 + c < bound) {
+        const T* from = src + line.at(t, c0 + c, channels, true);
+        if (sizeof(T) == 4)
+          ex.copy4_async(d, from);
+        else
+          *d = *from;
+      } else {
+        *d = Elem<T>::from_float(0.f);
+      }
+    }
+  } else if (vec) {  // channels, bound, c0, cols multiples of V: a vector is all in or all out
     const int per_row = cols / V;
     for (int e = tid; e < kRows * per_row; e += kThreads) {
       const int r = e / per_row, c = (e % per_row) * V, t = row0 + r;
       T* d = dst + r * ld + c;
-      if (t < line.P && c0 + c < channels)
-        ex.copy16(d, src + line.pixel(t) * channels + c0 + c);
+      if (t < line.P && c0 + c < bound)
+        ex.copy16_async(d, src + line.at(t, c0 + c, channels, false));
       else
         ex.zero16(d);
     }
   } else {
     for (int e = tid; e < kRows * cols; e += kThreads) {
       const int r = e / cols, c = e % cols, t = row0 + r;
-      dst[r * ld + c] = (t < line.P && c0 + c < channels)
-                            ? src[line.pixel(t) * channels + c0 + c]
+      dst[r * ld + c] = (t < line.P && c0 + c < bound)
+                            ? src[line.at(t, c0 + c, channels, false)]
                             : Elem<T>::from_float(0.f);
     }
   }
@@ -139,14 +176,22 @@ CCA_DEV inline void load_rows(const Ex& ex, int tid, T* dst, int ld, const T* sr
 template <class Ex, class T>
 CCA_DEV inline void store_rows(const Ex& ex, int tid, T* dst, int64_t channels, const Line& line,
                                int row0, int64_t c0, int cols, const float* os, int ldo,
-                               bool accumulate, bool vec) {
+                               bool accumulate, bool vec, bool nchw) {
   constexpr int V = 16 / sizeof(T);
-  if (vec) {  // cols is a multiple of V here (channels and c0 are)
+  if (nchw) {  // consecutive threads on consecutive positions
+    for (int e = tid; e < kRows * cols; e += kThreads) {
+      const int r = e % kRows, c = e / kRows, t = row0 + r;
+      if (t >= line.P) continue;
+      T* d = dst + line.at(t, c0 + c, channels, true);
+      const float before = accumulate ? Elem<T>::to_float(*d) : 0.f;
+      *d = Elem<T>::from_float(before + os[r * ldo + c]);
+    }
+  } else if (vec) {  // cols is a multiple of V here (channels and c0 are)
     const int per_row = cols / V;
     for (int e = tid; e < kRows * per_row; e += kThreads) {
       const int r = e / per_row, c = (e % per_row) * V, t = row0 + r;
       if (t >= line.P) continue;
-      T* d = dst + line.pixel(t) * channels + c0 + c;
+      T* d = dst + line.at(t, c0 + c, channels, false);
       alignas(16) T buf[V];
       if (accumulate) ex.copy16(buf, d);
       CCA_LINES_UNROLL
@@ -160,7 +205,7 @@ CCA_DEV inline void store_rows(const Ex& ex, int tid, T* dst, int64_t channels, 
     for (int e = tid; e < kRows * cols; e += kThreads) {
       const int r = e / cols, c = e % cols, t = row0 + r;
       if (t >= line.P) continue;
-      T* d = dst + line.pixel(t) * channels + c0 + c;
+      T* d = dst + line.at(t, c0 + c, channels, false);
       const float before = accumulate ? Elem<T>::to_float(*d) : 0.f;
       *d = Elem<T>::from_float(before + os[r * ldo + c]);
     }
@@ -218,42 +263,68 @@ CCA_DEV void stats_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned
   const Line line = make_line(p, w.dir, w.line);
   const Smem m = smem_layout(kStats, p, sizeof(T));
   T* qs = reinterpret_cast<T*>(smem + m.q);
-  T* ks = reinterpret_cast<T*>(smem + m.k);
+  // the two key buffers (selected, not indexed: an indexed array would go to local memory)
+  const auto kbuf = [&](int b) { return reinterpret_cast<T*>(smem + (b ? m.k2 : m.k)); };
   float* ss = reinterpret_cast<float*>(smem + m.s);
   float* run_max = reinterpret_cast<float*>(smem + m.stat0);
   float* run_sum = reinterpret_cast<float*>(smem + m.stat1);
+  float* part = reinterpret_cast<float*>(smem + m.a);  // (half, query): (max, sum)
   const int row0 = w.block * kRows, cqk = p.cqk_pad();
+  constexpr int kHalf = kTile / 2;
 
-  ex.threads([&](int tid) {
-    load_rows(ex, tid, qs, m.ldq, prm.q, p.cqk, line, row0, 0, cqk, prm.vec_qk);
+  ex.async_phase([&](int tid) {  // the queries and the first key tile
+    load_rows(ex, tid, qs, m.ldq, prm.q, p.cqk, p.cqk, line, row0, 0, cqk, prm.vec_qk, prm.nchw);
+    load_rows(ex, tid, kbuf(0), m.ldq, prm.k, p.cqk, p.cqk, line, 0, 0, cqk, prm.vec_qk,
+              prm.nchw);
     if (tid < kRows) {
       run_max[tid] = -INFINITY;
       run_sum[tid] = 0.f;
     }
   });
-  for (int key0 = 0; key0 < line.P; key0 += kTile) {
-    ex.threads([&](int tid) {
-      load_rows(ex, tid, ks, m.ldq, prm.k, p.cqk, line, key0, 0, cqk, prm.vec_qk);
+  for (int key0 = 0, i = 0; key0 < line.P; key0 += kTile, ++i) {
+    const T* ks = kbuf(i & 1);
+    ex.async_phase([&](int tid) {  // the next key tile, into the other buffer
+      if (key0 + kTile < line.P)
+        load_rows(ex, tid, kbuf((i + 1) & 1), m.ldq, prm.k, p.cqk, p.cqk, line, key0 + kTile, 0,
+                        cqk, prm.vec_qk, prm.nchw);
     });
+    ex.template async_wait<1>();
     ex.warps([&](int warp) {
       energies(ex, warp, ss, m.lds, qs, ks, m.ldq, cqk, row0, key0, line.P);
     });
-    ex.threads([&](int tid) {  // one thread per query folds the tile into (m, s)
+    ex.threads([&](int tid) {  // two threads per query, half of the tile's keys each
+      const int r = tid % kRows, h = tid / kRows, t = row0 + r;
+      float half_max = -INFINITY, half_sum = 0.f;
+      if (t < line.P) {
+        const float* e = ss + r * m.lds + h * kHalf;
+        // key (j + r) mod kHalf at step j: the threads of a warp in different banks
+        for (int j = 0; j < kHalf; ++j) {
+          const int s = (j + r) % kHalf;
+          if (line.sees(t, key0 + h * kHalf + s)) half_max = fmaxf(half_max, e[s]);
+        }
+        if (half_max != -INFINITY)
+          for (int j = 0; j < kHalf; ++j) {
+            const int s = (j + r) % kHalf;
+            if (line.sees(t, key0 + h * kHalf + s)) half_sum += expf(e[s] - half_max);
+          }
+      }
+      part[(h * kRows + r) * 2] = half_max;
+      part[(h * kRows + r) * 2 + 1] = half_sum;
+    });
+    ex.threads([&](int tid) {  // one thread per query folds the two halves into (m, s)
       const int t = row0 + tid;
       if (tid >= kRows || t >= line.P) return;
-      const float* e = ss + tid * m.lds;
-      float tile_max = -INFINITY;
-      for (int s = 0; s < kTile; ++s)
-        if (line.sees(t, key0 + s)) tile_max = fmaxf(tile_max, e[s]);
+      const float* lo = part + tid * 2;
+      const float* hi = part + (kRows + tid) * 2;
+      const float tile_max = fmaxf(lo[0], hi[0]);
       if (tile_max == -INFINITY) return;  // the query sees no key of this tile
       const float m_new = fmaxf(run_max[tid], tile_max);
-      float sum = rescale(run_sum[tid], run_max[tid], m_new);
-      for (int s = 0; s < kTile; ++s)
-        if (line.sees(t, key0 + s)) sum += expf(e[s] - m_new);
+      run_sum[tid] = rescale(run_sum[tid], run_max[tid], m_new) + rescale(lo[1], lo[0], m_new) +
+                     rescale(hi[1], hi[0], m_new);
       run_max[tid] = m_new;
-      run_sum[tid] = sum;
     });
   }
+  ex.template async_wait<0>();
   ex.threads([&](int tid) {
     const int t = row0 + tid;
     if (tid >= kRows || t >= line.P) return;
@@ -280,13 +351,17 @@ CCA_DEV void agg_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned c
   float* lse = reinterpret_cast<float*>(smem + m.stat0);
   float* os = reinterpret_cast<float*>(smem + m.o);  // aliases ks, vs after the sweep
   const int row0 = w.block * kRows, cqk = p.cqk_pad();
-  const int64_t c0 = int64_t(w.chunk) * kChunk, N = p.pixels(), L = p.slots();
-  const int cols = static_cast<int>(p.cv - c0 < kChunk ? p.cv - c0 : kChunk);
-  const bool write_att = w.chunk == 0;  // one CTA per query block writes its attention
+  const int64_t c0 = p.v0 + int64_t(w.chunk) * kChunk, N = p.pixels(), L = p.slots();
+  const int cols = static_cast<int>(p.v_end() - c0 < kChunk ? p.v_end() - c0 : kChunk);
+  const bool write_att = c0 == 0;  // one CTA per query block writes its attention
   typename Ex::template PerWarp<AccTiles<Ex, T, kChunkFrags>> acc;
 
-  ex.threads([&](int tid) {
-    load_rows(ex, tid, qs, m.ldq, prm.q, p.cqk, line, row0, 0, cqk, prm.vec_qk);
+  // One buffer each for keys and values: the next key tile is issued as soon as the
+  // energies have read the current one, the next value tile as soon as the product
+  // has read the current one; each waits only for its own group.
+  ex.async_phase([&](int tid) {  // the queries and the first key tile; each query's lse
+    load_rows(ex, tid, qs, m.ldq, prm.q, p.cqk, p.cqk, line, row0, 0, cqk, prm.vec_qk, prm.nchw);
+    load_rows(ex, tid, ks, m.ldq, prm.k, p.cqk, p.cqk, line, 0, 0, cqk, prm.vec_qk, prm.nchw);
     const int t = row0 + tid;
     if (tid < kRows) {
       float l = 0.f;
@@ -298,14 +373,21 @@ CCA_DEV void agg_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned c
       lse[tid] = l;
     }
   });
+  ex.async_phase([&](int tid) {  // the first value tile
+    load_rows(ex, tid, vs, m.ldv, prm.v, p.cv, p.v_end(), line, 0, c0, kChunk, prm.vec_v,
+              prm.nchw);
+  });
   ex.warps([&](int warp) { zero_tiles(ex, acc(warp)); });
   for (int key0 = 0; key0 < line.P; key0 += kTile) {
-    ex.threads([&](int tid) {
-      load_rows(ex, tid, ks, m.ldq, prm.k, p.cqk, line, key0, 0, cqk, prm.vec_qk);
-      load_rows(ex, tid, vs, m.ldv, prm.v, p.cv, line, key0, c0, kChunk, prm.vec_v);
-    });
+    const bool more = key0 + kTile < line.P;
+    ex.template async_wait<1>();  // the key tile (its value tile may still be in flight)
     ex.warps([&](int warp) {
       energies(ex, warp, ss, m.lds, qs, ks, m.ldq, cqk, row0, key0, line.P);
+    });
+    ex.async_phase([&](int tid) {
+      if (more)
+        load_rows(ex, tid, ks, m.ldq, prm.k, p.cqk, p.cqk, line, key0 + kTile, 0, cqk,
+                        prm.vec_qk, prm.nchw);
     });
     ex.threads([&](int tid) {  // A = exp(E - lse): the softmax over the whole cross
       for (int e = tid; e < kRows * kTile; e += kThreads) {
@@ -321,17 +403,24 @@ CCA_DEV void agg_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned c
           ss[r * m.lds + s] = a;
       }
     });
+    ex.template async_wait<1>();  // the value tile (the next key tile may be in flight)
     ex.warps([&](int warp) {  // O += A V
       if (row0 + kFrag * warp >= line.P) return;
       ex.template mma_tiles<RowMajor, RowMajor>(acc(warp).f, live_tiles(cols, kChunkFrags),
                                                 as + kFrag * warp * m.lda, m.lda, vs, m.ldv,
                                                 kTile);
     });
+    ex.async_phase([&](int tid) {
+      if (more)
+        load_rows(ex, tid, vs, m.ldv, prm.v, p.cv, p.v_end(), line, key0 + kTile, c0, kChunk,
+                        prm.vec_v, prm.nchw);
+    });
   }
+  ex.template async_wait<0>();  // nothing in flight before os reuses the tiles' space
   ex.warps([&](int warp) { store_tiles(ex, warp, os, m.ldo, acc(warp), cols); });
   ex.threads([&](int tid) {
     store_rows(ex, tid, prm.out, p.cv, line, row0, c0, cols, os, m.ldo, w.dir == kCol,
-               prm.vec_v);
+               prm.vec_out, false);
   });
 }
 
@@ -343,31 +432,47 @@ CCA_DEV void bwd_da_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigne
   const Work w = decode_both(p, id);
   const Line line = make_line(p, w.dir, w.line);
   const Smem m = smem_layout(kBwdDa, p, sizeof(T));
-  T* gos = reinterpret_cast<T*>(smem + m.q);
-  T* vs = reinterpret_cast<T*>(smem + m.v);
+  const auto gbuf = [&](int b) { return reinterpret_cast<T*>(smem + (b ? m.q2 : m.q)); };
+  const auto vbuf = [&](int b) { return reinterpret_cast<T*>(smem + (b ? m.v2 : m.v)); };
   float* ss = reinterpret_cast<float*>(smem + m.s);
   float* dsum = reinterpret_cast<float*>(smem + m.stat0);
+  float* part = reinterpret_cast<float*>(smem + m.a);  // (half, query): sum of A dA
   const int row0 = w.block * kRows;
   const int64_t L = p.slots();
+  const int64_t chunks = ceil_div(p.cv, kBwdChunk);
+  constexpr int kHalf = kTile / 2;
   typename Ex::template PerWarp<AccTiles<Ex, T, kTile / kFrag>> acc;
 
-  ex.threads([&](int tid) {
+  // Step i multiplies chunk i % chunks of grad_out and of the values of key tile
+  // i / chunks; step i + 1's chunks load into the other buffers meanwhile.
+  const auto load_step = [&](int tid, int64_t step, int buf) {
+    const int key0 = static_cast<int>(step / chunks) * kTile;
+    const int64_t c0 = (step % chunks) * kBwdChunk;
+    load_rows(ex, tid, gbuf(buf), m.ldv, prm.grad_out, p.cv, p.cv, line, row0, c0, kBwdChunk,
+              prm.vec_go, prm.go_nchw);
+    load_rows(ex, tid, vbuf(buf), m.ldv, prm.v, p.cv, p.cv, line, key0, c0, kBwdChunk, prm.vec_v,
+              prm.nchw);
+  };
+  const int64_t steps = ceil_div(line.P, kTile) * chunks;
+  ex.async_phase([&](int tid) {
+    load_step(tid, 0, 0);
     if (tid < kRows) dsum[tid] = 0.f;
   });
-  for (int key0 = 0; key0 < line.P; key0 += kTile) {
-    ex.warps([&](int warp) { zero_tiles(ex, acc(warp)); });
-    for (int64_t c0 = 0; c0 < p.cv; c0 += kBwdChunk) {  // dA = dout V^T over the channels
-      ex.threads([&](int tid) {
-        load_rows(ex, tid, gos, m.ldv, prm.grad_out, p.cv, line, row0, c0, kBwdChunk, prm.vec_v);
-        load_rows(ex, tid, vs, m.ldv, prm.v, p.cv, line, key0, c0, kBwdChunk, prm.vec_v);
-      });
-      ex.warps([&](int warp) {
-        if (row0 + kFrag * warp >= line.P) return;
-        ex.template mma_tiles<RowMajor, ColMajor>(acc(warp).f, live_tiles(line.P - key0, kTile / kFrag),
-                                                  gos + kFrag * warp * m.ldv, m.ldv, vs, m.ldv,
-                                                  kBwdChunk);
-      });
-    }
+  for (int64_t step = 0; step < steps; ++step) {
+    const int key0 = static_cast<int>(step / chunks) * kTile;
+    const int buf = static_cast<int>(step & 1);
+    if (step % chunks == 0) ex.warps([&](int warp) { zero_tiles(ex, acc(warp)); });
+    ex.async_phase([&](int tid) {
+      if (step + 1 < steps) load_step(tid, step + 1, buf ^ 1);
+    });
+    ex.template async_wait<1>();
+    ex.warps([&](int warp) {  // dA = dout V^T over the channels
+      if (row0 + kFrag * warp >= line.P) return;
+      ex.template mma_tiles<RowMajor, ColMajor>(
+          acc(warp).f, live_tiles(line.P - key0, kTile / kFrag), gbuf(buf) + kFrag * warp * m.ldv,
+          m.ldv, vbuf(buf), m.ldv, kBwdChunk);
+    });
+    if (step % chunks != chunks - 1) continue;
     ex.warps([&](int warp) {
       if (row0 + kFrag * warp < line.P) store_tiles(ex, warp, ss, m.lds, acc(warp), kTile);
     });
@@ -385,13 +490,20 @@ CCA_DEV void bwd_da_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigne
         ss[r * m.lds + s] = prod;
       }
     });
-    ex.threads([&](int tid) {  // one thread per query, keys in order: deterministic
-      if (tid >= kRows) return;
-      float sum = dsum[tid];
-      for (int s = 0; s < kTile; ++s) sum += ss[tid * m.lds + s];
-      dsum[tid] = sum;
+    ex.threads([&](int tid) {  // two threads per query, half of the keys each, in a
+      // fixed order (deterministic): key (j + r) mod kHalf at step j, threads of a warp
+      // in different banks
+      const int r = tid % kRows, h = tid / kRows;
+      const float* prod = ss + r * m.lds + h * kHalf;
+      float sum = 0.f;
+      for (int j = 0; j < kHalf; ++j) sum += prod[(j + r) % kHalf];
+      part[h * kRows + r] = sum;
+    });
+    ex.threads([&](int tid) {
+      if (tid < kRows) dsum[tid] += part[tid] + part[kRows + tid];
     });
   }
+  ex.template async_wait<0>();
   ex.threads([&](int tid) {
     const int t = row0 + tid;
     if (tid < kRows && t < line.P) prm.dpart[w.dir * p.pixels() + line.pixel(t)] = dsum[tid];
@@ -409,8 +521,8 @@ CCA_DEV void bwd_grads_body(const Ex& ex, const Params<T>& prm, int64_t id,
   const Smem m = smem_layout(kBwdGrads, p, sizeof(T));
   T* ws = reinterpret_cast<T*>(smem + m.a);  // (query, key) weights of the tile
   float* dq = reinterpret_cast<float*>(smem + m.stat0);
-  T* ys = reinterpret_cast<T*>(smem + m.v);
-  float* os = reinterpret_cast<float*>(smem + m.o);  // aliases ys after the sweep
+  const auto ybuf = [&](int b) { return reinterpret_cast<T*>(smem + (b ? m.v2 : m.v)); };
+  float* os = reinterpret_cast<float*>(smem + m.o);  // aliases ybuf after the sweep
   const int64_t N = p.pixels(), L = p.slots();
   const int row0 = w.block * kRows;  // keys (grad value, grad key) or queries (grad query)
   const bool by_key = w.kind != kGradQuery;
@@ -418,16 +530,29 @@ CCA_DEV void bwd_grads_body(const Ex& ex, const Params<T>& prm, int64_t id,
   const T* ysrc = w.kind == kGradValue ? prm.grad_out : w.kind == kGradKey ? prm.q : prm.k;
   T* dst = w.kind == kGradValue ? prm.grad_v : w.kind == kGradKey ? prm.grad_k : prm.grad_q;
   const int64_t channels = w.kind == kGradValue ? p.cv : p.cqk;
-  const int64_t c0 = w.kind == kGradValue ? int64_t(w.chunk) * kChunk : 0;
+  const int64_t bound = w.kind == kGradValue ? p.v_end() : p.cqk;  // the slice's end
+  const int64_t c0 = w.kind == kGradValue ? p.v0 + int64_t(w.chunk) * kChunk : 0;
   const int ycols = w.kind == kGradValue ? kChunk : p.cqk_pad();
-  const int cols = static_cast<int>(channels - c0 < ycols ? channels - c0 : ycols);
-  const bool vec = w.kind == kGradValue ? prm.vec_v : prm.vec_qk;
+  const int cols = static_cast<int>(bound - c0 < ycols ? bound - c0 : ycols);
+  const bool vec = w.kind == kGradValue ? prm.vec_v : prm.vec_qk;  // of dst
+  // of ysrc: grad_out in its own layout
+  const bool yvec = w.kind == kGradValue ? prm.vec_go : prm.vec_qk;
+  const bool ynchw = w.kind == kGradValue ? prm.go_nchw : prm.nchw;
   typename Ex::template PerWarp<AccTiles<Ex, T, kChunkFrags>> acc;
   static_assert(kQkFrags <= kChunkFrags, "grad q/k fit the value accumulators");
 
+  ex.async_phase([&](int tid) {  // the first tile of rows; the next while one is used
+    load_rows(ex, tid, ybuf(0), m.ldy, ysrc, channels, bound, line, 0, c0, ycols, yvec, ynchw);
+  });
   ex.warps([&](int warp) { zero_tiles(ex, acc(warp)); });
-  for (int pos0 = 0; pos0 < line.P; pos0 += kTile) {  // queries (by key) or keys
+  for (int pos0 = 0, i = 0; pos0 < line.P; pos0 += kTile, ++i) {  // queries (by key) or keys
     const int q0 = by_key ? pos0 : row0, k0 = by_key ? row0 : pos0;
+    const T* ys = ybuf(i & 1);
+    ex.async_phase([&](int tid) {
+      if (pos0 + kTile < line.P)
+        load_rows(ex, tid, ybuf((i + 1) & 1), m.ldy, ysrc, channels, bound, line, pos0 + kTile,
+                        c0, ycols, yvec, ynchw);
+    });
     if (w.kind != kGradValue) {
       ex.threads([&](int tid) {  // D = the two halves' sum_l A dA
         const int t = q0 + tid;
@@ -441,7 +566,6 @@ CCA_DEV void bwd_grads_body(const Ex& ex, const Params<T>& prm, int64_t id,
       });
     }
     ex.threads([&](int tid) {
-      load_rows(ex, tid, ys, m.ldy, ysrc, channels, line, pos0, c0, ycols, vec);
       for (int e = tid; e < kTile * kTile; e += kThreads) {
         const int qq = e / kTile, kk = e % kTile, t = q0 + qq, key = k0 + kk;
         float x = 0.f;
@@ -453,6 +577,7 @@ CCA_DEV void bwd_grads_body(const Ex& ex, const Params<T>& prm, int64_t id,
         ws[qq * m.ldw + kk] = Elem<T>::from_float(x);
       }
     });
+    ex.template async_wait<1>();  // this tile's rows (the next tile's may be in flight)
     ex.warps([&](int warp) {
       if (row0 + kFrag * warp >= line.P) return;
       const int live = live_tiles(cols, kChunkFrags);
@@ -464,36 +589,77 @@ CCA_DEV void bwd_grads_body(const Ex& ex, const Params<T>& prm, int64_t id,
                                                   m.ldw, ys, m.ldy, kTile);
     });
   }
+  ex.template async_wait<0>();
   ex.warps([&](int warp) { store_tiles(ex, warp, os, m.ldo, acc(warp), cols); });
   ex.threads([&](int tid) {
-    store_rows(ex, tid, dst, channels, line, row0, c0, cols, os, m.ldo, w.dir == kCol, vec);
+    store_rows(ex, tid, dst, channels, line, row0, c0, cols, os, m.ldo, w.dir == kCol, vec,
+               prm.nchw);
   });
 }
 
 // ------------------------------------------------------------ the pass order
 // `launch(pass, grid, params)` runs one pass over `grid` CTAs; the passes run in
 // this order (a GPU stream, or the emulation's loop), each seeing all of the
-// previous ones' writes.
+// previous ones' writes.  A group of maps at a time, and in it a slice of the value
+// channels at a time (plan_passes), so that the column passes' second reads hit the
+// L2; the scratch buffers are reused from group to group.
+
+// The params of maps [b0, b0 + maps): the same tensors from map b0 on.
+template <class T>
+Params<T> at_maps(Params<T> prm, int64_t b0, int64_t maps) {
+  const int64_t hw = prm.p.H * prm.p.W, at = b0 * hw * prm.p.slots();
+  const int64_t qk = b0 * hw * prm.p.cqk, v = b0 * hw * prm.p.cv;
+  const auto shift = [](auto* ptr, int64_t by) { return ptr == nullptr ? ptr : ptr + by; };
+  prm.p.B = maps;
+  prm.q = shift(prm.q, qk);
+  prm.k = shift(prm.k, qk);
+  prm.v = shift(prm.v, v);
+  prm.out = shift(prm.out, v);
+  prm.att = shift(prm.att, at);
+  prm.grad_out = shift(prm.grad_out, v);
+  prm.grad_att = shift(prm.grad_att, at);
+  prm.att_in = shift(prm.att_in, at);
+  prm.grad_q = shift(prm.grad_q, qk);
+  prm.grad_k = shift(prm.grad_k, qk);
+  prm.grad_v = shift(prm.grad_v, v);
+  return prm;
+}
 
 template <class Launch, class T>
-void run_forward(Launch& launch, Params<T> prm) {
-  launch(kStats, both_grid(prm.p), prm);
-  prm.dir = kRow;
-  launch(kAgg, agg_grid(prm.p, kRow), prm);
-  if (prm.p.has(kCol)) {
-    prm.dir = kCol;
-    launch(kAgg, agg_grid(prm.p, kCol), prm);
+void run_forward(Launch& launch, const Params<T>& all, int64_t l2_bytes) {
+  const Plan plan = plan_passes(all.p, sizeof(T), false, l2_bytes);
+  for (int64_t b0 = 0; b0 < all.p.B; b0 += plan.maps) {
+    Params<T> prm = at_maps(all, b0, all.p.B - b0 < plan.maps ? all.p.B - b0 : plan.maps);
+    launch(kStats, both_grid(prm.p), prm);
+    for (int64_t v0 = 0; v0 < all.p.cv; v0 += plan.width) {
+      prm.p.v0 = v0;
+      prm.p.v1 = v0 + plan.width < all.p.cv ? v0 + plan.width : all.p.cv;
+      prm.dir = kRow;
+      launch(kAgg, agg_grid(prm.p, kRow), prm);
+      if (prm.p.has(kCol)) {
+        prm.dir = kCol;
+        launch(kAgg, agg_grid(prm.p, kCol), prm);
+      }
+    }
   }
 }
 
 template <class Launch, class T>
-void run_backward(Launch& launch, Params<T> prm) {
-  launch(kBwdDa, both_grid(prm.p), prm);
-  prm.dir = kRow;
-  launch(kBwdGrads, grads_grid(prm.p, kRow), prm);
-  if (prm.p.has(kCol)) {
-    prm.dir = kCol;
-    launch(kBwdGrads, grads_grid(prm.p, kCol), prm);
+void run_backward(Launch& launch, const Params<T>& all, int64_t l2_bytes) {
+  const Plan plan = plan_passes(all.p, sizeof(T), true, l2_bytes);
+  for (int64_t b0 = 0; b0 < all.p.B; b0 += plan.maps) {
+    Params<T> prm = at_maps(all, b0, all.p.B - b0 < plan.maps ? all.p.B - b0 : plan.maps);
+    launch(kBwdDa, both_grid(prm.p), prm);
+    for (int64_t v0 = 0; v0 < all.p.cv; v0 += plan.width) {
+      prm.p.v0 = v0;
+      prm.p.v1 = v0 + plan.width < all.p.cv ? v0 + plan.width : all.p.cv;
+      prm.dir = kRow;
+      launch(kBwdGrads, grads_grid(prm.p, kRow), prm);
+      if (prm.p.has(kCol)) {
+        prm.dir = kCol;
+        launch(kBwdGrads, grads_grid(prm.p, kCol), prm);
+      }
+    }
   }
 }
 
@@ -502,7 +668,10 @@ void run_backward(Launch& launch, Params<T> prm) {
 
 struct RawArgs {
   Problem p;
-  int dtype;  // DType
+  int dtype;         // DType
+  int64_t l2_bytes;  // the L2 the passes are grouped for (plan_passes); <= 0: no groups
+  bool nchw;         // the layout of q, k, v and the gradients (Params)
+  bool go_nchw;      // ... and of grad_out
   const void* q;
   const void* k;
   const void* v;
@@ -538,13 +707,16 @@ inline Params<T> make_params(const RawArgs& a) {
   prm.grad_k = static_cast<T*>(a.grad_k);
   prm.grad_v = static_cast<T*>(a.grad_v);
   const int e = sizeof(T);
+  prm.nchw = a.nchw;
+  prm.go_nchw = a.go_nchw;
   const auto ok = [e](const void* ptr, int64_t channels) {
     return ptr == nullptr || vector_ok(ptr, channels, e);
   };
-  prm.vec_qk = ok(a.q, a.p.cqk) && ok(a.k, a.p.cqk) && ok(a.grad_q, a.p.cqk) &&
+  prm.vec_out = ok(a.out, a.p.cv);
+  prm.vec_qk = !a.nchw && ok(a.q, a.p.cqk) && ok(a.k, a.p.cqk) && ok(a.grad_q, a.p.cqk) &&
                ok(a.grad_k, a.p.cqk);
-  prm.vec_v = ok(a.v, a.p.cv) && ok(a.out, a.p.cv) && ok(a.grad_out, a.p.cv) &&
-              ok(a.grad_v, a.p.cv);
+  prm.vec_v = !a.nchw && ok(a.v, a.p.cv) && ok(a.grad_v, a.p.cv);
+  prm.vec_go = !a.go_nchw && ok(a.grad_out, a.p.cv);
   return prm;
 }
 

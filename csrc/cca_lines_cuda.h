@@ -144,7 +144,48 @@ struct GpuExec {
   __device__ static void copy16(void* dst, const void* src) {
     *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
   }
-  __device__ static void zero16(void* dst) { *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0); }
+
+  // Every thread runs f(t), which issues asynchronous copies (copy16_async), then
+  // closes its group of copies; no barrier: the copies land while the CTA goes on.
+  template <class F>
+  __device__ void async_phase(F&& f) const {
+    f(static_cast<int>(threadIdx.x));
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+  }
+  // Waits until at most N of this thread's latest groups are still in flight, then a
+  // barrier: every copy of the older groups, from every thread, is in shared memory.
+  template <int N>
+  __device__ void async_wait() const {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+    __syncthreads();
+  }
+  // 16 bytes from global to shared memory without passing through registers
+  // (cp.async.cg: cached in L2 only; LDGSTS in the machine code).  Before sm_80, an
+  // ordinary load and store.
+  __device__ static void copy16_async(void* dst, const void* src) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(src) : "memory");
+#else
+    copy16(dst, src);
+#endif
+  }
+  // One 4-byte element (a float of an NCHW tensor), asynchronously (cp.async.ca).
+  __device__ static void copy4_async(void* dst, const void* src) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(to), "l"(src) : "memory");
+#else
+    *reinterpret_cast<unsigned*>(dst) = *reinterpret_cast<const unsigned*>(src);
+#endif
+  }
+  __device__ static void zero16(void* dst) {
+    *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+  }
 };
 
 // One CTA of one pass.  At most 2 CTAs of 128 threads per multiprocessor are asked

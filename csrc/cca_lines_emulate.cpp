@@ -5,9 +5,16 @@
 // memory: the passes of cca_lines.h, run by cca_lines_host.h's executor, against
 // the float64 reference.  The scratch buffers (statistics, dA, D) start as NaN.
 //
-//   shape: {B, C', C, H, W}; tensors channels-last and contiguous, of dtype
-//   0 float32, 1 float16, 2 bfloat16 (the bits, as torch stores them).
-//   Returns 0, or -1 when the tiled kernels do not take the problem.
+//   shape: {B, C', C, H, W}; tensors contiguous, of dtype 0 float32, 1 float16,
+//   2 bfloat16 (the bits, as torch stores them); attention (B, H, W, L), out
+//   channels-last (B, H, W, C), the others too, or NCHW with flag 4 (grad_out: 8).
+//   flags: 1 runs each pass's CTAs in decreasing order, 2 lands the asynchronous
+//   copies when issued instead of at their wait (cca_lines_host.h), 4 NCHW, 8 grad_out
+//   NCHW.
+//   l2_bytes: the L2 the passes are grouped for (maps and slices, plan_passes);
+//   0: all at once.
+//   Returns 0, -1 when the tiled kernels do not take the problem, -2 when a CTA
+//   ended with asynchronous copies in flight.
 #include <math.h>
 
 #include <vector>
@@ -29,19 +36,22 @@ lines::Problem problem(const int64_t* shape) {
 }
 
 template <class T>
-void run(bool backward, const lines::RawArgs& args, bool reverse) {
-  lines::HostLaunch launch{reverse};
+int run(bool backward, const lines::RawArgs& args, int flags) {
+  lines::HostLaunch launch;
+  launch.reverse = (flags & 1) != 0;
+  launch.early = (flags & 2) != 0;
   if (backward)
-    lines::run_backward(launch, lines::make_params<T>(args));
+    lines::run_backward(launch, lines::make_params<T>(args), args.l2_bytes);
   else
-    lines::run_forward(launch, lines::make_params<T>(args));
+    lines::run_forward(launch, lines::make_params<T>(args), args.l2_bytes);
+  return launch.stray == 0 ? 0 : -2;
 }
 
-void dispatch(bool backward, const lines::RawArgs& args, bool reverse) {
+int dispatch(bool backward, const lines::RawArgs& args, int flags) {
   switch (args.dtype) {
-    case lines::kFloat32: run<float>(backward, args, reverse); break;
-    case lines::kFloat16: run<lines::HostHalf>(backward, args, reverse); break;
-    default: run<lines::HostBFloat16>(backward, args, reverse); break;
+    case lines::kFloat32: return run<float>(backward, args, flags);
+    case lines::kFloat16: return run<lines::HostHalf>(backward, args, flags);
+    default: return run<lines::HostBFloat16>(backward, args, flags);
   }
 }
 
@@ -81,31 +91,44 @@ void cca_lines_decode(int pass, int dir, const int64_t* shape, int64_t id, int64
   work[4] = w.kind;
 }
 
+// The groups of the passes: {maps per group, channels per slice, slices, fits}.
+void cca_lines_plan(const int64_t* shape, int dtype, int backward, int64_t l2_bytes,
+                    int64_t* plan) {
+  const lines::Plan p =
+      lines::plan_passes(problem(shape), lines::dtype_bytes(dtype), backward != 0, l2_bytes);
+  plan[0] = p.maps;
+  plan[1] = p.width;
+  plan[2] = p.slices;
+  plan[3] = p.fits ? 1 : 0;
+}
+
 float cca_lines_merge_lse(float m_row, float s_row, float m_col, float s_col) {
   return lines::merge_lse(m_row, s_row, m_col, s_col);
 }
 
 int cca_lines_forward(int dtype, const int64_t* shape, const void* q, const void* k,
-                      const void* v, void* out, void* att, int reverse) {
+                      const void* v, void* out, void* att, int flags, int64_t l2_bytes) {
   const lines::Problem p = problem(shape);
   if (!lines::tiled_supported(p, dtype)) return -1;
   std::vector<float> stats(static_cast<size_t>(4 * p.pixels()), NAN);
   lines::RawArgs a{};
   a.p = p;
   a.dtype = dtype;
+  a.l2_bytes = l2_bytes;
+  a.nchw = (flags & 4) != 0;
   a.q = q;
   a.k = k;
   a.v = v;
   a.out = out;
   a.att = att;
   a.stats = stats.data();
-  dispatch(false, a, reverse != 0);
-  return 0;
+  return dispatch(false, a, flags);
 }
 
 int cca_lines_backward(int dtype, const int64_t* shape, const void* grad_out,
                        const void* grad_att, const void* att, const void* q, const void* k,
-                       const void* v, void* grad_q, void* grad_k, void* grad_v, int reverse) {
+                       const void* v, void* grad_q, void* grad_k, void* grad_v, int flags,
+                       int64_t l2_bytes) {
   const lines::Problem p = problem(shape);
   if (!lines::tiled_supported(p, dtype)) return -1;
   std::vector<float> g(static_cast<size_t>(p.pixels() * p.slots()), NAN);
@@ -113,6 +136,9 @@ int cca_lines_backward(int dtype, const int64_t* shape, const void* grad_out,
   lines::RawArgs a{};
   a.p = p;
   a.dtype = dtype;
+  a.l2_bytes = l2_bytes;
+  a.nchw = (flags & 4) != 0;
+  a.go_nchw = (flags & 8) != 0;
   a.q = q;
   a.k = k;
   a.v = v;
@@ -124,8 +150,7 @@ int cca_lines_backward(int dtype, const int64_t* shape, const void* grad_out,
   a.grad_q = grad_q;
   a.grad_k = grad_k;
   a.grad_v = grad_v;
-  dispatch(true, a, reverse != 0);
-  return 0;
+  return dispatch(true, a, flags);
 }
 
 }  // extern "C"

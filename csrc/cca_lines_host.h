@@ -148,20 +148,72 @@ struct HostExec {
 
   static void copy16(void* dst, const void* src) { memcpy(dst, src, 16); }
   static void zero16(void* dst) { memset(dst, 0, 16); }
+
+  // Asynchronous copies.  A GPU's land at some time between their issue and the wait
+  // that covers them; the emulation lands them at one end or the other: at the wait
+  // (late: a read before its wait reads the NaN that shared memory starts with) or at
+  // the issue (early: a copy into a buffer that is still being read overwrites it).
+  // Both must give the same bits.
+  struct Copy {
+    unsigned char* dst;
+    unsigned char bytes[16];
+    size_t size;
+  };
+  bool early = false;
+  mutable std::vector<Copy> open;
+  mutable std::vector<std::vector<Copy>> groups;
+
+  template <class F>
+  void async_phase(F&& f) const {
+    for (int t = 0; t < kThreads; ++t) f(t);
+    groups.push_back(open);
+    open.clear();
+  }
+  template <int N>
+  void async_wait() const {
+    while (groups.size() > static_cast<size_t>(N)) {
+      for (const Copy& c : groups.front()) memcpy(c.dst, c.bytes, c.size);
+      groups.erase(groups.begin());
+    }
+  }
+  void copy_async(void* dst, const void* src, size_t size) const {
+    if (early) {
+      memcpy(dst, src, size);
+      return;
+    }
+    Copy c;
+    c.dst = static_cast<unsigned char*>(dst);
+    c.size = size;
+    memcpy(c.bytes, src, size);
+    open.push_back(c);
+  }
+  void copy16_async(void* dst, const void* src) const { copy_async(dst, src, 16); }
+  void copy4_async(void* dst, const void* src) const { copy_async(dst, src, 4); }
+  // Copies a CTA left in flight when it ends (none, when the body is right).
+  size_t in_flight() const {
+    size_t n = open.size();
+    for (const auto& g : groups) n += g.size();
+    return n;
+  }
 };
 
 // Runs the CTAs of a pass one by one, in increasing order or (reverse) in
-// decreasing order: the result must not depend on it.
+// decreasing order: the result must not depend on it; early: asynchronous copies land
+// when issued, else at their wait (HostExec).  `stray` counts the copies CTAs left in
+// flight (a body that forgot a wait).
 struct HostLaunch {
   bool reverse = false;
+  bool early = false;
+  int64_t stray = 0;
 
   template <class T>
-  void operator()(int pass, int64_t grid, const Params<T>& prm) const {
+  void operator()(int pass, int64_t grid, const Params<T>& prm) {
     const int64_t bytes = smem_layout(pass, prm.p, sizeof(T)).bytes;
     std::vector<unsigned char> buffer(static_cast<size_t>(bytes) + 128);
     unsigned char* smem = buffer.data();
     smem += (128 - reinterpret_cast<uintptr_t>(smem) % 128) % 128;
-    const HostExec ex;
+    HostExec ex;
+    ex.early = early;
     for (int64_t n = 0; n < grid; ++n) {
       const int64_t id = reverse ? grid - 1 - n : n;
       memset(smem, 0xff, static_cast<size_t>(bytes));  // NaN in every element type
@@ -171,6 +223,9 @@ struct HostLaunch {
         case kBwdDa: bwd_da_body(ex, prm, id, smem); break;
         default: bwd_grads_body(ex, prm, id, smem); break;
       }
+      stray += static_cast<int64_t>(ex.in_flight());
+      ex.open.clear();
+      ex.groups.clear();
     }
   }
 };

@@ -12,8 +12,9 @@
 // kernels and g++ into the CPU emulation of those kernels that the tests run
 // (cca_lines_emulate.cpp), so the CPU checks the index math the GPU runs.
 //
-// Layout (channels-last, as in cca_common.h):
-//   query, key (B, H, W, C')   value, out (B, H, W, C)   attention (B, H, W, L)
+// Layout: query, key (B, C', H, W), value, out (B, C, H, W) and the gradients in
+// their given layout, NCHW or channels-last (B, H, W, C), contiguous; attention
+// (B, H, W, L)
 //   L = H + W - 1 slots per pixel: the row first (W slots, centre included),
 //   then the column without the centre (H - 1 slots, increasing row).
 #pragma once
@@ -61,6 +62,11 @@ enum Dir : int { kRow = 0, kCol = 1 };
 struct Problem {
   int64_t B, H, W;
   int64_t cqk, cv;  // C' (query/key channels) and C (value channels)
+  // The slice [v0, v_end()) of the value channels that the one-direction passes cover
+  // (run_forward and run_backward take the channels slice by slice); v1 = 0: all.
+  int64_t v0 = 0, v1 = 0;
+
+  CCA_HD int64_t v_end() const { return v1 > 0 ? v1 : cv; }
 
   CCA_HD int64_t pixels() const { return B * H * W; }
   CCA_HD int64_t slots() const { return H + W - 1; }
@@ -80,9 +86,13 @@ struct Line {
   int P;             // length: W for a row, H for a column
   int64_t H, W;
 
-  // Flat pixel index (b, i, j) of position t.
-  CCA_HD int64_t pixel(int t) const {
-    return dir == kRow ? (b * H + index) * W + t : (b * H + t) * W + index;
+  // Flat pixel index (b, i, j) of position t, and its index i W + j in its map.
+  CCA_HD int64_t pixel(int t) const { return b * H * W + hw(t); }
+  CCA_HD int64_t hw(int t) const { return dir == kRow ? index * W + t : int64_t(t) * W + index; }
+  // Where channel c of position t lies in a tensor of `channels` channels, NCHW or
+  // channels-last, contiguous.
+  CCA_HD int64_t at(int t, int64_t c, int64_t channels, bool nchw) const {
+    return nchw ? (b * channels + c) * H * W + hw(t) : pixel(t) * channels + c;
   }
   // The column leaves its centre out: the row half already holds the pixel itself.
   CCA_HD bool masked(int t, int s) const { return dir == kCol && s == t; }
@@ -111,7 +121,8 @@ CCA_HD inline Line make_line(const Problem& p, int dir, int64_t line) {
 // DRAM once and from L2 by the line's other CTAs.
 
 CCA_HD inline int64_t blocks_per_line(int P) { return ceil_div(P, kRows); }
-CCA_HD inline int64_t value_chunks(const Problem& p) { return ceil_div(p.cv, kChunk); }
+// The CTAs of kChunk value channels of the slice.
+CCA_HD inline int64_t value_chunks(const Problem& p) { return ceil_div(p.v_end() - p.v0, kChunk); }
 
 struct Work {
   int dir;
@@ -157,14 +168,15 @@ CCA_HD inline Work decode_agg(const Problem& p, int dir, int64_t id) {
 }
 
 // The backward's gradients, one direction per launch.  Per line: grad value
-// (each key block x each value chunk), grad key (each key block), grad query
-// (each query block); each item sums over the whole line, in a fixed order,
-// and writes its own rows, so the result is deterministic and needs no atomics.
+// (each key block x each value chunk of the slice), grad key (each key block), grad
+// query (each query block), these two with the first slice only; each item sums
+// over the whole line, in a fixed order, and writes its own rows, so the result is
+// deterministic and needs no atomics.
 enum Kind : int { kGradValue = 0, kGradKey = 1, kGradQuery = 2 };
 
 CCA_HD inline int64_t grads_per_line(const Problem& p, int dir) {
   const int64_t nb = blocks_per_line(p.length(dir));
-  return nb * value_chunks(p) + nb + nb;
+  return nb * value_chunks(p) + (p.v0 == 0 ? nb + nb : 0);
 }
 
 CCA_HD inline int64_t grads_grid(const Problem& p, int dir) {
@@ -190,6 +202,61 @@ CCA_HD inline Work decode_grads(const Problem& p, int dir, int64_t id) {
     w.block = static_cast<int>(r - nb);
   }
   return w;
+}
+
+// ------------------------------------------------------ maps and slices in L2
+// A pixel's output is the sum of its row's and its column's parts, so the column
+// pass reads again what the row pass read (query, key, a slice of value) and adds to
+// what it wrote (out).  The passes therefore run a group of maps at a time, and
+// within it a slice of the value channels at a time (each slice computes the
+// energies again), the group and the slice chosen so that what the column pass
+// reads again fits half of the L2 (ccnet_edu.roofline.v2_slices counts the same):
+//   forward   per pixel: query, key (2 C'), value and out of the slice (2 c)
+//   backward  per pixel: query, key, grad query, grad key (4 C'), grad out and grad
+//             value of the slice (2 c), D (a float)
+// When not even a kFrag-channel slice of one map fits, one slice of everything.
+
+struct Plan {
+  int64_t maps;    // maps per group
+  int64_t width;   // value channels per slice (a multiple of kFrag, or C)
+  int64_t slices;  // slices per group
+  bool fits;
+};
+
+CCA_HD inline int64_t reused_bytes(const Problem& p, int elem_bytes, bool backward,
+                                   int64_t width) {
+  const int64_t hw = p.H * p.W;
+  return backward ? hw * (elem_bytes * (4 * p.cqk + 2 * width) + 4)
+                  : hw * elem_bytes * (2 * p.cqk + 2 * width);
+}
+
+// l2_bytes <= 0: all maps and all channels at once.
+CCA_HD inline Plan plan_passes(const Problem& p, int elem_bytes, bool backward,
+                               int64_t l2_bytes) {
+  Plan plan{p.B, p.cv, 1, false};
+  if (l2_bytes <= 0) return plan;
+  const int64_t budget = l2_bytes / 2;
+  for (int64_t n = 1;; ++n) {
+    const int64_t width = round_up(ceil_div(p.cv, n), kFrag);
+    if (reused_bytes(p, elem_bytes, backward, width) <= budget) {
+      plan.width = width < p.cv ? width : p.cv;
+      plan.slices = ceil_div(p.cv, plan.width);
+      plan.fits = true;
+      break;
+    }
+    if (width <= kFrag) break;
+  }
+  if (plan.fits && plan.slices == 1) {
+    const int64_t per_map = reused_bytes(p, elem_bytes, backward, p.cv);
+    plan.maps = budget / per_map < p.B ? budget / per_map : p.B;
+  } else {
+    plan.maps = 1;
+  }
+  if (!plan.fits) {
+    plan.width = p.cv;
+    plan.slices = 1;
+  }
+  return plan;
 }
 
 // -------------------------------------------------- the log-sum-exp merge
@@ -222,8 +289,11 @@ CCA_HD inline int pad_ld(int cols, int elem_bytes) { return cols + 16 / elem_byt
 CCA_HD inline int64_t align128(int64_t x) { return round_up(x, 128); }
 
 // Offsets (bytes) of the regions of one kernel; `bytes` is the total.
+// q2, k2, v2: the second buffers of the regions the asynchronous copies fill while
+// the first ones are read.
 struct Smem {
   int64_t q, k, v, s, a, o, stat0, stat1, bytes;
+  int64_t q2, k2, v2;
   int ldq, ldv, lds, lda, ldo, ldw, ldy;
 };
 
@@ -244,9 +314,11 @@ CCA_HD inline Smem smem_layout(int pass, const Problem& p, int elem_bytes) {
   if (pass == kStats) {
     m.q = take(int64_t(kRows) * m.ldq * e);
     m.k = take(int64_t(kTile) * m.ldq * e);
+    m.k2 = take(int64_t(kTile) * m.ldq * e);
     m.s = take(int64_t(kRows) * m.lds * 4);
     m.stat0 = take(kRows * 4);  // running max
     m.stat1 = take(kRows * 4);  // running sum
+    m.a = take(2 * kRows * 2 * 4);  // each half tile's (max, sum) of each query
   } else if (pass == kAgg) {
     m.ldv = pad_ld(kChunk, e);
     m.lda = pad_ld(kTile, e);
@@ -271,10 +343,13 @@ CCA_HD inline Smem smem_layout(int pass, const Problem& p, int elem_bytes) {
     take(kv > o ? kv : o);
   } else if (pass == kBwdDa) {
     m.ldv = pad_ld(kBwdChunk, e);
-    m.q = take(int64_t(kRows) * m.ldv * e);  // a chunk of grad_out
-    m.v = take(int64_t(kTile) * m.ldv * e);  // the same chunk of value
+    m.q = take(int64_t(kRows) * m.ldv * e);   // a chunk of grad_out
+    m.q2 = take(int64_t(kRows) * m.ldv * e);  // ... and the next one
+    m.v = take(int64_t(kTile) * m.ldv * e);   // the same chunk of value
+    m.v2 = take(int64_t(kTile) * m.ldv * e);
     m.s = take(int64_t(kRows) * m.lds * 4);
     m.stat0 = take(kRows * 4);  // the running sum_l A dA of each query
+    m.a = take(2 * kRows * 4);  // each half tile's sum of each query
   } else {  // kBwdGrads
     const int cols = cqk > kChunk ? cqk : kChunk;
     m.ldw = pad_ld(kTile, e);
@@ -283,9 +358,11 @@ CCA_HD inline Smem smem_layout(int pass, const Problem& p, int elem_bytes) {
     m.a = take(int64_t(kTile) * m.ldw * e);  // weights: attention or dE, (query, key)
     m.stat0 = take(kTile * 4);               // D of each query of the tile
     const int64_t y = int64_t(kTile) * m.ldy * e, o = int64_t(kRows) * m.ldo * 4;
-    m.v = at;  // grad_out, query or key rows of the tile; then the result staged
+    // grad_out, query or key rows of the tile and of the next; then the result staged
+    m.v = at;
+    m.v2 = at + align128(y);
     m.o = at;
-    take(y > o ? y : o);
+    take(align128(y) + y > o ? align128(y) + y : o);
   }
   m.bytes = at;
   return m;

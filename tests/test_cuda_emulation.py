@@ -23,7 +23,7 @@ import pytest
 import torch
 from cca_cases import REL_TOL, SHAPES, float64_reference, qkv_case
 
-from ccnet_edu import emulation
+from ccnet_edu import emulation, roofline
 from ccnet_edu.ops import csrc_dir
 
 
@@ -47,6 +47,7 @@ def _assert_close(name, got, want, dtype):
 @pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_tiled_kernels_match_reference(shape, dtype):
+    """NCHW tensors, read and written in place (what a convolution gives the operator)."""
     q, k, v, go, ga = qkv_case(shape, dtype)
     want = float64_reference(q, k, v, go, ga)
     out, att = emulation.forward(q, k, v)
@@ -78,6 +79,111 @@ def test_ctas_in_any_order_give_the_same_bits(dtype):
     grads_reverse = emulation.backward(go, ga, forward[1], q, k, v, reverse=True)
     for a, b in zip(grads, grads_reverse, strict=True):
         assert torch.equal(a, b)
+
+
+# Lines of several key tiles (W = 70, H = 67) so that the copies of the next tile are in
+# flight while one is used; C = 136 and C' = 16 in 16-byte vectors (asynchronous copies),
+# C = 33 and C' = 3 in scalars; H = 1 and W = 1.
+ASYNC_SHAPES = [(2, 16, 136, 9, 70), (1, 3, 33, 67, 2), (1, 8, 64, 1, 130), (2, 8, 16, 70, 1)]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
+@pytest.mark.parametrize("shape", ASYNC_SHAPES, ids=str)
+def test_asynchronous_copies_landing_early_or_late_give_the_same_bits(shape, dtype, layout):
+    """A GPU's copies land between their issue and their wait.  Landing at the wait (the
+    default), a tile read before its wait reads NaN; landing at the issue, a copy into a
+    buffer still being read overwrites it: the same bits either way, and right; and the
+    same bits whether the tensors are NCHW or channels-last (the same products)."""
+    q, k, v, go, ga = qkv_case(shape, dtype, seed=5)
+    late = emulation.forward(q, k, v, layout=layout)
+    early = emulation.forward(q, k, v, early_copies=True, layout=layout)
+    other = emulation.forward(q, k, v, layout="nchw" if layout != "nchw" else "channels_last")
+    for a, b, c in zip(late, early, other, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(a, c)
+    grads = emulation.backward(go, ga, late[1], q, k, v, layout=layout)
+    grads_early = emulation.backward(go, ga, late[1], q, k, v, early_copies=True, layout=layout)
+    # grad_out channels-last as autograd gives it (the layout of out), the inputs NCHW
+    grads_mixed = emulation.backward(go, ga, late[1], q, k, v, grad_out_layout="channels_last")
+    for a, b, c in zip(grads, grads_early, grads_mixed, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(a, c)
+    want = float64_reference(q, k, v, go, ga)
+    names = ("out", "attention", "grad_query", "grad_key", "grad_value")
+    for name, got, expected in zip(names, [*late, *grads], want, strict=True):
+        _assert_close(name, got, expected, dtype)
+
+
+def _reused(shape, size, mode, width):
+    """What the column pass reads again, per map (csrc/cca_tiling.h, reused_bytes)."""
+    _, qk, _, height, width_ = shape
+    pixels = height * width_
+    if mode == "forward":
+        return pixels * size * (2 * qk + 2 * width)
+    return pixels * (size * (4 * qk + 2 * width) + 4)
+
+
+@pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
+def test_passes_by_groups_of_maps_and_slices_of_channels_give_the_same_bits(dtype):
+    """The passes run a group of maps and a slice of the value channels at a time (so
+    that the column pass's second reads hit the L2): the same bits as all at once."""
+    shape = (3, 8, 136, 9, 70)
+    size = 4 if dtype == torch.float32 else 2
+    q, k, v, go, ga = qkv_case(shape, dtype, seed=6)
+    whole = emulation.forward(q, k, v)
+    grads = emulation.backward(go, ga, whole[1], q, k, v)
+    seen = set()
+    for mode in ("forward", "backward"):
+        # three slices of one map; one slice of two maps (a group, then the rest)
+        for l2 in (2 * _reused(shape, size, mode, 48), 4 * _reused(shape, size, mode, 136)):
+            plan = emulation.plan(shape, dtype, mode, l2)
+            seen.add((plan["maps"], plan["slices"]))
+            grouped = emulation.forward(q, k, v, l2_bytes=l2)
+            for a, b in zip(whole, grouped, strict=True):
+                assert torch.equal(a, b)
+            grouped = emulation.backward(go, ga, whole[1], q, k, v, l2_bytes=l2)
+            for a, b in zip(grads, grouped, strict=True):
+                assert torch.equal(a, b)
+    assert {(1, 3), (2, 1)} <= seen
+
+
+@pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
+@pytest.mark.parametrize("shape", [(3, 3, 40, 1, 70), (3, 2, 40, 67, 1)], ids=str)
+def test_slices_with_a_tail_on_one_row_or_one_column_give_the_same_bits(shape, dtype):
+    """16-channel slices (16, 16, then a tail of 8) of maps of one row (no column pass) or
+    one column: the same bits as all at once."""
+    size = 4 if dtype == torch.float32 else 2
+    q, k, v, go, ga = qkv_case(shape, dtype, seed=7)
+    whole = emulation.forward(q, k, v)
+    grads = emulation.backward(go, ga, whole[1], q, k, v)
+    for mode in ("forward", "backward"):
+        l2 = 2 * _reused(shape, size, mode, 16)
+        plan = emulation.plan(shape, dtype, mode, l2)
+        assert (plan["maps"], plan["width"], plan["slices"]) == (1, 16, 3)
+        if mode == "forward":
+            for a, b in zip(whole, emulation.forward(q, k, v, l2_bytes=l2), strict=True):
+                assert torch.equal(a, b)
+        else:
+            grouped = emulation.backward(go, ga, whole[1], q, k, v, l2_bytes=l2)
+            for a, b in zip(grads, grouped, strict=True):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
+@pytest.mark.parametrize("shape", roofline.SHAPES, ids=str)
+def test_plan_is_the_roofline_design(shape, dtype):
+    """The kernels slice the channels as ccnet_edu.roofline.design_costs counts them."""
+    size = 4 if dtype == torch.float32 else 2
+    for mode in ("forward", "backward"):
+        plan = emulation.plan(shape, dtype, mode, roofline.L2_BYTES)
+        assert (plan["slices"], plan["width"], plan["fits"]) == roofline.v2_slices(
+            shape, size, mode
+        )
+        if plan["fits"]:
+            assert _reused(shape, size, mode, plan["width"]) <= roofline.L2_BYTES // 2
+        assert 1 <= plan["maps"] <= shape[0]
+    assert emulation.plan(shape, dtype, "forward", 0)["maps"] == shape[0]
 
 
 def test_without_grad_attention_is_grad_attention_zero():

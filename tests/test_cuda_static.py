@@ -9,8 +9,12 @@ and two things are read off the result:
   local memory, which is DRAM);
 * the machine code (``cuobjdump -sass``): the float16/bfloat16 kernels issue
   tensor-core matrix instructions (HMMA on 16-bit inputs), the float32 kernels
-  the TF32 form of it (their 3xTF32 products), every kernel moves global memory
-  in 16-byte vectors (LDG.E.128), and none touches local memory (LDL/STL).
+  the TF32 form of it (their 3xTF32 products); every kernel brings its tiles into
+  shared memory by asynchronous copies (cp.async: LDGSTS.E.BYPASS.128, 16 bytes of
+  a channels-last tensor; in float32 also LDGSTS.E, one element of an NCHW one),
+  committed in groups by LDGDEPBAR and waited for by DEPBAR, so that the next
+  tile is in flight while the current one is multiplied; none touches local memory
+  (LDL/STL).
 
 Skipped where there is no ``nvcc``; the disassembly also needs ``cuobjdump`` (the
 CUDA toolkit's, or the copy Triton's package carries).
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from ccnet_edu import roofline
 from ccnet_edu.ops import _build, csrc_dir, find_nvcc
 
 ARCHS = ("sm_80", "sm_90")
@@ -151,7 +156,7 @@ def _sass_by_kernel(fatbin: Path) -> dict[tuple[str, str, str], str]:
     return kernels
 
 
-def test_tensor_cores_vector_loads_and_no_local_memory(compiled):
+def test_tensor_cores_asynchronous_copies_and_no_local_memory(compiled):
     kernels = _sass_by_kernel(compiled[0])
     assert len(kernels) == len(ARCHS) * len(DTYPES) * len(PASSES)
     for (arch, dtype, name), sass in kernels.items():
@@ -159,5 +164,22 @@ def test_tensor_cores_vector_loads_and_no_local_memory(compiled):
         assert mma, f"{arch} {dtype} {name}: no tensor-core instruction"
         assert set(mma) == {TENSOR_CORE[dtype]}, f"{arch} {dtype} {name}: {sorted(set(mma))}"
         assert "FFMA" not in " ".join(mma)
-        assert re.search(r"\bLDG\.E\.128\b", sass), f"{arch} {dtype} {name}: no 16-byte load"
+        copies = set(re.findall(r"\bLDGSTS[\w.]*", sass))
+        # 16 bytes (channels-last); float32 also 4 bytes (NCHW, one element)
+        expected = (
+            {"LDGSTS.E.BYPASS.128", "LDGSTS.E"} if dtype == "float32" else {"LDGSTS.E.BYPASS.128"}
+        )
+        assert copies == expected, f"{arch} {dtype} {name}: asynchronous copies {copies}"
+        assert re.search(r"\bLDGDEPBAR\b", sass), f"{arch} {dtype} {name}: no commit_group"
+        assert re.search(r"\bDEPBAR\.LE SB0, 0x1\b", sass), f"{arch} {dtype} {name}: no wait"
         assert not re.search(r"\b(LDL|STL)\b", sass), f"{arch} {dtype} {name}: local memory"
+
+
+def test_the_design_these_kernels_implement_is_within_1_5_x_of_the_byte_floor(compiled):
+    """The asynchronous copies above are v2's; its forward moves at most 1.5 x the bytes
+    of the floor at the GPU check's shapes (``ccnet_edu.roofline.design_costs``)."""
+    for shape in roofline.SHAPES:
+        for size in (2, 4):
+            floor = roofline.costs(shape, size, "forward").bytes
+            assert roofline.design_costs(shape, size, "forward", "v2").bytes <= 1.5 * floor
+            assert roofline.design_costs(shape, size, "forward", "v1").bytes > 3 * floor
