@@ -15,7 +15,7 @@ def test_whole_source_is_the_code_that_runs():
 
 
 def test_marked_lines_are_cut_and_dedented():
-    text = source.source_markdown(issa._interlaced_steps, "# Long range:", "attend_long(")
+    text = source.source_markdown(issa._long_range_step, "# Long range:", "attend_long(")
     lines = text.splitlines()
     assert lines[0] == "```python" and lines[-1] == "```"
     assert lines[1].startswith("# Long range:")  # dedented to column 0
@@ -24,10 +24,10 @@ def test_marked_lines_are_cut_and_dedented():
 
 
 def test_source_lines_cuts_dedents_and_names_a_missing_marker():
-    text = source.source_lines(issa._interlaced_steps, "# Long range:", "attend_long(")
+    text = source.source_lines(issa._long_range_step, "# Long range:", "attend_long(")
     assert text.startswith("# Long range:") and "attend_long(" in text.splitlines()[-1]
     assert "# Short range:" not in text
-    single = source.source_lines(issa._interlaced_steps, "# Long range:")
+    single = source.source_lines(issa._long_range_step, "# Long range:")
     assert single == "# Long range:" + single.partition("# Long range:")[2] and "\n" not in single
     with pytest.raises(ValueError, match="first"):
         source.source_lines(issa._interlaced_steps, "no such line")
@@ -53,10 +53,10 @@ def test_paper_beside_code_puts_several_excerpts_under_their_names():
 
 
 def test_source_lines_is_the_excerpt_without_the_fence():
-    excerpt = source.source_lines(issa._interlaced_steps, "# Long range:", "attend_long(")
-    fenced = source.source_markdown(issa._interlaced_steps, "# Long range:", "attend_long(")
+    excerpt = source.source_lines(issa._long_range_step, "# Long range:", "attend_long(")
+    fenced = source.source_markdown(issa._long_range_step, "# Long range:", "attend_long(")
     assert fenced == "```python\n" + excerpt + "\n```"
-    one = source.source_lines(issa._interlaced_steps, "# Long range:")
+    one = source.source_lines(issa._long_range_step, "# Long range:")
     assert one.startswith("# Long range:") and "\n" not in one
 
 
