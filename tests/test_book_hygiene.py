@@ -1,15 +1,15 @@
 """Checks on the book's sources that need no execution: citations, generated prose, figures, setup.
 
 * every bib key a chapter cites (in its prose or in the Markdown its cells print) is listed in
-  that chapter's ``## References`` cell;
+  that chapter's ``## References`` cell, and so is every external link (for a link into a GitHub
+  repository, that repository, as a link or as the URL of a bibliography entry the References
+  cite);
 * a ``remove-input`` cell that prints prose (``Markdown(``) asserts what it states, so that a
   different outcome fails loudly instead of printing a contradiction;
 * no figure sets a font size below 8;
 * ``book/setup.md`` names the extras the Makefile installs.
 
-Chapters that still break a rule are listed in ``PENDING`` (issue #25, being fixed on other
-branches at the same time): their case is an xfail (not strict, so that a branch that fixes one
-does not break another); remove an entry once its chapter passes.
+Every notebook in ``notebooks/`` is held to every rule.
 """
 
 from __future__ import annotations
@@ -22,22 +22,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-CITE = re.compile(r"\{cite[tp]?\}`([^`]+)`")
+BIB = (ROOT / "book" / "references.bib").read_text(encoding="utf-8")
+CITE = re.compile(r"\{cite(?::[a-z]+|[tp])?\}`([^`]+)`")
+LINK = re.compile(r"\]\((https?://[^)\s]+)\)|<(https?://[^>\s]+)>")
+REPO = re.compile(r"https://github\.com/([^/]+/[^/#?]+)")
 FONTSIZE = re.compile(r"fontsize\s*=\s*(\d+(?:\.\d+)?)")
-
-# (rule, notebook stem) pairs that are known to fail and not yet fixed (issue #25)
-PENDING = {
-    ("references", "04_inside_the_operator"),
-    ("references", "05b_axial_attention"),
-    ("references", "08_what_it_costs"),
-    ("asserts", "01_long_range_context"),
-    ("asserts", "04_inside_the_operator"),
-    ("asserts", "04b_fast_on_a_gpu"),
-    ("asserts", "05_interlaced_sparse_attention"),
-    ("asserts", "06_squeeze_and_attention"),
-    ("asserts", "11_deployment"),
-    ("fontsize", "09_training"),
-}
 
 
 def _cells(path: Path) -> list[dict]:
@@ -48,26 +37,49 @@ def _keys(text: str) -> set[str]:
     return {key.strip() for match in CITE.findall(text) for key in match.split(",")}
 
 
-def _param(rule: str, path: Path):
-    marks = []
-    if (rule, path.stem) in PENDING:
-        marks = [pytest.mark.xfail(strict=False, reason=f"issue #25: {path.stem} breaks {rule}")]
-    return pytest.param(path, id=path.stem, marks=marks)
+def _text(cell: dict) -> str:
+    """A cell's prose: a markdown cell's source, or the Markdown a code cell printed."""
+    if cell["cell_type"] == "markdown":
+        return "".join(cell["source"])
+    return "\n".join(
+        "".join(output.get("data", {}).get("text/markdown", ""))
+        for output in cell.get("outputs", [])
+    )
 
 
-def cited_not_listed(path: Path) -> set[str]:
-    """Keys cited in the chapter but missing from its References cell (all, if it has none)."""
-    cited, listed = set(), set()
-    for cell in _cells(path):
-        source = "".join(cell["source"])
-        if cell["cell_type"] == "markdown":
-            if source.lstrip().startswith("## References"):
-                listed |= _keys(source)
-            else:
-                cited |= _keys(source)
-        for output in cell.get("outputs", []):
-            cited |= _keys("".join(output.get("data", {}).get("text/markdown", "")))
-    return cited - listed
+def _bib_entries(keys: set[str]) -> str:
+    entries = re.split(r"\n@", BIB)
+    return "\n".join(
+        e for e in entries if any(e.split("{", 1)[-1].startswith(k + ",") for k in keys)
+    )
+
+
+def references_gaps(path: Path) -> tuple[set[str], set[str]]:
+    """(cite keys, external links) a chapter uses in its prose but not in its References.
+
+    A chapter without a ``## References`` cell lists nothing, so all it cites and links is a gap.
+    """
+    cells = _cells(path)
+    refs_cells = [
+        c
+        for c in cells
+        if c["cell_type"] == "markdown"
+        and "".join(c["source"]).lstrip().startswith("## References")
+    ]
+    refs = "".join(refs_cells[-1]["source"]) if refs_cells else ""
+    body = "\n".join(_text(c) for c in cells if not refs_cells or c is not refs_cells[-1])
+    ref_keys = _keys(refs)
+    listed = refs + "\n" + _bib_entries(ref_keys)
+    missing_links = set()
+    for groups in LINK.findall(body):
+        url = next(u for u in groups if u)
+        if url in listed or url.split("#")[0] in listed:
+            continue
+        repo = REPO.match(url)
+        if repo and f"github.com/{repo.group(1)}" in listed:
+            continue
+        missing_links.add(url)
+    return _keys(body) - ref_keys, missing_links
 
 
 def unguarded_prose(path: Path) -> list[int]:
@@ -93,38 +105,58 @@ def small_fonts(path: Path) -> list[tuple[int, str]]:
     ]
 
 
-@pytest.mark.parametrize("path", [_param("references", p) for p in NOTEBOOKS])
-def test_every_cited_key_is_in_the_chapters_references(path):
-    assert not cited_not_listed(path)
+def _ids(paths: list[Path]) -> list:
+    return [pytest.param(p, id=p.stem) for p in paths]
 
 
-@pytest.mark.parametrize("path", [_param("asserts", p) for p in NOTEBOOKS])
+def test_the_book_has_its_chapters():
+    assert len(NOTEBOOKS) >= 13, [p.name for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", _ids(NOTEBOOKS))
+def test_every_citation_and_link_is_in_the_chapters_references(path):
+    keys, links = references_gaps(path)
+    assert not keys, f"{path.stem}: cited in the prose, not in its References: {sorted(keys)}"
+    assert not links, f"{path.stem}: linked in the prose, not in its References: {sorted(links)}"
+
+
+@pytest.mark.parametrize("path", _ids(NOTEBOOKS))
 def test_generated_prose_asserts_what_it_states(path):
     assert not unguarded_prose(path)
 
 
-@pytest.mark.parametrize("path", [_param("fontsize", p) for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", _ids(NOTEBOOKS))
 def test_figure_fonts_are_at_least_8(path):
     assert not small_fonts(path)
 
 
 def test_the_rules_catch_what_they_are_for(tmp_path):
     cells = [
-        {"cell_type": "markdown", "source": ["As {cite}`a, b` show."]},
-        {"cell_type": "markdown", "source": ["## References\n* {cite}`a`"]},
+        {"cell_type": "markdown", "source": ["As {cite}`a, b` and [x](https://x.org/y) show."]},
+        {"cell_type": "markdown", "source": ["See [r](https://github.com/o/r/blob/m/f.py)."]},
+        {
+            "cell_type": "markdown",
+            "source": ["## References\n* {cite}`a`\n* <https://github.com/o/r>\n"],
+        },
         {
             "cell_type": "code",
             "metadata": {"tags": ["remove-input"]},
             "source": ["display(Markdown('it falls'))"],
-            "outputs": [{"data": {"text/markdown": ["see {cite}`c`"]}}],
+            "outputs": [{"data": {"text/markdown": ["see {cite:p}`c`"]}}],
         },
         {"cell_type": "code", "metadata": {}, "source": ["ax.legend(fontsize=6)"]},
     ]
     path = tmp_path / "bad.ipynb"
     path.write_text(json.dumps({"cells": cells}), encoding="utf-8")
-    assert cited_not_listed(path) == {"b", "c"}
-    assert unguarded_prose(path) == [2]
-    assert small_fonts(path) == [(3, "fontsize=6")]
+    assert references_gaps(path) == ({"b", "c"}, {"https://x.org/y"})
+    assert unguarded_prose(path) == [3]
+    assert small_fonts(path) == [(4, "fontsize=6")]
+    no_refs = tmp_path / "none.ipynb"
+    no_refs.write_text(json.dumps({"cells": cells[:2]}), encoding="utf-8")
+    assert references_gaps(no_refs) == (
+        {"a", "b"},
+        {"https://x.org/y", "https://github.com/o/r/blob/m/f.py"},
+    )
 
 
 def test_setup_page_names_the_extras_the_makefile_installs():
