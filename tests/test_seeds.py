@@ -233,3 +233,55 @@ def test_shape_confusion_counts_shape_pixels_by_beacon_class():
     assert torch.equal(constant[:, 2], expected) and constant.sum() == expected.sum()
     with pytest.raises(TypeError, match="nn.Module"):
         shape_confusion("model")
+
+
+# Fisher's exact test against hand-computed hypergeometric sums (and SciPy's documented values).
+@pytest.mark.parametrize(
+    ("counts", "alternative", "expected"),
+    [
+        ((3, 5, 5, 5), "two-sided", 20 / 45),  # k = 3 and k = 5 (10/45 each) are as unlikely
+        ((5, 5, 3, 5), "two-sided", 20 / 45),
+        ((3, 5, 5, 5), "less", 10 / 45),
+        ((3, 5, 5, 5), "greater", 1.0),
+        ((5, 5, 0, 5), "greater", 1 / 252),  # every success in group a: one table of C(10, 5)
+        ((5, 5, 0, 5), "two-sided", 2 / 252),
+        ((0, 5, 5, 5), "less", 1 / 252),
+        ((3, 4, 1, 4), "two-sided", 34 / 70),  # Fisher's tea tasting: weights 1, 16, 36, 16, 1
+        ((3, 4, 1, 4), "greater", 17 / 70),
+        ((3, 4, 1, 4), "less", 69 / 70),
+        ((8, 10, 1, 6), "two-sided", 400 / 11440),  # scipy.stats.fisher_exact: 0.034965...
+        ((0, 5, 0, 5), "two-sided", 1.0),
+        ((5, 5, 5, 5), "two-sided", 1.0),
+    ],
+)
+def test_fisher_exact_known_values(counts, alternative, expected):
+    assert seeds.fisher_exact(*counts, alternative=alternative) == pytest.approx(
+        expected, rel=1e-12
+    )
+
+
+def test_fisher_exact_symmetries():
+    for a in range(6):
+        for b in range(4):
+            two = seeds.fisher_exact(a, 5, b, 3)
+            assert two == pytest.approx(seeds.fisher_exact(b, 3, a, 5), rel=1e-12)
+            assert 0.0 < two <= 1.0
+            greater = seeds.fisher_exact(a, 5, b, 3, "greater")
+            assert greater == pytest.approx(seeds.fisher_exact(b, 3, a, 5, "less"), rel=1e-12)
+            assert two <= 2 * min(greater, seeds.fisher_exact(a, 5, b, 3, "less")) + 1e-12
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((6, 5, 0, 5), {}, ValueError, "successes_a"),
+        ((1, 5, -1, 5), {}, ValueError, "successes_b"),
+        ((0, 0, 0, 5), {}, ValueError, "runs_a"),
+        ((1.0, 5, 0, 5), {}, TypeError, "successes_a"),
+        ((1, 5, 0, 10**9), {}, ValueError, "runs_b"),
+        ((1, 5, 0, 5), {"alternative": "two_sided"}, ValueError, "alternative"),
+    ],
+)
+def test_fisher_exact_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        seeds.fisher_exact(*args, **kwargs)

@@ -20,6 +20,7 @@ validation samples, which are a pure function of ``(seed, index)``.
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections.abc import Iterable, Sequence
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_float, check_int, check_str
+from .._checks import check_choice, check_float, check_int, check_str
 from ..checkpoint import CHECKPOINT_DIR, load_checkpoint
 from ..data import CLASS_NAMES, NUM_CLASSES, make_sample
 from ..models import SegmentationModel
@@ -51,6 +52,7 @@ __all__ = [
     "format_summary",
     "curve_band",
     "shape_confusion",
+    "fisher_exact",
 ]
 
 # A run "succeeds" when it labels at least this share of the far shape pixels
@@ -325,6 +327,59 @@ def summarise(runs: Sequence[SeedRun], threshold: float = SUCCESS_FAR_ACC) -> Se
         iou_median=[statistics.median(r.iou[c] for r in runs) for c in range(len(runs[0].iou))],
         train_seconds=Spread.of(times) if times else None,
     )
+
+
+#: The alternatives of :func:`fisher_exact`.
+FISHER_ALTERNATIVES = ("two-sided", "greater", "less")
+
+#: The most runs per group :func:`fisher_exact` accepts (its sums have one term per table).
+MAX_FISHER_RUNS = 100_000
+
+
+def fisher_exact(
+    successes_a: int,
+    runs_a: int,
+    successes_b: int,
+    runs_b: int,
+    alternative: str = "two-sided",
+) -> float:
+    """Fisher's exact test of two success counts; returns the p-value.
+
+    ``successes_a`` of ``runs_a`` runs succeeded in group a, ``successes_b``
+    of ``runs_b`` in group b.
+    With the margins fixed (``runs_a``, ``runs_b`` and the total number of
+    successes ``s``), the number ``k`` of successes in group a is
+    hypergeometric: ``P(k) = C(runs_a, k) C(runs_b, s - k) / C(runs_a + runs_b, s)``.
+    The p-value is the probability of a table at least as extreme as the one
+    observed:
+
+    * ``"two-sided"``: the sum of ``P(k)`` over every ``k`` with
+      ``P(k) <= P(successes_a)`` (the convention of R's ``fisher.test`` and
+      SciPy's ``fisher_exact``);
+    * ``"greater"``: ``P(k >= successes_a)`` (group a succeeds more often);
+    * ``"less"``: ``P(k <= successes_a)``.
+
+    The probabilities are compared as exact integers (the common denominator
+    dropped), so tables of equal probability are never split by rounding.
+    ``fisher_exact(3, 5, 5, 5) == 20/45``; ``fisher_exact(5, 5, 0, 5, "greater")
+    == 1/252``.
+    """
+    runs_a = check_int("runs_a", runs_a, minimum=1, maximum=MAX_FISHER_RUNS)
+    runs_b = check_int("runs_b", runs_b, minimum=1, maximum=MAX_FISHER_RUNS)
+    successes_a = check_int("successes_a", successes_a, minimum=0, maximum=runs_a)
+    successes_b = check_int("successes_b", successes_b, minimum=0, maximum=runs_b)
+    alternative = check_choice("alternative", alternative, FISHER_ALTERNATIVES)
+    hits = successes_a + successes_b
+    ks = range(max(0, hits - runs_b), min(runs_a, hits) + 1)
+    weight = {k: math.comb(runs_a, k) * math.comb(runs_b, hits - k) for k in ks}
+    observed = weight[successes_a]
+    if alternative == "greater":
+        tail = sum(w for k, w in weight.items() if k >= successes_a)
+    elif alternative == "less":
+        tail = sum(w for k, w in weight.items() if k <= successes_a)
+    else:
+        tail = sum(w for w in weight.values() if w <= observed)
+    return tail / math.comb(runs_a + runs_b, hits)
 
 
 def format_summary(summaries: Sequence[SeedSummary], digits: int = 3) -> str:
