@@ -292,14 +292,16 @@ def mean_influence(
 
 
 def erf_width(influence: torch.Tensor, centre: int | None = None) -> float:
-    """Width ``sigma_ERF`` of an (H, W) influence map: RMS distance from the centre row.
+    """Width ``sigma_ERF`` of an (H, W) influence map: RMS distance from the output pixel's row.
 
     The map is normalised to sum to one and summed over its columns, which
     gives the share of the influence in each row ``i``; the width is
-    ``sqrt(Σ_i share_i · (i - centre)^2)``, in pixels, the root mean square
-    distance from the centre along one axis (the book's ``sigma_ERF``, after
-    Luo et al., 2016).  ``centre`` is the row of the measured output pixel
-    (default ``H // 2``, the centre of an odd map).
+    ``sqrt(Σ_i share_i · (i - centre)^2)``, in pixels: the root mean square
+    distance of the row marginal from the output pixel's row (the book's
+    ``sigma_ERF``, after Luo et al., 2016), taken about that row, not about the
+    marginal's mean, so it is a standard deviation only for a map centred
+    there.  ``centre`` is the row of the measured output pixel (default
+    ``H // 2``, the centre of an odd map).
     """
     check_tensor("influence", influence, dim=2, kind="float", layout="(H, W)")
     height = influence.shape[0]
