@@ -32,6 +32,7 @@ from ccnet_edu.analysis import (
     influence_map,
     issa_flops,
     issa_reachability,
+    linear_stack,
     nonlocal_flops,
     paper_claims,
     peak_memory,
@@ -381,6 +382,25 @@ def test_influence_conv_stack_bounded_by_receptive_field():
     inside[3:8, 3:8] = True  # two 3x3 layers: radius 2
     assert (influence[~inside] == 0).all()
     assert (influence[inside] > 0).all()
+
+
+def test_linear_stack_honours_stride_and_dilation():
+    # (kernel, dilation, stride): a 3x3 with stride 2, then a 3x3 with dilation 2.
+    # By hand: layer-1 pixel v reads input rows 2v-1 .. 2v+1; layer-2 pixel u reads
+    # layer-1 rows u-2, u, u+2, i.e. input rows 2u-5..2u-3, 2u-1..2u+1, 2u+3..2u+5:
+    # a side of 11 (the recursion: 3 + (3 - 1) * 2 * 2), with holes at 2u-2 and 2u+2.
+    torch.manual_seed(0)
+    stack = linear_stack([(3, 1, 2), (3, 2, 1)], channels=2).double()
+    x = torch.randn(1, 2, 21, 21, dtype=torch.float64)
+    assert stack(x).shape[2:] == (11, 11)
+    influence = influence_map(stack, x, (5, 4))
+    rows = [r for c in (5, 9, 13) for r in range(c, c + 3)]  # 2*5 = 10: 5..7, 9..11, 13..15
+    cols = [r for c in (3, 7, 11) for r in range(c, c + 3)]  # 2*4 = 8: 3..5, 7..9, 11..13
+    expected = torch.zeros(21, 21, dtype=torch.bool)
+    expected[torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = True
+    assert torch.equal(influence > 0, expected)
+    support_rows = (influence > 0).any(dim=1).nonzero()
+    assert int(support_rows.max() - support_rows.min() + 1) == 11
 
 
 def _pixelwise_bn(channels: int) -> nn.Module:

@@ -1571,6 +1571,31 @@ CASES = [
         TypeError,
         "activation",
     ),
+    Case(propagation.linear_stack, lambda: propagation.linear_stack([]), ValueError, "layers"),
+    Case(
+        propagation.linear_stack,
+        lambda: propagation.linear_stack((3, 1, 1)),
+        TypeError,
+        "layers[0]",
+    ),
+    Case(
+        propagation.linear_stack,
+        lambda: propagation.linear_stack([(3, 1, 0)]),
+        ValueError,
+        "layers[0] stride",
+    ),
+    Case(
+        propagation.linear_stack,
+        lambda: propagation.linear_stack([(4, 1, 1)]),
+        ValueError,
+        "layers[0] kernel",
+    ),
+    Case(
+        propagation.linear_stack,
+        lambda: propagation.linear_stack([(3, 1, 1)], channels=0),
+        ValueError,
+        "channels",
+    ),
     Case(
         propagation.reach_fraction,
         lambda: propagation.reach_fraction([[True]]),

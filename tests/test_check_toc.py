@@ -216,3 +216,41 @@ def test_main_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     bad = _book(tmp_path, **{"book__intro.md": "# Intro\n\nChapter 9.\n"})
     assert check_toc.main(["check_toc.py", str(bad)]) == 1
     assert "there is no chapter 9" in capsys.readouterr().err
+
+
+MAP = """# Intro
+
+## Map of the chapters
+
+| Chapter | What you learn |
+| --- | --- |
+| 1. First | one |
+| 2. Second | two |
+| More (a section of chapter 2) | more |
+| 3. Third | three |
+
+## Next
+"""
+
+
+def test_the_repository_has_a_chapter_map() -> None:
+    assert check_toc.MAP_HEADING in (ROOT / "book" / "intro.md").read_text(encoding="utf-8")
+
+
+def test_a_complete_chapter_map_passes(tmp_path: Path) -> None:
+    assert check_toc.check(_book(tmp_path, **{"book__intro.md": MAP})) == []
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("| 3. Third | three |\n", "no row '3. ...' for notebooks/03_third"),
+        (
+            "| More (a section of chapter 2) | more |\n",
+            "0 row(s) '(a section of chapter 2)' for the 1 section(s) notebooks/02b_more",
+        ),
+    ],
+)
+def test_a_toc_entry_without_a_map_row_is_caught(tmp_path: Path, row: str, message: str) -> None:
+    problems = check_toc.check(_book(tmp_path, **{"book__intro.md": MAP.replace(row, "")}))
+    assert any(message in problem for problem in problems), problems

@@ -10,6 +10,9 @@ Fails (exit 1) when
     ``html.use_multitoc_numbering``) must give each ``NN_*`` notebook the number NN, and a
     notebook ``NNx_*`` (a letter after the number) must be a section of chapter NN, listed
     under ``sections:`` of the ``NN_*`` entry, so that it takes no chapter number of its own;
+  * book/intro.md has a "Map of the chapters" table and a numbered toc entry has no row in it:
+    chapter N needs a row "N. ...", and chapter N's sections under ``sections:`` need as many
+    rows "... (a section of chapter N)";
   * prose names a chapter number that does not match: a link whose text is "chapter N" (or just
     "N", as in "chapters {doc}`1 <...>` and {doc}`3 <...>`") must point to ``notebooks/NN_*``
     with NN = N, and every plain "chapter N" / "chapters N and M" / "§N" must name a chapter
@@ -118,6 +121,47 @@ def rendered_numbers(toc: dict) -> dict[str, tuple[int | None, str | None]]:
             numbers[entry] = (chapter, None)
             sections(item, chapter, entry)
     return numbers
+
+
+MAP_HEADING = "## Map of the chapters"
+MAP_CHAPTER_RE = re.compile(r"^(?P<num>\d+)\.\s")
+MAP_SECTION_RE = re.compile(r"\(a section of chapter (?P<num>\d+)\)")
+
+
+def map_problems(root: Path, numbers: dict[str, tuple[int | None, str | None]]) -> list[str]:
+    """Every numbered chapter and section of the toc has its row in intro.md's chapter map."""
+    intro = root / "book" / "intro.md"
+    text = intro.read_text(encoding="utf-8") if intro.is_file() else ""
+    if MAP_HEADING not in text:
+        return []
+    table = text.split(MAP_HEADING, 1)[1].split("\n## ", 1)[0]
+    first_cells = [
+        line.strip().strip("|").split("|")[0].strip()
+        for line in table.splitlines()
+        if line.strip().startswith("|")
+    ]
+    chapter_rows = {int(m["num"]) for cell in first_cells if (m := MAP_CHAPTER_RE.match(cell))}
+    section_rows: dict[int, int] = {}
+    for cell in first_cells:
+        if m := MAP_SECTION_RE.search(cell):
+            section_rows[int(m["num"])] = section_rows.get(int(m["num"]), 0) + 1
+    problems = []
+    sections: dict[int, list[str]] = {}
+    for entry, (chapter, parent) in numbers.items():
+        if chapter is None:
+            continue
+        if parent is None and chapter not in chapter_rows:
+            problems.append(f"book/intro.md's chapter map has no row '{chapter}. ...' for {entry}")
+        elif parent is not None:
+            sections.setdefault(chapter, []).append(entry)
+    for chapter, entries in sorted(sections.items()):
+        if section_rows.get(chapter, 0) != len(entries):
+            problems.append(
+                f"book/intro.md's chapter map has {section_rows.get(chapter, 0)} row(s) "
+                f"'(a section of chapter {chapter})' for the {len(entries)} section(s) "
+                f"{', '.join(entries)}"
+            )
+    return problems
 
 
 def numbering_problems(numbers: dict[str, tuple[int | None, str | None]]) -> list[str]:
@@ -271,6 +315,7 @@ def check(root: Path) -> list[str]:
 
     numbers = rendered_numbers(toc)
     problems += numbering_problems(numbers)
+    problems += map_problems(root, numbers)
     chapters = {chapter for chapter, parent in numbers.values() if chapter and parent is None}
     problems += prose_problems(root, chapters)
     return problems

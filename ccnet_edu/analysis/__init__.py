@@ -65,6 +65,7 @@ from .propagation import (
     erf_width,
     influence_map,
     issa_reachability,
+    linear_stack,
     mean_influence,
     reach_fraction,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "erf_width",
     "influence_map",
     "issa_reachability",
+    "linear_stack",
     "mean_influence",
     "reach_fraction",
 ]

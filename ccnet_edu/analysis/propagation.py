@@ -51,6 +51,7 @@ __all__ = [
     "axial_reachability",
     "influence_map",
     "conv_stack",
+    "linear_stack",
 ]
 
 
@@ -101,6 +102,28 @@ def _check_conv_stack(
             f"kernel_size must be odd (same padding k // 2 keeps the size), got {kernel_size}"
         )
     check_bool("activation", activation)
+
+
+def _check_layers(layers: object, channels: object) -> None:
+    """A non-empty list of ``(kernel, dilation, stride)`` triples: odd kernel, all >= 1."""
+    check_int("channels", channels, minimum=1)
+    if not isinstance(layers, (list, tuple)):
+        raise TypeError(
+            "layers must be a list or tuple of (kernel, dilation, stride) triples, "
+            f"got {type(layers).__name__}"
+        )
+    if len(layers) == 0:
+        raise ValueError("layers must not be empty")
+    for k, layer in enumerate(layers):
+        if not isinstance(layer, (list, tuple)) or len(layer) != 3:
+            raise TypeError(
+                f"layers[{k}] must be a (kernel, dilation, stride) triple, got {layer!r}"
+            )
+        kernel, dilation, stride = layer
+        if check_int(f"layers[{k}] kernel", kernel, minimum=1) % 2 == 0:
+            raise ValueError(f"layers[{k}] kernel must be odd (centred taps), got {kernel}")
+        check_int(f"layers[{k}] dilation", dilation, minimum=1)
+        check_int(f"layers[{k}] stride", stride, minimum=1)
 
 
 def _check_inputs(inputs: object) -> None:
@@ -231,6 +254,24 @@ def conv_stack(
     return nn.Sequential(*layers)
 
 
+def linear_stack(layers: Sequence[tuple[int, int, int]], channels: int = 4) -> nn.Sequential:
+    """Convolutions without activations, one per ``(kernel, dilation, stride)`` triple.
+
+    Layer ``l`` is a ``k x k`` convolution with dilation ``d`` and stride ``s``,
+    padded by ``d * (k // 2)`` so that its taps are centred.  All three fields are
+    used: its receptive field is the recursion ``r_l = r_(l-1) + (k - 1) d J_(l-1)``,
+    ``J_l = J_(l-1) s`` (``J`` the jump, in input pixels), which
+    :func:`influence_map` measures on its output pixels.
+    """
+    _check_layers(layers, channels)
+    return nn.Sequential(
+        *[
+            nn.Conv2d(channels, channels, k, stride=s, dilation=d, padding=d * (k // 2))
+            for k, d, s in layers
+        ]
+    )
+
+
 def reach_fraction(reachability: torch.Tensor) -> float:
     """Fraction of (u, p) pairs that are reachable."""
     _check_bool_matrix("reachability", reachability)
@@ -251,14 +292,16 @@ def mean_influence(
 
 
 def erf_width(influence: torch.Tensor, centre: int | None = None) -> float:
-    """Width ``sigma_ERF`` of an (H, W) influence map: RMS distance from the centre row.
+    """Width ``sigma_ERF`` of an (H, W) influence map: RMS distance from the output pixel's row.
 
     The map is normalised to sum to one and summed over its columns, which
     gives the share of the influence in each row ``i``; the width is
-    ``sqrt(Σ_i share_i · (i - centre)^2)``, in pixels, the root mean square
-    distance from the centre along one axis (the book's ``sigma_ERF``, after
-    Luo et al., 2016).  ``centre`` is the row of the measured output pixel
-    (default ``H // 2``, the centre of an odd map).
+    ``sqrt(Σ_i share_i · (i - centre)^2)``, in pixels: the root mean square
+    distance of the row marginal from the output pixel's row (the book's
+    ``sigma_ERF``, after Luo et al., 2016), taken about that row, not about the
+    marginal's mean, so it is a standard deviation only for a map centred
+    there.  ``centre`` is the row of the measured output pixel (default
+    ``H // 2``, the centre of an odd map).
     """
     check_tensor("influence", influence, dim=2, kind="float", layout="(H, W)")
     height = influence.shape[0]
