@@ -528,6 +528,17 @@ def test_comparison_table_small():
     assert "fewer" in format_claims(claims)
 
 
+def test_comparison_table_times_every_row_in_turn_with_its_spread():
+    rows = comparison_table(
+        9, 7, 16, 2, repeats=3, impl="reference", progress=False, time_budget=None, peak=False
+    )
+    assert all(r.runs == 3 for r in rows)
+    assert all(0 < r.time_low_s <= r.time_s <= r.time_high_s for r in rows)
+    assert f"{rows[0].time_low_s:.2f}–{rows[0].time_high_s:.2f}" in format_table(rows)
+    untimed = comparison_table(9, 7, 16, 2, impl="reference", progress=False, timing=False)
+    assert all(r.time_s is None and r.time_low_s is None and r.runs == 0 for r in untimed)
+
+
 def test_scaling_sweep_skips_over_limit():
     sizes = (6, 16)
     unlimited = scaling_sweep(sizes, 8, 2, timing=False, progress=False)

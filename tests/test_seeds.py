@@ -16,9 +16,12 @@ from ccnet_edu.analysis.seeds import (
     evaluate_seeds,
     format_summary,
     load_seed,
+    paired_below_count,
+    paired_sign_flip_p,
     recorded_seeds,
     shape_confusion,
     shipped_seeds,
+    smallest_paired_p,
     summarise,
 )
 from ccnet_edu.data import make_sample
@@ -285,3 +288,32 @@ def test_fisher_exact_symmetries():
 def test_fisher_exact_bad_input(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         seeds.fisher_exact(*args, **kwargs)
+
+
+def test_paired_sign_flip_p_matches_hand_counts():
+    # Five differences of one sign: only the observed pattern and its mirror are as extreme.
+    assert paired_sign_flip_p([0, 0, 0, 0, 0], [1, 2, 3, 4, 5]) == 2 / 32 == smallest_paired_p(5)
+    assert paired_sign_flip_p([1, 2, 3, 4, 5], [0, 0, 0, 0, 0]) == 0.0625
+    # d = (1, -2, 3), sum 2: the 8 signed sums are 2, -4, 6, 0, 0, -6, 4, -2; six reach |2|.
+    assert paired_sign_flip_p([0, 2, 0], [1, 0, 3]) == 6 / 8
+    # d = (1, 1, 1, 1, -1), sum 3: |signed sum| >= 3 for 1 + 5 + 5 + 1 of 32 patterns.
+    assert paired_sign_flip_p([0.5] * 5, [1.5, 1.5, 1.5, 1.5, -0.5]) == 12 / 32
+    # A zero difference flips to itself: d = (0, 1) gives |sum| = 1 for all four patterns.
+    assert paired_sign_flip_p([1.0, 1.0], [1.0, 2.0]) == 1.0
+    # d = (3, 1, -2), sum 2: signed sums 2, 6, 0, 4, -4, 0, -6, -2; six reach |2|. The same
+    # differences / 10 in float64 (0.3, 0.1, -0.2 as b - a) tie only up to rounding: still 6/8.
+    assert paired_sign_flip_p([0, 0, 0], [3, 1, -2]) == 6 / 8
+    assert paired_sign_flip_p([0.1, 0.2, 0.3], [0.4, 0.3, 0.1]) == 6 / 8
+    assert paired_below_count([0.9, 0.8, 0.7], [0.95, 0.8, 0.6]) == 1
+    assert smallest_paired_p(1) == 1.0 and smallest_paired_p(4) == 0.125
+
+
+def test_paired_sign_flip_p_refuses_unpaired_or_oversized_input():
+    with pytest.raises(ValueError, match="pair up"):
+        paired_sign_flip_p([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="1 to 20 pairs"):
+        paired_sign_flip_p([0.0] * 21, [1.0] * 21)
+    with pytest.raises(TypeError, match="list or tuple"):
+        paired_sign_flip_p("12", [1.0, 2.0])
+    with pytest.raises(ValueError):
+        smallest_paired_p(0)

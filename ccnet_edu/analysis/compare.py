@@ -7,9 +7,12 @@ Every number in a row is measured on the module itself:
 * ``saved_mb`` -- :func:`~ccnet_edu.analysis.memory.saved_tensors`, every
   storage kept for backward, once, also on ``meta``;
 * ``peak_mb`` -- :func:`~ccnet_edu.analysis.memory.peak_memory` of forward +
-  backward on the real device (this run doubles as the warm-up);
-* ``time_s`` -- median wall time of ``repeats`` further forward + backward runs
-  (:func:`ccnet_edu.measure.time_ms`).
+  backward on the real device;
+* ``time_s`` -- median wall time of ``repeats`` forward + backward runs after one
+  plain untimed warm-up run, with the fastest and slowest run beside it
+  (``time_low_s``, ``time_high_s``). :func:`comparison_table` times its
+  candidates in turn (:func:`ccnet_edu.measure.time_in_turn`), so a slow spell
+  of a shared machine falls on every row alike, not on one.
 
 Closed forms (``gflops_formula``, ``map_mb``) sit beside the measurements for
 comparison and are never used in their place.
@@ -18,6 +21,7 @@ comparison and are never used in their place.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
@@ -43,7 +47,7 @@ from .._checks import (
     memory_limit,
 )
 from .._io import atomic_write_csv
-from ..measure import Timing, time_ms
+from ..measure import Timing, time_in_turn, time_ms, time_once_ms
 from .flops import axial_flops, count_flops, issa_flops, nonlocal_flops, rcca_flops
 from .memory import MAP_KINDS, attention_map_bytes, peak_memory, saved_tensors
 
@@ -97,6 +101,8 @@ class Row:
     time_s: float | None
     runs: int
     note: str = ""
+    time_low_s: float | None = None  # the fastest and the slowest timed run
+    time_high_s: float | None = None
 
 
 _IMPLS = ("auto", "fused", "reference")
@@ -317,12 +323,7 @@ def measure(
     check_bool("peak", peak)
     if time_budget is not None:
         check_float("time_budget", time_budget, minimum=0.0, exclusive_minimum=True)
-    torch.manual_seed(0)
-    module = candidate.build().to(x.device)
-    if hasattr(module, "cca"):
-        nn.init.constant_(module.cca.gamma, 0.5)  # gamma != 0: the attention matters
-    elif hasattr(module, "gamma"):
-        nn.init.constant_(module.gamma, 0.5)
+    module = _build(candidate, x.device)
     height, width = x.shape[2:]
     batch = x.shape[0]
 
@@ -337,8 +338,8 @@ def measure(
     )
     peak_bytes = peak_memory(module, x).peak_bytes if peak else None
 
-    # The peak memory run, if any, is the warm-up.
-    timed = _time_step(module, x, repeats, 0 if peak else 1, time_budget) if timing else None
+    # A plain warm-up run: the peak-memory run above runs under a dispatch mode.
+    timed = _time_step(module, x, repeats, 1, time_budget) if timing else None
     return Row(
         model=candidate.name,
         gflops=flops / 1e9,
@@ -348,7 +349,53 @@ def measure(
         peak_mb=None if peak_bytes is None else peak_bytes / MB,
         time_s=None if timed is None else timed.median_ms / 1e3,
         runs=0 if timed is None else timed.runs,
+        time_low_s=None if timed is None else timed.min_ms / 1e3,
+        time_high_s=None if timed is None else timed.max_ms / 1e3,
     )
+
+
+def _build(candidate: Candidate, device: torch.device) -> nn.Module:
+    """The candidate's module on ``device``, seeded, gamma != 0 so that the attention matters."""
+    torch.manual_seed(0)
+    module = candidate.build().to(device)
+    if hasattr(module, "cca"):
+        nn.init.constant_(module.cca.gamma, 0.5)
+    elif hasattr(module, "gamma"):
+        nn.init.constant_(module.gamma, 0.5)
+    return module
+
+
+def _time_in_turn(
+    candidates: Sequence[Candidate],
+    rows: list[Row],
+    x: torch.Tensor,
+    repeats: int,
+    time_budget: float | None,
+) -> list[Row]:
+    """``rows`` with the candidates' forward + backward timed in turn (one plain warm-up each).
+
+    ``time_budget`` (seconds) caps the number of rounds by the warm-up's duration (at least one
+    round is always timed).
+    """
+    modules = {c.name: _build(c, x.device) for c in candidates}
+    steps = {name: (lambda m=m: _step(m, x)) for name, m in modules.items()}
+    round_s = sum(time_once_ms(step, x.device) for step in steps.values()) / 1e3  # the warm-up
+    if time_budget is not None:
+        repeats = max(1, min(repeats, int(time_budget // max(round_s, 1e-9))))
+    timings = time_in_turn(steps, x.device, repeats=repeats, warmup=0)
+    for module in modules.values():
+        for p in module.parameters():
+            p.grad = None
+    return [
+        dataclasses.replace(
+            row,
+            time_s=timings[row.model].median_ms / 1e3,
+            runs=timings[row.model].runs,
+            time_low_s=timings[row.model].min_ms / 1e3,
+            time_high_s=timings[row.model].max_ms / 1e3,
+        )
+        for row in rows
+    ]
 
 
 def comparison_table(
@@ -400,8 +447,10 @@ def comparison_table(
     bar = tqdm(candidates, desc="measuring", disable=not progress)
     for candidate in bar:
         bar.set_postfix_str(candidate.name)
-        rows.append(measure(candidate, x, repeats, timing, peak, time_budget))
-    return rows
+        rows.append(measure(candidate, x, repeats, False, peak, time_budget))
+    # Timed in turn, one run of each candidate per round, so that a slow spell of the machine
+    # falls on every row alike instead of on the one being timed.
+    return _time_in_turn(candidates, rows, x, repeats, time_budget) if timing else rows
 
 
 def _check_rows(rows: object, kinds: type | tuple[type, ...]) -> None:
@@ -416,6 +465,14 @@ def _check_rows(rows: object, kinds: type | tuple[type, ...]) -> None:
 
 def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _fmt_time(row: Row) -> str:
+    if row.time_s is None:
+        return "-"
+    if row.time_low_s is None or row.time_high_s is None:
+        return f"{row.time_s:.2f} (n={row.runs})"
+    return f"{row.time_s:.2f} [{row.time_low_s:.2f}–{row.time_high_s:.2f}] (n={row.runs})"
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -438,7 +495,7 @@ def format_table(rows: Sequence[Row]) -> str:
             _fmt(r.map_mb, 1),
             _fmt(r.saved_mb, 1),
             _fmt(r.peak_mb, 1),
-            "-" if r.time_s is None else f"{r.time_s:.2f} (n={r.runs})",
+            _fmt_time(r),
         ]
         for r in rows
     ]

@@ -20,6 +20,7 @@ validation samples, which are a pure function of ``(seed, index)``.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import statistics
@@ -53,6 +54,10 @@ __all__ = [
     "curve_band",
     "shape_confusion",
     "fisher_exact",
+    "MAX_PAIRS",
+    "paired_sign_flip_p",
+    "smallest_paired_p",
+    "paired_below_count",
 ]
 
 # A run "succeeds" when it labels at least this share of the far shape pixels
@@ -476,3 +481,61 @@ def shape_confusion(
             )
     model.train(was_training)
     return counts
+
+
+# The exact paired test enumerates 2**n sign patterns: bounded so that it stays instant.
+MAX_PAIRS = 20
+
+
+def _paired_differences(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    for name, values in (("a", a), ("b", b)):
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            raise TypeError(
+                f"{name} must be a list or tuple of numbers, got {type(values).__name__}"
+            )
+    if len(a) != len(b):
+        raise ValueError(f"a and b must pair up one to one, got {len(a)} and {len(b)} values")
+    if not 1 <= len(a) <= MAX_PAIRS:
+        raise ValueError(f"a and b must hold 1 to {MAX_PAIRS} pairs, got {len(a)}")
+    return [
+        check_float(f"b[{k}]", y) - check_float(f"a[{k}]", x)
+        for k, (x, y) in enumerate(zip(a, b, strict=True))
+    ]
+
+
+def smallest_paired_p(n: int) -> float:
+    """The smallest two-sided p-value of :func:`paired_sign_flip_p` with ``n`` pairs: 2 / 2**n.
+
+    It is reached when all ``n`` differences are non-zero and have the same sign; with five
+    pairs it is 2/32 = 0.0625, so no outcome of five paired seeds is significant at 0.05.
+    """
+    n = check_int("n", n, minimum=1, maximum=MAX_PAIRS)
+    return min(1.0, 2.0 / 2**n)
+
+
+def paired_sign_flip_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Exact two-sided p-value of the paired sign-flip (permutation) test of ``b - a``.
+
+    For runs that are paired -- run ``k`` of both models trained with seed ``k``, which fixes the
+    backbone's initial weights, the training images and the dropout masks, and evaluated on the
+    same validation images -- the two runs of a pair are not exchangeable with the other pairs'
+    runs, so a two-sample (rank-sum) test does not apply.  Under the null hypothesis that the
+    two models do equally well, each difference ``d_k = b[k] - a[k]`` is as likely to have
+    either sign; the test enumerates all ``2**n`` sign patterns and returns the share whose
+    ``|sum of signed d_k|`` is at least the observed ``|sum d_k|`` (ties within a relative
+    1e-9 count as "at least").  A zero difference is kept (flipping it changes nothing), which
+    makes the test conservative.  The smallest attainable value is :func:`smallest_paired_p`.
+    """
+    diffs = _paired_differences(a, b)
+    observed = abs(sum(diffs))
+    slack = 1e-9 * max(sum(abs(d) for d in diffs), 1e-300)
+    extreme = sum(
+        abs(sum(sign * d for sign, d in zip(signs, diffs, strict=True))) >= observed - slack
+        for signs in itertools.product((1.0, -1.0), repeat=len(diffs))
+    )
+    return extreme / 2 ** len(diffs)
+
+
+def paired_below_count(a: Sequence[float], b: Sequence[float]) -> int:
+    """How many pairs have ``a[k] < b[k]`` (the sign test's count)."""
+    return sum(d > 0 for d in _paired_differences(a, b))
