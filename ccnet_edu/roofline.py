@@ -125,6 +125,9 @@ L2_SHARE = 0.5
 #: The channels one CTA of the tiled kernels covers (``kChunk`` in ``csrc/cca_tiling.h``),
 #: and the step of a slice's width (``kFrag``: one tensor-core tile).
 CHUNK, SLICE_STEP = 128, 16
+#: The longest line whose weights an aggregation CTA keeps for all the chunks of its slice
+#: (``kLineProbs`` in ``csrc/cca_tiling.h``; v3).
+LINE_PROBS = 128
 #: The designs :func:`design_costs` counts: ``"v1"`` the tiled kernels as issue #28 found
 #: them, ``"v2"`` the kernels now, ``"v3"`` the next design (not built yet).
 DESIGNS = ("v1", "v2", "v3")
@@ -239,11 +242,12 @@ def design_costs(
     by the gradient passes, and dA (float32) is written and read, so it stays over
     1.5 x the floor.
 
-    ``"v3"`` (designed, not built): v2's forward with each line's energies and
-    exponentials computed once per slice of the values: a CTA keeps its 64 queries'
-    probabilities over the whole line in shared memory and sweeps the slice's 128-channel
-    chunks over them (the bytes of v2, the energies ``1 + slices`` times instead of
-    ``1 + CTAs``).  Its backward keeps no dA: the forward saves ``out`` for the backward
+    ``"v3"``: v2's forward with each line's energies and exponentials computed once per
+    slice of the values: a CTA keeps its 64 queries' weights over a whole line of at most
+    :data:`LINE_PROBS` positions in shared memory and sweeps the slice's 128-channel chunks
+    over them (the bytes of v2, the energies ``1 + slices`` times instead of ``1 + CTAs``;
+    built: ``whole_line`` in ``csrc/cca_tiling.h``).  Its backward (designed, not built)
+    keeps no dA: the forward saves ``out`` for the backward
     (a schema change: ``out`` among the saved tensors), a D pass computes
     ``D = sum_c dout * out`` per pixel (FlashAttention-2's way), and the gradient CTAs of
     grad key and grad query recompute ``dA = dout V^T`` on chip over all the channels
@@ -333,9 +337,16 @@ def design_costs(
                 n * (2 * qk + 2 * channels) * e
             )
             terms["out of the row pass written"] = n * channels * e
-        # v3: the energies once per slice (all its chunks over one line's probabilities)
-        times = 1 + (slices if design == "v3" else ctas)
-        flops = energies * times + 2 * n * slots * channels
+
+        # v3: a line of at most LINE_PROBS positions computes its energies once per slice
+        # (its chunks sweep one set of weights), a longer one once per 128-channel CTA
+        def times(length: int) -> int:
+            return slices if design == "v3" and _ceil(length, 64) * 64 <= LINE_PROBS else ctas
+
+        # a row's W energies per pixel, a column's H - 1 (its centre is the row's)
+        rows, cols = shape[4], shape[3]  # a row's length W, a column's H (width: the slice's)
+        again = 2 * n * qk * (rows * times(rows) + (cols - 1) * times(cols))
+        flops = energies + again + 2 * n * slots * channels
     else:
         terms = {
             "query, key, value, grad out, attention read once": (
