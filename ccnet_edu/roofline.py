@@ -35,6 +35,7 @@ __all__ = [
     "design_costs",
     "floor_seconds",
     "v2_slices",
+    "v3_backward_slices",
 ]
 
 #: The three problem sizes of ``benchmarks/gpu_check.py``: (B, C', C, H, W).  97 x 97 is
@@ -124,9 +125,12 @@ L2_SHARE = 0.5
 #: The channels one CTA of the tiled kernels covers (``kChunk`` in ``csrc/cca_tiling.h``),
 #: and the step of a slice's width (``kFrag``: one tensor-core tile).
 CHUNK, SLICE_STEP = 128, 16
+#: The longest line whose weights an aggregation CTA keeps for all the chunks of its slice
+#: (``kLineProbs`` in ``csrc/cca_tiling.h``; v3).
+LINE_PROBS = 128
 #: The designs :func:`design_costs` counts: ``"v1"`` the tiled kernels as issue #28 found
-#: them, ``"v2"`` the design it asks for.
-DESIGNS = ("v1", "v2")
+#: them, ``"v2"`` the kernels now, ``"v3"`` the next design (not built yet).
+DESIGNS = ("v1", "v2", "v3")
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,19 @@ def _slice_width(channels: int, slices: int) -> int:
     return _ceil(_ceil(channels, slices), SLICE_STEP) * SLICE_STEP
 
 
+def _fewest_slices(channels: int, reused, budget: float) -> tuple[int, int, bool]:
+    """The fewest slices of ``channels`` (width a multiple of 16) whose ``reused(width)``
+    bytes fit ``budget``; ``(1, channels, False)`` when not even 16 channels fit."""
+    for slices in range(1, _ceil(channels, SLICE_STEP) + 1):
+        c = _slice_width(channels, slices)
+        if reused(c) <= budget:
+            c = min(c, channels)
+            return _ceil(channels, c), c, True
+        if c == SLICE_STEP:
+            break
+    return 1, channels, False
+
+
 def v2_slices(
     shape: tuple[int, int, int, int, int], element_bytes: int, mode: str, l2_bytes: int = L2_BYTES
 ) -> tuple[int, int, bool]:
@@ -170,20 +187,29 @@ def v2_slices(
     """
     _, qk, channels, height, width = shape
     pixels = height * width
-    budget = L2_SHARE * l2_bytes
-    width_max = _ceil(channels, SLICE_STEP)
-    for slices in range(1, width_max + 1):
-        c = _slice_width(channels, slices)
+
+    def reused(c: int) -> float:
         if mode == "forward":
-            reused = pixels * element_bytes * (2 * qk + 2 * c)
-        else:
-            reused = pixels * (element_bytes * (4 * qk + 2 * c) + 4)
-        if reused <= budget:
-            c = min(c, channels)
-            return _ceil(channels, c), c, True
-        if c == SLICE_STEP:
-            break
-    return 1, channels, False
+            return pixels * element_bytes * (2 * qk + 2 * c)
+        return pixels * (element_bytes * (4 * qk + 2 * c) + 4)
+
+    return _fewest_slices(channels, reused, L2_SHARE * l2_bytes)
+
+
+def v3_backward_slices(
+    shape: tuple[int, int, int, int, int], element_bytes: int, l2_bytes: int = L2_BYTES
+) -> tuple[int, int, bool]:
+    """``(slices, width, fits)`` of the v3 backward (:func:`design_costs`): what one map's
+    passes read again is grad out and value over all the channels (dA is recomputed
+    from them on chip), query, key and their gradients, the slice of grad value, and D:
+    ``2 C + 4 C' + c`` elements and a float per pixel, against ``L2_SHARE`` of the L2."""
+    _, qk, channels, height, width = shape
+    pixels = height * width
+    return _fewest_slices(
+        channels,
+        lambda c: pixels * (element_bytes * (2 * channels + 4 * qk + c) + 4),
+        L2_SHARE * l2_bytes,
+    )
 
 
 def design_costs(
@@ -215,6 +241,22 @@ def design_costs(
     copies, slice by slice: the attention and grad out are read by the dA pass and again
     by the gradient passes, and dA (float32) is written and read, so it stays over
     1.5 x the floor.
+
+    ``"v3"``: v2's forward with each line's energies and exponentials computed once per
+    slice of the values: a CTA keeps its 64 queries' weights over a whole line of at most
+    :data:`LINE_PROBS` positions in shared memory and sweeps the slice's 128-channel chunks
+    over them (the bytes of v2, the energies ``1 + slices`` times instead of ``1 + CTAs``;
+    built: ``whole_line`` in ``csrc/cca_tiling.h``).  Its backward (designed, not built)
+    keeps no dA: the forward saves ``out`` for the backward
+    (a schema change: ``out`` among the saved tensors), a D pass computes
+    ``D = sum_c dout * out`` per pixel (FlashAttention-2's way), and the gradient CTAs of
+    grad key and grad query recompute ``dA = dout V^T`` on chip over all the channels
+    (twice the dA operations), so that the attention is read once per direction and no
+    float32 scratch the size of the attention moves; grad out and value are read again
+    by the row and column passes, from the L2 when one map's share of them fits
+    (:func:`v3_backward_slices`).  Where it does not fit (float32 at 97 x 97, both dtypes
+    at 128 x 256), reading them again from DRAM would cost more than v2's dA scratch,
+    and v3 keeps v2's backward passes.
     """
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
@@ -264,6 +306,22 @@ def design_costs(
             }
             flops = 4 * n * slots * (qk + channels)
         return DesignCosts(design, flops, sum(terms.values()), terms, 1, True)
+    if mode == "backward" and design == "v3":
+        slices, width, fits = v3_backward_slices(shape, element_bytes, l2_bytes)
+        if not fits:  # grad out and value re-read from DRAM would cost more: v2's passes
+            v2 = design_costs(shape, element_bytes, mode, "v2", l2_bytes)
+            return DesignCosts(design, v2.flops, v2.bytes, v2.terms, v2.slices, v2.fits)
+        terms = {
+            "query, key, value, grad out, attention read once": (
+                n * (2 * qk + 2 * channels + slots) * e
+            ),
+            "gradients written once": n * (2 * qk + channels) * e,
+            "out (saved by the forward) read by the D pass": n * channels * e,
+            "D (scratch) written, read": 8 * n,
+        }
+        # dA = dout V^T twice (the grad key and the grad query CTAs), D = dout . out
+        flops = 4 * n * slots * (qk + channels) + 2 * n * slots * channels + 2 * n * channels
+        return DesignCosts(design, flops, sum(terms.values()), terms, slices, fits)
     slices, width, fits = v2_slices(shape, element_bytes, mode, l2_bytes)
     last = channels - (slices - 1) * width
     ctas = (slices - 1) * _ceil(width, CHUNK) + _ceil(last, CHUNK)  # 128-channel CTAs
@@ -279,7 +337,16 @@ def design_costs(
                 n * (2 * qk + 2 * channels) * e
             )
             terms["out of the row pass written"] = n * channels * e
-        flops = energies * (1 + ctas) + 2 * n * slots * channels
+
+        # v3: a line of at most LINE_PROBS positions computes its energies once per slice
+        # (its chunks sweep one set of weights), a longer one once per 128-channel CTA
+        def times(length: int) -> int:
+            return slices if design == "v3" and _ceil(length, 64) * 64 <= LINE_PROBS else ctas
+
+        # a row's W energies per pixel, a column's H - 1 (its centre is the row's)
+        rows, cols = shape[4], shape[3]  # a row's length W, a column's H (width: the slice's)
+        again = 2 * n * qk * (rows * times(rows) + (cols - 1) * times(cols))
+        flops = energies + again + 2 * n * slots * channels
     else:
         terms = {
             "query, key, value, grad out, attention read once": (

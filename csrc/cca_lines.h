@@ -32,7 +32,9 @@
 //                           max m and sum s per query (no values read)
 //            2  aggregate   rows, then columns: lse(u) = merge of the two halves, then per key
 //                           tile A = exp(E - lse) (written out once), O += A V; the column
-//                           pass adds its half to the row pass's output
+//                           pass adds its half to the row pass's output.  A line of at most
+//                           kLineProbs positions: A of the whole line kept, every chunk of
+//                           the slice swept over it (each energy and exp once per slice)
 //   backward 1  dA          rows and columns: dA = dout V^T (+ grad_attention), kept in a
 //                           float buffer, and each half's partial D = sum_l A dA
 //            2  gradients   rows, then columns: dE = A (dA - D) on the fly;
@@ -336,22 +338,142 @@ CCA_DEV void stats_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned
 
 // ------------------------------------------------------------- pass: aggregate
 
+// Each query's log-sum-exp over its whole cross, from the statistics of its halves.
+template <class T>
+CCA_DEV inline void load_lse(const Params<T>& prm, const Line& line, int row0, int tid,
+                             float* lse) {
+  const Problem& p = prm.p;
+  const int t = row0 + tid;
+  if (tid >= kRows) return;
+  float l = 0.f;
+  if (t < line.P) {
+    const float* row = prm.stats + line.pixel(t) * 2;
+    const float* col = row + 2 * p.pixels();
+    l = p.has(kCol) ? merge_lse(row[0], row[1], col[0], col[1]) : row[0] + logf(row[1]);
+  }
+  lse[tid] = l;
+}
+
+// whole_line: one CTA for all the chunks of the slice.  First the weights of its
+// queries over the whole line, tile by tile (A = exp(E - lse), written to the
+// attention once), kept in shared memory; then each chunk's O = A V, tile by tile.
+// Each energy and exponential once per slice, the same products in the same order
+// as the CTAs of one chunk each (the same bits).
+// The aggregation's regions of shared memory (smem_layout(kAgg)).
+template <class T>
+struct AggSmem {
+  Smem m;
+  T* qs;       // the queries
+  T* ks;       // a key tile
+  T* vs;       // a value tile
+  float* ss;   // the scores
+  T* as;       // the weights the tensor cores read (float32: the scores' own storage)
+  float* lse;  // each query's log-sum-exp
+  float* os;   // the output staged for its store (aliases ks, vs)
+  CCA_DEV AggSmem(const Problem& p, unsigned char* smem)
+      : m(smem_layout(kAgg, p, sizeof(T))),
+        qs(reinterpret_cast<T*>(smem + m.q)),
+        ks(reinterpret_cast<T*>(smem + m.k)),
+        vs(reinterpret_cast<T*>(smem + m.v)),
+        ss(reinterpret_cast<float*>(smem + m.s)),
+        as(reinterpret_cast<T*>(smem + m.a)),
+        lse(reinterpret_cast<float*>(smem + m.stat0)),
+        os(reinterpret_cast<float*>(smem + m.o)) {}
+};
+
+template <class Ex, class T>
+CCA_DEV void agg_line_body(const Ex& ex, const Params<T>& prm, const Work& w, const Line& line,
+                           unsigned char* smem) {
+  const Problem& p = prm.p;
+  const AggSmem<T> sm(p, smem);
+  const Smem& m = sm.m;
+  constexpr bool kRounded = sizeof(T) == 2;  // 16-bit: the weights are rounded for the MMA
+  const int row0 = w.block * kRows, cqk = p.cqk_pad();
+  const int64_t L = p.slots(), chunks = value_chunks(p);
+  const bool write_att = p.v0 == 0;  // the first slice's CTAs write the attention
+  typename Ex::template PerWarp<AccTiles<Ex, T, kChunkFrags>> acc;
+  const auto load_values = [&](int tid, int key0, int64_t c0) {
+    load_rows(ex, tid, sm.vs, m.ldv, prm.v, p.cv, p.v_end(), line, key0, c0, kChunk, prm.vec_v,
+              prm.nchw);
+  };
+
+  ex.async_phase([&](int tid) {  // the queries and the first key tile; each query's lse
+    load_rows(ex, tid, sm.qs, m.ldq, prm.q, p.cqk, p.cqk, line, row0, 0, cqk, prm.vec_qk, prm.nchw);
+    load_rows(ex, tid, sm.ks, m.ldq, prm.k, p.cqk, p.cqk, line, 0, 0, cqk, prm.vec_qk, prm.nchw);
+    load_lse(prm, line, row0, tid, sm.lse);
+  });
+  for (int key0 = 0; key0 < line.P; key0 += kTile) {
+    ex.template async_wait<0>();  // the key tile
+    ex.warps([&](int warp) {  // float32: the scores land at their keys' columns
+      energies(ex, warp, kRounded ? sm.ss : sm.ss + key0, m.lds, sm.qs, sm.ks, m.ldq, cqk, row0,
+               key0, line.P);
+    });
+    ex.async_phase([&](int tid) {  // the next key tile, or the first chunk's first values
+      if (key0 + kTile < line.P)
+        load_rows(ex, tid, sm.ks, m.ldq, prm.k, p.cqk, p.cqk, line, key0 + kTile, 0, cqk,
+                  prm.vec_qk, prm.nchw);
+      else
+        load_values(tid, 0, p.v0);
+    });
+    ex.threads([&](int tid) {  // A = exp(E - lse) for the tile's keys
+      for (int e = tid; e < kRows * kTile; e += kThreads) {
+        const int r = e / kTile, s = e % kTile, t = row0 + r, key = key0 + s;
+        float* score = sm.ss + r * m.lds + (kRounded ? s : key0 + s);
+        float a = 0.f;
+        if (line.sees(t, key)) {
+          a = expf(*score - sm.lse[r]);
+          if (write_att) prm.att[line.pixel(t) * L + line.slot(t, key)] = Elem<T>::from_float(a);
+        }
+        if (kRounded)
+          sm.as[r * m.lda + key0 + s] = Elem<T>::from_float(a);
+        else
+          *score = a;
+      }
+    });
+  }
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const int64_t c0 = p.v0 + chunk * kChunk;
+    const int cols = static_cast<int>(p.v_end() - c0 < kChunk ? p.v_end() - c0 : kChunk);
+    ex.warps([&](int warp) { zero_tiles(ex, acc(warp)); });
+    for (int key0 = 0; key0 < line.P; key0 += kTile) {
+      ex.template async_wait<0>();  // the value tile
+      ex.warps([&](int warp) {  // O += A V
+        if (row0 + kFrag * warp >= line.P) return;
+        ex.template mma_tiles<RowMajor, RowMajor>(acc(warp).f, live_tiles(cols, kChunkFrags),
+                                                  sm.as + kFrag * warp * m.lda + key0, m.lda, sm.vs,
+                                                  m.ldv, kTile);
+      });
+      ex.async_phase([&](int tid) {
+        if (key0 + kTile < line.P) load_values(tid, key0 + kTile, c0);
+      });
+    }
+    ex.template async_wait<0>();  // nothing in flight before os reuses the tiles' space
+    ex.warps([&](int warp) { store_tiles(ex, warp, sm.os, m.ldo, acc(warp), cols); });
+    ex.threads([&](int tid) {
+      store_rows(ex, tid, prm.out, p.cv, line, row0, c0, cols, sm.os, m.ldo, w.dir == kCol,
+                 prm.vec_out, false);
+    });
+    ex.async_phase([&](int tid) {  // the next chunk's first values
+      if (chunk + 1 < chunks) load_values(tid, 0, c0 + kChunk);
+    });
+  }
+  ex.template async_wait<0>();
+}
+
 template <class Ex, class T>
 CCA_DEV void agg_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned char* smem) {
   const Problem& p = prm.p;
   const Work w = decode_agg(p, prm.dir, id);
   const Line line = make_line(p, w.dir, w.line);
-  const Smem m = smem_layout(kAgg, p, sizeof(T));
+  if (whole_line(p, w.dir)) {
+    agg_line_body(ex, prm, w, line, smem);
+    return;
+  }
+  const AggSmem<T> sm(p, smem);
+  const Smem& m = sm.m;
   constexpr bool kRounded = sizeof(T) == 2;  // 16-bit: the weights are rounded for the MMA
-  T* qs = reinterpret_cast<T*>(smem + m.q);
-  T* ks = reinterpret_cast<T*>(smem + m.k);
-  T* vs = reinterpret_cast<T*>(smem + m.v);
-  float* ss = reinterpret_cast<float*>(smem + m.s);
-  T* as = reinterpret_cast<T*>(smem + m.a);  // float32: the scores' own storage
-  float* lse = reinterpret_cast<float*>(smem + m.stat0);
-  float* os = reinterpret_cast<float*>(smem + m.o);  // aliases ks, vs after the sweep
   const int row0 = w.block * kRows, cqk = p.cqk_pad();
-  const int64_t c0 = p.v0 + int64_t(w.chunk) * kChunk, N = p.pixels(), L = p.slots();
+  const int64_t c0 = p.v0 + int64_t(w.chunk) * kChunk, L = p.slots();
   const int cols = static_cast<int>(p.v_end() - c0 < kChunk ? p.v_end() - c0 : kChunk);
   const bool write_att = c0 == 0;  // one CTA per query block writes its attention
   typename Ex::template PerWarp<AccTiles<Ex, T, kChunkFrags>> acc;
@@ -360,21 +482,12 @@ CCA_DEV void agg_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned c
   // energies have read the current one, the next value tile as soon as the product
   // has read the current one; each waits only for its own group.
   ex.async_phase([&](int tid) {  // the queries and the first key tile; each query's lse
-    load_rows(ex, tid, qs, m.ldq, prm.q, p.cqk, p.cqk, line, row0, 0, cqk, prm.vec_qk, prm.nchw);
-    load_rows(ex, tid, ks, m.ldq, prm.k, p.cqk, p.cqk, line, 0, 0, cqk, prm.vec_qk, prm.nchw);
-    const int t = row0 + tid;
-    if (tid < kRows) {
-      float l = 0.f;
-      if (t < line.P) {
-        const float* row = prm.stats + line.pixel(t) * 2;
-        const float* col = row + 2 * N;
-        l = p.has(kCol) ? merge_lse(row[0], row[1], col[0], col[1]) : row[0] + logf(row[1]);
-      }
-      lse[tid] = l;
-    }
+    load_rows(ex, tid, sm.qs, m.ldq, prm.q, p.cqk, p.cqk, line, row0, 0, cqk, prm.vec_qk, prm.nchw);
+    load_rows(ex, tid, sm.ks, m.ldq, prm.k, p.cqk, p.cqk, line, 0, 0, cqk, prm.vec_qk, prm.nchw);
+    load_lse(prm, line, row0, tid, sm.lse);
   });
   ex.async_phase([&](int tid) {  // the first value tile
-    load_rows(ex, tid, vs, m.ldv, prm.v, p.cv, p.v_end(), line, 0, c0, kChunk, prm.vec_v,
+    load_rows(ex, tid, sm.vs, m.ldv, prm.v, p.cv, p.v_end(), line, 0, c0, kChunk, prm.vec_v,
               prm.nchw);
   });
   ex.warps([&](int warp) { zero_tiles(ex, acc(warp)); });
@@ -382,11 +495,11 @@ CCA_DEV void agg_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned c
     const bool more = key0 + kTile < line.P;
     ex.template async_wait<1>();  // the key tile (its value tile may still be in flight)
     ex.warps([&](int warp) {
-      energies(ex, warp, ss, m.lds, qs, ks, m.ldq, cqk, row0, key0, line.P);
+      energies(ex, warp, sm.ss, m.lds, sm.qs, sm.ks, m.ldq, cqk, row0, key0, line.P);
     });
     ex.async_phase([&](int tid) {
       if (more)
-        load_rows(ex, tid, ks, m.ldq, prm.k, p.cqk, p.cqk, line, key0 + kTile, 0, cqk,
+        load_rows(ex, tid, sm.ks, m.ldq, prm.k, p.cqk, p.cqk, line, key0 + kTile, 0, cqk,
                         prm.vec_qk, prm.nchw);
     });
     ex.threads([&](int tid) {  // A = exp(E - lse): the softmax over the whole cross
@@ -394,32 +507,32 @@ CCA_DEV void agg_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigned c
         const int r = e / kTile, s = e % kTile, t = row0 + r, key = key0 + s;
         float a = 0.f;
         if (line.sees(t, key)) {
-          a = expf(ss[r * m.lds + s] - lse[r]);
+          a = expf(sm.ss[r * m.lds + s] - sm.lse[r]);
           if (write_att) prm.att[line.pixel(t) * L + line.slot(t, key)] = Elem<T>::from_float(a);
         }
         if (kRounded)
-          as[r * m.lda + s] = Elem<T>::from_float(a);
+          sm.as[r * m.lda + s] = Elem<T>::from_float(a);
         else
-          ss[r * m.lds + s] = a;
+          sm.ss[r * m.lds + s] = a;
       }
     });
     ex.template async_wait<1>();  // the value tile (the next key tile may be in flight)
     ex.warps([&](int warp) {  // O += A V
       if (row0 + kFrag * warp >= line.P) return;
       ex.template mma_tiles<RowMajor, RowMajor>(acc(warp).f, live_tiles(cols, kChunkFrags),
-                                                as + kFrag * warp * m.lda, m.lda, vs, m.ldv,
+                                                sm.as + kFrag * warp * m.lda, m.lda, sm.vs, m.ldv,
                                                 kTile);
     });
     ex.async_phase([&](int tid) {
       if (more)
-        load_rows(ex, tid, vs, m.ldv, prm.v, p.cv, p.v_end(), line, key0 + kTile, c0, kChunk,
+        load_rows(ex, tid, sm.vs, m.ldv, prm.v, p.cv, p.v_end(), line, key0 + kTile, c0, kChunk,
                         prm.vec_v, prm.nchw);
     });
   }
   ex.template async_wait<0>();  // nothing in flight before os reuses the tiles' space
-  ex.warps([&](int warp) { store_tiles(ex, warp, os, m.ldo, acc(warp), cols); });
+  ex.warps([&](int warp) { store_tiles(ex, warp, sm.os, m.ldo, acc(warp), cols); });
   ex.threads([&](int tid) {
-    store_rows(ex, tid, prm.out, p.cv, line, row0, c0, cols, os, m.ldo, w.dir == kCol,
+    store_rows(ex, tid, prm.out, p.cv, line, row0, c0, cols, sm.os, m.ldo, w.dir == kCol,
                prm.vec_out, false);
   });
 }

@@ -44,6 +44,7 @@ constexpr int kRows = kFrag * kWarps;    // 64 rows (queries or keys) per CTA: 1
 constexpr int kTile = 64;                // positions per step along the reduction over the line
 constexpr int kChunk = 128;              // value channels per CTA (forward out, grad_value)
 constexpr int kChunkFrags = kChunk / kFrag;  // 8 accumulator tiles per warp
+constexpr int kLineProbs = 128;          // the longest line whose weights an aggregation CTA keeps
 constexpr int kBwdChunk = 64;            // value channels per step of dA = dout . value
 constexpr int kMaxQk = 128;              // the widest C' the tiled kernels take
 constexpr int kQkFrags = kMaxQk / kFrag;     // up to 8 accumulator tiles per warp for grad q/k
@@ -128,7 +129,7 @@ struct Work {
   int dir;
   int64_t line;
   int block;  // which kRows rows of the line (queries, or keys for grad key/value)
-  int chunk;  // which kChunk value channels (forward out, grad value)
+  int chunk;  // which kChunk value channels (forward out, grad value); whole_line: 0, all
   int kind;   // the backward's three products (Kind)
 };
 
@@ -151,15 +152,27 @@ CCA_HD inline Work decode_both(const Problem& p, int64_t id) {
   return w;
 }
 
-// The forward's aggregation, one direction per launch: line x query block x chunk.
+// Whether an aggregation CTA covers all the chunks of the slice: it computes its
+// queries' energies and exponentials once, keeps the weights of the whole line
+// (at most kLineProbs positions) in shared memory and sweeps the chunks over them.
+// Longer lines, or a slice of one chunk: one CTA per chunk, each computing them.
+CCA_HD inline bool whole_line(const Problem& p, int dir) {
+  return value_chunks(p) > 1 && round_up(p.length(dir), kTile) <= kLineProbs;
+}
+CCA_HD inline int64_t agg_chunk_ctas(const Problem& p, int dir) {
+  return whole_line(p, dir) ? 1 : value_chunks(p);
+}
+
+// The forward's aggregation, one direction per launch: line x query block x chunk
+// (or all the slice's chunks: whole_line).
 CCA_HD inline int64_t agg_grid(const Problem& p, int dir) {
-  return p.lines(dir) * blocks_per_line(p.length(dir)) * value_chunks(p);
+  return p.lines(dir) * blocks_per_line(p.length(dir)) * agg_chunk_ctas(p, dir);
 }
 
 CCA_HD inline Work decode_agg(const Problem& p, int dir, int64_t id) {
   Work w{};
   w.dir = dir;
-  const int64_t chunks = value_chunks(p), per = blocks_per_line(p.length(dir)) * chunks;
+  const int64_t chunks = agg_chunk_ctas(p, dir), per = blocks_per_line(p.length(dir)) * chunks;
   w.line = id / per;
   const int64_t r = id % per;
   w.block = static_cast<int>(r / chunks);
@@ -321,16 +334,19 @@ CCA_HD inline Smem smem_layout(int pass, const Problem& p, int elem_bytes) {
     m.a = take(2 * kRows * 2 * 4);  // each half tile's (max, sum) of each query
   } else if (pass == kAgg) {
     m.ldv = pad_ld(kChunk, e);
-    m.lda = pad_ld(kTile, e);
     m.ldo = pad_ld(kChunk, 4);
     m.q = take(int64_t(kRows) * m.ldq * e);
-    m.s = take(int64_t(kRows) * m.lds * 4);
-    // float32: the tensor cores read the weights from the float scores (3xTF32);
-    // 16-bit: from a rounded copy.
+    // The weights of a whole line (kLineProbs positions; whole_line) or of one tile.
+    // float32: the tensor cores read them from the float scores (3xTF32), written
+    // tile by tile at their keys' columns; 16-bit: from a rounded copy.
     if (e == 4) {
+      m.lds = pad_ld(kLineProbs, 4);
+      m.s = take(int64_t(kRows) * m.lds * 4);
       m.a = m.s;
       m.lda = m.lds;
     } else {
+      m.s = take(int64_t(kRows) * m.lds * 4);
+      m.lda = pad_ld(kLineProbs, e);
       m.a = take(int64_t(kRows) * m.lda * e);
     }
     m.stat0 = take(kRows * 4);  // log-sum-exp of each query

@@ -170,6 +170,40 @@ def test_slices_with_a_tail_on_one_row_or_one_column_give_the_same_bits(shape, d
                 assert torch.equal(a, b)
 
 
+# Lines of at most 128 positions with several 128-channel chunks: one aggregation CTA
+# for all of them (the weights kept); rows of 129 (per chunk) beside columns of 7
+# (whole line) with a 44-channel tail; H = 1; W = 1.
+WHOLE_LINE_SHAPES = [(2, 5, 300, 7, 129), (1, 3, 200, 1, 100), (2, 3, 200, 100, 1)]
+
+
+@pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
+@pytest.mark.parametrize("shape", WHOLE_LINE_SHAPES, ids=str)
+def test_one_cta_for_all_chunks_gives_the_bits_of_one_cta_per_chunk(shape, dtype):
+    """An aggregation CTA that computes its line's energies and exponentials once and
+    sweeps every chunk over them gives the same bits as one CTA per chunk (16-channel
+    slices: one chunk each), and the attention is written once."""
+    batch, _, channels, height, width = shape
+    whole_line = {d: -(-n // 64) * 64 <= 128 for d, n in ((0, width), (1, height))}
+    lines = {0: batch * height, 1: batch * width}
+    for d in (0, 1) if height > 1 else (0,):
+        ctas = emulation.grid("agg", d, shape)
+        chunks = 1 if whole_line[d] else -(-channels // 128)
+        assert ctas == lines[d] * -(-(width if d == 0 else height) // 64) * chunks
+    size = 4 if dtype == torch.float32 else 2
+    q, k, v, go, ga = qkv_case(shape, dtype, seed=8)
+    whole = emulation.forward(q, k, v)
+    l2 = 2 * _reused(shape, size, "forward", 16)
+    assert emulation.plan(shape, dtype, "forward", l2)["width"] == 16
+    for a, b in zip(whole, emulation.forward(q, k, v, l2_bytes=l2), strict=True):
+        assert torch.equal(a, b)
+    early = emulation.forward(q, k, v, early_copies=True, layout="channels_last")
+    for a, b in zip(whole, early, strict=True):
+        assert torch.equal(a, b)
+    want = float64_reference(q, k, v, go, ga)
+    for name, got, expected in zip(("out", "attention"), whole, want[:2], strict=True):
+        _assert_close(name, got, expected, dtype)
+
+
 @pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
 @pytest.mark.parametrize("shape", roofline.SHAPES, ids=str)
 def test_plan_is_the_roofline_design(shape, dtype):
@@ -216,7 +250,10 @@ def test_every_work_item_is_one_cta(shape):
 
     for d in directions:
         agg = [_work("agg", d, shape, i) for i in range(emulation.grid("agg", d, shape))]
-        expected = list(itertools.product([d], range(lines[d]), range(blocks[d]), range(chunks)))
+        # a line of at most 128 positions: one CTA for all the chunks (chunk 0)
+        whole_line = chunks > 1 and blocks[d] * 64 <= 128
+        per_line = range(1) if whole_line else range(chunks)
+        expected = list(itertools.product([d], range(lines[d]), range(blocks[d]), per_line))
         assert sorted(w[:4] for w in agg) == expected
 
         grid = emulation.grid("bwd_grads", d, shape)

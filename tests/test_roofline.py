@@ -92,3 +92,53 @@ def test_bad_design_or_mode():
         roofline.design_costs(roofline.SHAPES[0], 2, "forward", "v9")
     with pytest.raises(ValueError, match="mode"):
         roofline.design_costs(roofline.SHAPES[0], 2, "sideways", "v2")
+
+
+@pytest.mark.parametrize("size", DTYPE_BYTES)
+@pytest.mark.parametrize("shape", roofline.SHAPES, ids=str)
+def test_v3_forward_computes_each_line_s_energies_once_per_slice(shape, size):
+    """v3 moves v2's bytes; its energies are computed once for the statistics and once
+    per slice of the values (not once per 128-channel CTA)."""
+    v2 = roofline.design_costs(shape, size, "forward", "v2")
+    v3 = roofline.design_costs(shape, size, "forward", "v3")
+    assert v3.bytes == v2.bytes and v3.slices == v2.slices
+    batch, qk, channels, height, width = shape
+    n, slots = batch * height * width, height + width - 1
+    assert v3.flops == 2 * n * slots * (qk * (1 + v3.slices) + channels)
+    assert v3.flops <= v2.flops
+
+
+def test_v3_forward_operations_at_ccnet_s_setting():
+    """At 97 x 97, C = 512: 1.44 x the floor's operations in v2 (energies 1 + 4 times),
+    1.11 x in v3 in bfloat16 (one slice: twice), 1.22 x in float32 (two slices)."""
+    shape = roofline.SHAPES[1]
+    floor = roofline.costs(shape, 2, "forward").flops
+    ratios = {
+        (d, s): roofline.design_costs(shape, s, "forward", d).flops / floor
+        for d in ("v2", "v3")
+        for s in DTYPE_BYTES
+    }
+    assert ratios["v2", 2] == ratios["v2", 4] == pytest.approx((5 * 64 + 512) / (64 + 512))
+    assert ratios["v3", 2] == pytest.approx((2 * 64 + 512) / (64 + 512))
+    assert ratios["v3", 4] == pytest.approx((3 * 64 + 512) / (64 + 512))
+
+
+def test_v3_backward_keeps_da_on_chip_where_one_map_fits_the_l2():
+    """bfloat16 at 97 x 97: D from the saved out, dA recomputed on chip (twice the dA
+    operations), no dA scratch: 1.26 x the byte floor (v2 1.75 x).  Where one map's
+    grad out and value do not fit half the L2, v3 keeps v2's passes."""
+    for shape in roofline.SHAPES[:2]:
+        batch, qk, channels, height, width = shape
+        n, slots = batch * height * width, height + width - 1
+        floor = roofline.costs(shape, 2, "backward")
+        v3 = roofline.design_costs(shape, 2, "backward", "v3")
+        v2 = roofline.design_costs(shape, 2, "backward", "v2")
+        assert v3.fits and v3.bytes <= 1.3 * floor.bytes < v2.bytes
+        assert v3.bytes - floor.bytes == n * channels * 2 + 8 * n  # out read, D
+        assert v3.flops == floor.flops + 2 * n * slots * channels + 2 * n * channels
+        assert not any("dA" in term for term in v3.terms)
+    for shape, size in ((roofline.SHAPES[1], 4), (roofline.SHAPES[2], 2), (roofline.SHAPES[2], 4)):
+        assert not roofline.v3_backward_slices(shape, size)[2]
+        v3 = roofline.design_costs(shape, size, "backward", "v3")
+        v2 = roofline.design_costs(shape, size, "backward", "v2")
+        assert (v3.bytes, v3.flops, v3.terms) == (v2.bytes, v2.flops, v2.terms)
