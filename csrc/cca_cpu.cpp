@@ -31,10 +31,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "cca_common.h"
 #include "cca_cpu_kernels.h"
+#include "cca_cpu_phases.h"
 #include "cca_portable.h"
 
 namespace ccnet_edu {
@@ -42,6 +45,7 @@ namespace {
 
 using cpu::dense_matrix;
 using cpu::Matrix;
+using phases::Laps;
 
 // ------------------------------------------------------------------- views
 
@@ -174,12 +178,15 @@ template <typename T>
 void column_energies(const Forward<T>& f) {
   const int64_t H = f.query.height, W = f.query.width, Ck = f.query.channels;
   at::parallel_for(0, f.batch * W, line_grain(H * H * Ck), [&](int64_t begin, int64_t end) {
+    Laps laps;
     std::vector<T> energy(H * H);
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / W, j = line % W;
       const auto energy_j = dense_matrix(energy.data(), H, H);
       cpu::line_product(energy_j, f.query.column(b, j), f.key.column(b, j).transposed(), false);
+      laps.lap(phases::kForwardEnergies);
       dense_to_column_slots(f.attention.column_part(b, j), energy_j);
+      laps.lap(phases::kForwardLayout);
     }
   });
 }
@@ -194,12 +201,16 @@ void row_energies_and_softmax(const Forward<T>& f) {
   const int64_t L = f.attention.count();
   const bool park_value = !f.value.channels_contiguous();
   at::parallel_for(0, f.batch * H, line_grain(W * W * Ck), [&](int64_t begin, int64_t end) {
+    Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
       cpu::line_product(f.attention.row_part(b, i), f.query.row(b, i),
                         f.key.row(b, i).transposed(), false);
+      laps.lap(phases::kForwardEnergies);
       for (int64_t j = 0; j < W; ++j) cpu::softmax(f.attention.pixel(b, i, j), L);
+      laps.lap(phases::kForwardSoftmax);
       if (park_value) cpu::copy(f.out.row(b, i), f.value.row(b, i));
+      laps.lap(phases::kForwardLayout);
     }
   });
 }
@@ -211,13 +222,16 @@ void column_aggregate(const Forward<T>& f) {
   const int64_t H = f.query.height, W = f.query.width, Cv = f.value.channels;
   const bool parked = !f.value.channels_contiguous();
   at::parallel_for(0, f.batch * W, line_grain(H * H * Cv), [&](int64_t begin, int64_t end) {
+    Laps laps;
     std::vector<T> dense(H * H);
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / W, j = line % W;
       const auto attention_j = dense_matrix(dense.data(), H, H);
       column_slots_to_dense(attention_j, f.attention.column_part(b, j));
+      laps.lap(phases::kForwardLayout);
       const Matrix<const T> value_j = parked ? f.out.column(b, j) : f.value.column(b, j);
       cpu::line_product(f.out.column(b, j), attention_j, value_j, false);
+      laps.lap(phases::kForwardAggregation);
     }
   });
 }
@@ -227,10 +241,12 @@ template <typename T>
 void row_aggregate(const Forward<T>& f) {
   const int64_t H = f.query.height, W = f.query.width, Cv = f.value.channels;
   at::parallel_for(0, f.batch * H, line_grain(W * W * Cv), [&](int64_t begin, int64_t end) {
+    Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
       cpu::line_product(f.out.row(b, i), f.attention.row_part(b, i), f.value.row(b, i), true);
     }
+    laps.lap(phases::kForwardAggregation);
   });
 }
 
@@ -246,15 +262,18 @@ void row_aggregate(const Forward<T>& f) {
 // place again (line_product transposes them into its panels) and adds A_i V_i.
 template <typename T>
 void forward_lines(const Forward<T>& f) {
+  Laps laps;
   column_energies(f);
   row_energies_and_softmax(f);
   column_aggregate(f);
   row_aggregate(f);
+  laps.lap(phases::kForwardSweeps);
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
                                                const at::Tensor& key_in,
                                                const at::Tensor& value_in) {
+  Laps laps;
   check_inputs(query_in, key_in, value_in);
   const auto dtype = query_in.scalar_type(), compute = compute_dtype(dtype);
   const auto query = channels_last_cpu(query_in), key = channels_last_cpu(key_in);
@@ -268,7 +287,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
                                     feature_map<const scalar_t>(value), slots<scalar_t>(attention),
                                     feature_map<scalar_t>(out), B});
   });
-  return {out.to(dtype), attention.to(dtype)};
+  auto result = std::make_tuple(out.to(dtype), attention.to(dtype));
+  laps.lap(phases::kForwardCall);
+  return result;
 }
 
 // ----------------------------------------------------------------- backward
@@ -308,13 +329,16 @@ template <typename T>
 void row_gradients_of_attention(const Backward<T>& g) {
   const int64_t H = g.value.height, W = g.value.width, Cv = g.value.channels;
   at::parallel_for(0, g.batch * H, line_grain(2 * W * W * Cv), [&](int64_t begin, int64_t end) {
+    Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
       const auto grad_out_i = g.grad_out.row(b, i);  // (W x C)
       cpu::line_product(g.grad_energy.row_part(b, i), grad_out_i, g.value.row(b, i).transposed(),
                         false);
+      laps.lap(phases::kBackwardGradAttention);
       cpu::line_product(g.grad_value.row(b, i), g.attention.row_part(b, i).transposed(),
                         grad_out_i, false);
+      laps.lap(phases::kBackwardGradValue);
     }
   });
 }
@@ -353,6 +377,7 @@ void column_gradients(const Backward<T>& g) {
                       g.grad_value.col_stride == 1};
   at::parallel_for(0, g.batch * W, line_grain(H * H * (2 * Cv + 2 * g.query.channels)),
                    [&](int64_t begin, int64_t end) {
+    Laps laps;
     const int64_t slot = g.panel_slots == 1 ? 0 : at::get_thread_num();
     TORCH_INTERNAL_ASSERT(slot < g.panel_slots, "criss_cross_attention_backward: scratch slot");
     T* first_set = gather.sets() > 0 ? g.panels + slot * gather.sets() * kGroup * panel : nullptr;
@@ -365,6 +390,7 @@ void column_gradients(const Backward<T>& g) {
       const int64_t n_cols = std::min({kGroup, end - first, W - j0});
       if (gather.value) gather_columns<false>(g.value, b, j0, n_cols, value_panels);
       if (gather.grad_out) gather_columns<false>(g.grad_out, b, j0, n_cols, grad_out_panels);
+      laps.lap(phases::kBackwardLayout);
       for (int64_t jj = 0; jj < n_cols; ++jj) {
         const int64_t j = j0 + jj;
         const Matrix<const T> value_j_t =  // V_j^T, (C x H)
@@ -377,7 +403,9 @@ void column_gradients(const Backward<T>& g) {
         const auto grad_energy_j = dense_matrix(grad_energy_dense.data(), H, H);
         // dA_j (its diagonal, the centre, is the row half's and is dropped)
         cpu::line_product(grad_energy_j, grad_out_j, value_j_t, false);
+        laps.lap(phases::kBackwardGradAttention);
         dense_to_column_slots(g.grad_energy.column_part(b, j), grad_energy_j);
+        laps.lap(phases::kBackwardLayout);
         for (int64_t i = 0; i < H; ++i) {
           T* grad = g.grad_energy.pixel(b, i, j);
           if (g.grad_attention != nullptr) {
@@ -386,19 +414,24 @@ void column_gradients(const Backward<T>& g) {
           }
           cpu::softmax_backward(g.attention.pixel(b, i, j), grad, L);  // dA -> dE
         }
+        laps.lap(phases::kBackwardSoftmax);
         column_slots_to_dense(grad_energy_j, g.grad_energy.column_part(b, j));
         const auto attention_j = dense_matrix(attention_dense.data(), H, H);
         column_slots_to_dense(attention_j, g.attention.column_part(b, j));
+        laps.lap(phases::kBackwardLayout);
         cpu::line_product(g.grad_query_cl.column(b, j), grad_energy_j, g.key.column(b, j), false);
         cpu::line_product(g.grad_key_cl.column(b, j), grad_energy_j.transposed(),
                           g.query.column(b, j), false);
+        laps.lap(phases::kBackwardGradQueryKey);
         if (gather.grad_value)  // V_j^T has been read: its panel takes dV_j^T
           cpu::line_product(dense_matrix(value_panels + jj * panel, Cv, H).transposed(),
                             attention_j.transposed(), grad_out_j, false);
         else
           cpu::line_product(g.grad_value.column(b, j), attention_j.transposed(), grad_out_j, true);
+        laps.lap(phases::kBackwardGradValue);
       }
       if (gather.grad_value) gather_columns<true>(g.grad_value, b, j0, n_cols, value_panels);
+      laps.lap(phases::kBackwardLayout);
       first += n_cols;
     }
   });
@@ -410,23 +443,28 @@ template <typename T>
 void row_gradients(const Backward<T>& g) {
   const int64_t H = g.value.height, W = g.value.width, Ck = g.query.channels;
   at::parallel_for(0, g.batch * H, line_grain(2 * W * W * Ck), [&](int64_t begin, int64_t end) {
+    Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
       const Matrix<const T> grad_energy_i = g.grad_energy.row_part(b, i);
       cpu::line_product(g.grad_query_cl.row(b, i), grad_energy_i, g.key.row(b, i), true);
       cpu::line_product(g.grad_key_cl.row(b, i), grad_energy_i.transposed(), g.query.row(b, i),
                         true);
+      laps.lap(phases::kBackwardGradQueryKey);
       cpu::copy(g.grad_query.row(b, i), g.grad_query_cl.row(b, i));
       cpu::copy(g.grad_key.row(b, i), g.grad_key_cl.row(b, i));
+      laps.lap(phases::kBackwardLayout);
     }
   });
 }
 
 template <typename T>
 void backward_lines(const Backward<T>& g) {
+  Laps laps;
   row_gradients_of_attention(g);
   column_gradients(g);
   row_gradients(g);
+  laps.lap(phases::kBackwardSweeps);
 }
 
 // Gradients come back in the layout of the inputs they belong to (empty_like:
@@ -435,6 +473,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_attention_in,
     const at::Tensor& attention_in, const at::Tensor& query_in, const at::Tensor& key_in,
     const at::Tensor& value_in) {
+  Laps laps;
   check_inputs(query_in, key_in, value_in);
   check_backward(grad_out_in, grad_attention_in, attention_in, query_in, value_in);
   const auto dtype = query_in.scalar_type(), compute = compute_dtype(dtype);
@@ -469,7 +508,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
         feature_map<T>(grad_key_cl), feature_map<T>(grad_query), feature_map<T>(grad_key),
         feature_map<T>(grad_value), panels.data_ptr<T>(), panel_slots, B});
   });
-  return {grad_query.to(dtype), grad_key.to(dtype), grad_value.to(dtype)};
+  auto result = std::make_tuple(grad_query.to(dtype), grad_key.to(dtype), grad_value.to(dtype));
+  laps.lap(phases::kBackwardCall);
+  return result;
+}
+
+// ------------------------------------------------------------ phase clocks
+
+// The phase clocks (cca_cpu_phases.h): their sums since the last call, in
+// nanoseconds of thread time (float64, one per phase), and the phases' names;
+// the sums restart from zero, and the clocks run from now on when `enable`.
+std::tuple<at::Tensor, std::vector<std::string>> cpu_phase_times(bool enable) {
+  auto times = at::empty({phases::kCount}, at::TensorOptions().dtype(at::kDouble));
+  std::vector<std::string> names;
+  for (int p = 0; p < phases::kCount; ++p) {
+    times[p] = static_cast<double>(phases::totals()[p].exchange(0, std::memory_order_relaxed));
+    names.emplace_back(phases::kNames[p]);
+  }
+  phases::enabled().store(enable, std::memory_order_relaxed);
+  return {times, names};
 }
 
 // ------------------------------------------------- the portable path on CPU
@@ -506,6 +563,8 @@ TORCH_LIBRARY(ccnet_edu, m) {
   m.def(
       "criss_cross_attention_backward(Tensor grad_out, Tensor? grad_attention, "
       "Tensor attention, Tensor query, Tensor key, Tensor value) -> (Tensor, Tensor, Tensor)");
+  // No tensor argument to dispatch on: one kernel for every dispatch key.
+  m.def("cpu_phase_times(bool enable) -> (Tensor, str[])", &ccnet_edu::cpu_phase_times);
   // What the CUDA build runs, executed on the CPU (for tests; no autograd).
   m.def("portable_criss_cross_attention(Tensor query, Tensor key, Tensor value) -> (Tensor, Tensor)");
   m.def(
