@@ -14,7 +14,8 @@ in the same run: ``torch.mm``'s rate, and the bandwidth of a 64 MiB ``copy_``.
 Writes, under ``--out`` (default ``benchmarks/results``), ``cpu-phases.md`` (the
 tables) and ``cpu-phases.csv`` (one row per level, size and phase: the figure's data).
 
-Run ``python benchmarks/cpu_phases.py [--repeats N] [--out DIR] [--isa LEVEL ...] [--quick]``.
+Run ``python benchmarks/cpu_phases.py [--repeats N] [--threads N] [--out DIR] [--isa LEVEL ...]
+[--quick]``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ccnet_edu import measure
-from ccnet_edu._checks import OneLineArgumentParser, cli_int, cli_writable
+from ccnet_edu._checks import MAX_THREADS, OneLineArgumentParser, cli_int, cli_writable
 from ccnet_edu._io import atomic_write_csv, atomic_write_text
 from ccnet_edu.ops import _build, benchmark
 
@@ -214,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the benchmark's small map only")
     parser.add_argument("--isa", nargs="+", choices=list(_build.ISA_LEVELS),
                         help="levels to run (default: every level this CPU runs)")  # fmt: skip
+    parser.add_argument("--threads", type=cli_int(1, MAX_THREADS), default=torch.get_num_threads(),
+                        help=f"torch threads, 1 to {MAX_THREADS}")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     cases = benchmark.QUICK_CASES if args.quick else benchmark.DEFAULT_CASES
     if args.worker:  # one level, in the process the parent started for it
         print(json.dumps(measure_level(cases, args.repeats)))
@@ -231,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for isa in levels:
         print(f"== {isa}", file=sys.stderr, flush=True)
-        command = [sys.executable, __file__, "--worker", "--repeats", str(args.repeats)]
+        command = [sys.executable, __file__, "--worker", "--repeats", str(args.repeats),
+                   "--threads", str(args.threads)]  # fmt: skip
         command += ["--quick"] * args.quick
         env = {**os.environ, "CCNET_EDU_CPU_ISA": isa}
         result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)

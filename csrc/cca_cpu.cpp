@@ -75,8 +75,8 @@ FeatureMap<T> feature_map(const at::Tensor& t) {
           t.stride(0),  t.stride(1),           t.stride(2), t.stride(3)};
 }
 
-// The slots of every pixel, (B, H, W, L) with L = H + W - 1 (attention, energies,
-// their gradients): slot l < W of pixel (i, j) is pixel (i, l) of its row, slot
+// The slots of every pixel, (B, H, W, L) with L = H + W - 1 (energies, then
+// attention): slot l < W of pixel (i, j) is pixel (i, l) of its row, slot
 // W + n is pixel (column_row(n, i), j) of its column.
 template <typename T>
 struct Slots {
@@ -101,6 +101,20 @@ template <typename T>
 Slots<T> slots(const at::Tensor& t) {
   return {t.data_ptr<std::remove_const_t<T>>(), t.size(1), t.size(2)};
 }
+
+// The row slots alone, (B, H, W, W): the backward keeps the row half of dA (then of
+// dE) here between its sweeps; the column half lives only in the column sweep.
+template <typename T>
+struct RowSlots {
+  T* data;
+  int64_t height, width;
+
+  T* pixel(int64_t b, int64_t i, int64_t j) const {
+    return data + ccnet_edu::pixel(b, i, j, height, width) * width;
+  }
+  // Row i: (W x W), pixel j by slot j2.
+  Matrix<T> row(int64_t b, int64_t i) const { return dense_matrix(pixel(b, i, 0), width, width); }
+};
 
 // ------------------------------------------------------- the column slots
 
@@ -306,7 +320,7 @@ struct Backward {
   Slots<const T> attention;                        // (B, H, W, L)
   FeatureMap<const T> query, key;                  // channels-last
   FeatureMap<const T> value;                       // any layout
-  Slots<T> grad_energy;                            // dA, turned into dE in place (column_gradients)
+  RowSlots<T> grad_energy;  // the row half of dA, turned into dE in place (column_gradients)
   FeatureMap<T> grad_query_cl, grad_key_cl;        // channels-last sums of the two parts
   FeatureMap<T> grad_query, grad_key, grad_value;  // in the layouts of the inputs
   T* panels;            // per thread: column panels, (C x H) each (see column_gradients)
@@ -333,7 +347,7 @@ void row_gradients_of_attention(const Backward<T>& g) {
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
       const auto grad_out_i = g.grad_out.row(b, i);  // (W x C)
-      cpu::line_product(g.grad_energy.row_part(b, i), grad_out_i, g.value.row(b, i).transposed(),
+      cpu::line_product(g.grad_energy.row(b, i), grad_out_i, g.value.row(b, i).transposed(),
                         false);
       laps.lap(phases::kBackwardGradAttention);
       cpu::line_product(g.grad_value.row(b, i), g.attention.row_part(b, i).transposed(),
@@ -362,8 +376,16 @@ void gather_columns(const Map& map, int64_t b, int64_t j0, int64_t n_cols, T* pa
 
 // 2. For every column: the column half of dA, dA_j = dO_j V_j^T; then every
 // pixel of the column has its whole dA, and the softmax backward turns it into
-// dE in place; the column parts dQ_j = dE_j K_j and dK_j = dE_j^T Q_j (into the
+// dE; the column parts dQ_j = dE_j K_j and dK_j = dE_j^T Q_j (into the
 // channels-last sums) and dV_j = A_j^T dO_j, added into grad_value.
+//
+// A pixel's dA is put together in a buffer of L values that stays in L1, in the
+// order of its attention slots (row half from grad_energy, column half from
+// row i of the dense dA_j); the softmax backward runs there, and dE goes back to
+// the same two places: the row half for row_gradients, the column half into the
+// dense dE_j that the column products read (its diagonal, the centre, is zero).
+// The dense A_j of dV_j = A_j^T dO_j is filled in the same loop, from the pixels'
+// attention that the softmax backward has just read.
 //
 // Columns of an NCHW value and dO are gathered, a group at a time, into
 // per-thread (C x H) panels V_j^T and dO_j^T; other layouts are read in place.
@@ -384,7 +406,7 @@ void column_gradients(const Backward<T>& g) {
     T* value_panels = gather.value || gather.grad_value ? first_set : nullptr;
     T* grad_out_panels =
         gather.grad_out ? first_set + (value_panels ? kGroup * panel : 0) : nullptr;
-    std::vector<T> grad_energy_dense(H * H), attention_dense(H * H);
+    std::vector<T> grad_energy_dense(H * H), attention_dense(H * H), pixel_grad(L);
     for (int64_t first = begin; first < end;) {
       const int64_t b = first / W, j0 = first % W;
       const int64_t n_cols = std::min({kGroup, end - first, W - j0});
@@ -404,21 +426,31 @@ void column_gradients(const Backward<T>& g) {
         // dA_j (its diagonal, the centre, is the row half's and is dropped)
         cpu::line_product(grad_energy_j, grad_out_j, value_j_t, false);
         laps.lap(phases::kBackwardGradAttention);
-        dense_to_column_slots(g.grad_energy.column_part(b, j), grad_energy_j);
-        laps.lap(phases::kBackwardLayout);
+        T* grad = pixel_grad.data();
+        const auto attention_j = dense_matrix(attention_dense.data(), H, H);
         for (int64_t i = 0; i < H; ++i) {
-          T* grad = g.grad_energy.pixel(b, i, j);
+          T* row_half = g.grad_energy.pixel(b, i, j);
+          T* column_half = grad_energy_j.row(i);
+          std::copy(row_half, row_half + W, grad);
+          std::copy(column_half, column_half + i, grad + W);
+          std::copy(column_half + i + 1, column_half + H, grad + W + i);
           if (g.grad_attention != nullptr) {
-            const T* extra = g.grad_attention + (grad - g.grad_energy.data);
+            const T* extra = g.grad_attention + pixel(b, i, j, H, W) * L;
             for (int64_t l = 0; l < L; ++l) grad[l] += extra[l];
           }
-          cpu::softmax_backward(g.attention.pixel(b, i, j), grad, L);  // dA -> dE
+          const T* attention = g.attention.pixel(b, i, j);
+          cpu::softmax_backward(attention, grad, L);  // dA -> dE
+          std::copy(grad, grad + W, row_half);
+          std::copy(grad + W, grad + W + i, column_half);
+          column_half[i] = T(0);
+          std::copy(grad + W + i, grad + L, column_half + i + 1);
+          // Row i of the dense A_j (as column_slots_to_dense), while the pixel is in L1.
+          T* attention_row = attention_j.row(i);
+          std::copy(attention + W, attention + W + i, attention_row);
+          attention_row[i] = T(0);
+          std::copy(attention + W + i, attention + L, attention_row + i + 1);
         }
         laps.lap(phases::kBackwardSoftmax);
-        column_slots_to_dense(grad_energy_j, g.grad_energy.column_part(b, j));
-        const auto attention_j = dense_matrix(attention_dense.data(), H, H);
-        column_slots_to_dense(attention_j, g.attention.column_part(b, j));
-        laps.lap(phases::kBackwardLayout);
         cpu::line_product(g.grad_query_cl.column(b, j), grad_energy_j, g.key.column(b, j), false);
         cpu::line_product(g.grad_key_cl.column(b, j), grad_energy_j.transposed(),
                           g.query.column(b, j), false);
@@ -446,7 +478,7 @@ void row_gradients(const Backward<T>& g) {
     Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
-      const Matrix<const T> grad_energy_i = g.grad_energy.row_part(b, i);
+      const Matrix<const T> grad_energy_i = g.grad_energy.row(b, i);
       cpu::line_product(g.grad_query_cl.row(b, i), grad_energy_i, g.key.row(b, i), true);
       cpu::line_product(g.grad_key_cl.row(b, i), grad_energy_i.transposed(), g.query.row(b, i),
                         true);
@@ -489,7 +521,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   const int64_t panel_slots = at::in_parallel_region() ? 1 : at::get_num_threads();
 
   const auto options = query.options();
-  auto grad_energy = at::empty({B, H, W, L}, options);
+  auto grad_energy = at::empty({B, H, W, W}, options);
   auto grad_query_cl = empty_channels_last(query, Ck, compute);
   auto grad_key_cl = empty_channels_last(query, Ck, compute);
   auto grad_query = at::empty_like(query_in, options);
@@ -504,7 +536,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
         feature_map<const T>(grad_out),
         grad_attention.defined() ? grad_attention.const_data_ptr<T>() : nullptr,
         slots<const T>(attention), feature_map<const T>(query), feature_map<const T>(key),
-        feature_map<const T>(value), slots<T>(grad_energy), feature_map<T>(grad_query_cl),
+        feature_map<const T>(value), RowSlots<T>{grad_energy.data_ptr<T>(), H, W}, feature_map<T>(grad_query_cl),
         feature_map<T>(grad_key_cl), feature_map<T>(grad_query), feature_map<T>(grad_key),
         feature_map<T>(grad_value), panels.data_ptr<T>(), panel_slots, B});
   });
