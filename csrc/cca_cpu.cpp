@@ -7,8 +7,9 @@
 // attention slots of a pixel, the row slots of row i form a (W x W) matrix A_i,
 // and the column slots of column j an (H x H) matrix A_j with a zero diagonal
 // (the centre belongs to the row).  The work is a few parallel sweeps over the
-// lines; each sweep writes disjoint pixels, so there are no atomics and no
-// per-thread copies of the outputs.
+// lines; each sweep writes disjoint pixels, so there are no atomics on the
+// outputs and no per-thread copies of them.  The threads take a sweep's lines a
+// chunk at a time (parallel_lines).
 //
 //   forward                       per line
 //   1 column_energies  columns j  E_j  = Q_j K_j^T               (H x H)
@@ -31,6 +32,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -152,28 +155,65 @@ inline int64_t line_grain(int64_t fmas_per_line) {
   return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, fmas_per_line));
 }
 
+// Chunks per thread that a sweep's lines are cut into (see parallel_lines).
+constexpr int64_t kChunksPerThread = 4;
+
+// f(begin, end) over the lines [0, n) of a sweep, on torch's threads: the lines are
+// cut into chunks of at least `grain` lines (a multiple of `align`), and each thread
+// takes the next chunk from a shared counter whenever it is free, instead of one
+// fixed share each.  On a machine whose cores are shared, a thread that the system
+// holds up then leaves its unclaimed chunks to the others, and the sweep does not
+// wait for its whole share at the end.  Which thread computes a line changes none of
+// its bits.  A map of at most `grain` lines, one thread, or a call from inside a
+// parallel region runs f(0, n) on the calling thread.
+template <typename F>
+void parallel_lines(int64_t n, int64_t grain, int64_t align, const F& f) {
+  const int64_t threads = at::get_num_threads();
+  if (n <= 0) return;
+  if (n <= grain || threads == 1 || at::in_parallel_region()) return f(int64_t(0), n);
+  const int64_t tasks = std::min(threads, (n + grain - 1) / grain);
+  int64_t chunk = std::max(grain, (n + tasks * kChunksPerThread - 1) / (tasks * kChunksPerThread));
+  chunk = (chunk + align - 1) / align * align;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    for (int64_t begin = next.fetch_add(chunk); begin < n; begin = next.fetch_add(chunk))
+      f(begin, std::min(n, begin + chunk));
+  });
+}
+
 // The dtype the kernels compute in: double for double, float for float, half
 // and bfloat16 (whose values float holds exactly).
 at::ScalarType compute_dtype(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// x in the compute dtype, channels-last: x itself when it is one, else a copy
-// made row by row with copy() (at::contiguous goes through a generic strided copy).
-at::Tensor channels_last_cpu(const at::Tensor& input) {
-  const auto x = input.to(compute_dtype(input.scalar_type()));
-  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return x;
-  auto y = empty_channels_last(x, x.size(1), x.scalar_type());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cca_channels_last", [&] {
-    const auto from = feature_map<const scalar_t>(x);
-    const auto to = feature_map<scalar_t>(y);
-    const int64_t B = x.size(0), H = x.size(2), C = x.size(1), W = x.size(3);
-    at::parallel_for(0, B * H, line_grain(W * C), [&](int64_t begin, int64_t end) {
-      for (int64_t line = begin; line < end; ++line)
-        cpu::copy(to.row(line / H, line % H), from.row(line / H, line % H));
+// query and key (one shape and dtype) in the compute dtype, channels-last: each
+// itself when it is one, else a copy made row by row with copy() (at::contiguous
+// goes through a generic strided copy); the copies of both in one parallel sweep.
+std::array<at::Tensor, 2> channels_last_cpu(const at::Tensor& query, const at::Tensor& key) {
+  const auto compute = compute_dtype(query.scalar_type());
+  const std::array<at::Tensor, 2> in{query.to(compute), key.to(compute)};
+  std::array<at::Tensor, 2> out = in;
+  std::vector<int> copies;  // which of the two need a copy
+  for (int k = 0; k < 2; ++k)
+    if (!in[k].is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      out[k] = empty_channels_last(in[k], in[k].size(1), compute);
+      copies.push_back(k);
+    }
+  if (copies.empty()) return out;
+  AT_DISPATCH_FLOATING_TYPES(compute, "cca_channels_last", [&] {
+    const int64_t B = query.size(0), H = query.size(2), C = query.size(1), W = query.size(3);
+    const int64_t rows = B * H, n = static_cast<int64_t>(copies.size()) * rows;
+    parallel_lines(n, line_grain(W * C), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t line = begin; line < end; ++line) {
+        const int k = copies[line / rows];
+        const int64_t b = line % rows / H, i = line % H;
+        const auto to = feature_map<scalar_t>(out[k]);
+        cpu::copy(to.row(b, i), feature_map<const scalar_t>(in[k]).row(b, i));
+      }
     });
   });
-  return y;
+  return out;
 }
 
 // ------------------------------------------------------------------ forward
@@ -191,7 +231,7 @@ struct Forward {
 template <typename T>
 void column_energies(const Forward<T>& f) {
   const int64_t H = f.query.height, W = f.query.width, Ck = f.query.channels;
-  at::parallel_for(0, f.batch * W, line_grain(H * H * Ck), [&](int64_t begin, int64_t end) {
+  parallel_lines(f.batch * W, line_grain(H * H * Ck), 1, [&](int64_t begin, int64_t end) {
     Laps laps;
     std::vector<T> energy(H * H);
     for (int64_t line = begin; line < end; ++line) {
@@ -214,7 +254,7 @@ void row_energies_and_softmax(const Forward<T>& f) {
   const int64_t H = f.query.height, W = f.query.width, Ck = f.query.channels;
   const int64_t L = f.attention.count();
   const bool park_value = !f.value.channels_contiguous();
-  at::parallel_for(0, f.batch * H, line_grain(W * W * Ck), [&](int64_t begin, int64_t end) {
+  parallel_lines(f.batch * H, line_grain(W * W * Ck), 1, [&](int64_t begin, int64_t end) {
     Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
@@ -235,7 +275,7 @@ template <typename T>
 void column_aggregate(const Forward<T>& f) {
   const int64_t H = f.query.height, W = f.query.width, Cv = f.value.channels;
   const bool parked = !f.value.channels_contiguous();
-  at::parallel_for(0, f.batch * W, line_grain(H * H * Cv), [&](int64_t begin, int64_t end) {
+  parallel_lines(f.batch * W, line_grain(H * H * Cv), 1, [&](int64_t begin, int64_t end) {
     Laps laps;
     std::vector<T> dense(H * H);
     for (int64_t line = begin; line < end; ++line) {
@@ -254,7 +294,7 @@ void column_aggregate(const Forward<T>& f) {
 template <typename T>
 void row_aggregate(const Forward<T>& f) {
   const int64_t H = f.query.height, W = f.query.width, Cv = f.value.channels;
-  at::parallel_for(0, f.batch * H, line_grain(W * W * Cv), [&](int64_t begin, int64_t end) {
+  parallel_lines(f.batch * H, line_grain(W * W * Cv), 1, [&](int64_t begin, int64_t end) {
     Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
@@ -290,7 +330,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
   Laps laps;
   check_inputs(query_in, key_in, value_in);
   const auto dtype = query_in.scalar_type(), compute = compute_dtype(dtype);
-  const auto query = channels_last_cpu(query_in), key = channels_last_cpu(key_in);
+  const auto query_key = channels_last_cpu(query_in, key_in);
+  const at::Tensor &query = query_key[0], &key = query_key[1];
   const auto value = value_in.to(compute);
   const int64_t B = query.size(0), H = query.size(2), W = query.size(3);
   auto attention = at::empty({B, H, W, H + W - 1}, query.options());
@@ -342,7 +383,7 @@ struct Panels {
 template <typename T>
 void row_gradients_of_attention(const Backward<T>& g) {
   const int64_t H = g.value.height, W = g.value.width, Cv = g.value.channels;
-  at::parallel_for(0, g.batch * H, line_grain(2 * W * W * Cv), [&](int64_t begin, int64_t end) {
+  parallel_lines(g.batch * H, line_grain(2 * W * W * Cv), 1, [&](int64_t begin, int64_t end) {
     Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
@@ -397,8 +438,8 @@ void column_gradients(const Backward<T>& g) {
   const int64_t L = g.attention.count(), panel = Cv * H;
   const Panels gather{g.value.col_stride == 1, g.grad_out.col_stride == 1,
                       g.grad_value.col_stride == 1};
-  at::parallel_for(0, g.batch * W, line_grain(H * H * (2 * Cv + 2 * g.query.channels)),
-                   [&](int64_t begin, int64_t end) {
+  parallel_lines(g.batch * W, line_grain(H * H * (2 * Cv + 2 * g.query.channels)), kGroup,
+                 [&](int64_t begin, int64_t end) {
     Laps laps;
     const int64_t slot = g.panel_slots == 1 ? 0 : at::get_thread_num();
     TORCH_INTERNAL_ASSERT(slot < g.panel_slots, "criss_cross_attention_backward: scratch slot");
@@ -474,7 +515,7 @@ void column_gradients(const Backward<T>& g) {
 template <typename T>
 void row_gradients(const Backward<T>& g) {
   const int64_t H = g.value.height, W = g.value.width, Ck = g.query.channels;
-  at::parallel_for(0, g.batch * H, line_grain(2 * W * W * Ck), [&](int64_t begin, int64_t end) {
+  parallel_lines(g.batch * H, line_grain(2 * W * W * Ck), 1, [&](int64_t begin, int64_t end) {
     Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
@@ -509,7 +550,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   check_inputs(query_in, key_in, value_in);
   check_backward(grad_out_in, grad_attention_in, attention_in, query_in, value_in);
   const auto dtype = query_in.scalar_type(), compute = compute_dtype(dtype);
-  const auto query = channels_last_cpu(query_in), key = channels_last_cpu(key_in);
+  const auto query_key = channels_last_cpu(query_in, key_in);
+  const at::Tensor &query = query_key[0], &key = query_key[1];
   const auto value = value_in.to(compute), grad_out = grad_out_in.to(compute);
   const auto attention = attention_in.to(compute).contiguous();
   at::Tensor grad_attention;
