@@ -7,8 +7,9 @@
 // attention slots of a pixel, the row slots of row i form a (W x W) matrix A_i,
 // and the column slots of column j an (H x H) matrix A_j with a zero diagonal
 // (the centre belongs to the row).  The work is a few parallel sweeps over the
-// lines; each sweep writes disjoint pixels, so there are no atomics and no
-// per-thread copies of the outputs.
+// lines; each sweep writes disjoint pixels, so there are no atomics on the
+// outputs and no per-thread copies of them.  The threads take a sweep's lines a
+// chunk at a time (parallel_lines).
 //
 //   forward                       per line
 //   1 column_energies  columns j  E_j  = Q_j K_j^T               (H x H)
@@ -31,10 +32,15 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "cca_common.h"
 #include "cca_cpu_kernels.h"
+#include "cca_cpu_phases.h"
 #include "cca_portable.h"
 
 namespace ccnet_edu {
@@ -42,6 +48,7 @@ namespace {
 
 using cpu::dense_matrix;
 using cpu::Matrix;
+using phases::Laps;
 
 // ------------------------------------------------------------------- views
 
@@ -71,8 +78,8 @@ FeatureMap<T> feature_map(const at::Tensor& t) {
           t.stride(0),  t.stride(1),           t.stride(2), t.stride(3)};
 }
 
-// The slots of every pixel, (B, H, W, L) with L = H + W - 1 (attention, energies,
-// their gradients): slot l < W of pixel (i, j) is pixel (i, l) of its row, slot
+// The slots of every pixel, (B, H, W, L) with L = H + W - 1 (energies, then
+// attention): slot l < W of pixel (i, j) is pixel (i, l) of its row, slot
 // W + n is pixel (column_row(n, i), j) of its column.
 template <typename T>
 struct Slots {
@@ -97,6 +104,20 @@ template <typename T>
 Slots<T> slots(const at::Tensor& t) {
   return {t.data_ptr<std::remove_const_t<T>>(), t.size(1), t.size(2)};
 }
+
+// The row slots alone, (B, H, W, W): the backward keeps the row half of dA (then of
+// dE) here between its sweeps; the column half lives only in the column sweep.
+template <typename T>
+struct RowSlots {
+  T* data;
+  int64_t height, width;
+
+  T* pixel(int64_t b, int64_t i, int64_t j) const {
+    return data + ccnet_edu::pixel(b, i, j, height, width) * width;
+  }
+  // Row i: (W x W), pixel j by slot j2.
+  Matrix<T> row(int64_t b, int64_t i) const { return dense_matrix(pixel(b, i, 0), width, width); }
+};
 
 // ------------------------------------------------------- the column slots
 
@@ -134,28 +155,65 @@ inline int64_t line_grain(int64_t fmas_per_line) {
   return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, fmas_per_line));
 }
 
+// Chunks per thread that a sweep's lines are cut into (see parallel_lines).
+constexpr int64_t kChunksPerThread = 4;
+
+// f(begin, end) over the lines [0, n) of a sweep, on torch's threads: the lines are
+// cut into chunks of at least `grain` lines (a multiple of `align`), and each thread
+// takes the next chunk from a shared counter whenever it is free, instead of one
+// fixed share each.  On a machine whose cores are shared, a thread that the system
+// holds up then leaves its unclaimed chunks to the others, and the sweep does not
+// wait for its whole share at the end.  Which thread computes a line changes none of
+// its bits.  A map of at most `grain` lines, one thread, or a call from inside a
+// parallel region runs f(0, n) on the calling thread.
+template <typename F>
+void parallel_lines(int64_t n, int64_t grain, int64_t align, const F& f) {
+  const int64_t threads = at::get_num_threads();
+  if (n <= 0) return;
+  if (n <= grain || threads == 1 || at::in_parallel_region()) return f(int64_t(0), n);
+  const int64_t tasks = std::min(threads, (n + grain - 1) / grain);
+  int64_t chunk = std::max(grain, (n + tasks * kChunksPerThread - 1) / (tasks * kChunksPerThread));
+  chunk = (chunk + align - 1) / align * align;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    for (int64_t begin = next.fetch_add(chunk); begin < n; begin = next.fetch_add(chunk))
+      f(begin, std::min(n, begin + chunk));
+  });
+}
+
 // The dtype the kernels compute in: double for double, float for float, half
 // and bfloat16 (whose values float holds exactly).
 at::ScalarType compute_dtype(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// x in the compute dtype, channels-last: x itself when it is one, else a copy
-// made row by row with copy() (at::contiguous goes through a generic strided copy).
-at::Tensor channels_last_cpu(const at::Tensor& input) {
-  const auto x = input.to(compute_dtype(input.scalar_type()));
-  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return x;
-  auto y = empty_channels_last(x, x.size(1), x.scalar_type());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cca_channels_last", [&] {
-    const auto from = feature_map<const scalar_t>(x);
-    const auto to = feature_map<scalar_t>(y);
-    const int64_t B = x.size(0), H = x.size(2), C = x.size(1), W = x.size(3);
-    at::parallel_for(0, B * H, line_grain(W * C), [&](int64_t begin, int64_t end) {
-      for (int64_t line = begin; line < end; ++line)
-        cpu::copy(to.row(line / H, line % H), from.row(line / H, line % H));
+// query and key (one shape and dtype) in the compute dtype, channels-last: each
+// itself when it is one, else a copy made row by row with copy() (at::contiguous
+// goes through a generic strided copy); the copies of both in one parallel sweep.
+std::array<at::Tensor, 2> channels_last_cpu(const at::Tensor& query, const at::Tensor& key) {
+  const auto compute = compute_dtype(query.scalar_type());
+  const std::array<at::Tensor, 2> in{query.to(compute), key.to(compute)};
+  std::array<at::Tensor, 2> out = in;
+  std::vector<int> copies;  // which of the two need a copy
+  for (int k = 0; k < 2; ++k)
+    if (!in[k].is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      out[k] = empty_channels_last(in[k], in[k].size(1), compute);
+      copies.push_back(k);
+    }
+  if (copies.empty()) return out;
+  AT_DISPATCH_FLOATING_TYPES(compute, "cca_channels_last", [&] {
+    const int64_t B = query.size(0), H = query.size(2), C = query.size(1), W = query.size(3);
+    const int64_t rows = B * H, n = static_cast<int64_t>(copies.size()) * rows;
+    parallel_lines(n, line_grain(W * C), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t line = begin; line < end; ++line) {
+        const int k = copies[line / rows];
+        const int64_t b = line % rows / H, i = line % H;
+        const auto to = feature_map<scalar_t>(out[k]);
+        cpu::copy(to.row(b, i), feature_map<const scalar_t>(in[k]).row(b, i));
+      }
     });
   });
-  return y;
+  return out;
 }
 
 // ------------------------------------------------------------------ forward
@@ -173,13 +231,16 @@ struct Forward {
 template <typename T>
 void column_energies(const Forward<T>& f) {
   const int64_t H = f.query.height, W = f.query.width, Ck = f.query.channels;
-  at::parallel_for(0, f.batch * W, line_grain(H * H * Ck), [&](int64_t begin, int64_t end) {
+  parallel_lines(f.batch * W, line_grain(H * H * Ck), 1, [&](int64_t begin, int64_t end) {
+    Laps laps;
     std::vector<T> energy(H * H);
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / W, j = line % W;
       const auto energy_j = dense_matrix(energy.data(), H, H);
       cpu::line_product(energy_j, f.query.column(b, j), f.key.column(b, j).transposed(), false);
+      laps.lap(phases::kForwardEnergies);
       dense_to_column_slots(f.attention.column_part(b, j), energy_j);
+      laps.lap(phases::kForwardLayout);
     }
   });
 }
@@ -193,13 +254,17 @@ void row_energies_and_softmax(const Forward<T>& f) {
   const int64_t H = f.query.height, W = f.query.width, Ck = f.query.channels;
   const int64_t L = f.attention.count();
   const bool park_value = !f.value.channels_contiguous();
-  at::parallel_for(0, f.batch * H, line_grain(W * W * Ck), [&](int64_t begin, int64_t end) {
+  parallel_lines(f.batch * H, line_grain(W * W * Ck), 1, [&](int64_t begin, int64_t end) {
+    Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
       cpu::line_product(f.attention.row_part(b, i), f.query.row(b, i),
                         f.key.row(b, i).transposed(), false);
+      laps.lap(phases::kForwardEnergies);
       for (int64_t j = 0; j < W; ++j) cpu::softmax(f.attention.pixel(b, i, j), L);
+      laps.lap(phases::kForwardSoftmax);
       if (park_value) cpu::copy(f.out.row(b, i), f.value.row(b, i));
+      laps.lap(phases::kForwardLayout);
     }
   });
 }
@@ -210,14 +275,17 @@ template <typename T>
 void column_aggregate(const Forward<T>& f) {
   const int64_t H = f.query.height, W = f.query.width, Cv = f.value.channels;
   const bool parked = !f.value.channels_contiguous();
-  at::parallel_for(0, f.batch * W, line_grain(H * H * Cv), [&](int64_t begin, int64_t end) {
+  parallel_lines(f.batch * W, line_grain(H * H * Cv), 1, [&](int64_t begin, int64_t end) {
+    Laps laps;
     std::vector<T> dense(H * H);
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / W, j = line % W;
       const auto attention_j = dense_matrix(dense.data(), H, H);
       column_slots_to_dense(attention_j, f.attention.column_part(b, j));
+      laps.lap(phases::kForwardLayout);
       const Matrix<const T> value_j = parked ? f.out.column(b, j) : f.value.column(b, j);
       cpu::line_product(f.out.column(b, j), attention_j, value_j, false);
+      laps.lap(phases::kForwardAggregation);
     }
   });
 }
@@ -226,11 +294,13 @@ void column_aggregate(const Forward<T>& f) {
 template <typename T>
 void row_aggregate(const Forward<T>& f) {
   const int64_t H = f.query.height, W = f.query.width, Cv = f.value.channels;
-  at::parallel_for(0, f.batch * H, line_grain(W * W * Cv), [&](int64_t begin, int64_t end) {
+  parallel_lines(f.batch * H, line_grain(W * W * Cv), 1, [&](int64_t begin, int64_t end) {
+    Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
       cpu::line_product(f.out.row(b, i), f.attention.row_part(b, i), f.value.row(b, i), true);
     }
+    laps.lap(phases::kForwardAggregation);
   });
 }
 
@@ -246,18 +316,22 @@ void row_aggregate(const Forward<T>& f) {
 // place again (line_product transposes them into its panels) and adds A_i V_i.
 template <typename T>
 void forward_lines(const Forward<T>& f) {
+  Laps laps;
   column_energies(f);
   row_energies_and_softmax(f);
   column_aggregate(f);
   row_aggregate(f);
+  laps.lap(phases::kForwardSweeps);
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
                                                const at::Tensor& key_in,
                                                const at::Tensor& value_in) {
+  Laps laps;
   check_inputs(query_in, key_in, value_in);
   const auto dtype = query_in.scalar_type(), compute = compute_dtype(dtype);
-  const auto query = channels_last_cpu(query_in), key = channels_last_cpu(key_in);
+  const auto query_key = channels_last_cpu(query_in, key_in);
+  const at::Tensor &query = query_key[0], &key = query_key[1];
   const auto value = value_in.to(compute);
   const int64_t B = query.size(0), H = query.size(2), W = query.size(3);
   auto attention = at::empty({B, H, W, H + W - 1}, query.options());
@@ -268,7 +342,9 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
                                     feature_map<const scalar_t>(value), slots<scalar_t>(attention),
                                     feature_map<scalar_t>(out), B});
   });
-  return {out.to(dtype), attention.to(dtype)};
+  auto result = std::make_tuple(out.to(dtype), attention.to(dtype));
+  laps.lap(phases::kForwardCall);
+  return result;
 }
 
 // ----------------------------------------------------------------- backward
@@ -285,7 +361,7 @@ struct Backward {
   Slots<const T> attention;                        // (B, H, W, L)
   FeatureMap<const T> query, key;                  // channels-last
   FeatureMap<const T> value;                       // any layout
-  Slots<T> grad_energy;                            // dA, turned into dE in place (column_gradients)
+  RowSlots<T> grad_energy;  // the row half of dA, turned into dE in place (column_gradients)
   FeatureMap<T> grad_query_cl, grad_key_cl;        // channels-last sums of the two parts
   FeatureMap<T> grad_query, grad_key, grad_value;  // in the layouts of the inputs
   T* panels;            // per thread: column panels, (C x H) each (see column_gradients)
@@ -307,14 +383,17 @@ struct Panels {
 template <typename T>
 void row_gradients_of_attention(const Backward<T>& g) {
   const int64_t H = g.value.height, W = g.value.width, Cv = g.value.channels;
-  at::parallel_for(0, g.batch * H, line_grain(2 * W * W * Cv), [&](int64_t begin, int64_t end) {
+  parallel_lines(g.batch * H, line_grain(2 * W * W * Cv), 1, [&](int64_t begin, int64_t end) {
+    Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
       const auto grad_out_i = g.grad_out.row(b, i);  // (W x C)
-      cpu::line_product(g.grad_energy.row_part(b, i), grad_out_i, g.value.row(b, i).transposed(),
+      cpu::line_product(g.grad_energy.row(b, i), grad_out_i, g.value.row(b, i).transposed(),
                         false);
+      laps.lap(phases::kBackwardGradAttention);
       cpu::line_product(g.grad_value.row(b, i), g.attention.row_part(b, i).transposed(),
                         grad_out_i, false);
+      laps.lap(phases::kBackwardGradValue);
     }
   });
 }
@@ -338,8 +417,16 @@ void gather_columns(const Map& map, int64_t b, int64_t j0, int64_t n_cols, T* pa
 
 // 2. For every column: the column half of dA, dA_j = dO_j V_j^T; then every
 // pixel of the column has its whole dA, and the softmax backward turns it into
-// dE in place; the column parts dQ_j = dE_j K_j and dK_j = dE_j^T Q_j (into the
+// dE; the column parts dQ_j = dE_j K_j and dK_j = dE_j^T Q_j (into the
 // channels-last sums) and dV_j = A_j^T dO_j, added into grad_value.
+//
+// A pixel's dA is put together in a buffer of L values that stays in L1, in the
+// order of its attention slots (row half from grad_energy, column half from
+// row i of the dense dA_j); the softmax backward runs there, and dE goes back to
+// the same two places: the row half for row_gradients, the column half into the
+// dense dE_j that the column products read (its diagonal, the centre, is zero).
+// The dense A_j of dV_j = A_j^T dO_j is filled in the same loop, from the pixels'
+// attention that the softmax backward has just read.
 //
 // Columns of an NCHW value and dO are gathered, a group at a time, into
 // per-thread (C x H) panels V_j^T and dO_j^T; other layouts are read in place.
@@ -351,20 +438,22 @@ void column_gradients(const Backward<T>& g) {
   const int64_t L = g.attention.count(), panel = Cv * H;
   const Panels gather{g.value.col_stride == 1, g.grad_out.col_stride == 1,
                       g.grad_value.col_stride == 1};
-  at::parallel_for(0, g.batch * W, line_grain(H * H * (2 * Cv + 2 * g.query.channels)),
-                   [&](int64_t begin, int64_t end) {
+  parallel_lines(g.batch * W, line_grain(H * H * (2 * Cv + 2 * g.query.channels)), kGroup,
+                 [&](int64_t begin, int64_t end) {
+    Laps laps;
     const int64_t slot = g.panel_slots == 1 ? 0 : at::get_thread_num();
     TORCH_INTERNAL_ASSERT(slot < g.panel_slots, "criss_cross_attention_backward: scratch slot");
     T* first_set = gather.sets() > 0 ? g.panels + slot * gather.sets() * kGroup * panel : nullptr;
     T* value_panels = gather.value || gather.grad_value ? first_set : nullptr;
     T* grad_out_panels =
         gather.grad_out ? first_set + (value_panels ? kGroup * panel : 0) : nullptr;
-    std::vector<T> grad_energy_dense(H * H), attention_dense(H * H);
+    std::vector<T> grad_energy_dense(H * H), attention_dense(H * H), pixel_grad(L);
     for (int64_t first = begin; first < end;) {
       const int64_t b = first / W, j0 = first % W;
       const int64_t n_cols = std::min({kGroup, end - first, W - j0});
       if (gather.value) gather_columns<false>(g.value, b, j0, n_cols, value_panels);
       if (gather.grad_out) gather_columns<false>(g.grad_out, b, j0, n_cols, grad_out_panels);
+      laps.lap(phases::kBackwardLayout);
       for (int64_t jj = 0; jj < n_cols; ++jj) {
         const int64_t j = j0 + jj;
         const Matrix<const T> value_j_t =  // V_j^T, (C x H)
@@ -377,28 +466,45 @@ void column_gradients(const Backward<T>& g) {
         const auto grad_energy_j = dense_matrix(grad_energy_dense.data(), H, H);
         // dA_j (its diagonal, the centre, is the row half's and is dropped)
         cpu::line_product(grad_energy_j, grad_out_j, value_j_t, false);
-        dense_to_column_slots(g.grad_energy.column_part(b, j), grad_energy_j);
+        laps.lap(phases::kBackwardGradAttention);
+        T* grad = pixel_grad.data();
+        const auto attention_j = dense_matrix(attention_dense.data(), H, H);
         for (int64_t i = 0; i < H; ++i) {
-          T* grad = g.grad_energy.pixel(b, i, j);
+          T* row_half = g.grad_energy.pixel(b, i, j);
+          T* column_half = grad_energy_j.row(i);
+          std::copy(row_half, row_half + W, grad);
+          std::copy(column_half, column_half + i, grad + W);
+          std::copy(column_half + i + 1, column_half + H, grad + W + i);
           if (g.grad_attention != nullptr) {
-            const T* extra = g.grad_attention + (grad - g.grad_energy.data);
+            const T* extra = g.grad_attention + pixel(b, i, j, H, W) * L;
             for (int64_t l = 0; l < L; ++l) grad[l] += extra[l];
           }
-          cpu::softmax_backward(g.attention.pixel(b, i, j), grad, L);  // dA -> dE
+          const T* attention = g.attention.pixel(b, i, j);
+          cpu::softmax_backward(attention, grad, L);  // dA -> dE
+          std::copy(grad, grad + W, row_half);
+          std::copy(grad + W, grad + W + i, column_half);
+          column_half[i] = T(0);
+          std::copy(grad + W + i, grad + L, column_half + i + 1);
+          // Row i of the dense A_j (as column_slots_to_dense), while the pixel is in L1.
+          T* attention_row = attention_j.row(i);
+          std::copy(attention + W, attention + W + i, attention_row);
+          attention_row[i] = T(0);
+          std::copy(attention + W + i, attention + L, attention_row + i + 1);
         }
-        column_slots_to_dense(grad_energy_j, g.grad_energy.column_part(b, j));
-        const auto attention_j = dense_matrix(attention_dense.data(), H, H);
-        column_slots_to_dense(attention_j, g.attention.column_part(b, j));
+        laps.lap(phases::kBackwardSoftmax);
         cpu::line_product(g.grad_query_cl.column(b, j), grad_energy_j, g.key.column(b, j), false);
         cpu::line_product(g.grad_key_cl.column(b, j), grad_energy_j.transposed(),
                           g.query.column(b, j), false);
+        laps.lap(phases::kBackwardGradQueryKey);
         if (gather.grad_value)  // V_j^T has been read: its panel takes dV_j^T
           cpu::line_product(dense_matrix(value_panels + jj * panel, Cv, H).transposed(),
                             attention_j.transposed(), grad_out_j, false);
         else
           cpu::line_product(g.grad_value.column(b, j), attention_j.transposed(), grad_out_j, true);
+        laps.lap(phases::kBackwardGradValue);
       }
       if (gather.grad_value) gather_columns<true>(g.grad_value, b, j0, n_cols, value_panels);
+      laps.lap(phases::kBackwardLayout);
       first += n_cols;
     }
   });
@@ -409,24 +515,29 @@ void column_gradients(const Backward<T>& g) {
 template <typename T>
 void row_gradients(const Backward<T>& g) {
   const int64_t H = g.value.height, W = g.value.width, Ck = g.query.channels;
-  at::parallel_for(0, g.batch * H, line_grain(2 * W * W * Ck), [&](int64_t begin, int64_t end) {
+  parallel_lines(g.batch * H, line_grain(2 * W * W * Ck), 1, [&](int64_t begin, int64_t end) {
+    Laps laps;
     for (int64_t line = begin; line < end; ++line) {
       const int64_t b = line / H, i = line % H;
-      const Matrix<const T> grad_energy_i = g.grad_energy.row_part(b, i);
+      const Matrix<const T> grad_energy_i = g.grad_energy.row(b, i);
       cpu::line_product(g.grad_query_cl.row(b, i), grad_energy_i, g.key.row(b, i), true);
       cpu::line_product(g.grad_key_cl.row(b, i), grad_energy_i.transposed(), g.query.row(b, i),
                         true);
+      laps.lap(phases::kBackwardGradQueryKey);
       cpu::copy(g.grad_query.row(b, i), g.grad_query_cl.row(b, i));
       cpu::copy(g.grad_key.row(b, i), g.grad_key_cl.row(b, i));
+      laps.lap(phases::kBackwardLayout);
     }
   });
 }
 
 template <typename T>
 void backward_lines(const Backward<T>& g) {
+  Laps laps;
   row_gradients_of_attention(g);
   column_gradients(g);
   row_gradients(g);
+  laps.lap(phases::kBackwardSweeps);
 }
 
 // Gradients come back in the layout of the inputs they belong to (empty_like:
@@ -435,10 +546,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_out_in, const std::optional<at::Tensor>& grad_attention_in,
     const at::Tensor& attention_in, const at::Tensor& query_in, const at::Tensor& key_in,
     const at::Tensor& value_in) {
+  Laps laps;
   check_inputs(query_in, key_in, value_in);
   check_backward(grad_out_in, grad_attention_in, attention_in, query_in, value_in);
   const auto dtype = query_in.scalar_type(), compute = compute_dtype(dtype);
-  const auto query = channels_last_cpu(query_in), key = channels_last_cpu(key_in);
+  const auto query_key = channels_last_cpu(query_in, key_in);
+  const at::Tensor &query = query_key[0], &key = query_key[1];
   const auto value = value_in.to(compute), grad_out = grad_out_in.to(compute);
   const auto attention = attention_in.to(compute).contiguous();
   at::Tensor grad_attention;
@@ -450,7 +563,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   const int64_t panel_slots = at::in_parallel_region() ? 1 : at::get_num_threads();
 
   const auto options = query.options();
-  auto grad_energy = at::empty({B, H, W, L}, options);
+  auto grad_energy = at::empty({B, H, W, W}, options);
   auto grad_query_cl = empty_channels_last(query, Ck, compute);
   auto grad_key_cl = empty_channels_last(query, Ck, compute);
   auto grad_query = at::empty_like(query_in, options);
@@ -465,11 +578,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
         feature_map<const T>(grad_out),
         grad_attention.defined() ? grad_attention.const_data_ptr<T>() : nullptr,
         slots<const T>(attention), feature_map<const T>(query), feature_map<const T>(key),
-        feature_map<const T>(value), slots<T>(grad_energy), feature_map<T>(grad_query_cl),
+        feature_map<const T>(value), RowSlots<T>{grad_energy.data_ptr<T>(), H, W}, feature_map<T>(grad_query_cl),
         feature_map<T>(grad_key_cl), feature_map<T>(grad_query), feature_map<T>(grad_key),
         feature_map<T>(grad_value), panels.data_ptr<T>(), panel_slots, B});
   });
-  return {grad_query.to(dtype), grad_key.to(dtype), grad_value.to(dtype)};
+  auto result = std::make_tuple(grad_query.to(dtype), grad_key.to(dtype), grad_value.to(dtype));
+  laps.lap(phases::kBackwardCall);
+  return result;
+}
+
+// ------------------------------------------------------------ phase clocks
+
+// The phase clocks (cca_cpu_phases.h): their sums since the last call, in
+// nanoseconds of thread time (float64, one per phase), and the phases' names;
+// the sums restart from zero, and the clocks run from now on when `enable`.
+std::tuple<at::Tensor, std::vector<std::string>> cpu_phase_times(bool enable) {
+  auto times = at::empty({phases::kCount}, at::TensorOptions().dtype(at::kDouble));
+  std::vector<std::string> names;
+  for (int p = 0; p < phases::kCount; ++p) {
+    times[p] = static_cast<double>(phases::totals()[p].exchange(0, std::memory_order_relaxed));
+    names.emplace_back(phases::kNames[p]);
+  }
+  phases::enabled().store(enable, std::memory_order_relaxed);
+  return {times, names};
 }
 
 // ------------------------------------------------- the portable path on CPU
@@ -506,6 +637,8 @@ TORCH_LIBRARY(ccnet_edu, m) {
   m.def(
       "criss_cross_attention_backward(Tensor grad_out, Tensor? grad_attention, "
       "Tensor attention, Tensor query, Tensor key, Tensor value) -> (Tensor, Tensor, Tensor)");
+  // No tensor argument to dispatch on: one kernel for every dispatch key.
+  m.def("cpu_phase_times(bool enable) -> (Tensor, str[])", &ccnet_edu::cpu_phase_times);
   // What the CUDA build runs, executed on the CPU (for tests; no autograd).
   m.def("portable_criss_cross_attention(Tensor query, Tensor key, Tensor value) -> (Tensor, Tensor)");
   m.def(

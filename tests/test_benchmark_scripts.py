@@ -52,3 +52,19 @@ def test_line_products_checks_and_times_tile_and_blas(tmp_path):
     rows = [line for line in table.read_text().splitlines() if line.startswith("| B=")]
     assert len(rows) == 4  # row and column energies, row and column aggregation
     assert all(line.count("|") == 7 for line in rows)
+
+
+def test_cpu_phases_breaks_the_time_into_phases(tmp_path):
+    level = _build.supported_isas()[0]
+    out = _run("cpu_phases.py", "--quick", "--repeats", "1", "--isa", level, "--out", str(tmp_path))
+    with open(tmp_path / "cpu-phases.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["isa"] for r in rows} == {level}
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"product", "softmax", "other", "total"}
+    products = [r for r in rows if r["kind"] == "product"]
+    assert len(products) == 5 and all(float(r["gflop_per_s"]) > 0 for r in products)
+    total = next(r for r in rows if r["kind"] == "total")
+    parts = sum(float(r["ms"]) for r in rows if r["kind"] != "total")
+    assert abs(parts - float(total["ms"])) < 1e-6 * float(total["ms"])  # the shares add up
+    assert f"### {level}," in out and (tmp_path / "cpu-phases.md").read_text() == out

@@ -176,6 +176,31 @@ def test_same_bits_on_any_number_of_threads():
             assert torch.equal(a, b)
 
 
+def test_phase_clocks_count_only_when_switched_on():
+    """The per-phase clocks (csrc/cca_cpu_phases.h) stay at zero until switched on, then
+    charge each of the operator's phases, forward and backward, and restart at every read."""
+    clocks = torch.ops.ccnet_edu.cpu_phase_times
+    query, key, value = _inputs((2, 8, 21, 19, 37), torch.float32)
+    grad_out = torch.randn(2, 21, 19, 37)
+
+    def run():
+        out, att = FORWARD["fast"](query, key, value)
+        BACKWARD["fast"](grad_out, None, att, query, key, value)
+
+    clocks(False)
+    run()
+    times, names = clocks(True)
+    assert len(names) == len(times) == len(set(names)) and not times.any()
+    run()
+    times, names = clocks(False)
+    spent = dict(zip(names, times.tolist(), strict=True))
+    assert all(t > 0 for t in spent.values()), spent
+    for direction in ("forward", "backward"):
+        sweeps = spent[f"{direction}: wall time of the sweeps (calling thread)"]
+        assert spent[f"{direction}: wall time of the call (calling thread)"] >= sweeps
+    assert not clocks(False)[0].any()
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "channels_last_crop"])
 def test_float32_softmax_and_value_layouts(layout):
     """float32 fast path: the vectorised softmax (8 lanes + a tail of L % 8 energies,

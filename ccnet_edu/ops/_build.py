@@ -125,6 +125,7 @@ HEADERS = (
     "cca_portable.h",
     "cca_simd.h",
     "cca_cpu_kernels.h",
+    "cca_cpu_phases.h",
     "cca_tiling.h",
     "cca_lines.h",
     "cca_lines_cuda.h",
