@@ -178,9 +178,17 @@ def breakdown(isa: str, level: dict) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], load: tuple[float, float] | None = None) -> str:
+    """The breakdown as Markdown; ``load``: the 1-minute load average before and after the run."""
     lines = [f"CPU: {rows[0]['cpu']}; {rows[0]['threads']} threads; forward + backward, "
              "the phases' thread time / threads (so they add up to the wall time)", ""]  # fmt: skip
+    if load is not None:
+        lines[-1:] = [
+            f"Load average (1 min) before / after the run: {load[0]:.1f} / {load[1]:.1f} on "
+            f"{os.cpu_count()} logical CPUs: a load above the thread count means other work "
+            "shared the cores, and the times below are then not the operator's alone.",
+            "",
+        ]
     for isa, case in dict.fromkeys((r["isa"], r["case"]) for r in rows):
         group = [r for r in rows if r["isa"] == isa and r["case"] == case]
         total = group[-1]
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{', '.join(supported)})")  # fmt: skip
     cli_writable(parser, "--out", args.out, directory=True)  # before any level runs
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, load_before = [], os.getloadavg()[0]
     for isa in levels:
         print(f"== {isa}", file=sys.stderr, flush=True)
         command = [sys.executable, __file__, "--worker", "--repeats", str(args.repeats),
@@ -242,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
         rows += breakdown(isa, json.loads(result.stdout.strip().splitlines()[-1]))
     atomic_write_csv(args.out / "cpu-phases.csv", FIELDS, rows)
-    table = markdown(rows)
+    table = markdown(rows, (load_before, os.getloadavg()[0]))
     atomic_write_text(args.out / "cpu-phases.md", table + "\n")
     print(table)
     return 0
