@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -113,22 +114,38 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
 
 def build(isa: str):
-    """The two line-product functions, compiled with the operator's flags for ``isa``."""
+    """The two line-product functions, compiled with the operator's flags for ``isa``.
+
+    Built and loaded as the operator is (:func:`ccnet_edu.ops._build.load_verified`): in a
+    directory keyed by the source, the flags and ``csrc/``, and loaded only once the
+    library matches the digest recorded when it was built and checked.
+    """
     cflags, ldflags = _build.cpu_flags(isa)
     key = _build.content_key(
         [SOURCE, torch.__version__, *cflags], _build._all_sources(_build.csrc_dir())
     )[:16]
+    name = f"line_products_{isa.replace('-', '_')}"
     directory = _build.build_dir() / f"line_products-{isa}-{key}"
     directory.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load_inline(
-        name=f"line_products_{isa.replace('-', '_')}",
-        cpp_sources=[SOURCE],
-        extra_cflags=cflags + ["-std=c++20"],
-        extra_ldflags=ldflags,
-        extra_include_paths=[str(_build.csrc_dir())],
-        build_directory=str(directory),
-        verbose=False,
-    )
+    source = directory / f"{name}.cpp"
+    if not source.is_file() or source.read_text() != SOURCE:
+        atomic_write_text(source, SOURCE)
+
+    def compile_into(staging: Path) -> None:
+        _build._ninja_build(
+            cpp_extension, name, [str(source)], str(_build.csrc_dir()), staging, cuda=False,
+            verbose=False, cflags=cflags + ["-std=c++20"], ldflags=ldflags, cuda_cflags=[],
+            arch=None,
+        )  # fmt: skip
+
+    def load(library: Path):
+        spec = importlib.util.spec_from_file_location(name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    module, _ = _build.load_verified(directory / f"{name}.so", compile_into, load)
+    return module
 
 
 def shapes(case: benchmark.Case) -> dict[str, tuple[int, int, int, int, bool]]:
