@@ -129,7 +129,8 @@ CHUNK, SLICE_STEP = 128, 16
 #: (``kLineProbs`` in ``csrc/cca_tiling.h``; v3).
 LINE_PROBS = 128
 #: The designs :func:`design_costs` counts: ``"v1"`` the tiled kernels as issue #28 found
-#: them, ``"v2"`` the kernels now, ``"v3"`` the next design (not built yet).
+#: them, ``"v2"`` and ``"v3"`` the designs after it.  Built now: v3's forward and v2's
+#: backward (v3's backward is designed, not built).
 DESIGNS = ("v1", "v2", "v3")
 
 
@@ -233,10 +234,10 @@ def design_costs(
     the gradients back); a statistics pass over both halves; a row and a column
     aggregation, one CTA per 64 queries and 128 value channels, each CTA computing the
     energies and exponentials of its keys again; the column pass reads and rewrites
-    ``out``.  ``"v2"`` (the kernels now): inputs read in their layout; the passes run a
-    group of maps and a slice of the value channels at a time, so that the column
-    pass's second reads and the read-modify-write of ``out`` hit the L2; a CTA still
-    covers 128 channels of its slice and computes its keys' energies again.  Its
+    ``out``.  ``"v2"`` (its backward is the one built now): inputs read in their layout;
+    the passes run a group of maps and a slice of the value channels at a time, so that
+    the column pass's second reads and the read-modify-write of ``out`` hit the L2; a CTA
+    still covers 128 channels of its slice and computes its keys' energies again.  Its
     backward keeps v1's passes (dA and D, then the gradients row and column) without the
     copies, slice by slice: the attention and grad out are read by the dA pass and again
     by the gradient passes, and dA (float32) is written and read, so it stays over

@@ -23,6 +23,8 @@ CHECKED = (
     "notebooks/01_long_range_context.ipynb",
     "notebooks/02_criss_cross_attention.ipynb",
     "notebooks/03_recurrent_propagation.ipynb",
+    "notebooks/04_inside_the_operator.ipynb",
+    "notebooks/04b_fast_on_a_gpu.ipynb",
 )
 
 TERM_ROLE_RE = re.compile(r"\{term\}`(?P<text>[^`<]*?)\s*(?:<(?P<target>[^>`]+)>)?`")
