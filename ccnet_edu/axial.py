@@ -7,7 +7,7 @@ pixel first attends along its *column* (the height axis), then, on the result,
 along its *row* (the width axis).  Each pass is an ordinary softmax attention
 over one line of positions, with its own query/key/value projections.
 
-One pass along a line of ``L`` positions, for the output position ``o``
+One pass along a line of ``T`` positions, for the output position ``o``
 (Axial-DeepLab's position-sensitive self-attention, Eq. (3), on the ``1 x m``
 line region of its axial-attention layer, Eq. (4))::
 
@@ -16,7 +16,7 @@ line region of its axial-attention layer, Eq. (4))::
 
 where ``N_m(o)`` is the paper's ``1 x m`` region: the ``m`` positions of the
 line centred on ``o`` (``m`` odd), ``|p - o| <= (m - 1) / 2``, cut at the ends
-of the line; it holds the whole line when ``m >= 2 L - 1`` (*global* axial
+of the line; it holds the whole line when ``m >= 2 T - 1`` (*global* axial
 attention; the default when no span is given).  ``r^q``, ``r^k``, ``r^v`` are
 learned *relative positional encodings*, one vector per offset ``p - o`` in
 ``-(m-1)/2 .. (m-1)/2`` (a table of ``m`` rows): Axial-DeepLab's
@@ -90,7 +90,7 @@ def relative_offsets(
     """Index of ``r_{p-o}`` and the window of ``span`` positions centred on ``o``.
 
     ``span`` is Axial-DeepLab's ``m`` (odd): the positions ``|p - o| <= (m - 1) / 2``.
-    Returns ``(index, inside)``, both (L, L) indexed ``[o, p]`` (query, key):
+    Returns ``(index, inside)``, both (T, T) indexed ``[o, p]`` (query, key):
     ``index[o, p] = p - o + (m - 1) / 2`` clamped to the table's ``m`` rows, and
     ``inside[o, p] = |p - o| <= (m - 1) / 2`` (bool).
     """
@@ -98,7 +98,7 @@ def relative_offsets(
     radius = _radius(span)
     device = check_device("device", device, optional=True)
     position = torch.arange(length, device=device)
-    offset = position[None, :] - position[:, None]  # (L, L): p - o
+    offset = position[None, :] - position[:, None]  # (T, T): p - o
     inside = offset.abs() <= radius
     return (offset + radius).clamp(0, 2 * radius), inside
 
@@ -130,16 +130,16 @@ def _check_table(name: str, table: object, channels: int, like: torch.Tensor) ->
 
 
 def _to_lines(t: torch.Tensor, axis: str, heads: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, n, G, L, C/G): ``n`` lines of ``L`` positions, ``G`` heads."""
-    lines = t.permute(0, 3, 2, 1) if axis == "height" else t.permute(0, 2, 3, 1)  # (B, n, L, C)
+    """(B, C, H, W) -> (B, n, G, T, C/G): ``n`` lines of ``T`` positions, ``G`` heads."""
+    lines = t.permute(0, 3, 2, 1) if axis == "height" else t.permute(0, 2, 3, 1)  # (B, n, T, C)
     batch, n, length, channels = lines.shape
     return lines.reshape(batch, n, length, heads, channels // heads).transpose(2, 3)
 
 
 def _from_lines(t: torch.Tensor, axis: str) -> torch.Tensor:
-    """(B, n, G, L, d) -> (B, G d, H, W), the inverse of :func:`_to_lines`."""
+    """(B, n, G, T, d) -> (B, G d, H, W), the inverse of :func:`_to_lines`."""
     batch, n, heads, length, d = t.shape
-    lines = t.transpose(2, 3).reshape(batch, n, length, heads * d)  # (B, n, L, C)
+    lines = t.transpose(2, 3).reshape(batch, n, length, heads * d)  # (B, n, T, C)
     return lines.permute(0, 3, 2, 1) if axis == "height" else lines.permute(0, 3, 1, 2)
 
 
@@ -172,8 +172,8 @@ def axial_line_attention(
             ``p - o + (span - 1) / 2`` is the offset ``p - o``.
         rel_value: optional (span, C/G) table ``r^v``.
         span: Axial-DeepLab's ``m``, odd: the keys with ``|p - o| <= (m - 1) / 2``;
-            default: the tables' row count, else the whole line (``m >= 2 L - 1`` is global).
-        return_attention: also return the weights, (B, G, H, W, L) with ``L`` the line
+            default: the tables' row count, else the whole line (``m >= 2 T - 1`` is global).
+        return_attention: also return the weights, (B, G, H, W, T) with ``T`` the line
             length: ``[b, g, i, j, l]`` is the weight of ``(l, j)`` (height) or ``(i, l)``
             (width) for the query ``(i, j)``; 0 outside the span.
         impl: ``"einsum"`` (readable, any option) or ``"flex"`` (the line attention of
@@ -220,29 +220,29 @@ def axial_line_attention(
             )
         return _line_attention_flex(query, key, value, axis, heads)
 
-    q = _to_lines(query, axis, heads)  # (B, n, G, L, d')
-    k = _to_lines(key, axis, heads)  # (B, n, G, L, d')
-    v = _to_lines(value, axis, heads)  # (B, n, G, L, d)
-    energy = torch.einsum("bngod,bngpd->bngop", q, k)  # (B, n, G, L, L): q_o . k_p
+    q = _to_lines(query, axis, heads)  # (B, n, G, T, d')
+    k = _to_lines(key, axis, heads)  # (B, n, G, T, d')
+    v = _to_lines(value, axis, heads)  # (B, n, G, T, d)
+    energy = torch.einsum("bngod,bngpd->bngop", q, k)  # (B, n, G, T, T): q_o . k_p
     inside = None
     if span is not None:
-        index, inside = relative_offsets(length, span, query.device)  # (L, L) each
+        index, inside = relative_offsets(length, span, query.device)  # (T, T) each
         if rel_query is not None:
-            r_q = rel_query[index]  # (L, L, d'): r^q_{p-o} at [o, p]
+            r_q = rel_query[index]  # (T, T, d'): r^q_{p-o} at [o, p]
             energy = energy + torch.einsum("bngod,opd->bngop", q, r_q)
         if rel_key is not None:
-            r_k = rel_key[index]  # (L, L, d')
+            r_k = rel_key[index]  # (T, T, d')
             energy = energy + torch.einsum("bngpd,opd->bngop", k, r_k)
         energy = energy.masked_fill(~inside, float("-inf"))  # outside the span N_m(o)
-    attention = F.softmax(energy, dim=-1)  # (B, n, G, L, L): rows sum to one
-    out = torch.einsum("bngop,bngpd->bngod", attention, v)  # (B, n, G, L, d)
+    attention = F.softmax(energy, dim=-1)  # (B, n, G, T, T): rows sum to one
+    out = torch.einsum("bngop,bngpd->bngod", attention, v)  # (B, n, G, T, d)
     if rel_value is not None:
-        r_v = rel_value[index]  # (L, L, d)
+        r_v = rel_value[index]  # (T, T, d)
         out = out + torch.einsum("bngop,opd->bngod", attention, r_v)
     out = _from_lines(out, axis)  # (B, C, H, W)
     if not return_attention:
         return out
-    # (B, n, G, L, L) -> (B, G, H, W, L): the weights of each query pixel (i, j).
+    # (B, n, G, T, T) -> (B, G, H, W, T): the weights of each query pixel (i, j).
     weights = (
         attention.permute(0, 2, 3, 1, 4) if axis == "height" else attention.permute(0, 2, 1, 3, 4)
     )
@@ -260,8 +260,8 @@ def _line_attention_flex(
     from .flex import GPU_VALUE_CHUNK, _needs_dense, dense_line_attention, flex_line_attention
 
     def lines(t: torch.Tensor) -> torch.Tensor:
-        x = _to_lines(t, axis, heads)  # (B, n, G, L, d)
-        return x.reshape(x.shape[0], -1, *x.shape[3:])  # (B, n G, L, d)
+        x = _to_lines(t, axis, heads)  # (B, n, G, T, d)
+        return x.reshape(x.shape[0], -1, *x.shape[3:])  # (B, n G, T, d)
 
     q, k, v = lines(query), lines(key), lines(value)
     on_gpu = query.device.type == "cuda"
@@ -276,7 +276,7 @@ def _line_attention_flex(
         out, _ = flex_line_attention(q, k, v, mask_centre=False)
     batch, _, height, width = value.shape
     n = width if axis == "height" else height
-    out = out.reshape(batch, n, heads, *out.shape[2:])  # (B, n, G, L, d)
+    out = out.reshape(batch, n, heads, *out.shape[2:])  # (B, n, G, T, d)
     return _from_lines(out, axis).to(value.dtype)
 
 
@@ -309,7 +309,7 @@ def axial_mask(
 
 
 def _pass_to_dense(weights: torch.Tensor, axis: str) -> torch.Tensor:
-    """(B, H, W, L) weights of one pass -> (B, N, N) dense."""
+    """(B, H, W, T) weights of one pass -> (B, N, N) dense."""
     batch, height, width, _ = weights.shape
     dense = weights.new_zeros(batch, height, width, height, width)  # [b, i, j, i', j']
     rows = torch.arange(height, device=weights.device)
@@ -422,7 +422,7 @@ class AxialAttentionLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, C, H, W) -> ``out`` (B, C, H, W) [, attention (B, G, H, W, L)]."""
+        """``x`` (B, C, H, W) -> ``out`` (B, C, H, W) [, attention (B, G, H, W, T)]."""
         check_feature_map("x", x, channels=self.in_channels, channels_from="in_channels")
         check_same_device(x=x, weight=self.query.weight)
         check_bool("return_attention", return_attention)

@@ -159,3 +159,21 @@ def test_farthest_off_cross_query_is_the_farthest_far_cell_off_the_cross():
     distances = [max(abs(8 * i - br), abs(8 * j - bc)) for i, j in off.nonzero().tolist()]
     assert max(abs(8 * r - br), abs(8 * c - bc)) == max(distances)
     assert ba.farthest_off_cross_query(length=index) is None
+
+
+def test_off_cross_summary_by_hand():
+    queries = ba.FarQueries(
+        image=torch.tensor([0, 0, 1, 1, 2]),
+        cell=torch.zeros(5, 2, dtype=torch.long),
+        off_cross=torch.tensor([True, True, True, False, False]),
+        share=torch.tensor([0.1, 0.9, 0.4, 0.2, 0.3], dtype=torch.float64),
+        correct=torch.tensor([True, False, True, False, False]),
+    )
+    summary = queries.off_cross_summary()
+    assert (summary.off_count, summary.on_count) == (3, 2)
+    assert summary.off_median_share == pytest.approx(0.4)
+    assert summary.off_accuracy == pytest.approx(2 / 3)
+    assert summary.on_accuracy == 0.0
+    empty = queries.select(torch.zeros(5, dtype=torch.bool)).off_cross_summary()
+    assert empty.off_count == 0 and empty.on_count == 0
+    assert empty.off_median_share != empty.off_median_share  # nan

@@ -44,6 +44,7 @@ __all__ = [
     "off_cross",
     "farthest_off_cross_query",
     "effective_attention",
+    "OffCrossSummary",
     "FarQueries",
     "far_query_attention",
 ]
@@ -162,6 +163,17 @@ def effective_attention(model: nn.Module, out: dict) -> torch.Tensor | None:
     return None
 
 
+@dataclass(frozen=True)
+class OffCrossSummary:
+    """One model's far queries split by the cross: how many, median share, accuracy."""
+
+    off_count: int  # far queries off the query's cross of the beacon
+    off_median_share: float  # median attention share on beacon-seeing cells (nan: no attention)
+    off_accuracy: float  # share of those queries labelled with the beacon's class
+    on_count: int  # far queries on the cross
+    on_accuracy: float
+
+
 @dataclass
 class FarQueries:
     """Every far query of the evaluated images (one entry per query, as 1-d tensors)."""
@@ -183,6 +195,20 @@ class FarQueries:
             self.share[mask],
             self.correct[mask],
         )
+
+    def off_cross_summary(self) -> OffCrossSummary:
+        """The per-model statistics that chapters 5 (second part) and 7 print for far queries.
+
+        Off the cross: count, median of ``share`` and accuracy; on the cross: count and
+        accuracy. An empty group gives ``nan`` for its median and accuracy.
+        """
+
+        def accuracy(group: FarQueries) -> float:
+            return float(group.correct.double().mean()) if len(group) else float("nan")
+
+        off, on = self.select(self.off_cross), self.select(~self.off_cross)
+        median = float(off.share.median()) if len(off) else float("nan")
+        return OffCrossSummary(len(off), median, accuracy(off), len(on), accuracy(on))
 
 
 @torch.no_grad()
