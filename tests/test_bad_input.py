@@ -1714,6 +1714,7 @@ CASES = [
     Case(
         viz.plot_issa_groups, lambda: viz.plot_issa_groups(8, 8, (4, 0)), ValueError, "block_size"
     ),
+    Case(viz.plot_issa_groups, lambda: viz.plot_issa_groups(8, 8, (4, 4), pad=1), TypeError, "pad"),
     Case(
         viz.plot_reachability,
         lambda: viz.plot_reachability(6, 6, (0, 0), loops=0),

@@ -248,3 +248,18 @@ def test_reachability_has_one_convention():
         "the pixel",
     ]
     assert all(t.get_fontsize() >= 8 for t in legends[0].get_texts())
+
+
+def test_issa_groups_padded_grid():
+    # 5 x 7 with blocks of 2 x 3: padded to 6 x 9 (bottom row, left and right columns), the
+    # numbers drawn are issa.pixel_groups of the padded grid and the 19 padding cells are hatched
+    from ccnet_edu import issa
+
+    fig = viz.plot_issa_groups(5, 7, (2, 3), pad=True)
+    offset, block = issa.pixel_groups(6, 9, (2, 3))
+    for ax, ids in zip(fig.axes[:2], (offset, block), strict=True):
+        assert ax.images[0].get_array().shape == (6, 9)
+        assert [int(t.get_text()) for t in ax.texts] == ids.flatten().tolist()
+        assert sum(p.get_hatch() == "///" for p in ax.patches) == 6 * 9 - 5 * 7
+    assert fig.axes[1].get_legend().get_texts()[0].get_text() == "padding"
+    plt.close(fig)

@@ -10,7 +10,9 @@
   setting and the scaling sweep;
 * :mod:`~ccnet_edu.analysis.propagation` -- exact reachability (boolean
   matrix powers) and measured influence (gradients);
-* :mod:`~ccnet_edu.analysis.plots` -- drawing all of the above.
+* :mod:`~ccnet_edu.analysis.plots` -- drawing all of the above;
+* :mod:`~ccnet_edu.analysis.stats` -- total-variation distance and Wilson's
+  binomial interval, shared by the chapters.
 
 ``python -m ccnet_edu.analysis`` prints the comparison table.
 """
@@ -69,8 +71,11 @@ from .propagation import (
     mean_influence,
     reach_fraction,
 )
+from .stats import total_variation, wilson_interval
 
 __all__ = [
+    "total_variation",
+    "wilson_interval",
     "Candidate",
     "Row",
     "SweepPoint",

@@ -18,10 +18,12 @@ import torch
 from matplotlib import pyplot as plt
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
 
 from .._checks import check_float, check_index, check_int, check_positive_pair, check_tensor
 from ..analysis.plots import plot_reachability as plot_reachability_map
 from ..dense import criss_cross_mask, interlaced_masks
+from ..issa import blocks_padding, pixel_groups
 from ._args import check_grid, check_image, check_queries
 from .maps import Maps, check_maps, query_map_array
 
@@ -156,21 +158,33 @@ def plot_criss_cross_mask(height: int, width: int, query: tuple[int, int]) -> Fi
     return fig
 
 
-def plot_issa_groups(height: int, width: int, block_size: tuple[int, int]) -> Figure:
+def plot_issa_groups(
+    height: int, width: int, block_size: tuple[int, int], *, pad: bool = False
+) -> Figure:
     """ISSA's groups on the grid: long-range (same offset in the block) and short-range (blocks).
 
-    Each group gets its own colour; numbers give the group index.  The grid must
-    be a multiple of the block size (the book's figures avoid padding).
+    Each group gets its own colour; numbers give the group index, as
+    :func:`ccnet_edu.issa.pixel_groups` assigns it.  Without ``pad`` the grid
+    must be a multiple of the block size; with ``pad=True`` any grid is drawn
+    on the padded grid the module works on (:func:`ccnet_edu.issa.blocks_padding`:
+    the extra row at the bottom, the extra column on the right), the padding
+    cells hatched and keeping their group's colour.
     """
     height = check_int("height", height, minimum=1)
     width = check_int("width", width, minimum=1)
     p_h, p_w = block_size = check_positive_pair("block_size", block_size)
-    if height % p_h or width % p_w:
-        raise ValueError(f"grid ({height}, {width}) must be a multiple of block_size {block_size}")
-    ys = torch.arange(height)[:, None].expand(height, width)
-    xs = torch.arange(width)[None, :].expand(height, width)
-    long_id = (ys % p_h) * p_w + (xs % p_w)  # offset inside the block
-    short_id = (ys // p_h) * (width // p_w) + (xs // p_w)  # which block
+    if not isinstance(pad, bool):
+        raise TypeError(f"pad must be a bool, got {type(pad).__name__}")
+    if not pad and (height % p_h or width % p_w):
+        raise ValueError(
+            f"grid ({height}, {width}) must be a multiple of block_size {block_size}"
+            " (or pass pad=True)"
+        )
+    top, bottom, left, right = blocks_padding(height, width, block_size)
+    grid_h, grid_w = height + top + bottom, width + left + right
+    long_id, short_id = pixel_groups(grid_h, grid_w, block_size)  # the padded grid is whole blocks
+    is_pad = torch.ones(grid_h, grid_w, dtype=torch.bool)
+    is_pad[top : top + height, left : left + width] = False
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.4))
     for ax, ids, title in (
         (axes[0], long_id, f"long-range step: {p_h * p_w} groups, pixels {block_size} apart"),
@@ -179,20 +193,34 @@ def plot_issa_groups(height: int, width: int, block_size: tuple[int, int]) -> Fi
         n = int(ids.max()) + 1
         colours = plt.get_cmap("tab20")(np.arange(n) % 20)
         ax.imshow(ids.numpy(), cmap=ListedColormap(colours), vmin=-0.5, vmax=n - 0.5)
-        if height * width <= 400:
+        if grid_h * grid_w <= 400:
             for (y, x), g in np.ndenumerate(ids.numpy()):
                 ax.text(x, y, str(g), ha="center", va="center", fontsize=8)
+        for y, x in is_pad.nonzero().tolist():  # hatched, keeping the group's colour
+            ax.add_patch(
+                Rectangle(
+                    (x - 0.5, y - 0.5), 1, 1, fill=False, hatch="///", edgecolor="dimgray", lw=0
+                )
+            )
         ax.set_title(title, fontsize=9)
         # the grid lines mark the blocks; the labelled ticks number the columns and rows
-        ax.set_xticks(np.arange(-0.5, width, p_w), minor=True)
-        ax.set_yticks(np.arange(-0.5, height, p_h), minor=True)
-        ax.set_xticks(range(width))
-        ax.set_yticks(range(height))
+        ax.set_xticks(np.arange(-0.5, grid_w, p_w), minor=True)
+        ax.set_yticks(np.arange(-0.5, grid_h, p_h), minor=True)
+        ax.set_xticks(range(grid_w))
+        ax.set_yticks(range(grid_h))
         ax.tick_params(labelsize=8)
         ax.tick_params(which="minor", length=0)
         ax.grid(which="minor", color="k", linewidth=1.2)
-        ax.set_xlabel("column j")
-        ax.set_ylabel("row i")
+        padded = " of the padded grid" if bool(is_pad.any()) else ""
+        ax.set_xlabel("column j" + padded)
+        ax.set_ylabel("row i" + padded)
+    if bool(is_pad.any()):
+        axes[1].legend(
+            handles=[Patch(facecolor="white", edgecolor="dimgray", hatch="///", label="padding")],
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1),
+            fontsize=9,
+        )
     fig.tight_layout()
     return fig
 
