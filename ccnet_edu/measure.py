@@ -56,6 +56,9 @@ __all__ = [
     "time_ms",
     "time_in_turn",
     "median_ms_in_turn",
+    "LoadCheck",
+    "load_average",
+    "check_load",
     "StorageTracker",
     "PeakMemory",
     "PEAK_METHODS",
@@ -211,6 +214,53 @@ def median_ms_in_turn(
 # ---------------------------------------------------------------------------
 # Peak memory
 # ---------------------------------------------------------------------------
+
+
+def load_average() -> float:
+    """The machine's load average over the last minute (the number of runnable processes)."""
+    return os.getloadavg()[0]
+
+
+@dataclass(frozen=True)
+class LoadCheck:
+    """The one-minute load average before and after a timing, and the CPUs it is judged against.
+
+    ``busy`` is the book's single criterion for a timing run: the load exceeded the logical CPUs
+    at its start or at its end, so other work competed with the code being timed.
+    """
+
+    before: float
+    after: float
+    cpus: int
+
+    @property
+    def busy(self) -> bool:
+        """Whether the load exceeded the CPUs before or after the timing."""
+        return max(self.before, self.after) > self.cpus
+
+    def note(self) -> str:
+        """One line: the loads, the CPUs and what they mean for the times printed with them."""
+        loads = (
+            f"load average (1 min) before {self.before:.1f}, after {self.after:.1f}, "
+            f"on {self.cpus} logical CPUs"
+        )
+        if self.busy:
+            return (
+                f"{loads}: the machine was busy, other work competed with the timed code, so "
+                "these times are not a measurement of it alone; rerun on a quiet machine"
+            )
+        return f"{loads}: the load stayed within the CPUs"
+
+
+def check_load(before: float, cpus: int | None = None) -> LoadCheck:
+    """Read the load now (after a timing) and judge it with ``before`` against ``cpus``.
+
+    ``before`` is :func:`load_average` read before the timing; ``cpus`` defaults to
+    ``os.cpu_count()``.
+    """
+    before = check_float("before", before, minimum=0.0)
+    cpus = check_int("cpus", (os.cpu_count() or 1) if cpus is None else cpus, minimum=1)
+    return LoadCheck(before=before, after=load_average(), cpus=cpus)
 
 
 def _storage_key(tensor: torch.Tensor) -> int:

@@ -176,3 +176,45 @@ def test_a_file_that_is_no_json_is_an_error(tmp_path, capsys):
     (tmp_path / "broken.ipynb").write_text('{"cells": [', encoding="utf-8")
     assert check_outputs.main([str(tmp_path / "broken.ipynb")]) == 2
     assert "cannot read a notebook" in capsys.readouterr().err
+
+
+def ran(source: str, count: int | None, started: str | None) -> dict:
+    cell = code_cell(source, "")
+    cell["execution_count"] = count
+    if started is not None:
+        cell["metadata"] = {"execution": {"iopub.execute_input": started}}
+    return cell
+
+
+def test_a_cell_re_run_on_its_own_is_caught(tmp_path):
+    # As 11_deployment stood at e1d481b: a measurement re-run 22 minutes after the cell below it
+    # whose sentence restated the earlier run; the execution counts looked like one run.
+    path = write_notebook(
+        tmp_path / "n.ipynb",
+        ran("x = 1", 12, "2026-12-06T23:43:05.100000Z"),
+        ran("ms = 2", 13, "2026-12-07T00:05:28.565755Z"),
+        {"cell_type": "markdown", "metadata": {}, "source": "text"},
+        ran("print(ms)", 14, "2026-12-06T23:43:07.526306Z"),
+    )
+    [finding] = check_outputs.check_notebook(path)
+    assert (finding.cell, finding.code_cell) == (4, 2) and "re-run on its own" in finding.why
+
+
+def test_execution_counts_must_increase(tmp_path):
+    path = write_notebook(
+        tmp_path / "n.ipynb", ran("a = 1", 5, None), ran("b = 2", 3, None), ran("c = 3", 6, None)
+    )
+    [finding] = check_outputs.check_notebook(path)
+    assert finding.cell == 2 and "execution count 3 after 5" in finding.why
+
+
+def test_one_run_in_order_passes(tmp_path):
+    path = write_notebook(
+        tmp_path / "n.ipynb",
+        ran("a = 1", 1, "2026-12-07T00:00:00Z"),
+        ran("b = 2", None, None),  # never run: skipped
+        ran("c = 3", 2, None),  # no start time recorded: only its count is checked
+        ran("d = 4", 3, "2026-12-07T00:00:00Z"),  # same instant as the first: not backwards
+        ran("e = 5", 4, "2026-12-07T00:00:01Z"),
+    )
+    assert check_outputs.check_notebook(path) == []

@@ -76,3 +76,25 @@ def test_peak_memory_of_records_the_timeline():
 def test_peak_memory_of_profiler_keeps_stderr_clean(capfd):
     measure.peak_memory_of(_allocate_and_free, "cpu", "profiler")
     assert capfd.readouterr().err == ""
+
+
+def test_load_check_busy_when_load_exceeds_the_cpus(monkeypatch):
+    monkeypatch.setattr(measure.os, "getloadavg", lambda: (3.5, 1.0, 1.0))
+    check = measure.check_load(0.5, cpus=4)
+    assert (check.before, check.after, check.cpus, check.busy) == (0.5, 3.5, 4, False)
+    assert "stayed within" in check.note()
+    assert measure.check_load(4.5, cpus=4).busy  # busy before
+    assert measure.check_load(0.0, cpus=2).busy  # busy after
+    busy = measure.check_load(0.0, cpus=2).note()
+    assert "before 0.0, after 3.5, on 2 logical CPUs" in busy and "busy" in busy
+    assert measure.check_load(0.0).cpus == measure.os.cpu_count()
+    assert measure.load_average() == 3.5
+
+
+@pytest.mark.parametrize(
+    "before, cpus, error",
+    [(-1.0, 2, ValueError), ("1", 2, TypeError), (1.0, 0, ValueError), (1.0, 2.0, TypeError)],
+)
+def test_check_load_bad_input(before, cpus, error):
+    with pytest.raises(error):
+        measure.check_load(before, cpus=cpus)

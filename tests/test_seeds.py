@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import pytest
@@ -18,6 +19,7 @@ from ccnet_edu.analysis.seeds import (
     load_seed,
     paired_below_count,
     paired_sign_flip_p,
+    paired_t_p,
     recorded_seeds,
     shape_confusion,
     shipped_seeds,
@@ -306,6 +308,44 @@ def test_paired_sign_flip_p_matches_hand_counts():
     assert paired_sign_flip_p([0.1, 0.2, 0.3], [0.4, 0.3, 0.1]) == 6 / 8
     assert paired_below_count([0.9, 0.8, 0.7], [0.95, 0.8, 0.6]) == 1
     assert smallest_paired_p(1) == 1.0 and smallest_paired_p(4) == 0.125
+
+
+@pytest.mark.parametrize(
+    "df, t_crit",  # two-sided 5% critical values of Student's t (printed tables)
+    [
+        (1, 12.7062047),
+        (2, 4.3026527),
+        (3, 3.1824463),
+        (4, 2.7764451),
+        (5, 2.5705818),
+        (10, 2.2281389),
+    ],
+)
+def test_paired_t_p_matches_t_tables_and_integration(df, t_crit):
+    # Differences with mean t_crit * sd / sqrt(n): d = m + sd * z with z centred, unit sd.
+    n = df + 1
+    z = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
+    z = (z - z.mean()) / z.std()
+    diffs = (t_crit / math.sqrt(n) + z).tolist()
+    t, p = paired_t_p([0.0] * n, diffs)
+    assert t == pytest.approx(t_crit, rel=1e-9) and p == pytest.approx(0.05, abs=1e-7)
+    # An independent check: integrate torch's Student t density over |T| >= 1.5.
+    x = torch.linspace(1.5, 4000.0, 2_000_001, dtype=torch.float64)
+    density = torch.distributions.StudentT(torch.tensor(float(df), dtype=torch.float64))
+    tail = 2 * torch.trapezoid(density.log_prob(x).exp(), x).item()
+    _, p_15 = paired_t_p([0.0] * n, (1.5 / math.sqrt(n) + z).tolist())
+    assert p_15 == pytest.approx(tail, abs=2e-4 if df == 1 else 1e-6)
+
+
+def test_paired_t_p_by_hand_and_bad_input():
+    # d = (1, 2, 3): mean 2, sd 1, t = 2 sqrt(3), df 2, p = 1 - t / sqrt(2 + t^2).
+    t, p = paired_t_p([0, 0, 0], [1, 2, 3])
+    assert t == pytest.approx(2 * math.sqrt(3)) and p == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    assert paired_t_p([1, 2, 3], [0, 0, 0])[1] == pytest.approx(p)
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_t_p([0.0], [1.0])
+    with pytest.raises(ValueError, match="all equal"):
+        paired_t_p([0, 0, 0], [1, 1, 1])
 
 
 def test_paired_sign_flip_p_refuses_unpaired_or_oversized_input():

@@ -17,6 +17,12 @@ prints alike; this check flags, in the *stored* output of each checked cell,
     ``12 seconds``), a rate per second (``GFLOP/s``, ``GB/s``, ``it/s``, "per second") or the
     word "took".
 
+It also checks that each notebook's stored outputs come from **one run in order**: the code
+cells' execution counts increase and their execution start times (``metadata.execution``,
+``iopub.execute_input``, which nbconvert records) never go backwards.  A cell re-run on its own
+after the rest breaks this, and leaves the cells that use its results with outputs of another
+run; re-execute the whole notebook instead.
+
 A cell whose output is stable for a reason the check cannot see (a number computed from
 constants or read from a committed file, a float64 value far above its rounding error)
 carries a comment saying so, which exempts it::
@@ -37,6 +43,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,8 +169,56 @@ def check_cell(cell: dict) -> str | None:
     )
 
 
+def _started(cell: dict) -> datetime | None:
+    """When the cell's execution started, from its ``metadata.execution``, or None."""
+    stamp = cell.get("metadata", {}).get("execution", {}).get("iopub.execute_input")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def run_order(cells: list[dict]) -> Iterator[tuple[int, int, str]]:
+    """``(cell, code_cell, why)`` for each code cell that was run before the one above it.
+
+    Code cells without an execution count (never run) are skipped; among the others the
+    execution counts must increase and the recorded start times must not decrease.
+    """
+    last = None  # (cell index, execution count) of the last code cell run
+    last_started = None  # (cell index, start time) of the last code cell with a start time
+    code_index = -1
+    for index, cell in enumerate(cells):
+        if cell.get("cell_type") != "code":
+            continue
+        code_index += 1
+        count = cell.get("execution_count")
+        if not isinstance(count, int):
+            continue
+        started = _started(cell)
+        if last is not None and count <= last[1]:
+            yield (
+                index,
+                code_index,
+                f"execution count {count} after {last[1]} (cell {last[0]}): the outputs are not "
+                "from one run in order; re-execute the whole notebook",
+            )
+        elif started is not None and last_started is not None and started < last_started[1]:
+            yield (
+                index,
+                code_index,
+                f"started at {started.isoformat()}, before cell {last_started[0]} "
+                f"({last_started[1].isoformat()}): a cell was re-run on its own; re-execute the "
+                "whole notebook",
+            )
+        last = (index, count)
+        if started is not None:
+            last_started = (index, started)
+
+
 def check_notebook(path: Path) -> list[Finding]:
-    """Every flagged cell of one notebook."""
+    """Every flagged cell of one notebook, then every cell out of run order."""
     cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
     findings, code_index = [], -1
     for index, cell in enumerate(cells):
@@ -172,6 +227,8 @@ def check_notebook(path: Path) -> list[Finding]:
         why = check_cell(cell)
         if why is not None:
             findings.append(Finding(path, index, code_index, output_text(cell), why))
+    for index, code, why in run_order(cells):
+        findings.append(Finding(path, index, code, "", why))
     return findings
 
 
@@ -204,7 +261,7 @@ def main(argv: list[str]) -> int:
         print(finding)
     print(
         f"check_outputs: {len(found)} notebooks, "
-        f"{len(findings)} checked cell(s) with machine-dependent output"
+        f"{len(findings)} cell(s) with machine-dependent output or out of run order"
     )
     return 1 if findings else 0
 

@@ -57,6 +57,7 @@ __all__ = [
     "MAX_PAIRS",
     "paired_sign_flip_p",
     "smallest_paired_p",
+    "paired_t_p",
     "paired_below_count",
 ]
 
@@ -507,7 +508,9 @@ def smallest_paired_p(n: int) -> float:
     """The smallest two-sided p-value of :func:`paired_sign_flip_p` with ``n`` pairs: 2 / 2**n.
 
     It is reached when all ``n`` differences are non-zero and have the same sign; with five
-    pairs it is 2/32 = 0.0625, so no outcome of five paired seeds is significant at 0.05.
+    pairs it is 2/32 = 0.0625, so no outcome of five paired seeds is significant at 0.05 by
+    this distribution-free test (a paired t-test, which assumes normal differences, can go lower:
+    :func:`paired_t_p`).
     """
     n = check_int("n", n, minimum=1, maximum=MAX_PAIRS)
     return min(1.0, 2.0 / 2**n)
@@ -534,6 +537,48 @@ def paired_sign_flip_p(a: Sequence[float], b: Sequence[float]) -> float:
         for signs in itertools.product((1.0, -1.0), repeat=len(diffs))
     )
     return extreme / 2 ** len(diffs)
+
+
+def _t_two_sided_p(t: float, df: int) -> float:
+    """Two-sided tail ``P(|T| >= |t|)`` of Student's t with ``df`` degrees of freedom.
+
+    The closed forms of Abramowitz and Stegun 26.7.3 (odd ``df``) and 26.7.4 (even ``df``), in
+    terms of ``theta = atan(|t| / sqrt(df))``.
+    """
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    if df % 2 == 0:
+        term, total = 1.0, 1.0
+        for j in range(1, df // 2):
+            term *= (2 * j - 1) / (2 * j) * c2
+            total += term
+        inside = math.sin(theta) * total
+    else:
+        total = 0.0
+        if df > 1:
+            term, total = 1.0, 1.0
+            for j in range(1, (df - 1) // 2):
+                term *= (2 * j) / (2 * j + 1) * c2
+                total += term
+        inside = 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
+    return min(1.0, max(0.0, 1.0 - inside))
+
+
+def paired_t_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Paired t-test of ``b - a``: the t statistic and its two-sided p-value (``n - 1`` df).
+
+    Unlike :func:`paired_sign_flip_p` it assumes that the differences are drawn from a normal
+    distribution, which a handful of differences cannot check; in exchange its p-value has no
+    floor.  Needs at least two pairs whose differences are not all equal.
+    """
+    diffs = _paired_differences(a, b)
+    if len(diffs) < 2:
+        raise ValueError(f"a and b must hold at least 2 pairs for a t-test, got {len(diffs)}")
+    sd = statistics.stdev(diffs)
+    if sd == 0:
+        raise ValueError("the differences b - a are all equal: the t statistic is undefined")
+    t = statistics.fmean(diffs) / (sd / math.sqrt(len(diffs)))
+    return t, _t_two_sided_p(t, len(diffs) - 1)
 
 
 def paired_below_count(a: Sequence[float], b: Sequence[float]) -> int:
