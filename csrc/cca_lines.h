@@ -738,42 +738,37 @@ Params<T> at_maps(Params<T> prm, int64_t b0, int64_t maps) {
   return prm;
 }
 
+// One pass over the maps, a group at a time (plan_passes): `whole` once per group over rows and
+// columns together (the statistics, or dA), then `sliced` per slice of the value channels, rows
+// then columns, with its grid from `grid` (agg_grid or grads_grid).
 template <class Launch, class T>
-void run_forward(Launch& launch, const Params<T>& all, int64_t l2_bytes) {
-  const Plan plan = plan_passes(all.p, sizeof(T), false, l2_bytes);
+void run_passes(Launch& launch, const Params<T>& all, int64_t l2_bytes, bool backward, Pass whole,
+                Pass sliced, int64_t (*grid)(const Problem&, int)) {
+  const Plan plan = plan_passes(all.p, sizeof(T), backward, l2_bytes);
   for (int64_t b0 = 0; b0 < all.p.B; b0 += plan.maps) {
     Params<T> prm = at_maps(all, b0, all.p.B - b0 < plan.maps ? all.p.B - b0 : plan.maps);
-    launch(kStats, both_grid(prm.p), prm);
+    launch(whole, both_grid(prm.p), prm);
     for (int64_t v0 = 0; v0 < all.p.cv; v0 += plan.width) {
       prm.p.v0 = v0;
       prm.p.v1 = v0 + plan.width < all.p.cv ? v0 + plan.width : all.p.cv;
       prm.dir = kRow;
-      launch(kAgg, agg_grid(prm.p, kRow), prm);
+      launch(sliced, grid(prm.p, kRow), prm);
       if (prm.p.has(kCol)) {
         prm.dir = kCol;
-        launch(kAgg, agg_grid(prm.p, kCol), prm);
+        launch(sliced, grid(prm.p, kCol), prm);
       }
     }
   }
 }
 
 template <class Launch, class T>
+void run_forward(Launch& launch, const Params<T>& all, int64_t l2_bytes) {
+  run_passes(launch, all, l2_bytes, false, kStats, kAgg, agg_grid);
+}
+
+template <class Launch, class T>
 void run_backward(Launch& launch, const Params<T>& all, int64_t l2_bytes) {
-  const Plan plan = plan_passes(all.p, sizeof(T), true, l2_bytes);
-  for (int64_t b0 = 0; b0 < all.p.B; b0 += plan.maps) {
-    Params<T> prm = at_maps(all, b0, all.p.B - b0 < plan.maps ? all.p.B - b0 : plan.maps);
-    launch(kBwdDa, both_grid(prm.p), prm);
-    for (int64_t v0 = 0; v0 < all.p.cv; v0 += plan.width) {
-      prm.p.v0 = v0;
-      prm.p.v1 = v0 + plan.width < all.p.cv ? v0 + plan.width : all.p.cv;
-      prm.dir = kRow;
-      launch(kBwdGrads, grads_grid(prm.p, kRow), prm);
-      if (prm.p.has(kCol)) {
-        prm.dir = kCol;
-        launch(kBwdGrads, grads_grid(prm.p, kCol), prm);
-      }
-    }
-  }
+  run_passes(launch, all, l2_bytes, true, kBwdDa, kBwdGrads, grads_grid);
 }
 
 // ------------------------------------------------ the untyped entry arguments
