@@ -13,8 +13,9 @@ machine does not fall on one of them only), with its peak
 memory (``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the allocator
 events recorded by ``torch.profiler`` with ``profile_memory=True``, which see
 every tensor allocated through c10's CPU allocator, the fused operator's internal
-ATen tensors included, but not the per-thread scratch its CPU kernels take
-outside that allocator). Before anything is timed every implementation's
+ATen tensors included (among them the backward's per-thread column panels, so the
+fused forward + backward's peak grows with the thread count), but not the scratch
+its CPU kernels take outside that allocator). Before anything is timed every implementation's
 ``out`` and attention map, and its gradients of query, key and value for one
 random gradient of ``out``, are compared with the float64 reference.
 
@@ -151,7 +152,7 @@ def _implementations() -> dict[str, Callable]:
 def _peak_mib(fn: Callable[[], None], device: torch.device) -> float:
     """Peak memory allocated *during* ``fn`` (inputs excluded), MiB: the CUDA allocator on a
     GPU, the CPU allocator's event log elsewhere (which sees the fused operator's ATen tensors,
-    not its CPU kernels' per-thread scratch)."""
+    the backward's per-thread panels included, not scratch taken outside that allocator)."""
     method = "cuda" if device.type == "cuda" else "profiler"
     return measure.peak_memory_of(fn, device, method).peak_bytes / 2**20
 
