@@ -68,6 +68,7 @@ from ccnet_edu.analysis import (  # noqa: E402
     memory,
     plots,
     propagation,
+    stats,
 )
 from ccnet_edu.ops import __main__ as ops_cli  # noqa: E402
 from ccnet_edu.ops import benchmark as ops_bench  # noqa: E402
@@ -85,6 +86,7 @@ def _script(name: str, folder: str = "benchmarks") -> types.ModuleType:
 
 line_products = _script("line_products")
 cpu_isa = _script("cpu_isa")
+cpu_phases = _script("cpu_phases")
 build_pdf = _script("build_pdf", folder="tools")
 
 # Every module whose ``__all__`` is public surface.
@@ -136,6 +138,8 @@ EXEMPT = {
     "ccnet_edu.measure.Timing": "a result record of time_ms and time_in_turn",
     "ccnet_edu.checkpoint.pretrained_names": "takes no arguments",
     "ccnet_edu.measure.cpu_model": "takes no arguments",
+    "ccnet_edu.measure.load_average": "takes no arguments",
+    "ccnet_edu.measure.LoadCheck": "a result record of check_load",
     "ccnet_edu.train_cli.build_parser": "takes no arguments",
     "ccnet_edu.analysis.flops.flop_formulas": "takes no arguments",
     "ccnet_edu.ops._build.BuildError": "an exception type; raised, not called with input",
@@ -161,6 +165,7 @@ CLIS = {
     "python -m ccnet_edu.checkpoint": checkpoint.main,
     "benchmarks/line_products.py": line_products.main,
     "benchmarks/cpu_isa.py": cpu_isa.main,
+    "benchmarks/cpu_phases.py": cpu_phases.main,
     "tools/build_pdf.py": build_pdf.main,
 }
 # Files that run as commands but are not in CLIS, and why.
@@ -169,6 +174,8 @@ CLI_EXEMPT = {
     "benchmarks/bench_cca.py": "python -m ccnet_edu.ops bench under another name (same parser)",
     "benchmarks/gpu_check.py": "the GPU check's script (run on a GPU machine); not in CLIS yet",
     "tools/check_toc.py": "a build tool: its one optional argument is the repository root",
+    "tools/check_terms.py": "a lint tool (make lint): its one optional argument is the repository "
+    "root",
     "tools/check_outputs.py": "a lint tool (make lint): its arguments are the notebooks to check; "
     "an unreadable one is one line, exit 2 (tests/test_check_outputs.py)",
 }
@@ -1192,6 +1199,21 @@ CASES = [
         lambda: measure.median_ms_in_turn({}, repeats=1, warmup=0),
         ValueError,
         "fns",
+    ),
+    Case(measure.check_load, lambda: measure.check_load(-1.0), ValueError, "before"),
+    Case(measure.check_load, lambda: measure.check_load(1.0, cpus=0), ValueError, "cpus"),
+    Case(
+        stats.total_variation, lambda: stats.total_variation([0.5], torch.ones(1)), TypeError, "a"
+    ),
+    Case(
+        stats.total_variation,
+        lambda: stats.total_variation(torch.ones(2), torch.ones(3)),
+        ValueError,
+        "same shape",
+    ),
+    Case(stats.wilson_interval, lambda: stats.wilson_interval(5, 3), ValueError, "successes"),
+    Case(
+        stats.wilson_interval, lambda: stats.wilson_interval(1, 3, level=1.5), ValueError, "level"
     ),
     Case(
         measure.peak_memory_of,
@@ -2374,6 +2396,15 @@ CASES = [
         "--out",
     ),
     Case(cpu_isa.main, lambda: cpu_isa.main(["--isa", "sse9"]), SystemExit, "--isa"),
+    Case(cpu_phases.main, lambda: cpu_phases.main(["--repeats", "2.5"]), SystemExit, "--repeats"),
+    Case(cpu_phases.main, lambda: cpu_phases.main(["--threads", "0"]), SystemExit, "--threads"),
+    Case(cpu_phases.main, lambda: cpu_phases.main(["--isa", "sse9"]), SystemExit, "--isa"),
+    Case(
+        cpu_phases.main,
+        lambda: cpu_phases.main(["--out", str(blocked_path(_TMP).parent / "a_file")]),
+        SystemExit,
+        "--out",
+    ),
     Case(analysis_cli.main, lambda: analysis_cli.main(["--height", "0"]), SystemExit, "--height"),
     Case(
         analysis_cli.main,
