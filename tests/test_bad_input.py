@@ -1212,6 +1212,10 @@ CASES = [
         "same shape",
     ),
     Case(stats.wilson_interval, lambda: stats.wilson_interval(5, 3), ValueError, "successes"),
+    Case(stats.value_range, lambda: stats.value_range("0.5"), TypeError, "values"),
+    Case(stats.value_range, lambda: stats.value_range([0.5, None]), TypeError, "values"),
+    Case(stats.value_range, lambda: stats.value_range([]), ValueError, "values"),
+    Case(stats.value_range, lambda: stats.value_range([0.5], digits=-1), ValueError, "digits"),
     Case(
         stats.wilson_interval, lambda: stats.wilson_interval(1, 3, level=1.5), ValueError, "level"
     ),
@@ -1443,6 +1447,21 @@ CASES = [
         "vmin",
     ),
     Case(plots.plot_scaling, lambda: plots.plot_scaling([point()], "flops"), ValueError, "metric"),
+    Case(plots.plot_phase_breakdown, lambda: plots.plot_phase_breakdown([]), TypeError, "rows"),
+    Case(
+        plots.plot_phase_breakdown,
+        lambda: plots.plot_phase_breakdown([{"isa": "x86-64-v4", "ms": 1.0}]),
+        TypeError,
+        "rows[0]",
+    ),
+    Case(
+        plots.plot_phase_breakdown,
+        lambda: plots.plot_phase_breakdown(
+            [{"isa": "v4", "case": "97x97", "phase": "p", "kind": "product", "ms": -1.0}]
+        ),
+        ValueError,
+        "ms",
+    ),
     Case(plots.plot_scaling, lambda: plots.plot_scaling([row()]), TypeError, "rows[0]"),
     Case(
         plots.plot_comparison,

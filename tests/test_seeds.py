@@ -240,6 +240,14 @@ def test_shape_confusion_counts_shape_pixels_by_beacon_class():
         shape_confusion("model")
 
 
+def test_shape_confusion_feeds_a_float64_model_float64_images():
+    length, size = 3, 48
+    model = torch.nn.Conv2d(3, 4, 1).double()
+    counts = shape_confusion(model, length=length, size=size)  # a float32 image would raise
+    pixels = sum(int(make_sample(10_000, i, size=size)["shape_mask"].sum()) for i in range(length))
+    assert counts.sum() == pixels
+
+
 # Fisher's exact test against hand-computed hypergeometric sums (and SciPy's documented values).
 @pytest.mark.parametrize(
     ("counts", "alternative", "expected"),

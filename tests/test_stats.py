@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ccnet_edu.analysis import total_variation, wilson_interval
+from ccnet_edu.analysis import total_variation, value_range, wilson_interval
 
 
 def test_total_variation_is_one_minus_overlap():
@@ -56,3 +56,10 @@ def test_wilson_interval_bad_input():
         wilson_interval(1, 2, level=1.0)
     with pytest.raises(TypeError, match="successes"):
         wilson_interval(1.5, 2)
+
+
+def test_value_range_prints_both_ends_or_one_number():
+    assert value_range([0.912, 0.908, 0.916]) == "0.91–0.92"
+    assert value_range([0.912, 0.908, 0.916], digits=3) == "0.908–0.916"
+    assert value_range([0.999, 1.0, 0.9996]) == "1.00"  # both ends print alike
+    assert value_range(v for v in (3, 1)) == "1.00–3.00"  # any iterable, ints too

@@ -263,3 +263,31 @@ def test_issa_groups_padded_grid():
         assert sum(p.get_hatch() == "///" for p in ax.patches) == 6 * 9 - 5 * 7
     assert fig.axes[1].get_legend().get_texts()[0].get_text() == "padding"
     plt.close(fig)
+
+
+def test_phase_breakdown_stacks_each_case_to_one_hundred_percent():
+    from ccnet_edu.analysis.plots import PHASE_GROUPS, plot_phase_breakdown
+
+    def row(case, phase, kind, ms):
+        return {"isa": "x86-64-v4", "case": case, "phase": phase, "kind": kind, "ms": ms}
+
+    rows = [
+        row("97x97", "forward: aggregation A V", "product", 6.0),
+        row("97x97", "forward: softmax", "softmax", 1.0),
+        row("97x97", "backward: layout copies (gathers)", "other", 2.0),
+        row("97x97", "autograd and Python around the calls", "other", 1.0),
+        row("97x97", "total (clocks on)", "total", 10.0),  # not a phase: left out
+        row("128x256", "backward: dV = A^T dO", "product", 3.0),
+        row("128x256", "forward: threads waiting at the end of a sweep", "other", 1.0),
+    ]
+    ax = plot_phase_breakdown(rows)
+    # patches are drawn bar by bar, group by group: one per group and bar
+    first, second = ax.patches[: len(PHASE_GROUPS)], ax.patches[len(PHASE_GROUPS) :]
+    assert [p.get_width() for p in first] == pytest.approx([60, 10, 20, 0, 0, 10])
+    assert [p.get_width() for p in second] == pytest.approx([75, 0, 0, 25, 0, 0])
+    assert len(ax.patches) == 2 * len(PHASE_GROUPS)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["x86-64-v4\n97x97: 10 ms", "x86-64-v4\n128x256: 4 ms"]
+    with pytest.raises(ValueError, match="no group"):
+        plot_phase_breakdown([row("97x97", "something else", "other", 1.0)])
+    plt.close("all")

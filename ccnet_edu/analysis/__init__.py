@@ -11,7 +11,7 @@
 * :mod:`~ccnet_edu.analysis.propagation` -- exact reachability (boolean
   matrix powers) and measured influence (gradients);
 * :mod:`~ccnet_edu.analysis.plots` -- drawing all of the above;
-* :mod:`~ccnet_edu.analysis.stats` -- total-variation distance and Wilson's
+* :mod:`~ccnet_edu.analysis.stats` -- total-variation distance, value ranges and Wilson's
   binomial interval, shared by the chapters.
 
 ``python -m ccnet_edu.analysis`` prints the comparison table.
@@ -71,10 +71,11 @@ from .propagation import (
     mean_influence,
     reach_fraction,
 )
-from .stats import total_variation, wilson_interval
+from .stats import total_variation, value_range, wilson_interval
 
 __all__ = [
     "total_variation",
+    "value_range",
     "wilson_interval",
     "Candidate",
     "Row",

@@ -6,7 +6,7 @@ works without it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,6 +32,7 @@ __all__ = [
     "plot_query_attention",
     "plot_scaling",
     "plot_comparison",
+    "plot_phase_breakdown",
 ]
 
 
@@ -303,3 +304,76 @@ def plot_comparison(rows: Sequence[Row], metrics: Sequence[str] = ("gflops", "pe
     axes[0][0].invert_yaxis()  # shared y: inverting once puts the first row on top
     fig.tight_layout()
     return fig
+
+
+# The groups of :func:`plot_phase_breakdown`, in the order they are stacked: the line products
+# first, so that the bar's first stretch is the share that the register tile works.
+PHASE_GROUPS = (
+    ("line products", "tab:blue"),
+    ("softmax and its backward", "tab:orange"),
+    ("layout copies", "tab:red"),
+    ("threads waiting at the end of a sweep", "tab:purple"),
+    ("outside the sweeps (allocation, conversion)", "tab:brown"),
+    ("autograd and Python around the calls", "tab:gray"),
+)
+
+
+def _phase_group(row: Mapping[str, Any]) -> str:
+    kind, phase = row["kind"], row["phase"]
+    if kind == "product":
+        return PHASE_GROUPS[0][0]
+    if kind == "softmax":
+        return PHASE_GROUPS[1][0]
+    for marker, group in (
+        ("layout copies", 2),
+        ("waiting", 3),
+        ("outside the sweeps", 4),
+        ("autograd", 5),
+    ):
+        if marker in phase:
+            return PHASE_GROUPS[group][0]
+    raise ValueError(f"rows: phase {phase!r} of kind {kind!r} belongs to no group")
+
+
+def plot_phase_breakdown(rows: Sequence[Mapping[str, Any]], ax: Axes | None = None) -> Axes:
+    """Stacked bars of where the fused CPU operator's forward + backward spends its time.
+
+    ``rows`` are the rows of ``benchmarks/cpu_phases.py``'s CSV (``isa``, ``case``, ``phase``,
+    ``kind``, ``ms``): one bar per ISA level and case, each phase's share of the phases' sum,
+    stacked by :data:`PHASE_GROUPS`. The dashed line at two thirds marks where the line products
+    must reach for the time outside them to be below a third.
+    """
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence) or not rows:
+        raise TypeError("rows must be a non-empty list of the phase rows (mappings)")
+    bars: dict[tuple[str, str], dict[str, float]] = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping) or not {"isa", "case", "phase", "kind", "ms"} <= set(row):
+            raise TypeError(f"rows[{i}] must be a mapping with isa, case, phase, kind and ms")
+        if row["kind"] == "total":
+            continue
+        ms = float(row["ms"])
+        if not ms >= 0:
+            raise ValueError(f"rows[{i}]: ms must be a non-negative number, got {row['ms']!r}")
+        groups = bars.setdefault((row["isa"], row["case"]), {g: 0.0 for g, _ in PHASE_GROUPS})
+        groups[_phase_group(row)] += ms
+    if not bars:
+        raise ValueError("rows hold no phase (only totals)")
+    _, ax = _axes(ax, (8, 0.6 * len(bars) + 1.8))
+    labels = []
+    for y, ((isa, case), groups) in enumerate(bars.items()):
+        total = sum(groups.values())
+        if total <= 0:
+            raise ValueError(f"rows: the phases of {isa}, {case} sum to zero")
+        left = 0.0
+        for group, colour in PHASE_GROUPS:
+            width = 100.0 * groups[group] / total
+            ax.barh(y, width, left=left, color=colour, label=group if y == 0 else None)
+            left += width
+        labels.append(f"{isa}\n{case.split()[-1]}: {total:.0f} ms")
+    ax.axvline(200 / 3, color="black", linestyle="--", linewidth=1, label="two thirds")
+    ax.set_yticks(range(len(bars)), labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of the fused forward + backward time (%), phase clocks on")
+    ax.legend(fontsize=LEGEND_FONTSIZE, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+    return ax

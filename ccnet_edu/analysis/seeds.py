@@ -468,13 +468,16 @@ def shape_confusion(
     length = check_int("length", length, minimum=1)
     check_int("val_seed", val_seed, minimum=0)
     size = check_int("size", size, minimum=24)
+    # The images take the model's floating-point type: a float64 model gives labels that do
+    # not depend on the CPU's summation order, where a float32 argmax can flip on a near tie.
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     was_training = model.training
     model.eval()
     counts = torch.zeros(NUM_CLASSES - 1, NUM_CLASSES, dtype=torch.int64)
     for start in range(0, length, 50):
         stop = min(start + 50, length)
         samples = [make_sample(val_seed, i, size=size) for i in range(start, stop)]
-        images = torch.stack([s["image"] for s in samples]).to(device)
+        images = torch.stack([s["image"] for s in samples]).to(device, dtype)
         pred = model(images).argmax(1).cpu()  # (B, S, S)
         for s, p in zip(samples, pred, strict=True):
             counts[s["beacon_class"] - 1] += torch.bincount(

@@ -4,18 +4,21 @@
   distributions (rows of attention matrices);
 * :func:`wilson_interval` -- Wilson's score interval for a proportion ``k/n``,
   which, unlike a bootstrap of the proportion, does not collapse to a point at
-  ``k = 0`` or ``k = n``.
+  ``k = 0`` or ``k = n``;
+* :func:`value_range` -- how the chapters quote a range of values (over seeds)
+  in prose: ``"low–high"``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
 from .._checks import check_float, check_int, check_tensor
 
-__all__ = ["total_variation", "wilson_interval"]
+__all__ = ["total_variation", "value_range", "wilson_interval"]
 
 
 def total_variation(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -57,3 +60,23 @@ def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[f
         z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     )
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def value_range(values: Iterable[float], digits: int = 2) -> str:
+    """``"low–high"`` of ``values`` at ``digits`` decimals; one number where both ends print alike.
+
+    The chapters quote a quantity over a model's seeds this way in sentences that
+    they compute from the measurement.
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"values must be an iterable of numbers, got {type(values).__name__}")
+    digits = check_int("digits", digits, minimum=0, maximum=12)
+    numbers = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"values must hold numbers, got {type(value).__name__}")
+        numbers.append(float(value))
+    if not numbers:
+        raise ValueError("values must hold at least one number")
+    low, high = f"{min(numbers):.{digits}f}", f"{max(numbers):.{digits}f}"
+    return low if low == high else f"{low}–{high}"
