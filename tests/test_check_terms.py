@@ -73,6 +73,8 @@ def test_term_pattern_plurals() -> None:
     assert matches("width pass", "width passes") and matches("FLOP", "FLOPs")
     assert matches("day", "days") and not matches("day", "daies")
     assert not matches("energy", "energys") and not matches("width pass", "width passs")
+    # A closing qualifier in parentheses separates the glossary's senses; prose does not repeat it.
+    assert matches("success (of a run)", "success") and matches("success (of a run)", "successes")
     # Only whole words: a hyphenated compound or a longer word is not a use.
     assert re.search(check_terms.term_pattern("energy"), "energy-based energyless") is None
 

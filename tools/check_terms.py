@@ -3,7 +3,8 @@
 book/glossary.md promises: "A term is linked to this page where a chapter first uses it". For
 every term of its ``{glossary}`` block and every checked notebook, the first use of the term in
 the notebook's markdown prose (case-insensitive, its English plural allowed: "s", "es" after
-s/x/z/ch/sh, "ies" for a final consonant + "y", see ``term_pattern``) must be a ``{term}`` link
+s/x/z/ch/sh, "ies" for a final consonant + "y"; a closing "(qualifier)" dropped; see
+``term_pattern``) must be a ``{term}`` link
 (``{term}`term``` or ``{term}`text <term>```). Headings, directive lines, inline code, maths,
 ``{cite}``/``{doc}``/``{ref}`` roles and link targets are not prose and are skipped.
 
@@ -50,9 +51,11 @@ def term_pattern(term: str) -> str:
     """A regular expression for ``term`` and its plural, as whole words (spaces match any space).
 
     The last word takes its English plural: "energy" -> "energies" (consonant + "y" -> "ies"),
-    "pass" -> "passes" (after s, x, z, ch, sh: "es"), otherwise "FLOP" -> "FLOPs".
+    "pass" -> "passes" (after s, x, z, ch, sh: "es"), otherwise "FLOP" -> "FLOPs". A closing
+    qualifier in parentheses only tells the glossary's senses apart and is not part of the use:
+    "success (of a run)" is used as "success" or "successes".
     """
-    *head, last = term.split()
+    *head, last = re.sub(r"\s*\([^()]*\)$", "", term).split()
     if re.search(r"[^aeiou]y$", last, re.IGNORECASE):
         last_re = re.escape(last[:-1]) + "(?:y|ies)"
     elif re.search(r"(?:s|x|z|ch|sh)$", last, re.IGNORECASE):
