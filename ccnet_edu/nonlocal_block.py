@@ -4,11 +4,12 @@
 CVPR 2018) let every position attend to every other position: an ``N x N``
 attention over the ``N = H * W`` pixels.  Two forms are offered:
 
-* ``mode="ccnet"`` (default): the block the CCNet paper compares against,
-  built *exactly* like :class:`~ccnet_edu.CrissCrossAttention` -- the same
-  ``query``/``key`` (C' = C/8) and ``value`` (C) 1x1 convolutions, the same
-  ``gamma``-scaled residual, no output projection -- so that "dense vs
-  criss-cross" differs in the attention pattern alone;
+* ``mode="ccnet"`` (default): the book's comparison block, built exactly like
+  :class:`~ccnet_edu.CrissCrossAttention` -- the same ``query``/``key``
+  (C' = C/8) and ``value`` (C) 1x1 convolutions, the same ``gamma``-scaled
+  residual, no output projection -- so that "dense vs criss-cross" differs in
+  the attention pattern alone (the CCNet paper compares with a non-local block
+  but does not describe that block's projections);
 * ``mode="original"``: Wang et al.'s embedded-Gaussian block: ``theta``,
   ``phi``, ``g`` 1x1 convolutions to ``C/2`` channels, softmax of
   ``theta^T phi``, and an output projection ``W_z`` (1x1 conv + BatchNorm

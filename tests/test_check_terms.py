@@ -49,6 +49,36 @@ def test_unlinked_first_use_is_caught() -> None:
     }
 
 
+def test_english_plurals_are_uses() -> None:
+    terms = ["energy", "far query", "width pass", "FLOP", "day"]
+    cells = [
+        "The energies, two far\nqueries, both width passes, 3 FLOPs and two days.",
+        "Then {term}`energy`, {term}`far query`, {term}`width pass`, {term}`FLOP`, {term}`day`.",
+    ]
+    found = {(term, cell) for term, cell, _ in check_terms.first_unlinked_uses(cells, terms)}
+    assert found == {(term, 0) for term in terms}
+    # A linked plural is a linked first use.
+    linked = ["{term}`energies <energy>` and {term}`far queries <far query>`; energies."]
+    assert check_terms.first_unlinked_uses(linked, ["energy", "far query"]) == []
+
+
+def test_term_pattern_plurals() -> None:
+    import re
+
+    def matches(term: str, text: str) -> bool:
+        return re.fullmatch(check_terms.term_pattern(term), text, re.IGNORECASE) is not None
+
+    assert matches("energy", "energy") and matches("energy", "Energies")
+    assert matches("far query", "far  queries") and matches("far query", "far\nquery")
+    assert matches("width pass", "width passes") and matches("FLOP", "FLOPs")
+    assert matches("day", "days") and not matches("day", "daies")
+    assert not matches("energy", "energys") and not matches("width pass", "width passs")
+    # A closing qualifier in parentheses separates the glossary's senses; prose does not repeat it.
+    assert matches("success (of a run)", "success") and matches("success (of a run)", "successes")
+    # Only whole words: a hyphenated compound or a longer word is not a use.
+    assert re.search(check_terms.term_pattern("energy"), "energy-based energyless") is None
+
+
 def test_headings_and_directives_are_not_prose() -> None:
     cells = ["# Attention map\n\n```{exercise} The attention map\n:label: attention-map\n```"]
     assert check_terms.first_unlinked_uses(cells, TERMS) == []

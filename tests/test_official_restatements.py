@@ -17,8 +17,9 @@ forward computation, written here in our own words.  Nothing is imported from
   (``SelfAttentionBlock2D``, ``ISA_Block``, ``ISA_Module``) and
   ``lib/models/nets/isanet.py`` (the head of ``ISANet``), with ``bn_type``
   ``"torchbn"`` (``ModuleHelper.BNReLU`` = BatchNorm2d + ReLU);
-* the non-local block in the form the CCNet paper compares against (CCA's
-  projections and residual, the dense pattern), and Wang et al.'s
+* the book's dense comparison block (CCA's projections and residual, the
+  dense pattern; the CCNet paper does not describe its non-local baseline's
+  projections), and Wang et al.'s
   embedded-Gaussian block with its output projection ``W_z`` (conv + BN).
 
 Every test builds the restatement and our module, gives the restatement
@@ -345,7 +346,7 @@ class OfficialISANetHead(nn.Module):
 
 
 class OfficialCCNetNonLocal(nn.Module):
-    """The non-local block the CCNet paper compares against: CCA's layers, every position.
+    """The book's dense comparison block: CCA's layers, every position (not from the paper).
 
     ``query_conv``/``key_conv`` (C -> C // 8), ``value_conv`` (C -> C), 1x1 with
     bias; ``softmax_p(q(u) . k(p))`` over all N positions; ``gamma * out + x``.

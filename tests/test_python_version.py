@@ -18,8 +18,12 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
-# Pages that tell the reader which Python to install, and how they say it.
-PAGES = ("README.md", "book/setup.md", "book/intro.md")
+# Pages that tell the reader which Python to install, and how they say it (book/intro.md links
+# to book/setup.md instead).
+PAGES = ("README.md", "book/setup.md")
+# book/setup.md names these pins and the Python each of them needs, in this sentence.
+NAMED_PINS = {"numpy": "3.11", "scipy": "3.11", "matplotlib": "3.11", "soupsieve": "3.11.5"}
+NAMED_SENTENCE = "numpy, scipy and matplotlib, for example, need Python 3.11, soupsieve 3.11.5"
 STATED_RE = re.compile(r"Python (\d+\.\d+(?:\.\d+)?)(?:\+| or newer)")
 
 
@@ -83,3 +87,25 @@ def test_pins_install_on_the_minimum_and_it_is_needed():
     assert len(checked) >= 20, f"only {len(checked)} pins could be checked: {checked}"
     # The bound is not looser than the pins: some pin refuses the Python below it.
     assert need_minimum, f"no pin needs Python {minimum}; requires-python could be lower"
+
+
+def _release_below(version: str) -> str:
+    """The release just below ``version``: 3.11.4 for 3.11.5, 3.10.99 (any 3.10) for 3.11."""
+    major, minor, *patch = (int(v) for v in version.split("."))
+    if patch and patch[0]:
+        return f"{major}.{minor}.{patch[0] - 1}"
+    return f"{major}.{minor - 1}.99"
+
+
+def test_named_pins_need_what_the_setup_page_says():
+    setup = " ".join((ROOT / "book" / "setup.md").read_text(encoding="utf-8").split())
+    installed = {canonicalize_name(d.metadata["Name"]): d for d in metadata.distributions()}
+    assert NAMED_SENTENCE in setup, "book/setup.md no longer names the pins: update NAMED_PINS"
+    for name, needs in NAMED_PINS.items():
+        dist = installed.get(name)
+        assert dist is not None and pins().get(name) == dist.version, (
+            f"{name} is not installed at its pin {pins().get(name)}: cannot read its metadata"
+        )
+        spec = SpecifierSet(dist.metadata["Requires-Python"])
+        assert spec.contains(f"{needs}.0" if needs.count(".") == 1 else needs), (name, spec)
+        assert not spec.contains(_release_below(needs)), (name, spec, needs)

@@ -2,7 +2,9 @@
 
 book/glossary.md promises: "A term is linked to this page where a chapter first uses it". For
 every term of its ``{glossary}`` block and every checked notebook, the first use of the term in
-the notebook's markdown prose (case-insensitive, a plural "s" allowed) must be a ``{term}`` link
+the notebook's markdown prose (case-insensitive, its English plural allowed: "s", "es" after
+s/x/z/ch/sh, "ies" for a final consonant + "y"; a closing "(qualifier)" dropped; see
+``term_pattern``) must be a ``{term}`` link
 (``{term}`term``` or ``{term}`text <term>```). Headings, directive lines, inline code, maths,
 ``{cite}``/``{doc}``/``{ref}`` roles and link targets are not prose and are skipped.
 
@@ -45,6 +47,25 @@ def glossary_terms(glossary: str) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line[0].isspace()]
 
 
+def term_pattern(term: str) -> str:
+    """A regular expression for ``term`` and its plural, as whole words (spaces match any space).
+
+    The last word takes its English plural: "energy" -> "energies" (consonant + "y" -> "ies"),
+    "pass" -> "passes" (after s, x, z, ch, sh: "es"), otherwise "FLOP" -> "FLOPs". A closing
+    qualifier in parentheses only tells the glossary's senses apart and is not part of the use:
+    "success (of a run)" is used as "success" or "successes".
+    """
+    *head, last = re.sub(r"\s*\([^()]*\)$", "", term).split()
+    if re.search(r"[^aeiou]y$", last, re.IGNORECASE):
+        last_re = re.escape(last[:-1]) + "(?:y|ies)"
+    elif re.search(r"(?:s|x|z|ch|sh)$", last, re.IGNORECASE):
+        last_re = re.escape(last) + "(?:es)?"
+    else:
+        last_re = re.escape(last) + "s?"
+    words = r"\s+".join([*(re.escape(word) for word in head), last_re])
+    return rf"(?<![\w-]){words}(?![\w-])"
+
+
 def _mask(text: str, start: int, end: int) -> str:
     return text[:start] + " " * (end - start) + text[end:]
 
@@ -68,8 +89,7 @@ def first_unlinked_uses(markdown: list[str], terms: list[str]) -> list[tuple[str
             for match in pattern.finditer(text):
                 text = _mask(text, match.start(), match.end())
         for term in terms:
-            words = r"\s+".join(re.escape(word) for word in term.split())
-            use = re.search(rf"(?<![\w-]){words}s?(?![\w-])", text, re.IGNORECASE)
+            use = re.search(term_pattern(term), text, re.IGNORECASE)
             if use:
                 events.append((use.start(), term.lower(), False))
         for position, term, linked in sorted(events):
