@@ -16,9 +16,10 @@ The task ("beacon shapes"):
 
 Finding the shapes is local work; *naming* them needs the beacon, which is
 usually far away.  The backbone of :mod:`ccnet_edu.models` (output stride 8)
-has a theoretical receptive field of 35 pixels, so a pixel of a shape more
-than ~17 pixels from the beacon cannot see it: a head without context can
-only guess its class (one chance in three), while a head that gathers
+has a theoretical receptive field of 35 pixels, so a feature cell more than
+17 pixels from the beacon cannot see it, and a pixel's logits, upsampled from
+up to two cells per axis, cannot draw on it beyond 28 pixels: there a head
+without context can only guess the class (one chance in three), while a head that gathers
 context from the whole image (non-local, RCCA with R = 2, ISA, the global
 branch of SA) can read the beacon.  RCCA with R = 1 sees only the row and
 column of a pixel (widened by the receptive field of the backbone), so it

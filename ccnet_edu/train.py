@@ -83,7 +83,11 @@ SHIPPED = {
     "rcca2_ccl": ("rcca2", True),
 }
 # Pixels farther than this (Chebyshev, in pixels) from the beacon are "far":
-# beyond half the 35-pixel receptive field of the backbone, with margin.
+# beyond the 17 pixels either side of one backbone cell's 35-pixel receptive
+# field.  A pixel's logits are the bilinear upsampling of cells up to 11 pixels
+# away, so they can draw on input pixels up to 28 pixels away: the far pixels
+# within 28 pixels (a thin band) can still take part of their logit from a cell
+# that sees the beacon (chapter 9 measures both).
 FAR = 24
 # The smallest image side: a multiple of the output stride 8 with room for
 # the beacon and the shapes (make_sample needs 4 * beacon_size = 24).
@@ -381,7 +385,8 @@ def evaluate(
     """mIoU, pixel accuracy and per-class IoU on ``length`` validation samples of ``seed``.
 
     Also ``far_acc``: the accuracy on shape pixels more than :data:`FAR`
-    pixels from the beacon, the part of the task that needs context.
+    pixels from the beacon, the part of the task that needs context (all but
+    a thin band of them lie beyond the reach of a pixel's logits, see :data:`FAR`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")

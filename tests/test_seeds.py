@@ -365,3 +365,95 @@ def test_paired_sign_flip_p_refuses_unpaired_or_oversized_input():
         paired_sign_flip_p("12", [1.0, 2.0])
     with pytest.raises(ValueError):
         smallest_paired_p(0)
+
+
+def _runs(name, mious, far=None, seeds_=None):
+    far = far or mious
+    seeds_ = seeds_ or list(range(len(mious)))
+    return [
+        SeedRun(name=name, seed=s, miou=m, pixel_acc=m, far_acc=f, iou=[m] * 4)
+        for s, m, f in zip(seeds_, mious, far, strict=True)
+    ]
+
+
+def test_paired_comparison_by_hand():
+    runs = {
+        "a": _runs("a", [0.10, 0.20, 0.30, 0.40], far=[0.5, 0.5, 0.5, 0.5]),
+        "b": _runs("b", [0.20, 0.25, 0.40, 0.60], far=[0.5, 0.6, 0.7, 0.8]),
+        "c": _runs("c", [0.30, 0.10, 0.35, 0.30], far=[0.9, 0.1, 0.9, 0.1]),
+    }
+    cmp = seeds.paired_comparison(runs, ["a", "b", "c"], "miou")
+    assert cmp.seeds == (0, 1, 2, 3) and cmp.pairs_compared == 3
+    assert cmp.ordered == [("a", "b")]  # a below b on all four seeds
+    assert cmp.changing == [("a", "c"), ("b", "c")]
+    assert cmp.below["a", "b"] == 4 and cmp.below["b", "a"] == 0
+    assert cmp.differences["a", "b"] == pytest.approx([0.10, 0.05, 0.10, 0.20])
+    assert cmp.sign_flip_p["a", "b"] == paired_sign_flip_p(
+        [0.1, 0.2, 0.3, 0.4], [0.2, 0.25, 0.4, 0.6]
+    )
+    t_p = {
+        pair: paired_t_p([r.miou for r in runs[pair[0]]], [r.miou for r in runs[pair[1]]])[1]
+        for pair in (("a", "b"), ("a", "c"), ("b", "c"))
+    }
+    assert cmp.t_p["a", "b"] == cmp.t_p["b", "a"] == pytest.approx(t_p["a", "b"])
+    # Bonferroni: times 3; Holm: the smallest times 3, the next times 2 (never below the
+    # previous), the largest times 1 (never below the previous), all capped at 1.
+    ordered_p = sorted(t_p.values())
+    holm = [min(1, 3 * ordered_p[0])]
+    holm.append(max(holm[0], min(1, 2 * ordered_p[1])))
+    holm.append(max(holm[1], min(1, ordered_p[2])))
+    for pair, p in t_p.items():
+        assert cmp.bonferroni_p[pair] == pytest.approx(min(1, 3 * p))
+        assert cmp.holm_p[pair] == pytest.approx(holm[ordered_p.index(p)])
+        assert cmp.holm_p[pair[::-1]] == cmp.holm_p[pair]
+    # On far accuracy: a at or below b (tied on seed 0), and equal runs give a t p-value of 1.
+    far = seeds.paired_comparison(runs, ["a", "b"], "far_acc")
+    assert far.ordered == [] and far.at_or_below == [("a", "b")] and far.changing == []
+    same = seeds.paired_comparison(
+        {"a": runs["a"], "d": _runs("d", [0.1, 0.2, 0.3, 0.4])}, ["a", "d"]
+    )
+    assert same.t_p["a", "d"] == 1.0 and same.ordered == [] and same.changing == []
+
+
+@pytest.mark.parametrize(
+    ("runs", "heads", "metric", "error", "match"),
+    [
+        ([], ["a", "b"], "miou", TypeError, "runs must be a dict"),
+        ({"a": _runs("a", [0.1, 0.2])}, "ab", "miou", TypeError, "heads must be a list"),
+        ({"a": _runs("a", [0.1, 0.2])}, ["a", 3], "miou", TypeError, r"heads\[1\]"),
+        ({"a": _runs("a", [0.1, 0.2])}, ["a", "a"], "miou", ValueError, "2 distinct"),
+        ({"a": _runs("a", [0.1, 0.2])}, ["a", "b"], "miou", ValueError, "no runs"),
+        (
+            {"a": _runs("a", [0.1, 0.2]), "b": _runs("b", [0.1, 0.2])},
+            ["a", "b"],
+            "iou",
+            ValueError,
+            "metric",
+        ),
+        (
+            {"a": _runs("a", [0.1, 0.2]), "b": _runs("b", [0.1, 0.2], seeds_=[1, 0])},
+            ["a", "b"],
+            "miou",
+            ValueError,
+            "same seeds",
+        ),
+        (
+            {"a": _runs("a", [0.1]), "b": _runs("b", [0.2])},
+            ["a", "b"],
+            "miou",
+            ValueError,
+            "2 to 20 seeds",
+        ),
+    ],
+)
+def test_paired_comparison_bad_input(runs, heads, metric, error, match):
+    with pytest.raises(error, match=match):
+        seeds.paired_comparison(runs, heads, metric)
+
+
+def test_paired_comparison_of_the_shipped_global_heads():
+    """The analysis chapters 9 and 10 print: ISSA below SA and RCCA R=2 on every seed."""
+    heads = ["nonlocal", "sa", "isa", "rcca2"]
+    cmp = seeds.paired_comparison(recorded_seeds(heads), heads, "miou")
+    assert cmp.ordered == [("isa", "sa"), ("isa", "rcca2")]
+    assert all(cmp.sign_flip_p[pair] == smallest_paired_p(5) for pair in cmp.ordered)

@@ -23,6 +23,7 @@ from ccnet_edu.models import (
     state_dict_digest,
 )
 from ccnet_edu.train import (
+    FAR,
     SHIPPED,
     AllReduceBatchNorm2d,
     TrainConfig,
@@ -565,3 +566,16 @@ def test_ccl_labels_are_pixel_8i_8j_the_receptive_field_centre():
     cols = torch.nonzero(support.any(0)).flatten()
     assert (int(rows.min()) + int(rows.max())) / 2 == 8 * 6
     assert (int(cols.min()) + int(cols.max())) / 2 == 8 * 6
+
+
+def test_reach_of_a_pixels_logits_is_28_pixels():
+    """What train.FAR's comment says: one cell sees 17 px either side, a pixel's logits 28 px."""
+    torch.manual_seed(0)
+    model = SegmentationModel("fcn").double().eval()
+    reach = 0
+    for r in range(40, 56):  # every position inside two cells
+        x = torch.rand(1, 3, 96, 96, dtype=torch.float64, requires_grad=True)
+        model(x)[0, :, r, r].sum().backward()
+        rows = (x.grad[0].abs().sum(0) > 0).any(1).nonzero().flatten()
+        reach = max(reach, r - int(rows.min()), int(rows.max()) - r)
+    assert reach == 28 > FAR

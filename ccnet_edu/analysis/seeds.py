@@ -59,13 +59,17 @@ __all__ = [
     "smallest_paired_p",
     "paired_t_p",
     "paired_below_count",
+    "PAIRED_METRICS",
+    "PairedComparison",
+    "paired_comparison",
 ]
 
 # A run "succeeds" when it labels at least this share of the far shape pixels
 # (more than ccnet_edu.train.FAR px from the beacon) correctly.  Guessing the
-# class gives 1/3 there.  The two-seed runs shipped earlier clustered near 0.6
-# and near 0.95; 0.8 separates the two groups and was fixed before the
-# five-seed checkpoints were evaluated.
+# class gives 1/3 there.  In the two-seed runs shipped earlier (commit edcea4a)
+# the runs of the heads with context fell into two groups, 0.45 to 0.66 and 0.94
+# to 0.95 (fcn and the CCL runs stayed near 0.3); 0.8 separates the two groups
+# and was fixed before the five-seed checkpoints were evaluated.
 SUCCESS_FAR_ACC = 0.8
 
 _SEED_SUFFIX = re.compile(r"_seed(\d+)$")
@@ -587,3 +591,134 @@ def paired_t_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 def paired_below_count(a: Sequence[float], b: Sequence[float]) -> int:
     """How many pairs have ``a[k] < b[k]`` (the sign test's count)."""
     return sum(d > 0 for d in _paired_differences(a, b))
+
+
+PAIRED_METRICS = ("miou", "pixel_acc", "far_acc")
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Every pair of ``heads`` compared seed by seed on one metric (see :func:`paired_comparison`).
+
+    The dictionaries are keyed by ordered pairs ``(a, b)`` of distinct heads, both orders
+    present.  ``below[a, b]`` counts the seeds on which ``a`` scored below ``b``;
+    ``differences[a, b]`` lists ``b - a`` per seed; ``sign_flip_p`` and ``t_p`` are the
+    two-sided p-values of :func:`paired_sign_flip_p` and :func:`paired_t_p` (the same for both
+    orders); ``bonferroni_p`` and ``holm_p`` are ``t_p`` adjusted for the
+    :attr:`pairs_compared` unordered pairs (Bonferroni: times that number; Holm's step-down).
+    """
+
+    metric: str
+    heads: tuple[str, ...]
+    seeds: tuple[int, ...]
+    values: dict[str, list[float]]
+    below: dict[tuple[str, str], int]
+    differences: dict[tuple[str, str], list[float]]
+    sign_flip_p: dict[tuple[str, str], float]
+    t_p: dict[tuple[str, str], float]
+    bonferroni_p: dict[tuple[str, str], float]
+    holm_p: dict[tuple[str, str], float]
+
+    @property
+    def pairs_compared(self) -> int:
+        """The number of unordered pairs of heads: every one of them was looked at."""
+        return math.comb(len(self.heads), 2)
+
+    def _pairs(self) -> list[tuple[str, str]]:
+        return [(a, b) for a in self.heads for b in self.heads if a != b]
+
+    @property
+    def ordered(self) -> list[tuple[str, str]]:
+        """The pairs ``(a, b)`` with ``a`` below ``b`` on every seed, in the order of ``heads``."""
+        n = len(self.seeds)
+        return [pair for pair in self._pairs() if self.below[pair] == n]
+
+    @property
+    def at_or_below(self) -> list[tuple[str, str]]:
+        """The pairs ``(a, b)``, ``a`` never above ``b``: below on some seeds, tied on the rest."""
+        n = len(self.seeds)
+        return [
+            (a, b) for a, b in self._pairs() if 0 < self.below[a, b] < n and self.below[b, a] == 0
+        ]
+
+    @property
+    def changing(self) -> list[tuple[str, str]]:
+        """The unordered pairs ``(a, b)`` (``a`` first in ``heads``) whose order changes by seed."""
+        return [
+            (a, b)
+            for i, a in enumerate(self.heads)
+            for b in self.heads[i + 1 :]
+            if self.below[a, b] > 0 and self.below[b, a] > 0
+        ]
+
+
+def _holm(p: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    """Holm's step-down adjustment of the p-values of unordered pairs (keys ``(a, b)``)."""
+    order = sorted(p, key=lambda pair: p[pair])
+    m, running, adjusted = len(order), 0.0, {}
+    for rank, pair in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[pair]))
+        adjusted[pair] = running
+    return adjusted
+
+
+def paired_comparison(
+    runs: dict[str, Sequence[SeedRun]], heads: Sequence[str], metric: str = "miou"
+) -> PairedComparison:
+    """Compare every pair of ``heads`` seed by seed on ``metric`` (``"miou"``, ``"pixel_acc"``
+    or ``"far_acc"``).
+
+    ``runs`` maps each head to its runs (as :func:`recorded_seeds` returns them); every head
+    must have the same seeds, in the same order, because run ``k`` of every head is paired
+    with run ``k`` of the others (seed ``k`` fixes the backbone's initial weights, the
+    training images and the dropout masks, and all runs are scored on the same validation
+    images).  A t-test of a pair whose differences are all equal has no spread: its p-value
+    is then 1 when they are all zero and 0 otherwise (the limit of ``|t|`` growing).
+    """
+    if not isinstance(runs, dict):
+        raise TypeError(f"runs must be a dict of head -> runs, got {type(runs).__name__}")
+    if isinstance(heads, (str, bytes)) or not isinstance(heads, Sequence):
+        raise TypeError(f"heads must be a list or tuple of head names, got {type(heads).__name__}")
+    heads = tuple(check_str(f"heads[{i}]", h) for i, h in enumerate(heads))
+    if len(heads) < 2 or len(set(heads)) != len(heads):
+        raise ValueError(f"heads must name at least 2 distinct heads, got {list(heads)}")
+    missing = [h for h in heads if h not in runs]
+    if missing:
+        raise ValueError(f"heads {missing} have no runs in runs (it holds {sorted(runs)})")
+    metric = check_choice("metric", metric, PAIRED_METRICS)
+    seed_lists = {h: tuple(check_int(f"seed of {h}", r.seed) for r in runs[h]) for h in heads}
+    first = seed_lists[heads[0]]
+    if any(s != first for s in seed_lists.values()):
+        raise ValueError(f"the heads must have the same seeds in the same order, got {seed_lists}")
+    if not 2 <= len(first) <= MAX_PAIRS:
+        raise ValueError(f"runs must hold 2 to {MAX_PAIRS} seeds per head, got {len(first)}")
+    values = {h: [float(getattr(r, metric)) for r in runs[h]] for h in heads}
+    pairs = [(a, b) for a in heads for b in heads if a != b]
+    below = {(a, b): paired_below_count(values[a], values[b]) for a, b in pairs}
+    differences = {(a, b): _paired_differences(values[a], values[b]) for a, b in pairs}
+    sign_flip = {(a, b): paired_sign_flip_p(values[a], values[b]) for a, b in pairs}
+    t_p: dict[tuple[str, str], float] = {}
+    for a, b in pairs:
+        d = differences[a, b]
+        if all(x == d[0] for x in d):
+            t_p[a, b] = 1.0 if d[0] == 0 else 0.0
+        else:
+            t_p[a, b] = paired_t_p(values[a], values[b])[1]
+    unordered = {(a, b): t_p[a, b] for i, a in enumerate(heads) for b in heads[i + 1 :]}
+    m = len(unordered)
+    holm = _holm(unordered)
+    bonferroni = {pair: min(1.0, m * t_p[pair]) for pair in unordered}
+    for a, b in list(unordered):
+        holm[b, a], bonferroni[b, a] = holm[a, b], bonferroni[a, b]
+    return PairedComparison(
+        metric=metric,
+        heads=heads,
+        seeds=first,
+        values=values,
+        below=below,
+        differences=differences,
+        sign_flip_p=sign_flip,
+        t_p=t_p,
+        bonferroni_p=bonferroni,
+        holm_p=holm,
+    )
