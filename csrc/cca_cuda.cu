@@ -2,8 +2,11 @@
 //
 //   criss_cross_attention[_backward]           the tiled line kernels (cca_lines.h,
 //       launched by cca_cuda_lines.cu) for float32, float16 and bfloat16 with C' <= 128,
-//       reading NCHW or channels-last inputs in place (no layout copies);
-//       the portable kernels for anything else (float64, a wider C').
+//       reading NCHW or channels-last inputs in place: query, key and value in the
+//       query's layout (one in another layout, or in neither, is copied into it), and
+//       grad_out in its own layout;
+//       the portable kernels for anything else (float64, a wider C', or a device that
+//       gives one block less shared memory than one of the tiled passes needs).
 //   portable_criss_cross_attention[_backward]  the portable element bodies (cca_common.h,
 //       cca_portable.h), one thread per output element: the oracle the tiled kernels
 //       are tested against on a GPU, and chapter 04's teaching kernel.

@@ -18,9 +18,14 @@
 //   Ex::PerWarp<X>  what a warp keeps in registers across phases (its accumulators)
 //
 // The tiles of the line stream through shared memory by asynchronous copies
-// (cp.async, sm_80 and later): the next tile is issued before the current one is
-// multiplied, into a second buffer or into a buffer the CTA has finished with, so
-// that loads stay in flight while the tensor cores work.
+// (cp.async, sm_80 and later), so that loads can stay in flight while the CTA
+// computes.  The statistics, dA and gradients passes have a second buffer for each
+// streamed operand: the next tile is issued before the current one is multiplied.
+// The aggregation has one buffer for keys and one for values, and issues the next
+// tile of each once the current one has been read: in agg_body (one chunk per CTA)
+// a key copy overlaps the exp and the product, a value copy the next energies; in
+// agg_line_body the next key tile overlaps only the exp, and each value tile is
+// waited for right after it is issued (no value copy in flight during O += A V).
 //
 // cca_lines_cuda.h is the GPU's executor (WMMA on tensor cores: float16/bfloat16
 // inputs, and float32 as 3xTF32), cca_lines_host.h a CPU emulation of it (the same
