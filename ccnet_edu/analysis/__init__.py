@@ -1,7 +1,7 @@
 """Cost and propagation analysis of the attention blocks, from measurement.
 
-* :mod:`~ccnet_edu.analysis.flops` -- measured FLOPs (``FlopCounterMode``,
-  taught the fused criss-cross operator) and the closed forms of the costs
+* :mod:`~ccnet_edu.analysis.flops` -- counted FLOPs (``FlopCounterMode``, taught
+  a formula for the fused criss-cross operator) and the closed forms of the costs
   (CCNet, Huang et al., ICCV 2019, Sec. 3.2; ISSA Sec. 3; non-local Sec. 3);
 * :mod:`~ccnet_edu.analysis.memory` -- bytes saved for backward (exact, via
   ``saved_tensors_hooks``) and peak memory of forward + backward (CUDA
