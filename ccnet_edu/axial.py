@@ -1,11 +1,15 @@
 """Axial attention: a height pass then a width pass, each with its own softmax.
 
-Axial attention (Ho et al., 2019, "Axial Attention in Multidimensional
-Transformers", arXiv 1912.12180; Wang et al., ECCV 2020, "Axial-DeepLab",
-arXiv 2003.07853) factorises 2-D self-attention into two 1-D attentions: every
-pixel first attends along its *column* (the height axis), then, on the result,
-along its *row* (the width axis).  Each pass is an ordinary softmax attention
-over one line of positions, with its own query/key/value projections.
+Axial attention factorises 2-D self-attention into 1-D attentions along one
+axis at a time.  Ho et al. (2019, "Axial Attention in Multidimensional
+Transformers", arXiv 1912.12180) introduced it as transformer layers, a row
+layer and a column layer in turn (the row first), each with its own residual
+connection and MLP.  This module follows the axial-attention block of
+Axial-DeepLab (Wang et al., ECCV 2020, arXiv 2003.07853): every pixel first
+attends along its *column* (the height axis), then, on the result, along its
+*row* (the width axis), with no residual between the two passes.  Each pass is
+an ordinary softmax attention over one line of positions, with its own
+query/key/value projections.
 
 One pass along a line of ``T`` positions, for the output position ``o``
 (Axial-DeepLab's position-sensitive self-attention, Eq. (3), on the ``1 x m``

@@ -133,6 +133,7 @@ EXEMPT = {
     "ccnet_edu.analysis.compare.Row": "a result record; format_table/paper_claims check rows",
     "ccnet_edu.analysis.compare.SweepPoint": "a result record; plot_scaling/write_csv check it",
     "ccnet_edu.analysis.memory.SavedTensor": "a result record of saved_tensors",
+    "ccnet_edu.analysis.stats.BootstrapInterval": "a result record of image_bootstrap",
     "ccnet_edu.analysis.memory.SavedTensors": "a result record of saved_tensors",
     "ccnet_edu.measure.PeakMemory": "a result record of peak_memory_of",
     "ccnet_edu.measure.Timing": "a result record of time_ms and time_in_turn",
@@ -1218,6 +1219,40 @@ CASES = [
     Case(stats.value_range, lambda: stats.value_range([0.5], digits=-1), ValueError, "digits"),
     Case(
         stats.wilson_interval, lambda: stats.wilson_interval(1, 3, level=1.5), ValueError, "level"
+    ),
+    Case(
+        stats.image_bootstrap,
+        lambda: stats.image_bootstrap(torch.arange(3.0), torch.ones(3, dtype=torch.bool)),
+        TypeError,
+        "image",
+    ),
+    Case(
+        stats.image_bootstrap,
+        lambda: stats.image_bootstrap(torch.arange(3), torch.ones(2, dtype=torch.bool)),
+        ValueError,
+        "correct",
+    ),
+    Case(
+        stats.image_bootstrap,
+        lambda: stats.image_bootstrap(
+            torch.arange(3), torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)
+        ),
+        ValueError,
+        "within",
+    ),
+    Case(
+        stats.image_bootstrap,
+        lambda: stats.image_bootstrap(
+            torch.arange(3), torch.ones(3, dtype=torch.bool), resamples=10**7
+        ),
+        ValueError,
+        "resamples",
+    ),
+    Case(
+        stats.image_bootstrap,
+        lambda: stats.image_bootstrap(torch.arange(3), torch.ones(3, dtype=torch.bool), level=0),
+        ValueError,
+        "level",
     ),
     Case(
         measure.peak_memory_of,

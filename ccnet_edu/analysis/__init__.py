@@ -1,7 +1,7 @@
 """Cost and propagation analysis of the attention blocks, from measurement.
 
-* :mod:`~ccnet_edu.analysis.flops` -- measured FLOPs (``FlopCounterMode``,
-  taught the fused criss-cross operator) and the closed forms of the costs
+* :mod:`~ccnet_edu.analysis.flops` -- counted FLOPs (``FlopCounterMode``, taught
+  a formula for the fused criss-cross operator) and the closed forms of the costs
   (CCNet, Huang et al., ICCV 2019, Sec. 3.2; ISSA Sec. 3; non-local Sec. 3);
 * :mod:`~ccnet_edu.analysis.memory` -- bytes saved for backward (exact, via
   ``saved_tensors_hooks``) and peak memory of forward + backward (CUDA
@@ -11,8 +11,8 @@
 * :mod:`~ccnet_edu.analysis.propagation` -- exact reachability (boolean
   matrix powers) and measured influence (gradients);
 * :mod:`~ccnet_edu.analysis.plots` -- drawing all of the above;
-* :mod:`~ccnet_edu.analysis.stats` -- total-variation distance, value ranges and Wilson's
-  binomial interval, shared by the chapters.
+* :mod:`~ccnet_edu.analysis.stats` -- total-variation distance, value ranges, Wilson's
+  binomial interval and the image (cluster) bootstrap, shared by the chapters.
 
 ``python -m ccnet_edu.analysis`` prints the comparison table.
 """
@@ -71,9 +71,17 @@ from .propagation import (
     mean_influence,
     reach_fraction,
 )
-from .stats import total_variation, value_range, wilson_interval
+from .stats import (
+    BootstrapInterval,
+    image_bootstrap,
+    total_variation,
+    value_range,
+    wilson_interval,
+)
 
 __all__ = [
+    "BootstrapInterval",
+    "image_bootstrap",
     "total_variation",
     "value_range",
     "wilson_interval",

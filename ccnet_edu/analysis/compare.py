@@ -3,7 +3,10 @@
 Every number in a row is measured on the module itself:
 
 * ``gflops`` -- :func:`~ccnet_edu.analysis.flops.count_flops` (forward), run on
-  the ``meta`` device (shapes only, no compute; identical to a real run);
+  the ``meta`` device (shapes only, no compute; identical to a real run); for
+  the fused criss-cross operator, one call the counter cannot look into, that
+  count is the formula it is taught (:func:`~ccnet_edu.analysis.flops.flop_formulas`),
+  not a measurement;
 * ``saved_mb`` -- :func:`~ccnet_edu.analysis.memory.saved_tensors`, every
   storage kept for backward, once, also on ``meta``;
 * ``peak_mb`` -- :func:`~ccnet_edu.analysis.memory.peak_memory` of forward +
@@ -602,7 +605,8 @@ def scaling_sweep(
 ) -> list[SweepPoint]:
     """FLOPs, saved bytes, peak memory and time against the map size, side by side.
 
-    FLOPs and saved bytes are measured on ``meta`` for every size.  Peak
+    FLOPs (for the fused operator, its formula: see the module docstring) and
+    saved bytes are measured on ``meta`` for every size.  Peak
     memory is first measured on ``meta`` (storage tracking needs no data);
     where it exceeds ``memory_limit_mb`` the real forward + backward is
     skipped and the point says so in ``note``.  Otherwise peak memory and

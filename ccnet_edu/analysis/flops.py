@@ -23,20 +23,30 @@ conventions, which every number in this package inherits:
   inside it.
 
 The counter does not know the fused criss-cross operator of
-:mod:`ccnet_edu.ops` (one opaque call).  :func:`flop_formulas` teaches it: the
-operator computes exactly the ``H + W - 1`` energies and the aggregation of
-CCNet's Eqs. (1)-(2) (Huang et al., ICCV 2019, Sec. 3.2) for each pixel, and
-its backward twice that.  The formulas are passed per call
+:mod:`ccnet_edu.ops` (one opaque call).  :func:`flop_formulas` teaches it a
+formula: ``H + W - 1`` energies and the aggregation over them for each pixel,
+as CCNet's Eqs. (1)-(2) define them (Huang et al., ICCV 2019, Sec. 3.2), and
+twice that for the backward.  For the fused operator a count is therefore this
+formula read back, a convention (each position of the cross once, CCNet's
+count), not a measurement of the kernels' arithmetic, which differs by path:
+the fast CPU path (``csrc/cca_cpu.cpp``) computes each column's energies as a
+dense ``H x H`` product, centre included, then drops the centre, and
+aggregates the column with a dense ``H x H`` matrix whose centre weight is 0
+(the readable reference's extra work, below); the tiled CUDA line kernels
+(``csrc/cca_lines.h``) compute whole tiles of keys and mask the keys a query
+does not see, the column's centre among them; only the portable element
+bodies (``csrc/cca_common.h``) skip the centre.  The formulas are passed per call
 (``custom_mapping``), so nothing breaks when the operator is not built; an
 operator loaded only during the count (a fused module loads it on its first
 forward) is taught to the counter when it is first seen, and a ``ccnet_edu``
 operator without a formula raises instead of counting 0.
 
 Why the readable criss-cross attention measures slightly *more* than the
-closed form: :func:`ccnet_edu.functional.criss_cross_attention_reference`
-computes the column energies over all ``H`` rows and then drops the centre
-with a gather (the centre is already in the row part), and aggregates the
-column over all ``H`` rows with a weight of 0 on the centre (cheaper in memory
+closed form (a real count: the counter sees its PyTorch operators):
+:func:`ccnet_edu.functional.criss_cross_attention_reference` computes the
+column energies over all ``H`` rows and then drops the centre with a gather
+(the centre is already in the row part), and aggregates the column over all
+``H`` rows with a weight of 0 on the centre (cheaper in memory
 than gathering the values).  The counter sees those ``H`` entries, so the
 measured count is the closed form plus ``2 N (C' + C)`` FLOPs spent on the
 centre a second time (0.5% at 97 x 97).  The tests check that relation
@@ -80,8 +90,9 @@ _CONV_OPS = {"convolution", "convolution_backward", "_convolution"}
 
 
 def _fused_forward_flops(query_shape, key_shape, value_shape, *args: Any, **kwargs: Any) -> int:
-    # Each pixel: H + W - 1 dot products of length C' (energies) and a weighted
-    # sum of H + W - 1 value vectors of length C (aggregation), 2 FLOPs per multiply-add.
+    # The count charged per pixel (CCNet's convention, not the kernels' arithmetic): H + W - 1
+    # dot products of length C' (energies) and a weighted sum of H + W - 1 value vectors of
+    # length C (aggregation), 2 FLOPs per multiply-add.
     batch, qk_channels, height, width = query_shape
     channels = value_shape[1]
     positions = batch * height * width * (height + width - 1)
@@ -98,8 +109,8 @@ def _fused_backward_flops(
     *args: Any,
     **kwargs: Any,
 ) -> int:
-    # Backward of out = A V and e = Q K^T: dA = dout V^T (C), dV = A^T dout (C),
-    # dQ = de K (C'), dK = de^T Q (C'): twice the forward multiply-adds.
+    # Backward of out = A V and e = Q K^T, counted over the same H + W - 1 positions:
+    # dA = dout V^T (C), dV = A^T dout (C), dQ = de K (C'), dK = de^T Q (C'): twice the forward.
     # (The softmax backward is element-wise and, as everywhere, not counted.)
     return 2 * _fused_forward_flops(query_shape, key_shape, value_shape)
 
@@ -107,7 +118,9 @@ def _fused_backward_flops(
 def flop_formulas() -> dict[Any, Callable[..., int]]:
     """FLOP formulas for the operators ``FlopCounterMode`` cannot see.
 
-    Returns ``{op: formula}`` for ``torch.ops.ccnet_edu.criss_cross_attention``
+    The count they charge is the convention of the module docstring (``H + W - 1``
+    positions per pixel), whatever the kernels execute.  Returns ``{op: formula}``
+    for ``torch.ops.ccnet_edu.criss_cross_attention``
     (and its backward operator, when :mod:`ccnet_edu.ops` registers one), or
     an empty dict when the operator is not loaded.  Never builds the operator.
     """
@@ -116,7 +129,7 @@ def flop_formulas() -> dict[Any, Callable[..., int]]:
     for name, formula in [
         ("criss_cross_attention", _fused_forward_flops),
         ("criss_cross_attention_backward", _fused_backward_flops),
-        # the CUDA code path run on the CPU: same arithmetic
+        # the CUDA code path run on the CPU: charged the same formula
         ("portable_criss_cross_attention", _fused_forward_flops),
         ("portable_criss_cross_attention_backward", _fused_backward_flops),
     ]:
@@ -263,9 +276,11 @@ def _run_counter(fn: Callable[..., Any], inputs: tuple, backward: bool) -> FlopC
 
 
 def count_flops(fn: Callable[..., Any], *inputs: Any, backward: bool = False) -> int:
-    """Measured FLOPs of ``fn(*inputs)`` (a module or any callable).
+    """FLOPs of ``fn(*inputs)`` (a module or any callable), as the counter counts them.
 
-    Forward only by default (under ``torch.no_grad``); ``backward=True`` runs
+    Measured for every PyTorch operator; the fused criss-cross operator, which the
+    counter cannot look into, is charged its formula.  Forward only by default
+    (under ``torch.no_grad``); ``backward=True`` runs
     ``fn(*inputs).sum().backward()`` and counts both passes.  Works on the
     ``meta`` device, which costs no compute: a 97 x 97 non-local block is
     counted in milliseconds.  Conventions: see the module docstring.
