@@ -32,11 +32,13 @@ from pathlib import Path
 
 import torch
 
+from ._checks import check_int
 from .ops._build import BuildError, build_dir, csrc_dir, first_error, load_verified
 
 __all__ = [
     "DTYPES",
     "PASSES",
+    "SM90_SMEM_BYTES",
     "backward",
     "decode",
     "forward",
@@ -53,6 +55,11 @@ DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 #: pass name -> code (csrc/cca_tiling.h, Pass): the forward's statistics and aggregation,
 #: the backward's dA and gradients.
 PASSES = {"stats": 0, "agg": 1, "bwd_da": 2, "bwd_grads": 3}
+#: The most dynamic shared memory one CTA of an sm_90 GPU (H100, H200) may ask for, bytes:
+#: ``kSm90Smem`` in ``csrc/cca_tiling.h``, what :func:`forward` and :func:`backward` run as.
+#: Other GPUs give less (163 KB on compute capability 8.0, 99 KB on 8.6 and 8.9); the
+#: launcher reads the device's own (``cudaDevAttrMaxSharedMemoryPerBlockOptin``).
+SM90_SMEM_BYTES = 227 * 1024
 _SOURCES = ("cca_tiling.h", "cca_lines.h", "cca_lines_host.h", "cca_lines_emulate.cpp")
 
 
@@ -228,9 +235,19 @@ def backward(
     return [_as_nchw(g, nchw) for g in grads]
 
 
-def supported(shape: tuple[int, int, int, int, int], dtype: torch.dtype) -> bool:
-    """Whether the tiled kernels take ``shape = (B, C', C, H, W)`` (else the portable ones)."""
-    return dtype in DTYPES and bool(library().cca_lines_supported(_shape(shape), DTYPES[dtype]))
+def supported(
+    shape: tuple[int, int, int, int, int],
+    dtype: torch.dtype,
+    smem_limit: int = SM90_SMEM_BYTES,
+) -> bool:
+    """Whether the tiled kernels take ``shape = (B, C', C, H, W)`` on a GPU whose CTAs may
+    ask for at most ``smem_limit`` bytes of dynamic shared memory (else the portable
+    kernels run): the launcher's decision (``tiled_supported`` in ``csrc/cca_tiling.h``),
+    every pass of the forward and of the backward within the limit."""
+    smem_limit = check_int("smem_limit", smem_limit, minimum=0)
+    return dtype in DTYPES and bool(
+        library().cca_lines_supported(_shape(shape), DTYPES[dtype], ctypes.c_int64(smem_limit))
+    )
 
 
 def grid(pass_: str, direction: int, shape: tuple[int, int, int, int, int]) -> int:

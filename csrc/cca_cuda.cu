@@ -24,6 +24,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
+#include <mutex>
+#include <unordered_map>
 
 #include "cca_cuda_lines.h"
 #include "cca_portable.h"
@@ -93,12 +95,28 @@ int lines_dtype(at::ScalarType t) {
   }
 }
 
-// The L2 of the current device, for which the tiled passes are grouped.
-int64_t l2_bytes() {
-  int device = 0, bytes = 0;
+// What the tiled kernels need to know of the current device, read once per device:
+// its L2, for which the passes are grouped, and the most dynamic shared memory one
+// CTA may ask for (opt-in), which decides whether the tiled kernels run at all.
+struct DeviceLimits {
+  int64_t l2_bytes = 0, smem_per_block = 0;
+};
+
+DeviceLimits device_limits() {
+  static std::mutex mutex;
+  static std::unordered_map<int, DeviceLimits> known;
+  int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, device));
-  return bytes;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = known.find(device);
+  if (found != known.end()) return found->second;
+  int l2 = 0, smem = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  DeviceLimits limits;
+  limits.l2_bytes = l2;
+  limits.smem_per_block = smem;
+  return known.emplace(device, limits).first->second;
 }
 
 lines::Problem problem_of(const at::Tensor& query, const at::Tensor& value) {
@@ -111,10 +129,13 @@ lines::Problem problem_of(const at::Tensor& query, const at::Tensor& value) {
   return p;
 }
 
-// Whether the tiled kernels take these inputs (check_inputs has passed).
+// Whether the tiled kernels take these inputs on the current device (check_inputs
+// has passed): a dtype they have, C' they take, and every pass's shared memory within
+// what the device gives one CTA; otherwise the portable kernels run.
 bool tiled(const at::Tensor& query, const at::Tensor& value) {
   const int dtype = lines_dtype(query.scalar_type());
-  return dtype >= 0 && lines::tiled_supported(problem_of(query, value), dtype);
+  return dtype >= 0 && lines::tiled_supported(problem_of(query, value), dtype,
+                                              device_limits().smem_per_block);
 }
 
 // The layout the tiled kernels read in: channels-last when the query already is
@@ -158,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& query_in,
   lines::RawArgs a{};
   a.p = p;
   a.dtype = lines_dtype(dtype);
-  a.l2_bytes = l2_bytes();
+  a.l2_bytes = device_limits().l2_bytes;
   a.nchw = nchw;
   a.q = query.const_data_ptr();
   a.k = key.const_data_ptr();
@@ -198,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   lines::RawArgs a{};
   a.p = p;
   a.dtype = lines_dtype(dtype);
-  a.l2_bytes = l2_bytes();
+  a.l2_bytes = device_limits().l2_bytes;
   a.nchw = nchw;
   a.go_nchw = go_nchw;
   a.q = query.const_data_ptr();

@@ -117,15 +117,55 @@ struct GpuExec {
     } else {
       for (int k0 = 0; k0 < k; k0 += 16) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, A> fa;
-        wmma::load_matrix_sync(fa, a + a_step<LA>(k0, lda), lda);
+        load_fragment<LA, false>(fa, a + a_step<LA>(k0, lda), lda);
 #pragma unroll
         for (int n = 0; n < N; ++n) {
           if (n >= nvalid) break;
           wmma::fragment<wmma::matrix_b, 16, 16, 16, T, B> fb;
-          wmma::load_matrix_sync(fb, b + b_step<LB>(k0, ldb) + b_tile<LB>(n, ldb), ldb);
+          load_fragment<LB, true>(fb, b + b_step<LB>(k0, ldb) + b_tile<LB>(n, ldb), ldb);
           wmma::mma_sync(c[n], fa, fb, c[n]);
         }
       }
+    }
+  }
+
+  // A 16 x 16 operand tile of 16-bit elements into its WMMA fragment, from shared memory
+  // (L: how the tile is stored; kB: the B operand, else A).  float16: WMMA's own load,
+  // which nvcc already turns into ldmatrix (LDSM).  bfloat16: nvcc loads WMMA's fragment
+  // with one generic 32-bit load per register (and, for A col-major or B row-major, a
+  // MOVM transpose of each), so it is loaded here by one ldmatrix.x4 into the same
+  // registers: four 8 x 8 matrices of the stored tile, lane l giving the address of row
+  // l % 8 of matrix l / 8, and thread (g, t) = (lane / 4, lane % 4) receiving elements
+  // (g, 2t) and (g, 2t + 1) of each (with .trans, of its transpose).  The fragment's four
+  // registers, as nvcc's own load fills them (read from its sm_80 and sm_90 machine code),
+  // hold the 8 x 8 blocks (m, k) = (0, 0), (8, 0), (0, 8), (8, 8) of A and (k, n) = (0, 0),
+  // (8, 0), (0, 8), (8, 8) of B, a thread's two elements adjacent in k, as mma.m16n8k16
+  // takes them.  So a row-major tile (stored rows m or k) takes its matrices down the
+  // rows first, a col-major one (stored rows k or n) along them first; where k runs down
+  // the stored rows (A col-major, B row-major) the matrices are transposed.
+  template <class L, bool kB, class F, class T>
+  __device__ static void load_fragment(F& f, const T* p, int ld) {
+    if constexpr (!std::is_same<T, __nv_bfloat16>::value) {
+      nvcuda::wmma::load_matrix_sync(f, p, ld);
+    } else {
+      constexpr bool kRowMajor = IsRowMajor<L>::value;
+      const int lane = static_cast<int>(threadIdx.x % 32), j = lane / 8;
+      const int row = lane % 8 + 8 * (kRowMajor ? (j & 1) : (j >> 1));
+      const int col = 8 * (kRowMajor ? (j >> 1) : (j & 1));
+      const unsigned at =
+          static_cast<unsigned>(__cvta_generic_to_shared(p + int64_t(row) * ld + col));
+      static_assert(sizeof(f.x) == 16, "a 16 x 16 x 16 bfloat16 fragment: 4 registers");
+      unsigned* x = reinterpret_cast<unsigned*>(&f.x[0]);
+      if constexpr (kB == kRowMajor)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
+                     : "r"(at)
+                     : "memory");
+      else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
+                     : "r"(at)
+                     : "memory");
     }
   }
 

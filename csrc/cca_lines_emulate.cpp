@@ -13,8 +13,8 @@
 //   NCHW.
 //   l2_bytes: the L2 the passes are grouped for (maps and slices, plan_passes);
 //   0: all at once.
-//   Returns 0, -1 when the tiled kernels do not take the problem, -2 when a CTA
-//   ended with asynchronous copies in flight.
+//   Returns 0, -1 when the tiled kernels do not take the problem (on an sm_90
+//   device: kSm90Smem), -2 when a CTA ended with asynchronous copies in flight.
 #include <math.h>
 
 #include <vector>
@@ -59,8 +59,10 @@ int dispatch(bool backward, const lines::RawArgs& args, int flags) {
 
 extern "C" {
 
-int cca_lines_supported(const int64_t* shape, int dtype) {
-  return lines::tiled_supported(problem(shape), dtype) ? 1 : 0;
+// Whether the tiled kernels take the problem on a device whose CTAs may have at most
+// smem_limit bytes of dynamic shared memory.
+int cca_lines_supported(const int64_t* shape, int dtype, int64_t smem_limit) {
+  return lines::tiled_supported(problem(shape), dtype, smem_limit) ? 1 : 0;
 }
 
 int64_t cca_lines_smem_bytes(int pass, const int64_t* shape, int dtype) {
@@ -109,7 +111,7 @@ float cca_lines_merge_lse(float m_row, float s_row, float m_col, float s_col) {
 int cca_lines_forward(int dtype, const int64_t* shape, const void* q, const void* k,
                       const void* v, void* out, void* att, int flags, int64_t l2_bytes) {
   const lines::Problem p = problem(shape);
-  if (!lines::tiled_supported(p, dtype)) return -1;
+  if (!lines::tiled_supported(p, dtype, lines::kSm90Smem)) return -1;
   std::vector<float> stats(static_cast<size_t>(4 * p.pixels()), NAN);
   lines::RawArgs a{};
   a.p = p;
@@ -130,7 +132,7 @@ int cca_lines_backward(int dtype, const int64_t* shape, const void* grad_out,
                        const void* v, void* grad_q, void* grad_k, void* grad_v, int flags,
                        int64_t l2_bytes) {
   const lines::Problem p = problem(shape);
-  if (!lines::tiled_supported(p, dtype)) return -1;
+  if (!lines::tiled_supported(p, dtype, lines::kSm90Smem)) return -1;
   std::vector<float> g(static_cast<size_t>(p.pixels() * p.slots()), NAN);
   std::vector<float> dpart(static_cast<size_t>(2 * p.pixels()), NAN);
   lines::RawArgs a{};

@@ -48,7 +48,12 @@ constexpr int kLineProbs = 128;          // the longest line whose weights an ag
 constexpr int kBwdChunk = 64;            // value channels per step of dA = dout . value
 constexpr int kMaxQk = 128;              // the widest C' the tiled kernels take
 constexpr int kQkFrags = kMaxQk / kFrag;     // up to 8 accumulator tiles per warp for grad q/k
-constexpr int kMaxSmem = 227 * 1024;     // the largest dynamic shared memory of an sm_80/sm_90 CTA
+// The most dynamic shared memory one CTA may ask for is the device's
+// (cudaDevAttrMaxSharedMemoryPerBlockOptin), which the launcher reads and passes to
+// tiled_supported: 163 KB on compute capability 8.0, 99 KB on 8.6 and 8.9, 227 KB on
+// 9.0 (CUDA C++ Programming Guide, "Compute Capabilities").  The CPU emulation runs
+// as on an sm_90 device unless told another limit.
+constexpr int64_t kSm90Smem = 227 * 1024;
 
 static_assert(kTile == kRows, "the elementwise phases walk a kRows x kTile tile");
 
@@ -390,12 +395,15 @@ enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 CCA_HD inline int dtype_bytes(int dtype) { return dtype == kFloat32 ? 4 : 2; }
 
-// Whether the tiled kernels take this problem (else the portable kernels run).
-CCA_HD inline bool tiled_supported(const Problem& p, int dtype) {
+// Whether the tiled kernels take this problem on a device that gives one CTA at most
+// smem_limit bytes of dynamic shared memory (else the portable kernels run): every
+// pass, forward and backward, must fit, so that a problem whose forward ran tiled is
+// never refused by its backward.
+CCA_HD inline bool tiled_supported(const Problem& p, int dtype, int64_t smem_limit) {
   if (dtype != kFloat32 && dtype != kFloat16 && dtype != kBFloat16) return false;
   if (p.B < 1 || p.H < 1 || p.W < 1 || p.cqk < 1 || p.cv < 1 || p.cqk > kMaxQk) return false;
   for (int pass = kStats; pass <= kBwdGrads; ++pass)
-    if (smem_layout(pass, p, dtype_bytes(dtype)).bytes > kMaxSmem) return false;
+    if (smem_layout(pass, p, dtype_bytes(dtype)).bytes > smem_limit) return false;
   return true;
 }
 

@@ -293,6 +293,58 @@ def test_what_the_tiled_kernels_take():
         emulation.forward(*(torch.randn(1, 130, 3, 3) for _ in range(3)))
 
 
+KIB = 1024
+#: The most dynamic shared memory one CTA may ask for (the CUDA C++ Programming Guide's
+#: table of compute capabilities): 99 KB on 8.6 and 8.9, 163 KB on 8.0, 227 KB on 9.0.
+SMEM_LIMITS = {"sm_86": 99 * KIB, "sm_80": 163 * KIB, "sm_90": 227 * KIB}
+
+
+@pytest.mark.parametrize("size", [(97, 97), (128, 256)], ids=str)
+def test_the_tiled_kernels_run_only_where_the_gpu_gives_a_cta_enough_shared_memory(size):
+    """The launcher reads the device's limit and passes it to ``tiled_supported``: at C' = 64,
+    C = 512 the float32 aggregation CTA needs 100.2 KiB, more than a compute capability 8.6
+    or 8.9 GPU gives one block, so float32 runs the portable kernels there; bfloat16 (76.2
+    KiB at most) runs tiled everywhere.  The shared memory of a CTA does not depend on the
+    map's size, so 97 x 97 and 128 x 256 decide alike."""
+    shape = (2, 64, 512, *size)
+    want = {
+        (torch.float32, "sm_86"): False,
+        (torch.float32, "sm_80"): True,
+        (torch.float32, "sm_90"): True,
+        (torch.bfloat16, "sm_86"): True,
+        (torch.bfloat16, "sm_80"): True,
+        (torch.bfloat16, "sm_90"): True,
+    }
+    for (dtype, arch), tiled in want.items():
+        assert emulation.supported(shape, dtype, SMEM_LIMITS[arch]) is tiled, (dtype, arch)
+    for dtype in (torch.float32, torch.bfloat16):
+        # the largest CTA of all four passes decides, backward ones included
+        needed = max(emulation.smem_bytes(p, shape, dtype) for p in emulation.PASSES)
+        assert emulation.supported(shape, dtype, needed)
+        assert not emulation.supported(shape, dtype, needed - 1)
+    assert emulation.smem_bytes("agg", shape, torch.float32) > SMEM_LIMITS["sm_86"]
+    # the widest C' in float32: its statistics CTA (117.5 KiB) fits an A100's, not an RTX's
+    wide = (2, 128, 512, *size)
+    assert not emulation.supported(wide, torch.float32, SMEM_LIMITS["sm_86"])
+    assert emulation.supported(wide, torch.float32, SMEM_LIMITS["sm_80"])
+
+
+def test_on_sm_90_the_tiled_kernels_take_what_they_always_took():
+    """At an sm_90 CTA's 227 KiB (the default, and what ``forward``/``backward`` run as)
+    every C' up to ``kMaxQk`` = 128 runs tiled in every dtype, at any map size."""
+    assert emulation.SM90_SMEM_BYTES == SMEM_LIMITS["sm_90"]
+    for dtype in emulation.DTYPES:
+        for qk in (1, 16, 64, 100, 128):
+            for size in ((1, 1), (97, 97), (128, 256)):
+                shape = (2, qk, 512, *size)
+                assert emulation.supported(shape, dtype)
+                assert emulation.supported(shape, dtype, SMEM_LIMITS["sm_90"])
+    with pytest.raises(TypeError, match="smem_limit"):
+        emulation.supported((2, 64, 512, 97, 97), torch.float32, 99.5 * KIB)
+    with pytest.raises(ValueError, match="smem_limit"):
+        emulation.supported((2, 64, 512, 97, 97), torch.float32, -1)
+
+
 def test_merge_lse_in_the_kernels():
     """The kernels' log-sum-exp merge of the two halves, against torch.logsumexp."""
     g = torch.Generator().manual_seed(4)

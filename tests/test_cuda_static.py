@@ -13,8 +13,9 @@ and two things are read off the result:
   shared memory by asynchronous copies (cp.async: LDGSTS.E.BYPASS.128, 16 bytes of
   a channels-last tensor; in float32 also LDGSTS.E, one element of an NCHW one),
   committed in groups by LDGDEPBAR and waited for by DEPBAR, so that the next
-  tile is in flight while the current one is multiplied; none touches local memory
-  (LDL/STL).
+  tile is in flight while the current one is multiplied; the float16/bfloat16
+  kernels read their tensor-core fragments from shared memory by ldmatrix (LDSM),
+  never by generic loads (LD.E); none touches local memory (LDL/STL).
 
 Skipped where there is no ``nvcc``; the disassembly also needs ``cuobjdump`` (the
 CUDA toolkit's, or the copy Triton's package carries).
@@ -173,6 +174,10 @@ def test_tensor_cores_asynchronous_copies_and_no_local_memory(compiled):
         assert re.search(r"\bLDGDEPBAR\b", sass), f"{arch} {dtype} {name}: no commit_group"
         assert re.search(r"\bDEPBAR\.LE SB0, 0x1\b", sass), f"{arch} {dtype} {name}: no wait"
         assert not re.search(r"\b(LDL|STL)\b", sass), f"{arch} {dtype} {name}: local memory"
+        if dtype != "float32":
+            # 16-bit fragments by ldmatrix from shared memory, none by generic 32-bit loads
+            assert re.search(r"\bLDSM\.16\.M", sass), f"{arch} {dtype} {name}: no ldmatrix"
+            assert not re.search(r"\bLD\.E", sass), f"{arch} {dtype} {name}: generic loads"
 
 
 def test_the_design_these_kernels_implement_is_within_1_5_x_of_the_byte_floor(compiled):
