@@ -151,7 +151,7 @@ class OfficialMmcvCrissCrossAttention(nn.Module):
         energy_row = torch.einsum("bcij,bcik->bijk", query, key)  # (B, H, W, W)
         attention = F.softmax(torch.cat([energy_col, energy_row], dim=-1), dim=-1)
         out = torch.einsum("bckj,bijk->bcij", value, attention[..., :h])
-        out = out + torch.einsum("bcik,bijk->bcij", value, attention[..., h:])
+        out += torch.einsum("bcik,bijk->bcij", value, attention[..., h:])
         return self.gamma(out) + x
 
 

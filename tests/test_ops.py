@@ -319,6 +319,27 @@ def test_baselines_match_reference(baseline, shape):
     torch.testing.assert_close(Fn.attention_from_padded(padded), ref_att)
 
 
+def test_einsum_baseline_adds_the_row_half_in_place_as_mmcv():
+    """mmcv (a8073c7, ``cc_attention.py``) writes ``out += einsum(...)``: no third (B, C, H, W)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    query, key, value = _inputs((1, 2, 3, 5, 4), torch.float32)
+    with Ops() as log:
+        baselines.einsum_criss_cross(query, key, value)
+    adds = [name for name in log.names if name.startswith("add")]
+    assert adds.count("add_.Tensor") == 1, adds  # the row half onto the column half
+    assert "add.Tensor" in adds  # the -inf diagonal onto the column energies, out of place
+
+
 def test_functional_impl_selection():
     query, key, value = _inputs((2, 3, 5, 4, 6), torch.float64)
     want, want_att = Fn.criss_cross_attention(query, key, value, return_attention=True)

@@ -45,7 +45,7 @@ def einsum_criss_cross(
     energy_w = torch.einsum("bchw,bchj->bhwj", query, key)  # (B, H, W, W)
     attention = F.softmax(torch.cat([energy_h, energy_w], dim=-1), dim=-1)  # (B, H, W, H+W)
     out = torch.einsum("bciw,bhwi->bchw", value, attention[..., :height])
-    out = out + torch.einsum("bchj,bhwj->bchw", value, attention[..., height:])
+    out += torch.einsum("bchj,bhwj->bchw", value, attention[..., height:])  # in place, as mmcv
     return out, attention
 
 
