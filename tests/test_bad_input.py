@@ -2527,6 +2527,34 @@ CASES += [
         TypeError,
         "val_seed",
     ),
+    Case(
+        beacon_attention.share_on,
+        lambda: beacon_attention.share_on(torch.eye(6), (0, 3), torch.ones(2, 3, dtype=torch.bool)),
+        ValueError,
+        "query",
+    ),
+    Case(
+        beacon_attention.share_on,
+        lambda: beacon_attention.share_on(torch.eye(6), (0, 0), torch.ones(2, 3)),
+        TypeError,
+        "cells",
+    ),
+    Case(
+        beacon_attention.shares_on,
+        lambda: beacon_attention.shares_on(
+            torch.eye(4), torch.zeros(1, 2, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool)
+        ),
+        ValueError,
+        "attention",
+    ),
+    Case(
+        beacon_attention.shares_on,
+        lambda: beacon_attention.shares_on(
+            torch.eye(6), torch.zeros(1, 2), torch.ones(2, 3, dtype=torch.bool)
+        ),
+        TypeError,
+        "queries",
+    ),
     Case(axial.relative_offsets, lambda: axial.relative_offsets(0, 2), ValueError, "length"),
     Case(
         axial.relative_offsets,

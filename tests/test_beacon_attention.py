@@ -177,3 +177,34 @@ def test_off_cross_summary_by_hand():
     empty = queries.select(torch.zeros(5, dtype=torch.bool)).off_cross_summary()
     assert empty.off_count == 0 and empty.on_count == 0
     assert empty.off_median_share != empty.off_median_share  # nan
+
+
+def test_share_on_by_hand():
+    # a 2 x 3 grid; query (1, 2) is position 5; the mask holds cells (0, 0) and (1, 1)
+    attention = torch.full((6, 6), 0.0)
+    attention[5] = torch.tensor([0.5, 0.1, 0.0, 0.0, 0.25, 0.15])
+    attention[0] = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    cells = torch.tensor([[True, False, False], [False, True, False]])
+    assert ba.share_on(attention, (1, 2), cells) == 0.75
+    assert ba.share_on(attention, (0, 0), cells) == 1.0
+    both = ba.shares_on(attention, torch.tensor([[1, 2], [0, 0], [0, 1]]), cells)
+    assert both.dtype == torch.float64 and both.tolist() == [0.75, 1.0, 0.0]
+    assert ba.shares_on(attention, torch.zeros(0, 2, dtype=torch.long), cells).shape == (0,)
+
+
+def test_share_on_input_errors():
+    attention, cells = torch.eye(6), torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="attention"):
+        ba.share_on(torch.eye(4), (0, 0), cells)
+    with pytest.raises(TypeError, match="cells"):
+        ba.share_on(attention, (0, 0), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="query"):
+        ba.share_on(attention, (2, 0), cells)
+    with pytest.raises(TypeError, match="query"):
+        ba.share_on(attention, 3, cells)
+    with pytest.raises(ValueError, match="queries"):
+        ba.shares_on(attention, torch.tensor([[0, 3]]), cells)
+    with pytest.raises(ValueError, match="queries"):
+        ba.shares_on(attention, torch.tensor([[0, 1, 2]]), cells)
+    with pytest.raises(TypeError, match="queries"):
+        ba.shares_on(attention, torch.tensor([[0.0, 1.0]]), cells)

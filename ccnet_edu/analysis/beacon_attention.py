@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._checks import check_int
+from .._checks import check_index, check_int, check_tensor
 from ..data import make_sample
 from ..dense import issa_attention_to_dense, recurrent_attention_to_dense
 
@@ -43,6 +43,8 @@ __all__ = [
     "far_query_cells",
     "off_cross",
     "farthest_off_cross_query",
+    "shares_on",
+    "share_on",
     "effective_attention",
     "OffCrossSummary",
     "FarQueries",
@@ -123,9 +125,10 @@ def farthest_off_cross_query(
 ) -> tuple[int, dict, tuple[int, int]] | None:
     """The first validation image with a far query off the cross, and its farthest such cell.
 
-    Returns ``(index, sample, (row, column))`` (the cell of the feature grid whose
-    centre is farthest, in Chebyshev distance, from the beacon's corner), or ``None``
-    when none of the ``length`` images of ``val_seed`` has one.
+    Returns ``(index, sample, (row, column))`` (the off-cross far query whose pixel
+    ``(STRIDE * row, STRIDE * column)`` -- the cell's top-left pixel, the centre of its
+    receptive field -- is farthest, in Chebyshev distance, from the beacon's corner), or
+    ``None`` when none of the ``length`` images of ``val_seed`` has one.
     """
     length = check_int("length", length, minimum=1, maximum=100_000)
     val_seed = check_int("val_seed", val_seed, minimum=0)
@@ -140,6 +143,45 @@ def farthest_off_cross_query(
             distance = torch.maximum(rows, cols) * off  # (h, w), 0 where not an off-cross query
             return index, sample, divmod(int(distance.argmax()), w)
     return None
+
+
+def shares_on(attention: torch.Tensor, queries: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """(q,) float64: the share of each query cell's attention that falls on ``cells``.
+
+    ``attention`` is an ``(N, N)`` attention matrix of an ``(h, w)`` grid (row ``u``
+    holds the weights of query ``u``, positions in row-major order, ``N = h * w``);
+    ``queries`` a ``(q, 2)`` integer tensor of ``(row, column)`` query cells; ``cells``
+    an ``(h, w)`` bool mask.  Each share is the sum, in float64, of the query's weights
+    on the cells of the mask: for a row-stochastic matrix a number in ``[0, 1]``.
+    """
+    check_tensor("attention", attention, dim=2, kind="float", layout="(N, N)")
+    check_tensor("queries", queries, dim=2, kind="int", nonempty=False, layout="(q, 2)")
+    check_tensor("cells", cells, dim=2, kind="bool", layout="(h, w)")
+    h, w = cells.shape
+    if attention.shape != (h * w, h * w):
+        raise ValueError(
+            f"attention must be (N, N) with N = h * w = {h * w} for cells of shape {(h, w)}, "
+            f"got {tuple(attention.shape)}"
+        )
+    if queries.shape[1] != 2:
+        raise ValueError(f"queries must have shape (q, 2), got {tuple(queries.shape)}")
+    queries = queries.cpu()
+    inside = (queries[:, 0] >= 0) & (queries[:, 0] < h) & (queries[:, 1] >= 0) & (queries[:, 1] < w)
+    if not bool(inside.all()):
+        raise ValueError(f"queries must lie in the grid of size {(h, w)}")
+    rows = attention.detach().cpu()[queries[:, 0] * w + queries[:, 1]].double()  # (q, N)
+    return rows[:, cells.cpu().reshape(-1)].sum(1)
+
+
+def share_on(attention: torch.Tensor, query: tuple[int, int], cells: torch.Tensor) -> float:
+    """The share of query cell ``query = (row, column)``'s attention on ``cells``.
+
+    One query of :func:`shares_on`: ``attention`` ``(N, N)``, ``cells`` an ``(h, w)``
+    bool mask with ``h * w = N``.
+    """
+    check_tensor("cells", cells, dim=2, kind="bool", layout="(h, w)")
+    i, j = check_index("query", query, tuple(cells.shape))
+    return float(shares_on(attention, torch.tensor([[i, j]]), cells)[0])
 
 
 def effective_attention(model: nn.Module, out: dict) -> torch.Tensor | None:
@@ -246,13 +288,10 @@ def far_query_attention(
                 continue
             seeing = cells_seeing_beacon(s)
             cells = queries.nonzero()  # (q, 2)
-            w = queries.shape[1]
-            flat = cells[:, 0] * w + cells[:, 1]
             if attention is None:
                 share = torch.full((len(cells),), float("nan"))
             else:
-                rows = attention[b].cpu().double()[flat]  # (q, N)
-                share = rows[:, seeing.reshape(-1)].sum(1)
+                share = shares_on(attention[b], cells, seeing)
             parts["image"].append(torch.full((len(cells),), index))
             parts["cell"].append(cells)
             parts["off"].append(off_cross(seeing)[cells[:, 0], cells[:, 1]])
