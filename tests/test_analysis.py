@@ -534,7 +534,11 @@ def test_comparison_table_times_every_row_in_turn_with_its_spread():
     )
     assert all(r.runs == 3 for r in rows)
     assert all(0 < r.time_low_s <= r.time_s <= r.time_high_s for r in rows)
-    assert f"{rows[0].time_low_s:.2f}–{rows[0].time_high_s:.2f}" in format_table(rows)
+    low, high = (f"{1e3 * t:.3g}" for t in (rows[0].time_low_s, rows[0].time_high_s))
+    table = format_table(rows)
+    assert "time ms" in table.splitlines()[0]
+    assert float(table.splitlines()[2].split("[")[1].split("–")[0]) == pytest.approx(float(low))
+    assert float(table.splitlines()[2].split("–")[1].split("]")[0]) == pytest.approx(float(high))
     untimed = comparison_table(9, 7, 16, 2, impl="reference", progress=False, timing=False)
     assert all(r.time_s is None and r.time_low_s is None and r.runs == 0 for r in untimed)
 
@@ -712,3 +716,18 @@ def test_support_meets_beacon_by_hand():
     assert rows == [8, 9, 10, 11]  # rows r with r - 2 <= 9 and r >= 8
     assert cols == [5, 6, 7, 8, 9, 10]  # cols c with c - 1 <= 9 and c + 3 >= 8
     assert int(meets.sum()) == len(rows) * len(cols)
+
+
+def test_times_print_in_ms_with_three_significant_digits():
+    from ccnet_edu.analysis.compare import _fmt_ms
+
+    cases = {0.01234: "12.3", 0.04: "40.0", 0.0001234: "0.123", 0.0099996: "10.0", 0.0: "0.00"}
+    assert {t: _fmt_ms(t) for t in cases} == cases
+    assert _fmt_ms(1.23456) == "1,235"  # above a second: whole milliseconds
+    with pytest.raises(ValueError, match="seconds"):
+        _fmt_ms(-1.0)
+
+
+def test_format_claims_names_the_papers_setting():
+    text = format_claims({"flops_reduction": 0.75, "saved_ratio": 2.0, "peak_ratio": 4.0})
+    assert text.count("paper, at 97 x 97, C = 512") == 2

@@ -15,7 +15,8 @@ for seed 0, ``NAME_seed<k>.pt`` for seed k, as ``python -m ccnet_edu.train
   and the recorded training time.
 
 Nothing here trains: everything is read from checkpoints or measured on the
-validation samples, which are a pure function of ``(seed, index)``.
+validation samples, which are a function of ``(seed, index)`` (bitwise the same
+on CPUs with the same random-number kernels: see :func:`ccnet_edu.data.make_sample`).
 """
 
 from __future__ import annotations
