@@ -52,7 +52,8 @@ PRODUCTS = {
 }
 #: Softmax phases: bytes per pixel and slot that they must move at least (float32):
 #: forward reads the energies and writes the affinities; backward reads A and dA and
-#: writes dE.
+#: writes dE (its phase also moves dA and dE between the slots and the dense columns,
+#: so its rate is a lower bound).
 SOFTMAX_BYTES = {"forward: softmax": 8, "backward: softmax backward": 12}
 
 

@@ -208,8 +208,9 @@ def backward(
 ) -> list[torch.Tensor]:
     """The backward passes: ``[grad_query, grad_key, grad_value]``, each (B, C, H, W)
     (``reverse``, ``early_copies``, ``l2_bytes``, ``layout``: as :func:`forward`);
-    ``grad_out`` is read in ``grad_out_layout`` (default ``layout``): autograd hands it
-    over in the layout of ``out``, channels-last, whatever the inputs' layout."""
+    ``grad_out`` is read in ``grad_out_layout`` (default ``layout``), as the CUDA
+    operator reads the ``grad_out`` it is given in its own layout, NCHW or channels-last,
+    whichever arrives (it depends on the operations after ``out``)."""
     nchw = _is_nchw(layout)
     go_nchw = _is_nchw(grad_out_layout or layout)
     dims = _dims(query, value)

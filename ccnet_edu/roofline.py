@@ -140,7 +140,8 @@ class DesignCosts:
 
     ``terms`` splits ``bytes`` by what moves it (bytes per term, summing to ``bytes``);
     ``slices`` is how many slices of the value channels the v2 passes take one after
-    another (1 for v1); ``fits`` whether a slice's reused tensors fit the L2 share.
+    another (1 for v1); ``fits`` whether a slice's reused tensors fit the L2 share;
+    ``maps`` how many maps a group of passes covers (``plan_passes``; the batch for v1).
     """
 
     design: str
@@ -149,6 +150,7 @@ class DesignCosts:
     terms: dict[str, float]
     slices: int
     fits: bool
+    maps: int = 1
 
 
 def _ceil(a: int, b: int) -> int:
@@ -197,6 +199,23 @@ def v2_slices(
     return _fewest_slices(channels, reused, L2_SHARE * l2_bytes)
 
 
+def _v2_maps(
+    shape: tuple[int, int, int, int, int], element_bytes: int, mode: str, l2_bytes: int
+) -> int:
+    """The maps of one group of passes, as ``plan_passes`` groups them: as many as one
+    slice of all the channels fits in the L2 share, else one."""
+    batch, qk, channels, height, width = shape
+    slices, _, fits = v2_slices(shape, element_bytes, mode, l2_bytes)
+    if not fits or slices > 1:
+        return 1
+    pixels = height * width
+    if mode == "forward":
+        per_map = pixels * element_bytes * (2 * qk + 2 * channels)
+    else:
+        per_map = pixels * (element_bytes * (4 * qk + 2 * channels) + 4)
+    return max(1, min(batch, int(L2_SHARE * l2_bytes) // per_map))
+
+
 def v3_backward_slices(
     shape: tuple[int, int, int, int, int], element_bytes: int, l2_bytes: int = L2_BYTES
 ) -> tuple[int, int, bool]:
@@ -223,12 +242,23 @@ def design_costs(
     """Operations and DRAM bytes of a design of the tiled kernels at ``shape = (B, C', C, H, W)``.
 
     A design count, not a measurement.  Inputs are NCHW (what a convolution gives);
-    the backward without a gradient of the attention (as :func:`costs`).  Re-reads of a
-    line's keys and values by the line's other CTAs within one launch are taken to hit
-    the L2 (consecutive CTAs share a line); what a later launch reads again is counted
-    from DRAM, except in v2 where the passes of one map and one slice run back to back
-    and the reused tensors fit ``L2_SHARE`` of ``l2_bytes`` (:func:`v2_slices`).  Scratch
-    (the softmax statistics, dA, D) is float32 and is counted written once to DRAM.
+    the backward without a gradient of the attention (as :func:`costs`).  The bytes are
+    counted launch by launch, in the order the launcher runs them in v2 and v3
+    (``run_passes`` in ``csrc/cca_lines.h``): per group of maps, one launch over rows and
+    columns together (the statistics, or dA), then per slice of the value channels a
+    launch over the rows and one over the columns.  What hits the L2:
+
+    * re-reads of a line's tiles by the line's other CTAs within one launch
+      (consecutive CTAs share a line);
+    * in v2 and v3, the tensors the plan sizes (:func:`v2_slices`: query, key, and the
+      slice's value and out in the forward; query, key, their gradients, the slice's
+      grad out and grad value, and D in the backward), read from DRAM once per group,
+      when they fit ``L2_SHARE`` of ``l2_bytes``;
+    * in the launch over rows and columns, the column lines' second reads of what its row
+      lines read, when one group's share of it fits ``L2_SHARE`` of ``l2_bytes``.
+
+    Everything else a launch reads is counted from DRAM, once per launch.  Scratch (the
+    softmax statistics, dA, D) is float32.
 
     ``"v1"`` (the kernels issue #28 found): channels-last copies of the inputs (and of
     the gradients back); a statistics pass over both halves; a row and a column
@@ -237,11 +267,14 @@ def design_costs(
     ``out``.  ``"v2"`` (its backward is the one built now): inputs read in their layout;
     the passes run a group of maps and a slice of the value channels at a time, so that
     the column pass's second reads and the read-modify-write of ``out`` hit the L2; a CTA
-    still covers 128 channels of its slice and computes its keys' energies again.  Its
-    backward keeps v1's passes (dA and D, then the gradients row and column) without the
-    copies, slice by slice: the attention and grad out are read by the dA pass and again
-    by the gradient passes, and dA (float32) is written and read, so it stays over
-    1.5 x the floor.
+    still covers 128 channels of its slice and computes its keys' energies again; every
+    aggregation launch reads the statistics.  Its backward keeps v1's passes without the
+    copies: one dA launch over rows and columns and all the value channels reads grad out
+    and value (its column lines read them again from DRAM where one group's do not fit
+    the L2 share) and the attention, and writes dA (float32) and D; then, slice by slice,
+    the gradient launches read dA, grad out again, and the attention again in every slice
+    (each slice's grad-value CTAs weight its grad out by the attention,
+    ``grads_per_line`` in ``csrc/cca_tiling.h``).
 
     ``"v3"``: v2's forward with each line's energies and exponentials computed once per
     slice of the values: a CTA keeps its 64 queries' weights over a whole line of at most
@@ -252,12 +285,13 @@ def design_costs(
     (a schema change: ``out`` among the saved tensors), a D pass computes
     ``D = sum_c dout * out`` per pixel (FlashAttention-2's way), and the gradient CTAs of
     grad key and grad query recompute ``dA = dout V^T`` on chip over all the channels
-    (twice the dA operations), so that the attention is read once per direction and no
-    float32 scratch the size of the attention moves; grad out and value are read again
-    by the row and column passes, from the L2 when one map's share of them fits
-    (:func:`v3_backward_slices`).  Where it does not fit (float32 at 97 x 97, both dtypes
-    at 128 x 256), reading them again from DRAM would cost more than v2's dA scratch,
-    and v3 keeps v2's backward passes.
+    (twice the dA operations), so that no float32 scratch the size of the attention
+    moves; grad out and value are read again by the row and column passes, from the L2
+    when one map's share of them fits (:func:`v3_backward_slices`), and grad value is
+    computed slice by slice, each slice's grad-value CTAs reading the attention again, as
+    v2's do.  Where the share does not fit (float32 at 97 x 97, both dtypes at
+    128 x 256), reading them again from DRAM would cost more than v2's dA scratch, and v3
+    keeps v2's backward passes.
     """
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
@@ -275,6 +309,7 @@ def design_costs(
             terms,
             max(f.slices, b.slices),
             f.fits and b.fits,
+            min(f.maps, b.maps),
         )
     batch, qk, channels, height, width = shape
     n, slots, e = batch * height * width, height + width - 1, element_bytes
@@ -306,38 +341,48 @@ def design_costs(
                 "gradients written, then read and rewritten by the column pass": 3 * grads,
             }
             flops = 4 * n * slots * (qk + channels)
-        return DesignCosts(design, flops, sum(terms.values()), terms, 1, True)
+        return DesignCosts(design, flops, sum(terms.values()), terms, 1, True, batch)
+    columns = height > 1  # a map of one row has no column launches
+    launches = 2 if columns else 1  # per slice: the rows, then the columns
+    budget, pixels = L2_SHARE * l2_bytes, height * width
     if mode == "backward" and design == "v3":
-        slices, width, fits = v3_backward_slices(shape, element_bytes, l2_bytes)
+        slices, _, fits = v3_backward_slices(shape, element_bytes, l2_bytes)
         if not fits:  # grad out and value re-read from DRAM would cost more: v2's passes
             v2 = design_costs(shape, element_bytes, mode, "v2", l2_bytes)
-            return DesignCosts(design, v2.flops, v2.bytes, v2.terms, v2.slices, v2.fits)
+            return DesignCosts(design, v2.flops, v2.bytes, v2.terms, v2.slices, v2.fits, v2.maps)
         terms = {
-            "query, key, value, grad out, attention read once": (
-                n * (2 * qk + 2 * channels + slots) * e
-            ),
+            "query, key, value, grad out read once": n * (2 * qk + 2 * channels) * e,
+            "attention read by each slice's gradient launches": slices * n * slots * e,
             "gradients written once": n * (2 * qk + channels) * e,
             "out (saved by the forward) read by the D pass": n * channels * e,
-            "D (scratch) written, read": 8 * n,
+            "D (scratch) written": 4 * n,
         }
         # dA = dout V^T twice (the grad key and the grad query CTAs), D = dout . out
         flops = 4 * n * slots * (qk + channels) + 2 * n * slots * channels + 2 * n * channels
-        return DesignCosts(design, flops, sum(terms.values()), terms, slices, fits)
-    slices, width, fits = v2_slices(shape, element_bytes, mode, l2_bytes)
-    last = channels - (slices - 1) * width
-    ctas = (slices - 1) * _ceil(width, CHUNK) + _ceil(last, CHUNK)  # 128-channel CTAs
+        return DesignCosts(design, flops, sum(terms.values()), terms, slices, fits, 1)
+    slices, width_of, fits = v2_slices(shape, element_bytes, mode, l2_bytes)
+    maps = _v2_maps(shape, element_bytes, mode, l2_bytes)
+    last = channels - (slices - 1) * width_of
+    ctas = (slices - 1) * _ceil(width_of, CHUNK) + _ceil(last, CHUNK)  # 128-channel CTAs
     if mode == "forward":
         terms = {
             "query, key, value read once": n * (2 * qk + channels) * e,
             "out written once": n * channels * e,
             "attention written once": n * slots * e,
             "statistics (scratch) written": 16 * n,
+            "statistics read by every aggregation launch (each slice's rows and columns)": (
+                slices * launches * 16 * n
+            ),
         }
         if not fits:
-            terms["column pass: query, key, value and out read again"] = (
-                n * (2 * qk + 2 * channels) * e
-            )
-            terms["out of the row pass written"] = n * channels * e
+            if columns and maps * pixels * 2 * qk * e > budget:
+                terms["statistics pass, column lines: query and key read again"] = n * 2 * qk * e
+            terms["row aggregation: query and key read again"] = n * 2 * qk * e
+            if columns:
+                terms["column pass: query, key, value and out read again"] = (
+                    n * (2 * qk + 2 * channels) * e
+                )
+                terms["out of the row pass written"] = n * channels * e
 
         # v3: a line of at most LINE_PROBS positions computes its energies once per slice
         # (its chunks sweep one set of weights), a longer one once per 128-channel CTA
@@ -345,25 +390,29 @@ def design_costs(
             return slices if design == "v3" and _ceil(length, 64) * 64 <= LINE_PROBS else ctas
 
         # a row's W energies per pixel, a column's H - 1 (its centre is the row's)
-        rows, cols = shape[4], shape[3]  # a row's length W, a column's H (width: the slice's)
+        rows, cols = shape[4], shape[3]  # a row's length W, a column's H
         again = 2 * n * qk * (rows * times(rows) + (cols - 1) * times(cols))
         flops = energies + again + 2 * n * slots * channels
     else:
         terms = {
-            "query, key, value, grad out, attention read once": (
-                n * (2 * qk + 2 * channels + slots) * e
+            "dA pass: grad out and value (all channels)": 2 * n * channels * e,
+            "attention read by the dA pass": n * slots * e,
+            "dA (scratch) written, read by the gradient launches": 2 * 4 * n * slots,
+            "D (scratch: a partial sum per half) written": 8 * n,
+            "gradient launches: query, key, and grad out of each slice": (
+                n * (2 * qk + channels) * e
             ),
+            "attention read again by each slice's gradient launches": slices * n * slots * e,
             "gradients written once": n * (2 * qk + channels) * e,
-            "attention and grad out read again by the gradient passes": (
-                n * (slots + channels) * e
-            ),
-            "dA (scratch) written, read": 2 * 4 * n * slots,
-            "D (scratch) written": 4 * n,
         }
+        if columns and maps * pixels * 2 * channels * e > budget:
+            terms["dA pass, column lines: grad out and value read again"] = 2 * n * channels * e
         if not fits:
-            terms["column pass: query, key, grad out, gradients read again"] = (
-                n * (4 * qk + 2 * channels) * e
-            )
-            terms["gradients of the row pass written"] = n * (2 * qk + channels) * e
+            terms["D read by the gradient launches"] = launches * 8 * n
+            if columns:
+                terms["column pass: query, key, grad out, gradients read again"] = (
+                    n * (4 * qk + 2 * channels) * e
+                )
+                terms["gradients of the row pass written"] = n * (2 * qk + channels) * e
         flops = 4 * n * slots * (qk + channels)
-    return DesignCosts(design, flops, sum(terms.values()), terms, slices, fits)
+    return DesignCosts(design, flops, sum(terms.values()), terms, slices, fits, maps)

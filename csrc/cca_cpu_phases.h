@@ -30,10 +30,10 @@ namespace phases {
   X(kForwardAggregation, "forward: aggregation A V (rows and columns)")                 \
   X(kForwardLayout, "forward: layout copies (slots <-> dense, value channels-last)")     \
   X(kBackwardGradAttention, "backward: dA = dO V^T (rows and columns)")                 \
-  X(kBackwardSoftmax, "backward: softmax backward (dA -> dE)")                          \
+  X(kBackwardSoftmax, "backward: softmax backward (dA -> dE, slots <-> dense columns)")  \
   X(kBackwardGradValue, "backward: dV = A^T dO (rows and columns)")                     \
   X(kBackwardGradQueryKey, "backward: dQ = dE K, dK = dE^T Q (rows and columns)")       \
-  X(kBackwardLayout, "backward: layout copies (slots <-> dense, gathers, NCHW grads)")  \
+  X(kBackwardLayout, "backward: layout copies (gathers of NCHW columns, NCHW grads)")   \
   X(kForwardSweeps, "forward: wall time of the sweeps (calling thread)")                \
   X(kForwardCall, "forward: wall time of the call (calling thread)")                    \
   X(kBackwardSweeps, "backward: wall time of the sweeps (calling thread)")              \

@@ -4,9 +4,13 @@
 //       launched by cca_cuda_lines.cu) for float32, float16 and bfloat16 with C' <= 128,
 //       reading NCHW or channels-last inputs in place: query, key and value in the
 //       query's layout (one in another layout, or in neither, is copied into it), and
-//       grad_out in its own layout;
+//       grad_out in its own, NCHW or channels-last (one in neither is copied to NCHW);
 //       the portable kernels for anything else (float64, a wider C', or a device that
 //       gives one block less shared memory than one of the tiled passes needs).
+//   This library (this file and cca_cuda_lines.cu, built together) needs compute
+//   capability 8.0 or later: the tiled kernels use TF32 and bfloat16 tensor-core
+//   fragments, which CUDA's mma.h defines only from sm_80 on, so a build for an older
+//   GPU fails, and there neither the tiled nor the portable kernels are available.
 //   portable_criss_cross_attention[_backward]  the portable element bodies (cca_common.h,
 //       cca_portable.h), one thread per output element: the oracle the tiled kernels
 //       are tested against on a GPU, and chapter 04's teaching kernel.
@@ -201,7 +205,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   if (!tiled(query_in, value_in))
     return portable_backward(grad_out_in, grad_att_in, attention_in, query_in, key_in, value_in,
                              CudaLaunch{});
-  // grad_out in its own layout: autograd gives that of out (channels-last).
+  // grad_out read in the layout it arrives in, NCHW or channels-last (which one depends
+  // on the operations after out); one in neither (an expanded gradient, say) is copied
+  // to NCHW.
   const bool nchw = reads_nchw(query_in), go_nchw = reads_nchw(grad_out_in);
   const auto query = in_layout(query_in, nchw), key = in_layout(key_in, nchw),
              value = in_layout(value_in, nchw), grad_out = in_layout(grad_out_in, go_nchw);

@@ -19,8 +19,11 @@
 //
 // The tiles of the line stream through shared memory by asynchronous copies
 // (cp.async, sm_80 and later), so that loads can stay in flight while the CTA
-// computes.  The statistics, dA and gradients passes have a second buffer for each
-// streamed operand: the next tile is issued before the current one is multiplied.
+// computes.  The statistics and dA passes have a second buffer for each operand they
+// stream: the next tile is issued before the current one is multiplied.  The gradients
+// pass does so for the rows it multiplies (grad out, query or key); its weights tile (A,
+// or dE from A and dA) is built with ordinary loads in one buffer after the previous
+// product, with no copy of it in flight during the products.
 // The aggregation has one buffer for keys and one for values, and issues the next
 // tile of each once the current one has been read: in agg_body (one chunk per CTA)
 // a key copy overlaps the exp and the product, a value copy the next energies; in
@@ -121,7 +124,7 @@ struct Params {
   bool vec_out;  // ... for out
   bool vec_go;   // ... for grad_out
   bool nchw;     // NCHW: read and written element by element, positions across threads
-  bool go_nchw;  // grad_out's own layout (autograd gives the layout of out, channels-last)
+  bool go_nchw;  // grad_out's own layout: NCHW or channels-last, as it arrives
 };
 
 // A warp's accumulator tiles: N tiles of 16 x 16 side by side.

@@ -205,7 +205,8 @@ struct GpuExec {
   }
   // 16 bytes from global to shared memory without passing through registers
   // (cp.async.cg: cached in L2 only; LDGSTS in the machine code).  Before sm_80, an
-  // ordinary load and store.
+  // ordinary load and store (though the library as a whole needs sm_80: the TF32 and
+  // bfloat16 fragments, cca_cuda.cu).
   __device__ static void copy16_async(void* dst, const void* src) {
 #if __CUDA_ARCH__ >= 800
     const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));

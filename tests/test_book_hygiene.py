@@ -7,6 +7,9 @@
 * a ``remove-input`` cell that prints prose (``Markdown(``) asserts what it states, so that a
   different outcome fails loudly instead of printing a contradiction;
 * no figure sets a font size below 8;
+* no formula of the book's own writes the exponential as ``e^``: book/notation.md promises that
+  ``e`` is always an energy and the exponential is written ``exp`` (a paper's numbered equation,
+  quoted with its ``\\tag``, keeps the paper's symbols);
 * ``book/setup.md`` names the extras the Makefile installs.
 
 Every notebook in ``notebooks/`` is held to every rule.
@@ -27,6 +30,9 @@ CITE = re.compile(r"\{cite(?::[a-z]+|[tp])?\}`([^`]+)`")
 LINK = re.compile(r"\]\((https?://[^)\s]+)\)|<(https?://[^>\s]+)>")
 REPO = re.compile(r"https://github\.com/([^/]+/[^/#?]+)")
 FONTSIZE = re.compile(r"fontsize\s*=\s*(\d+(?:\.\d+)?)")
+MATHS = re.compile(r"\$\$.*?\$\$|\$[^$\n]+\$", re.DOTALL)
+EXP_AS_E = re.compile(r"(?<![A-Za-z\\])e\^")
+BOOK_PAGES = sorted((ROOT / "book").glob("*.md"))
 
 
 def _cells(path: Path) -> list[dict]:
@@ -105,6 +111,25 @@ def small_fonts(path: Path) -> list[tuple[int, str]]:
     ]
 
 
+def exponentials_as_e(text: str) -> list[str]:
+    """The formulas of ``text`` that write the exponential as ``e^`` (quoted numbered equations,
+    those with a ``\\tag``, excepted)."""
+    return [
+        match.group(0)
+        for match in MATHS.finditer(text)
+        if EXP_AS_E.search(match.group(0)) and "\\tag{" not in match.group(0)
+    ]
+
+
+def chapter_exponentials_as_e(path: Path) -> list[tuple[int, str]]:
+    """``(cell index, formula)`` of every ``e^`` exponential in a chapter's prose."""
+    return [
+        (index, formula)
+        for index, cell in enumerate(_cells(path))
+        for formula in exponentials_as_e(_text(cell))
+    ]
+
+
 def _ids(paths: list[Path]) -> list:
     return [pytest.param(p, id=p.stem) for p in paths]
 
@@ -130,6 +155,16 @@ def test_figure_fonts_are_at_least_8(path):
     assert not small_fonts(path)
 
 
+@pytest.mark.parametrize("path", _ids(NOTEBOOKS))
+def test_the_exponential_is_written_exp(path):
+    assert not chapter_exponentials_as_e(path)
+
+
+@pytest.mark.parametrize("path", _ids(BOOK_PAGES))
+def test_the_exponential_is_written_exp_on_the_book_pages(path):
+    assert not exponentials_as_e(path.read_text(encoding="utf-8"))
+
+
 def test_the_rules_catch_what_they_are_for(tmp_path):
     cells = [
         {"cell_type": "markdown", "source": ["As {cite}`a, b` and [x](https://x.org/y) show."]},
@@ -145,12 +180,20 @@ def test_the_rules_catch_what_they_are_for(tmp_path):
             "outputs": [{"data": {"text/markdown": ["see {cite:p}`c`"]}}],
         },
         {"cell_type": "code", "metadata": {}, "source": ["ax.legend(fontsize=6)"]},
+        {
+            "cell_type": "markdown",
+            "source": [
+                "$\\log(e^a + e^{b})$, $\\exp e(u, p)$, $\\mathrm{lse}^2$, $(e^{x})$ and\n",
+                "$$f = e^{\\theta^T \\phi} \\tag{3}$$",
+            ],
+        },
     ]
     path = tmp_path / "bad.ipynb"
     path.write_text(json.dumps({"cells": cells}), encoding="utf-8")
     assert references_gaps(path) == ({"b", "c"}, {"https://x.org/y"})
     assert unguarded_prose(path) == [3]
     assert small_fonts(path) == [(4, "fontsize=6")]
+    assert chapter_exponentials_as_e(path) == [(5, "$\\log(e^a + e^{b})$"), (5, "$(e^{x})$")]
     no_refs = tmp_path / "none.ipynb"
     no_refs.write_text(json.dumps({"cells": cells[:2]}), encoding="utf-8")
     assert references_gaps(no_refs) == (

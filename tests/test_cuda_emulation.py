@@ -104,7 +104,7 @@ def test_asynchronous_copies_landing_early_or_late_give_the_same_bits(shape, dty
         assert torch.equal(a, c)
     grads = emulation.backward(go, ga, late[1], q, k, v, layout=layout)
     grads_early = emulation.backward(go, ga, late[1], q, k, v, early_copies=True, layout=layout)
-    # grad_out channels-last as autograd gives it (the layout of out), the inputs NCHW
+    # grad_out channels-last (as the operations after out may pass it), the inputs NCHW
     grads_mixed = emulation.backward(go, ga, late[1], q, k, v, grad_out_layout="channels_last")
     for a, b, c in zip(grads, grads_early, grads_mixed, strict=True):
         assert torch.equal(a, b)
@@ -218,6 +218,42 @@ def test_plan_is_the_roofline_design(shape, dtype):
             assert _reused(shape, size, mode, plan["width"]) <= roofline.L2_BYTES // 2
         assert 1 <= plan["maps"] <= shape[0]
     assert emulation.plan(shape, dtype, "forward", 0)["maps"] == shape[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", roofline.SHAPES, ids=str)
+def test_the_backward_count_reads_the_attention_as_the_grids_do(shape, dtype):
+    """ccnet_edu.roofline counts the attention read once by the dA launch and once more by
+    every slice's gradient launches: the dA grid covers every line's query blocks, rows
+    and columns in one launch, and a slice's gradient grid holds grad-value CTAs for every
+    key block of every line (each weighting grad out by the attention of all its
+    queries), which later slices launch again (grads_per_line); the groups of maps are
+    the plan's."""
+    size = 4 if dtype == torch.float32 else 2
+    batch, qk, channels, height, width = shape
+    plan = emulation.plan(shape, dtype, "backward", roofline.L2_BYTES)
+    v2 = roofline.design_costs(shape, size, "backward", "v2")
+    assert (v2.maps, v2.slices) == (plan["maps"], plan["slices"])
+    group = (plan["maps"], qk, channels, height, width)
+    blocks = {0: -(-width // 64), 1: -(-height // 64)}
+    lines = {0: plan["maps"] * height, 1: plan["maps"] * width}
+    assert emulation.grid("bwd_da", 0, group) == sum(lines[d] * blocks[d] for d in (0, 1))
+    one = (plan["maps"], qk, plan["width"], height, width)  # the first slice's launches
+    chunks = -(-plan["width"] // 128)
+    for d in (0, 1):
+        kinds = [
+            emulation.decode("bwd_grads", d, one, i)
+            for i in range(emulation.grid("bwd_grads", d, one))
+        ]
+        by_value = {(c["line"], c["block"]) for c in kinds if c["kind"] == 0}
+        assert len(by_value) == lines[d] * blocks[d]  # every key block of every line
+        assert sum(c["kind"] == 0 for c in kinds) == lines[d] * blocks[d] * chunks
+    n, slots = batch * height * width, height + width - 1
+    attention = n * slots * size
+    assert v2.terms["attention read by the dA pass"] == attention
+    assert v2.terms["attention read again by each slice's gradient launches"] == (
+        plan["slices"] * attention
+    )
 
 
 def test_without_grad_attention_is_grad_attention_zero():

@@ -10,7 +10,9 @@ Every number in a row is measured on the module itself:
 * ``saved_mb`` -- :func:`~ccnet_edu.analysis.memory.saved_tensors`, every
   storage kept for backward, once, also on ``meta``;
 * ``peak_mb`` -- :func:`~ccnet_edu.analysis.memory.peak_memory` of forward +
-  backward on the real device;
+  backward on ``x``'s device: storage tracking on the CPU and on ``meta`` (the
+  same storages on both; not an allocator reading: an operator's internal
+  temporaries are not in it), the allocator's statistics on CUDA;
 * ``time_s`` -- median wall time of ``repeats`` forward + backward runs after one
   plain untimed warm-up run, with the fastest and slowest run beside it
   (``time_low_s``, ``time_high_s``). :func:`comparison_table` times its

@@ -341,15 +341,20 @@ def plot_phase_breakdown(rows: Sequence[Mapping[str, Any]], ax: Axes | None = No
     ``rows`` are the rows of ``benchmarks/cpu_phases.py``'s CSV (``isa``, ``case``, ``phase``,
     ``kind``, ``ms``): one bar per ISA level and case, each phase's share of the phases' sum,
     stacked by :data:`PHASE_GROUPS`. The dashed line at two thirds marks where the line products
-    must reach for the time outside them to be below a third.
+    must reach for the time outside them to be below a third. A bar is labelled with the fused
+    op's time with the clocks off where the case's ``total`` row gives it
+    (``fused_ms_clocks_off``), else with the phases' sum.
     """
     if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence) or not rows:
         raise TypeError("rows must be a non-empty list of the phase rows (mappings)")
     bars: dict[tuple[str, str], dict[str, float]] = {}
+    clocks_off: dict[tuple[str, str], float] = {}
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping) or not {"isa", "case", "phase", "kind", "ms"} <= set(row):
             raise TypeError(f"rows[{i}] must be a mapping with isa, case, phase, kind and ms")
         if row["kind"] == "total":
+            if row.get("fused_ms_clocks_off") not in (None, ""):
+                clocks_off[row["isa"], row["case"]] = float(row["fused_ms_clocks_off"])
             continue
         ms = float(row["ms"])
         if not ms >= 0:
@@ -369,11 +374,13 @@ def plot_phase_breakdown(rows: Sequence[Mapping[str, Any]], ax: Axes | None = No
             width = 100.0 * groups[group] / total
             ax.barh(y, width, left=left, color=colour, label=group if y == 0 else None)
             left += width
-        labels.append(f"{isa}\n{case.split()[-1]}: {total:.0f} ms")
+        off = clocks_off.get((isa, case))
+        timing = f"{total:.0f} ms" if off is None else f"{off:.0f} ms, clocks off"
+        labels.append(f"{isa}\n{case.split()[-1]}: {timing}")
     ax.axvline(200 / 3, color="black", linestyle="--", linewidth=1, label="two thirds")
     ax.set_yticks(range(len(bars)), labels)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
-    ax.set_xlabel("share of the fused forward + backward time (%), phase clocks on")
+    ax.set_xlabel("share of the fused forward + backward time (%), run with the phase clocks on")
     ax.legend(fontsize=LEGEND_FONTSIZE, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     return ax
