@@ -18,16 +18,19 @@ Finding the shapes is local work; *naming* them needs the beacon, which is
 usually far away.  The backbone of :mod:`ccnet_edu.models` (output stride 8)
 has a theoretical receptive field of 35 pixels, so a feature cell more than
 17 pixels from the beacon cannot see it, and a pixel's logits, upsampled from
-up to two cells per axis, cannot draw on it beyond 28 pixels: there a head
+up to two cells per axis, cannot draw on it beyond 28 pixels (less in most
+directions, see :func:`ccnet_edu.analysis.propagation.logit_reach`): there a head
 without context can only guess the class (one chance in three), while a head that gathers
 context from the whole image (non-local, RCCA with R = 2, ISA, the global
 branch of SA) can read the beacon.  RCCA with R = 1 sees only the row and
 column of a pixel (widened by the receptive field of the backbone), so it
 reads the beacon only for shapes that share a row or column band with it.
 
-Every sample is a pure function of ``(seed, index)``: the same dataset
+Every sample is a function of ``(seed, index)``: the same dataset
 object returns the same tensors in any order, in any process, which keeps
-distributed training and evaluation reproducible.
+distributed training and evaluation reproducible.  Across machines the
+labels are the same bit for bit, but the image's noise is not everywhere:
+see :func:`make_sample`.
 """
 
 from __future__ import annotations
@@ -94,6 +97,15 @@ def make_sample(
       ``beacon_class`` (int, 1..3), ``beacon_corner`` ((row, col) of its top-left pixel),
       ``shape_mask`` (size, size) bool, the pixels of the grey shapes,
       ``beacon_size`` (int).
+
+    Deterministic for a given ``(seed, index)`` and CPU kernel family: the
+    beacon, the shapes and so the labels come from the generator's uniform
+    draws, but the noise comes from torch's float32 normal kernel, which
+    computes its logarithms and sines with vectorised code where torch has
+    built its AVX2 or AVX-512 kernels and with the C library elsewhere.  So
+    the images are bitwise equal on x86 CPUs with AVX2 or AVX-512 and may
+    differ in the last bits on others; on one machine, torch's
+    ``ATEN_CPU_CAPABILITY=default`` changes the images and leaves the labels.
     """
     seed = check_int("seed", seed, minimum=0)
     index = check_int("index", index, minimum=0)

@@ -18,7 +18,7 @@ The network is ``backbone -> head -> upsample``:
   ``fcn``       no context (identity) -- a plain FCN head
   ``rcca1``     :class:`~ccnet_edu.cca.RecurrentCrissCrossAttention`, R = 1
   ``rcca2``     :class:`~ccnet_edu.cca.RecurrentCrissCrossAttention`, R = 2
-  ``nonlocal``  :class:`~ccnet_edu.nonlocal_block.NonLocal2d` (CCNet form)
+  ``nonlocal``  :class:`~ccnet_edu.nonlocal_block.NonLocal2d` (comparison form)
   ``isa``       :class:`~ccnet_edu.issa.InterlacedSparseSelfAttention`, 4x4 blocks
   ``sa``        :class:`~ccnet_edu.sa.SqueezeAttention` (pool 6: a 2x2 grid)
   ``axial``     :class:`~ccnet_edu.axial.AxialAttention`: height pass, width pass

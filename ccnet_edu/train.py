@@ -10,8 +10,9 @@ accuracy).  The command line that trains the shipped checkpoints,
 and ``build_parser`` are importable from here too).
 
 Everything is seeded: the samples are a function of ``(seed, index)``
-(:mod:`ccnet_edu.data`), the initial weights of ``config.seed``, so one run
-gives one result (on one machine and one torch version).
+(:mod:`ccnet_edu.data`; their noise bitwise so per CPU kernel family), the
+initial weights of ``config.seed``, so one run gives one result (on one
+machine and one torch version).
 """
 
 from __future__ import annotations
@@ -85,9 +86,11 @@ SHIPPED = {
 # Pixels farther than this (Chebyshev, in pixels) from the beacon are "far":
 # beyond the 17 pixels either side of one backbone cell's 35-pixel receptive
 # field.  A pixel's logits are the bilinear upsampling of cells up to 11 pixels
-# away, so they can draw on input pixels up to 28 pixels away: the far pixels
-# within 28 pixels (a thin band) can still take part of their logit from a cell
-# that sees the beacon (chapter 9 measures both).
+# away, so they can draw on input pixels up to 28 pixels away, in some
+# directions only (the reach depends on the direction and on the pixel's place
+# in its cell: analysis.propagation.logit_reach).  A few far pixels can
+# therefore still take part of their logit from a cell that sees the beacon
+# (chapter 9 counts them with analysis.propagation.support_meets_beacon).
 FAR = 24
 # The smallest image side: a multiple of the output stride 8 with room for
 # the beacon and the shapes (make_sample needs 4 * beacon_size = 24).
@@ -385,8 +388,8 @@ def evaluate(
     """mIoU, pixel accuracy and per-class IoU on ``length`` validation samples of ``seed``.
 
     Also ``far_acc``: the accuracy on shape pixels more than :data:`FAR`
-    pixels from the beacon, the part of the task that needs context (all but
-    a thin band of them lie beyond the reach of a pixel's logits, see :data:`FAR`).
+    pixels from the beacon, the part of the task that needs context (the
+    logits of all but a few of them cannot draw on a beacon pixel, see :data:`FAR`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")

@@ -24,8 +24,9 @@ run, :class:`~ccnet_edu.sync_batchnorm.AllReduceBatchNorm2d` does the same with 
 all-reduces over gloo).
 
 Everything is seeded: the samples are a function of ``(seed, index)``
-(:mod:`ccnet_edu.data`), the initial weights of ``--seed``, so one command
-gives one result (on one machine and one torch version).
+(:mod:`ccnet_edu.data`; their noise bitwise so per CPU kernel family), the
+initial weights of ``--seed``, so one command gives one result (on one
+machine and one torch version).
 
 This module is the command line; the training loop, the loss and the
 evaluation are :mod:`ccnet_edu.train`, which runs :func:`main` when invoked

@@ -534,7 +534,11 @@ def test_comparison_table_times_every_row_in_turn_with_its_spread():
     )
     assert all(r.runs == 3 for r in rows)
     assert all(0 < r.time_low_s <= r.time_s <= r.time_high_s for r in rows)
-    assert f"{rows[0].time_low_s:.2f}–{rows[0].time_high_s:.2f}" in format_table(rows)
+    low, high = (f"{1e3 * t:.3g}" for t in (rows[0].time_low_s, rows[0].time_high_s))
+    table = format_table(rows)
+    assert "time ms" in table.splitlines()[0]
+    assert float(table.splitlines()[2].split("[")[1].split("–")[0]) == pytest.approx(float(low))
+    assert float(table.splitlines()[2].split("–")[1].split("]")[0]) == pytest.approx(float(high))
     untimed = comparison_table(9, 7, 16, 2, impl="reference", progress=False, timing=False)
     assert all(r.time_s is None and r.time_low_s is None and r.runs == 0 for r in untimed)
 
@@ -646,3 +650,84 @@ def test_plot_query_attention_masks_exact_zeros_and_shares_the_scale():
     assert image.get_clim() == (0.0, 0.8)
     assert ax.get_xlabel() == "column j" and ax.get_ylabel() == "row i"
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# A segmentation model's logit reach and the beacon
+# ---------------------------------------------------------------------------
+
+
+def test_logit_reach_predicts_the_gradient_support_of_any_pixel():
+    from ccnet_edu import data, models
+    from ccnet_edu.analysis.propagation import logit_reach, support_meets_beacon
+
+    torch.manual_seed(0)
+    net = models.SegmentationModel("fcn")
+    reach = logit_reach(net, size=64)
+    assert reach.shape == (8, 4) and reach.dtype == torch.int64
+    # the reach is not symmetric (bilinear upsampling of stride-8 cells)
+    assert not torch.equal(reach[:, 0], reach[:, 1])
+    net64 = copy.deepcopy(net).double().eval()
+    gen = torch.Generator().manual_seed(1)
+    outcomes = []
+    for index in range(4):
+        sample = data.make_sample(3, index)
+        predicted = support_meets_beacon(sample, reach)
+        beacon = torch.zeros_like(predicted)
+        br, bc = sample["beacon_corner"]
+        beacon[br : br + 6, bc : bc + 6] = True
+        assert bool(predicted[beacon].all())  # the beacon's own pixels read it
+        # pixels just inside and just outside the predicted region, and the image's corners
+        edge = (
+            predicted
+            & ~torch.nn.functional.max_pool2d((~predicted)[None, None].float(), 3, 1, 1)[0, 0]
+            .bool()
+            .logical_not()
+        )
+        outside = (
+            ~predicted
+            & torch.nn.functional.max_pool2d(predicted[None, None].float(), 3, 1, 1)[0, 0].bool()
+        )
+        pixels = [(0, 0), (95, 95), (2, 93)]
+        for region in (edge, outside):
+            found = region.nonzero()
+            pixels += found[torch.randperm(len(found), generator=gen)[:3]].tolist()
+        image = sample["image"][None].double()
+        for r, c in pixels:
+            support = influence_map(net64, image, (r, c)) > 0
+            rows, cols = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
+            up, down = reach[r % 8, :2].tolist()
+            left, right = reach[c % 8, 2:].tolist()
+            assert (int(rows.min()), int(rows.max())) == (max(r - up, 0), min(r + down, 95))
+            assert (int(cols.min()), int(cols.max())) == (max(c - left, 0), min(c + right, 95))
+            outcomes.append(bool(predicted[r, c]))
+            assert outcomes[-1] == bool((support & beacon).any())
+    assert True in outcomes and False in outcomes
+
+
+def test_support_meets_beacon_by_hand():
+    from ccnet_edu.analysis.propagation import support_meets_beacon
+
+    sample = {"label": torch.zeros(20, 20), "beacon_corner": (8, 8), "beacon_size": 2}
+    reach = torch.tensor([[2, 0, 1, 3]])  # up 2, down 0, left 1, right 3, every offset
+    meets = support_meets_beacon(sample, reach)
+    rows = meets.any(1).nonzero().flatten().tolist()
+    cols = meets.any(0).nonzero().flatten().tolist()
+    assert rows == [8, 9, 10, 11]  # rows r with r - 2 <= 9 and r >= 8
+    assert cols == [5, 6, 7, 8, 9, 10]  # cols c with c - 1 <= 9 and c + 3 >= 8
+    assert int(meets.sum()) == len(rows) * len(cols)
+
+
+def test_times_print_in_ms_with_three_significant_digits():
+    from ccnet_edu.analysis.compare import _fmt_ms
+
+    cases = {0.01234: "12.3", 0.04: "40.0", 0.0001234: "0.123", 0.0099996: "10.0", 0.0: "0.00"}
+    assert {t: _fmt_ms(t) for t in cases} == cases
+    assert _fmt_ms(1.23456) == "1,235"  # above a second: whole milliseconds
+    with pytest.raises(ValueError, match="seconds"):
+        _fmt_ms(-1.0)
+
+
+def test_format_claims_names_the_papers_setting():
+    text = format_claims({"flops_reduction": 0.75, "saved_ratio": 2.0, "peak_ratio": 4.0})
+    assert text.count("paper, at 97 x 97, C = 512") == 2

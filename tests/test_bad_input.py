@@ -1506,6 +1506,58 @@ CASES = [
     ),
     # analysis.propagation
     Case(
+        propagation.logit_reach,
+        lambda: propagation.logit_reach(lambda x: x),
+        TypeError,
+        "model must be an nn.Module",
+    ),
+    Case(
+        propagation.logit_reach,
+        lambda: propagation.logit_reach(torch.nn.Conv2d(3, 1, 1), period=0),
+        ValueError,
+        "period",
+    ),
+    Case(
+        propagation.logit_reach,
+        lambda: propagation.logit_reach(torch.nn.Conv2d(3, 1, 1), size=10**6),
+        ValueError,
+        "size",
+    ),
+    Case(
+        propagation.logit_reach,
+        lambda: propagation.logit_reach(torch.nn.Conv2d(3, 1, 9, padding=4), period=2, size=8),
+        ValueError,
+        "too small",
+    ),
+    Case(
+        propagation.support_meets_beacon,
+        lambda: propagation.support_meets_beacon({}, torch.zeros(8, 4, dtype=torch.int64)),
+        TypeError,
+        "sample",
+    ),
+    Case(
+        propagation.support_meets_beacon,
+        lambda: propagation.support_meets_beacon(data.make_sample(0, 0), torch.zeros(8, 3)),
+        TypeError,
+        "reach",
+    ),
+    Case(
+        propagation.support_meets_beacon,
+        lambda: propagation.support_meets_beacon(
+            data.make_sample(0, 0), torch.zeros(8, 3, dtype=torch.int64)
+        ),
+        ValueError,
+        "reach must be",
+    ),
+    Case(
+        propagation.support_meets_beacon,
+        lambda: propagation.support_meets_beacon(
+            data.make_sample(0, 0), -torch.ones(8, 4, dtype=torch.int64)
+        ),
+        ValueError,
+        "negative",
+    ),
+    Case(
         propagation.boolean_matmul,
         lambda: propagation.boolean_matmul(torch.ones(2, 2), torch.ones(2, 2, dtype=torch.bool)),
         TypeError,

@@ -457,3 +457,59 @@ def test_paired_comparison_of_the_shipped_global_heads():
     cmp = seeds.paired_comparison(recorded_seeds(heads), heads, "miou")
     assert cmp.ordered == [("isa", "sa"), ("isa", "rcca2")]
     assert all(cmp.sign_flip_p[pair] == smallest_paired_p(5) for pair in cmp.ordered)
+
+
+def test_family_adjusted_p_by_hand():
+    runs = {
+        "a": _runs("a", [0.10, 0.20, 0.30, 0.40], far=[0.5, 0.4, 0.5, 0.55]),
+        "b": _runs("b", [0.20, 0.25, 0.40, 0.60], far=[0.5, 0.6, 0.7, 0.8]),
+        "c": _runs("c", [0.30, 0.10, 0.35, 0.30], far=[0.9, 0.1, 0.9, 0.1]),
+    }
+    heads = ["a", "b", "c"]
+    miou = seeds.paired_comparison(runs, heads, "miou")
+    far = seeds.paired_comparison(runs, heads, "far_acc")
+    # one comparison alone: the same adjustments as its own (three pairs here)
+    bonferroni, holm = seeds.family_adjusted_p([miou])
+    for a, b in [("a", "b"), ("a", "c"), ("c", "b")]:
+        assert bonferroni["miou", a, b] == pytest.approx(miou.bonferroni_p[a, b])
+        assert holm["miou", a, b] == pytest.approx(miou.holm_p[a, b])
+    # both metrics: a family of 6; Bonferroni times 6, Holm step-down over the 6
+    bonferroni, holm = seeds.family_adjusted_p([miou, far])
+    family = {
+        (c.metric, a, b): c.t_p[a, b]
+        for c in (miou, far)
+        for a, b in [("a", "b"), ("a", "c"), ("b", "c")]
+    }
+    ordered = sorted(family.values())
+    expected, running = [], 0.0
+    for rank, p in enumerate(ordered):
+        running = max(running, min(1.0, (6 - rank) * p))
+        expected.append(running)
+    for (metric, a, b), p in family.items():
+        assert bonferroni[metric, a, b] == bonferroni[metric, b, a] == pytest.approx(min(1, 6 * p))
+        assert holm[metric, a, b] == holm[metric, b, a] == pytest.approx(expected[ordered.index(p)])
+        # a larger family never adjusts less
+        assert holm[metric, a, b] >= (miou if metric == "miou" else far).holm_p[a, b]
+
+
+@pytest.mark.parametrize(
+    ("comparisons", "error", "match"),
+    [
+        ("miou", TypeError, "comparisons must be a list"),
+        ([], ValueError, "1 to 10"),
+        ([1], TypeError, r"comparisons\[0\]"),
+    ],
+)
+def test_family_adjusted_p_bad_input(comparisons, error, match):
+    with pytest.raises(error, match=match):
+        seeds.family_adjusted_p(comparisons)
+
+
+def test_family_adjusted_p_needs_distinct_metrics_and_the_same_heads():
+    runs = {h: _runs(h, [0.1, 0.2, 0.4]) for h in "abc"}
+    ab = seeds.paired_comparison(runs, ["a", "b"])
+    with pytest.raises(ValueError, match="distinct metrics"):
+        seeds.family_adjusted_p([ab, ab])
+    bc = seeds.paired_comparison(runs, ["b", "c"], "far_acc")
+    with pytest.raises(ValueError, match="same heads"):
+        seeds.family_adjusted_p([ab, bc])

@@ -336,6 +336,25 @@ def test_ddp_two_cpu_processes_end_identical(tmp_path):
             assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), name
 
 
+@pytest.mark.skipif(shutil.which("true") is None, reason="needs a POSIX shell")
+def test_ddp_without_sync_bn_fails_the_tolerance(tmp_path):
+    """The negative control of the test above: with per-process batch-norm statistics
+    (--no-sync-bn) the weights leave the tolerance that the synchronised run stays within."""
+    _torchrun(tmp_path, 2, ["--no-sync-bn", "--save", str(tmp_path / "local.pt")])
+    single = train(
+        TrainConfig(head="rcca2", steps=3, batch_size=4, size=32, dropout=0.0), progress=False
+    )
+    local = load_checkpoint(tmp_path / "local.pt")
+    outside = [
+        name
+        for (name, a), (_, b) in zip(
+            single.state_dict().items(), local.state_dict().items(), strict=True
+        )
+        if a.is_floating_point() and not torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+    ]
+    assert len(outside) > 1, outside
+
+
 def test_checkpoint_meta_must_be_plain(tmp_path):
     with pytest.raises(TypeError, match="meta must hold only plain"):
         save_checkpoint(tmp_path / "m.pt", SegmentationModel("fcn"), {"v": torch.__version__})

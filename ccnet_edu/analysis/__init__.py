@@ -68,8 +68,10 @@ from .propagation import (
     influence_map,
     issa_reachability,
     linear_stack,
+    logit_reach,
     mean_influence,
     reach_fraction,
+    support_meets_beacon,
 )
 from .stats import (
     BootstrapInterval,
@@ -127,6 +129,8 @@ __all__ = [
     "influence_map",
     "issa_reachability",
     "linear_stack",
+    "logit_reach",
     "mean_influence",
     "reach_fraction",
+    "support_meets_beacon",
 ]

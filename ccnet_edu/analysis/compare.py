@@ -472,16 +472,30 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _fmt_ms(seconds: float) -> str:
+    """``seconds`` in milliseconds with three significant digits: ``0.01234`` -> ``"12.3"``."""
+    value = check_float("seconds", seconds, minimum=0.0) * 1e3
+    if value == 0:
+        return "0.00"
+    decimals = max(0, 2 - math.floor(math.log10(value)))
+    text = f"{value:,.{decimals}f}"
+    if decimals and float(text.replace(",", "")) >= 10 ** (3 - decimals):  # rounded up a digit
+        text = f"{value:,.{decimals - 1}f}"
+    return text
+
+
 def _fmt_time(row: Row) -> str:
     if row.time_s is None:
         return "-"
     if row.time_low_s is None or row.time_high_s is None:
-        return f"{row.time_s:.2f} (n={row.runs})"
-    return f"{row.time_s:.2f} [{row.time_low_s:.2f}–{row.time_high_s:.2f}] (n={row.runs})"
+        return f"{_fmt_ms(row.time_s)} (n={row.runs})"
+    low, high = _fmt_ms(row.time_low_s), _fmt_ms(row.time_high_s)
+    return f"{_fmt_ms(row.time_s)} [{low}–{high}] (n={row.runs})"
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    """A plain-text table of :func:`comparison_table` rows."""
+    """A plain-text table of :func:`comparison_table` rows (times in ms, three significant digits:
+    the median, the fastest and the slowest run, and the number of runs)."""
     _check_rows(rows, Row)
     header = [
         "model",
@@ -490,7 +504,7 @@ def format_table(rows: Sequence[Row]) -> str:
         "attn map MiB",
         "saved MiB",
         "peak MiB",
-        "time s",
+        "time ms",
     ]
     body = [
         [
@@ -540,8 +554,12 @@ def paper_claims(rows: Sequence[Row], recurrence: int = 2) -> dict[str, float]:
     return claims
 
 
+PAPER_SETTING = "97 x 97, C = 512"
+
+
 def format_claims(claims: dict[str, float], recurrence: int = 2) -> str:
-    """The claims as sentences next to the paper's figures."""
+    """The claims as sentences next to the paper's figures, which the paper gives at its
+    setting (:data:`PAPER_SETTING`, for RCCA with R = 2), whatever the rows' setting."""
     if not isinstance(claims, dict):
         raise TypeError(f"claims must be the dict of paper_claims, got {type(claims).__name__}")
     for key in ("flops_reduction", "saved_ratio"):
@@ -550,13 +568,13 @@ def format_claims(claims: dict[str, float], recurrence: int = 2) -> str:
     recurrence = check_int("recurrence", recurrence, minimum=1)
     lines = [
         f"FLOPs: RCCA (R={recurrence}) needs {100 * claims['flops_reduction']:.1f}% fewer "
-        "than non-local (paper: about 85%)",
+        f"than non-local (paper, at {PAPER_SETTING}: about 85%)",
         f"Saved for backward: non-local / RCCA = {claims['saved_ratio']:.1f}x",
     ]
     if "peak_ratio" in claims:
         lines.append(
             f"Peak memory (forward + backward): non-local / RCCA = {claims['peak_ratio']:.1f}x "
-            "(paper: about 11x less GPU memory)"
+            f"(paper, at {PAPER_SETTING}: about 11x less GPU memory)"
         )
     if "time_ratio" in claims:
         lines.append(f"Time (forward + backward): non-local / RCCA = {claims['time_ratio']:.2f}x")

@@ -27,6 +27,7 @@ pattern (a 1x1 convolution followed by BatchNorm would "reach" every pixel).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -320,3 +321,88 @@ def erf_width(influence: torch.Tensor, centre: int | None = None) -> float:
 
 
 __all__ += ["reach_fraction", "mean_influence", "erf_width"]
+
+
+# --------------------------------------------------------------------------- a model's logit reach
+
+
+MAX_REACH_SIZE = 512
+
+
+def logit_reach(
+    model: nn.Module, *, period: int = 8, size: int = 96, seed: int = 0
+) -> torch.Tensor:
+    """How far a segmentation model's output pixel reads its input, per position in its cell.
+
+    Returns a ``(period, 4)`` int64 tensor: row ``k`` gives, for an output
+    pixel ``(r, c)`` with ``r % period == c % period == k``, how many input
+    pixels up, down, left and right its logits can draw on: the extent of the
+    non-zero gradient of their channel sum (:func:`influence_map`), measured
+    in float64 on a copy of ``model`` in ``eval()`` mode, on one random
+    ``(1, 3, size, size)`` input of ``seed``.  With an output stride of
+    ``period`` and bilinear upsampling the reach is not symmetric and depends
+    on where the pixel lies in its cell, which is why it is given per offset
+    and per direction.  The pixels measured lie in the middle of the image;
+    a :class:`ValueError` says so if their support touches the border (then
+    the reach is cut off by the image: use a larger ``size``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    period = check_int("period", period, minimum=1, maximum=MAX_REACH_SIZE)
+    size = check_int("size", size, minimum=2 * period, maximum=MAX_REACH_SIZE)
+    seed = check_int("seed", seed, minimum=0)
+    net = copy.deepcopy(model).double().eval()
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, size, size, dtype=torch.float64, generator=gen).to(device)
+    base = (size // 2) // period * period
+    reach = torch.zeros(period, 4, dtype=torch.int64)
+    for k in range(period):
+        r = base + k
+        support = influence_map(net, x, (r, r)).cpu() > 0
+        rows = support.any(1).nonzero().flatten()
+        cols = support.any(0).nonzero().flatten()
+        if len(rows) == 0:
+            raise ValueError(f"the output pixel ({r}, {r}) does not depend on the input")
+        edges = (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max()))
+        if edges[0] == 0 or edges[2] == 0 or edges[1] == size - 1 or edges[3] == size - 1:
+            raise ValueError(
+                f"size={size} is too small: the support of pixel ({r}, {r}) reaches the border"
+            )
+        reach[k] = torch.tensor([r - edges[0], edges[1] - r, r - edges[2], edges[3] - r])
+    return reach
+
+
+def _check_reach(reach: object) -> torch.Tensor:
+    check_tensor("reach", reach, dim=2, kind="int", layout="(period, 4)")
+    if reach.shape[1] != 4 or reach.shape[0] < 1:
+        raise ValueError(f"reach must be (period, 4), got {tuple(reach.shape)}")
+    if bool((reach < 0).any()):
+        raise ValueError("reach must not be negative")
+    return reach
+
+
+def support_meets_beacon(sample: dict, reach: torch.Tensor) -> torch.Tensor:
+    """Pixels of a beacon sample whose logits can draw on a beacon pixel: (S, S) bool.
+
+    ``sample`` comes from :func:`ccnet_edu.data.make_sample`, ``reach`` from
+    :func:`logit_reach`.  Pixel ``(r, c)`` reads the input rectangle of rows
+    ``r - up .. r + down`` and columns ``c - left .. c + right`` (the reach of
+    its offset ``(r % period, c % period)``); the result is True where that
+    rectangle meets the beacon square.
+    """
+    if not isinstance(sample, dict) or not {"label", "beacon_corner", "beacon_size"} <= set(sample):
+        raise TypeError("sample must be a dict from make_sample (label, beacon_corner, ...)")
+    reach = _check_reach(reach)
+    period = reach.shape[0]
+    size = sample["label"].shape[-1]
+    br, bc = sample["beacon_corner"]
+    last = int(sample["beacon_size"]) - 1
+    index = torch.arange(size)
+    up, down, left, right = reach[index % period].unbind(1)
+    rows = (index - up <= br + last) & (index + down >= br)  # (S,): rows reading a beacon row
+    cols = (index - left <= bc + last) & (index + right >= bc)
+    return rows[:, None] & cols[None, :]
+
+
+__all__ += ["logit_reach", "support_meets_beacon"]

@@ -15,7 +15,8 @@ for seed 0, ``NAME_seed<k>.pt`` for seed k, as ``python -m ccnet_edu.train
   and the recorded training time.
 
 Nothing here trains: everything is read from checkpoints or measured on the
-validation samples, which are a pure function of ``(seed, index)``.
+validation samples, which are a function of ``(seed, index)`` (bitwise the same
+on CPUs with the same random-number kernels: see :func:`ccnet_edu.data.make_sample`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ __all__ = [
     "PAIRED_METRICS",
     "PairedComparison",
     "paired_comparison",
+    "family_adjusted_p",
 ]
 
 # A run "succeeds" when it labels at least this share of the far shape pixels
@@ -652,14 +654,60 @@ class PairedComparison:
         ]
 
 
-def _holm(p: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
-    """Holm's step-down adjustment of the p-values of unordered pairs (keys ``(a, b)``)."""
+def _holm(p: dict[Any, float]) -> dict[Any, float]:
+    """Holm's step-down adjustment of a family of p-values (keys: its unordered comparisons)."""
     order = sorted(p, key=lambda pair: p[pair])
     m, running, adjusted = len(order), 0.0, {}
     for rank, pair in enumerate(order):
         running = max(running, min(1.0, (m - rank) * p[pair]))
         adjusted[pair] = running
     return adjusted
+
+
+MAX_FAMILY = 10
+
+
+def family_adjusted_p(
+    comparisons: Sequence[PairedComparison],
+) -> tuple[dict[tuple[str, str, str], float], dict[tuple[str, str, str], float]]:
+    """Bonferroni and Holm adjustments of the t-test p-values of several comparisons, as one family.
+
+    Each :class:`PairedComparison` (one metric each, all over the same heads) contributes its
+    :attr:`~PairedComparison.pairs_compared` unordered pairs, so the family holds
+    ``len(comparisons) * pairs_compared`` comparisons: the number to allow for when the pairs
+    were looked at on every one of these metrics.  Returns ``(bonferroni, holm)``, keyed by
+    ``(metric, a, b)`` with both orders of each pair present.  A correction over a family covers
+    any of its members picked after looking at all of them.
+    """
+    if isinstance(comparisons, (str, bytes)) or not isinstance(comparisons, Sequence):
+        raise TypeError(
+            f"comparisons must be a list of PairedComparison, got {type(comparisons).__name__}"
+        )
+    if not 1 <= len(comparisons) <= MAX_FAMILY:
+        raise ValueError(
+            f"comparisons must hold 1 to {MAX_FAMILY} comparisons, got {len(comparisons)}"
+        )
+    for i, c in enumerate(comparisons):
+        if not isinstance(c, PairedComparison):
+            raise TypeError(f"comparisons[{i}] must be a PairedComparison, got {type(c).__name__}")
+    metrics = [c.metric for c in comparisons]
+    if len(set(metrics)) != len(metrics):
+        raise ValueError(f"comparisons must be on distinct metrics, got {metrics}")
+    if len({c.heads for c in comparisons}) != 1:
+        raise ValueError("comparisons must be over the same heads")
+    family = {
+        (c.metric, a, b): c.t_p[a, b]
+        for c in comparisons
+        for i, a in enumerate(c.heads)
+        for b in c.heads[i + 1 :]
+    }
+    m = len(family)
+    holm = _holm(family)
+    bonferroni = {key: min(1.0, m * p) for key, p in family.items()}
+    for metric, a, b in list(family):
+        holm[metric, b, a] = holm[metric, a, b]
+        bonferroni[metric, b, a] = bonferroni[metric, a, b]
+    return bonferroni, holm
 
 
 def paired_comparison(
