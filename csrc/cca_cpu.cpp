@@ -353,6 +353,11 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
 // its pixels W apart, so a column at a time would use 4 bytes of every 64-byte
 // cache line it loads; a group of 16 uses all of them.
 constexpr int64_t kGroup = 16;
+// gather_columns reads a group's 64 bytes from every row of one channel plane after
+// another (each read two cache lines when the rows are not aligned to them); while
+// it transposes one plane it asks for the lines of the plane this many planes
+// ahead, so that their loads from memory overlap the work instead of stalling it.
+constexpr int64_t kPrefetchPlanes = 2;
 
 template <typename T>
 struct Backward {
@@ -405,6 +410,13 @@ template <bool kAdd, typename Map, typename T>
 void gather_columns(const Map& map, int64_t b, int64_t j0, int64_t n_cols, T* panels) {
   const int64_t H = map.height, C = map.channels, panel = C * H;
   for (int64_t c = 0; c < C; ++c) {
+    if (c + kPrefetchPlanes < C) {
+      const auto* ahead = map.column(b, j0).data + (c + kPrefetchPlanes) * map.channel_stride;
+      for (int64_t i = 0; i < H; ++i) {
+        __builtin_prefetch(ahead + i * map.row_stride, kAdd ? 1 : 0);
+        __builtin_prefetch(ahead + i * map.row_stride + n_cols - 1, kAdd ? 1 : 0);
+      }
+    }
     const Matrix<T> in_panels{panels + c * H, H, n_cols, 1, panel};
     const auto plane = Matrix<std::remove_pointer_t<decltype(map.data)>>{
         map.column(b, j0).data + c * map.channel_stride, H, n_cols, map.row_stride, 1};
