@@ -155,29 +155,44 @@ inline int64_t line_grain(int64_t fmas_per_line) {
   return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, fmas_per_line));
 }
 
-// Chunks per thread that a sweep's lines are cut into (see parallel_lines).
-constexpr int64_t kChunksPerThread = 4;
+// A thread's next chunk is the lines left over this many times the number of
+// threads (see parallel_lines).
+constexpr int64_t kShareDivisor = 4;
 
-// f(begin, end) over the lines [0, n) of a sweep, on torch's threads: the lines are
-// cut into chunks of at least `grain` lines (a multiple of `align`), and each thread
-// takes the next chunk from a shared counter whenever it is free, instead of one
-// fixed share each.  On a machine whose cores are shared, a thread that the system
-// holds up then leaves its unclaimed chunks to the others, and the sweep does not
-// wait for its whole share at the end.  Which thread computes a line changes none of
-// its bits.  A map of at most `grain` lines, one thread, or a call from inside a
-// parallel region runs f(0, n) on the calling thread.
+// f(begin, end) over the lines [0, n) of a sweep, on torch's threads: each thread
+// takes the next chunk of lines from a shared counter whenever it is free, instead
+// of one fixed share each.  On a machine whose cores are shared, a thread that the
+// system holds up then leaves its unclaimed chunks to the others, and the sweep does
+// not wait for its whole share at the end.  The chunks shrink as the sweep goes on
+// (guided scheduling): each is the lines left / (kShareDivisor * tasks), at least
+// `grain` lines, rounded up to a multiple of `align`.  The first is a quarter of a
+// thread's share, so a held-up thread delays the sweep by no more than that, and
+// the last ones, which the other threads wait for at the end, are a line (or an
+// `align` group) each.  Which thread computes a line changes none of its bits.  A
+// map of at most `grain` lines, one thread, or a call from inside a parallel region
+// runs f(0, n) on the calling thread.
 template <typename F>
 void parallel_lines(int64_t n, int64_t grain, int64_t align, const F& f) {
   const int64_t threads = at::get_num_threads();
   if (n <= 0) return;
   if (n <= grain || threads == 1 || at::in_parallel_region()) return f(int64_t(0), n);
   const int64_t tasks = std::min(threads, (n + grain - 1) / grain);
-  int64_t chunk = std::max(grain, (n + tasks * kChunksPerThread - 1) / (tasks * kChunksPerThread));
-  chunk = (chunk + align - 1) / align * align;
+  const int64_t shares = kShareDivisor * tasks;
+  const auto chunk_at = [&](int64_t begin) {
+    const int64_t chunk = std::max(grain, (n - begin + shares - 1) / shares);
+    return (chunk + align - 1) / align * align;
+  };
   std::atomic<int64_t> next{0};
   at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
-    for (int64_t begin = next.fetch_add(chunk); begin < n; begin = next.fetch_add(chunk))
-      f(begin, std::min(n, begin + chunk));
+    int64_t begin = next.load();
+    for (;;) {
+      if (begin >= n) return;
+      const int64_t end = std::min(n, begin + chunk_at(begin));
+      if (next.compare_exchange_weak(begin, end)) {  // else begin is the counter now
+        f(begin, end);
+        begin = next.load();
+      }
+    }
   });
 }
 
@@ -353,6 +368,11 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query_in,
 // its pixels W apart, so a column at a time would use 4 bytes of every 64-byte
 // cache line it loads; a group of 16 uses all of them.
 constexpr int64_t kGroup = 16;
+// gather_columns reads a group's 64 bytes from every row of one channel plane after
+// another (each read two cache lines when the rows are not aligned to them); while
+// it transposes one plane it asks for the lines of the plane this many planes
+// ahead, so that their loads from memory overlap the work instead of stalling it.
+constexpr int64_t kPrefetchPlanes = 2;
 
 template <typename T>
 struct Backward {
@@ -405,6 +425,13 @@ template <bool kAdd, typename Map, typename T>
 void gather_columns(const Map& map, int64_t b, int64_t j0, int64_t n_cols, T* panels) {
   const int64_t H = map.height, C = map.channels, panel = C * H;
   for (int64_t c = 0; c < C; ++c) {
+    if (c + kPrefetchPlanes < C) {
+      const auto* ahead = map.column(b, j0).data + (c + kPrefetchPlanes) * map.channel_stride;
+      for (int64_t i = 0; i < H; ++i) {
+        __builtin_prefetch(ahead + i * map.row_stride, kAdd ? 1 : 0);
+        __builtin_prefetch(ahead + i * map.row_stride + n_cols - 1, kAdd ? 1 : 0);
+      }
+    }
     const Matrix<T> in_panels{panels + c * H, H, n_cols, 1, panel};
     const auto plane = Matrix<std::remove_pointer_t<decltype(map.data)>>{
         map.column(b, j0).data + c * map.channel_stride, H, n_cols, map.row_stride, 1};
