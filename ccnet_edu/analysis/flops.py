@@ -91,7 +91,7 @@ _CONV_OPS = {"convolution", "convolution_backward", "_convolution"}
 
 
 def _fused_forward_flops(query_shape, key_shape, value_shape, *args: Any, **kwargs: Any) -> int:
-    # The count charged per pixel (CCNet's convention, not the kernels' arithmetic): H + W - 1
+    # The count charged per pixel (the book's convention, not the kernels' arithmetic): H + W - 1
     # dot products of length C' (energies) and a weighted sum of H + W - 1 value vectors of
     # length C (aggregation), 2 FLOPs per multiply-add.
     batch, qk_channels, height, width = query_shape

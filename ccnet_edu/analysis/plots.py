@@ -312,7 +312,7 @@ PHASE_GROUPS = (
     ("line products", "tab:blue"),
     ("softmax and its backward", "tab:orange"),
     ("layout copies", "tab:red"),
-    ("threads waiting at the end of a sweep", "tab:purple"),
+    ("rest of the sweeps (thread start-up, hand-out, waiting)", "tab:purple"),
     ("outside the sweeps (allocation, conversion)", "tab:brown"),
     ("autograd and Python around the calls", "tab:gray"),
 )
