@@ -47,8 +47,9 @@ __all__ = [
 
 # Device types on which torch's FlexAttention has no backward (it raises).
 _NO_FLEX_BACKWARD = ("cpu", "mps")
-# Device types FlexAttention refuses outright; the dense line attentions serve them.
-_NO_FLEX = ("meta",)
+# Device types FlexAttention runs on; it refuses the others (the meta device, for one), and
+# the dense line attentions serve them.
+_FLEX_DEVICES = ("cuda", "cpu", "hpu", "mps")
 # Value channels per FlexAttention call on a GPU: its kernels keep a block of queries'
 # output (BLOCK_M x value channels) in registers and are tuned for head sizes up to 128.
 GPU_VALUE_CHUNK = 128
@@ -157,7 +158,7 @@ def flex_line_attention(
 
 def _needs_dense(*tensors: Tensor) -> bool:
     device = tensors[0].device.type
-    return device in _NO_FLEX or (
+    return device not in _FLEX_DEVICES or (
         device in _NO_FLEX_BACKWARD
         and torch.is_grad_enabled()
         and any(t.requires_grad for t in tensors)

@@ -278,3 +278,21 @@ def test_every_impl_on_the_meta_device(impl):
     out, attention = Fn.criss_cross_attention(q, q, v, impl=impl, return_attention=True)
     assert out.device.type == attention.device.type == "meta"
     assert out.shape == (2, 4, 5, 7) and attention.shape == (2, 5, 7, 11)
+
+
+def test_devices_flex_attention_refuses_take_the_dense_route():
+    """FlexAttention runs on CUDA, the CPU, HPU and MPS only; any other device type (meta, or an
+    accelerator it does not support) is served by the dense line attentions."""
+    from types import SimpleNamespace
+
+    from ccnet_edu.flex import _needs_dense
+
+    def tensor(device, requires_grad=False):
+        return SimpleNamespace(device=SimpleNamespace(type=device), requires_grad=requires_grad)
+
+    for device in ("meta", "xpu", "privateuseone"):
+        assert _needs_dense(tensor(device))
+    assert not _needs_dense(tensor("cuda", requires_grad=True))
+    with torch.enable_grad():
+        assert _needs_dense(tensor("cpu", requires_grad=True))  # no backward on the CPU
+        assert not _needs_dense(tensor("cpu"))

@@ -311,7 +311,8 @@ def plot_comparison(rows: Sequence[Row], metrics: Sequence[str] = ("gflops", "pe
 PHASE_GROUPS = (
     ("line products", "tab:blue"),
     ("softmax and its backward", "tab:orange"),
-    ("layout copies", "tab:red"),
+    ("forward layout copies", "tab:pink"),
+    ("backward layout copies", "tab:red"),
     ("rest of the sweeps (thread start-up, hand-out, waiting)", "tab:purple"),
     ("outside the sweeps (allocation, conversion)", "tab:brown"),
     ("autograd and Python around the calls", "tab:gray"),
@@ -324,11 +325,12 @@ def _phase_group(row: Mapping[str, Any]) -> str:
         return PHASE_GROUPS[0][0]
     if kind == "softmax":
         return PHASE_GROUPS[1][0]
+    if "layout copies" in phase:
+        return PHASE_GROUPS[2 if phase.startswith("forward") else 3][0]
     for marker, group in (
-        ("layout copies", 2),
-        ("waiting", 3),
-        ("outside the sweeps", 4),
-        ("autograd", 5),
+        ("waiting", 4),
+        ("outside the sweeps", 5),
+        ("autograd", 6),
     ):
         if marker in phase:
             return PHASE_GROUPS[group][0]
