@@ -142,6 +142,32 @@ def test_plot_scaling_legend_colours_and_guides():
     plt.close(fig)
 
 
+def test_plot_scaling_names_the_sizes_of_slopes_fitted_over_different_ranges():
+    from ccnet_edu.analysis import compare, plots
+
+    def labels(points):
+        fig, ax = plt.subplots()
+        plots.plot_scaling(points, "peak_mb", ax=ax, guides=False)
+        out = sorted(line.get_label() for line in ax.get_lines())
+        plt.close(fig)
+        return out
+
+    both = [
+        compare.SweepPoint(name, s, s * s, 0.0, 0, peak, None)
+        for s in (16, 32, 64)
+        for name, peak in (("non-local", 1e-3 * s**4), ("RCCA R=2 [fused]", 1e-2 * s**3))
+    ]
+    assert all("²" not in label for label in labels(both))
+    stopped = both + [
+        compare.SweepPoint("non-local", 96, 96 * 96, 0.0, 0, None, None),
+        compare.SweepPoint("RCCA R=2 [fused]", 96, 96 * 96, 0.0, 0, 1e-2 * 96**3, None),
+    ]
+    assert labels(stopped) == [
+        "RCCA R=2 [fused] (slope 1.50, 16²–96²)",
+        "non-local (slope 2.00, 16²–64²)",
+    ]
+
+
 @pytest.mark.parametrize("head", HEADS)
 def test_model_attention_maps(head):
     torch.manual_seed(0)

@@ -231,6 +231,9 @@ def plot_scaling(
 ) -> Axes:
     """Log-log plot of a sweep metric against N, one line per model, with fitted slopes.
 
+    Where the models' series cover different sizes (one stopped at a memory limit), each
+    legend entry names the sizes its slope was fitted over.
+
     ``guides`` adds grey ``N^2`` (dotted) and ``N^1.5`` (dashed) lines, the two
     growth laws of dense and criss-cross attention, starting at the smallest N
     at ``GUIDE_OFFSET`` times the lowest first value of any model: below every
@@ -245,20 +248,28 @@ def plot_scaling(
     check_bool("guides", guides)
     _, ax = _axes(ax, (5, 4))
     models = list(dict.fromkeys(p.model for p in points))
+    measured = {
+        model: [p for p in points if p.model == model and getattr(p, metric) is not None]
+        for model in models
+    }
+    # slopes fitted over different sizes (a series stopped at a limit) are not
+    # comparable as they stand: each label then names the sizes its slope covers
+    spans = {(m[0].size, m[-1].size) for m in measured.values() if m}
     first: tuple[float, float] | None = None
     for model in models:
-        mine = [p for p in points if p.model == model and getattr(p, metric) is not None]
+        mine = measured[model]
         if not mine:
             continue
         ns = [p.n for p in mine]
         values = [getattr(p, metric) for p in mine]
         slope = fit_exponent(ns, values) if len(mine) > 1 else float("nan")
+        span = f", {mine[0].size}²–{mine[-1].size}²" if len(spans) > 1 else ""
         style = "s--" if "[reference]" in model else "o-"
         try:
             colour: str | None = model_colour(model)
         except ValueError:  # a model without a book colour: matplotlib's cycle
             colour = None
-        ax.loglog(ns, values, style, color=colour, label=f"{model} (slope {slope:.2f})")
+        ax.loglog(ns, values, style, color=colour, label=f"{model} (slope {slope:.2f}{span})")
         first = (
             (ns[0], values[0])
             if first is None
