@@ -25,9 +25,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ccnet_edu._checks import OneLineArgumentParser, cli_int, cli_writable
+from ccnet_edu._checks import OneLineArgumentParser, cli_writable
 from ccnet_edu._io import atomic_write_csv, atomic_write_text
-from ccnet_edu.ops import _build, benchmark
+from ccnet_edu.ops import benchmark
 
 FIELDS = [
     "isa", "case", "forward_vs_einsum", "forward_backward_vs_einsum",
@@ -100,19 +100,10 @@ def markdown(summary: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=cli_int(1, benchmark.MAX_REPEATS), default=7,
-                        help=f"timed repeats (median), 1 to {benchmark.MAX_REPEATS}")  # fmt: skip
+    benchmark.add_level_arguments(parser, 7, "timed repeats (median)", "levels to run")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--quick", action="store_true", help="the benchmark's small map only")
-    parser.add_argument("--isa", nargs="+", choices=list(_build.ISA_LEVELS),
-                        help="levels to run (default: every level this CPU runs)")  # fmt: skip
     args = parser.parse_args(argv)
-    supported = _build.supported_isas()
-    levels = args.isa or [isa for isa in _build.ISA_LEVELS if isa in supported]
-    missing = [isa for isa in levels if isa not in supported]
-    if missing:
-        parser.error(f"--isa: this CPU does not run {', '.join(missing)} (it runs "
-                     f"{', '.join(supported)})")  # fmt: skip
+    levels = benchmark.chosen_levels(parser, args.isa)
     cli_writable(parser, "--out", args.out, directory=True)  # before any level runs
     args.out.mkdir(parents=True, exist_ok=True)
     summary = []

@@ -33,7 +33,7 @@ import torch
 from ccnet_edu import measure
 from ccnet_edu._checks import MAX_THREADS, OneLineArgumentParser, cli_int, cli_writable
 from ccnet_edu._io import atomic_write_csv, atomic_write_text
-from ccnet_edu.ops import _build, benchmark
+from ccnet_edu.ops import benchmark
 
 FIELDS = [
     "isa", "case", "phase", "kind", "ms", "share", "gflop_per_s", "gb_per_s",
@@ -218,12 +218,8 @@ def markdown(rows: list[dict], load: tuple[float, float] | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=cli_int(1, benchmark.MAX_REPEATS), default=7,
-                        help=f"runs per measurement, 1 to {benchmark.MAX_REPEATS}")  # fmt: skip
+    benchmark.add_level_arguments(parser, 7, "runs per measurement", "levels to run")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--quick", action="store_true", help="the benchmark's small map only")
-    parser.add_argument("--isa", nargs="+", choices=list(_build.ISA_LEVELS),
-                        help="levels to run (default: every level this CPU runs)")  # fmt: skip
     parser.add_argument("--threads", type=cli_int(1, MAX_THREADS), default=torch.get_num_threads(),
                         help=f"torch threads, 1 to {MAX_THREADS}")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -233,12 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:  # one level, in the process the parent started for it
         print(json.dumps(measure_level(cases, args.repeats)))
         return 0
-    supported = _build.supported_isas()
-    levels = args.isa or [isa for isa in _build.ISA_LEVELS if isa in supported]
-    missing = [isa for isa in levels if isa not in supported]
-    if missing:
-        parser.error(f"--isa: this CPU does not run {', '.join(missing)} (it runs "
-                     f"{', '.join(supported)})")  # fmt: skip
+    levels = benchmark.chosen_levels(parser, args.isa)
     cli_writable(parser, "--out", args.out, directory=True)  # before any level runs
     args.out.mkdir(parents=True, exist_ok=True)
     rows, load_before = [], os.getloadavg()[0]

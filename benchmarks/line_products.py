@@ -170,18 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=cli_int(1, MAX_THREADS), default=torch.get_num_threads(),
                         help=f"torch threads, 1 to {MAX_THREADS}")  # fmt: skip
-    parser.add_argument("--repeats", type=cli_int(1, benchmark.MAX_REPEATS), default=15,
-                        help=f"timed repeats (median), 1 to {benchmark.MAX_REPEATS}")  # fmt: skip
+    benchmark.add_level_arguments(parser, 15, "timed repeats (median)", "levels to compile")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
-    parser.add_argument("--quick", action="store_true", help="the benchmark's small map only")
-    parser.add_argument("--isa", nargs="+", choices=list(_build.ISA_LEVELS),
-                        help="levels to compile (default: every level this CPU runs)")  # fmt: skip
     args = parser.parse_args(argv)
     cli_writable(parser, "--out", args.out)  # before anything is compiled or timed
-    supported = _build.supported_isas()
-    isas = args.isa or [isa for isa in _build.ISA_LEVELS if isa in supported]
-    if any(isa not in supported for isa in isas):
-        parser.error(f"--isa: this CPU runs only {', '.join(supported)}")
+    isas = benchmark.chosen_levels(parser, args.isa)
     torch.set_num_threads(args.threads)
     modules = {isa: build(isa) for isa in isas}
     blas = modules[isas[0]].has_blas()

@@ -60,6 +60,7 @@ from ccnet_edu import (  # noqa: E402
     viz,
 )
 from ccnet_edu import nonlocal_block as nl  # noqa: E402
+from ccnet_edu._checks import OneLineArgumentParser  # noqa: E402
 from ccnet_edu.analysis import __main__ as analysis_cli  # noqa: E402
 from ccnet_edu.analysis import (  # noqa: E402
     beacon_attention,
@@ -2139,6 +2140,30 @@ CASES = [
         "dynamic",
     ),
     # ccnet_edu.ops.benchmark: sizes bounded by the memory they need, before anything exists
+    Case(
+        ops_bench.add_level_arguments,
+        lambda: ops_bench.add_level_arguments(argparse.ArgumentParser(), 0, "runs", "levels"),
+        ValueError,
+        "repeats",
+    ),
+    Case(
+        ops_bench.add_level_arguments,
+        lambda: ops_bench.add_level_arguments("--isa", 7, "runs", "levels"),
+        TypeError,
+        "parser",
+    ),
+    Case(
+        ops_bench.chosen_levels,
+        lambda: ops_bench.chosen_levels(argparse.ArgumentParser(), "x86-64"),
+        TypeError,
+        "isa",
+    ),
+    Case(
+        ops_bench.chosen_levels,
+        lambda: ops_bench.chosen_levels(OneLineArgumentParser(), ["sse9"]),
+        SystemExit,
+        "--isa",
+    ),
     Case(ops_bench.Case, lambda: ops_bench.Case(0, 8, 8, 8, 8), ValueError, "batch"),
     Case(ops_bench.Case, lambda: ops_bench.Case(1, 8.0, 8, 8, 8), TypeError, "qk_channels"),
     Case(ops_bench.run, lambda: ops_bench.run([], progress=False), ValueError, "cases"),

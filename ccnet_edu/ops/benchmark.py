@@ -24,6 +24,7 @@ Run ``python -m ccnet_edu.ops bench [--quick] [--csv FILE]``.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -57,6 +58,8 @@ __all__ = [
     "matmul_gflops",
     "flops",
     "machine",
+    "add_level_arguments",
+    "chosen_levels",
 ]
 
 IMPLS = ("fused", "reference", "einsum", "bmm")
@@ -380,3 +383,51 @@ def write_csv(rows: list[Row], path: str) -> None:
         raise TypeError("rows must be a list of Row (what run() returns)")
     path = check_writable("path", path)
     atomic_write_csv(path, list(asdict(rows[0])), (asdict(r) for r in rows))
+
+
+def _check_parser(parser: object) -> None:
+    if not isinstance(parser, argparse.ArgumentParser):
+        raise TypeError(f"parser must be an argparse.ArgumentParser, got {type(parser).__name__}")
+
+
+def add_level_arguments(
+    parser: argparse.ArgumentParser, repeats: int, repeats_help: str, isa_help: str
+) -> None:
+    """Add the options the per-ISA-level benchmark scripts share: ``--repeats`` (1 to
+    :data:`MAX_REPEATS`, default ``repeats``), ``--quick`` and ``--isa``.
+
+    ``repeats_help`` and ``isa_help`` say what a repeat is and what a level does in the
+    script; :func:`chosen_levels` reads ``--isa`` back.
+    """
+    from .._checks import cli_int
+    from . import _build
+
+    _check_parser(parser)
+    check_int("repeats", repeats, minimum=1, maximum=MAX_REPEATS)
+    parser.add_argument("--repeats", type=cli_int(1, MAX_REPEATS), default=repeats,
+                        help=f"{repeats_help}, 1 to {MAX_REPEATS}")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="the benchmark's small map only")
+    parser.add_argument("--isa", nargs="+", choices=list(_build.ISA_LEVELS),
+                        help=f"{isa_help} (default: every level this CPU runs)")  # fmt: skip
+
+
+def chosen_levels(parser: argparse.ArgumentParser, isa: list[str] | None) -> list[str]:
+    """The ISA levels ``--isa`` asks for, by default every level this CPU runs.
+
+    A level this CPU cannot run is a usage error (``parser.error``: one line, exit 2),
+    before anything is compiled or timed.
+    """
+    from . import _build
+
+    _check_parser(parser)
+    if isa is not None and (
+        not isinstance(isa, list) or not all(isinstance(level, str) for level in isa)
+    ):
+        raise TypeError(f"isa must be None or a list of level names, got {isa!r}")
+    supported = _build.supported_isas()
+    levels = isa or [level for level in _build.ISA_LEVELS if level in supported]
+    missing = [level for level in levels if level not in supported]
+    if missing:
+        parser.error(f"--isa: this CPU does not run {', '.join(missing)} (it runs "
+                     f"{', '.join(supported)})")  # fmt: skip
+    return levels
