@@ -885,6 +885,15 @@ def bench_worker(device_name: str, dry: bool, time_limit: float, csv_path: Path,
         load_error = f"{type(error).__name__}: {str(error)[:160]}"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     measured = env.get("ceilings") or ceilings(device, dry)
+    # the ceilings measured on this GPU, in the datasheets' form (FLOP/s, bytes/s)
+    here = roofline.Ceiling(
+        "measured",
+        measured["copy_TBps"] * 1e12,
+        measured["bf16_TFLOPs"] * 1e12,
+        measured["tf32_TFLOPs"] * 1e12,
+        measured["fp32_TFLOPs"] * 1e12,
+        "measured in this run",
+    )
     max_reps, max_s = (3, 0.3) if dry else (20, 0.6)
     cases = _Cases(device, 1 if dry else 3)
     slowest: dict[str, float] = {}
@@ -896,11 +905,10 @@ def bench_worker(device_name: str, dry: bool, time_limit: float, csv_path: Path,
                     continue
                 row = {"impl": impl, "shape": shape_name, "dtype": dtype_name}
                 size = 4 if dtype_name == "float32" else 2
-                rate = measured["bf16_TFLOPs"] if size == 2 else measured["tf32_TFLOPs"] / 3
+                rate = roofline.peak_rate(here, size)
                 for mode, name in zip(MODES, ("forward", "forward+backward"), strict=True):
-                    bw = measured["copy_TBps"] * 1e12
                     floor = roofline.floor_seconds(
-                        roofline.costs(shape, size, name), bw, rate * 1e12
+                        roofline.costs(shape, size, name), here.bandwidth, rate
                     )
                     row[f"{mode}_floor_ms"] = 1e3 * max(floor)
                 left, need = end - time.monotonic(), max(3.0, 1.5 * slowest.get(impl, 0.0))

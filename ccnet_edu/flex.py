@@ -47,9 +47,10 @@ __all__ = [
 
 # Device types on which torch's FlexAttention has no backward (it raises).
 _NO_FLEX_BACKWARD = ("cpu", "mps")
-# Device types FlexAttention runs on; it refuses the others (the meta device, for one), and
-# the dense line attentions serve them.
-_FLEX_DEVICES = ("cuda", "cpu", "hpu", "mps")
+# Device types FlexAttention runs on (its device check, not its error message, which
+# leaves out XPU); it refuses the others (the meta device, for one), and the dense line
+# attentions serve them.
+_FLEX_DEVICES = ("cuda", "cpu", "xpu", "hpu", "mps")
 # Value channels per FlexAttention call on a GPU: its kernels keep a block of queries'
 # output (BLOCK_M x value channels) in registers and are tuned for head sizes up to 128.
 GPU_VALUE_CHUNK = 128

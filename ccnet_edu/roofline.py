@@ -34,6 +34,7 @@ __all__ = [
     "costs",
     "design_costs",
     "floor_seconds",
+    "peak_rate",
     "v2_slices",
     "v3_backward_slices",
 ]
@@ -113,6 +114,20 @@ def costs(shape: tuple[int, int, int, int, int], element_bytes: int, mode: str) 
 def floor_seconds(c: Costs, bandwidth: float, rate: float) -> tuple[float, float]:
     """``(memory time, arithmetic time)``; the larger is the floor."""
     return c.bytes / bandwidth, c.flops / rate
+
+
+def peak_rate(ceiling: Ceiling, element_bytes: int) -> float:
+    """The arithmetic rate (FLOP/s) the floors take for a dtype on ``ceiling``.
+
+    2-byte elements (bfloat16, float16): the tensor cores' rate.  float32 (4): a third of
+    the TF32 rate, since the kernels keep float32 accuracy on the tensor cores as 3xTF32,
+    three TF32 products per float32 product (a big and a small part of each operand).
+    """
+    if not isinstance(ceiling, Ceiling):
+        raise TypeError(f"ceiling must be a roofline.Ceiling, got {type(ceiling).__name__}")
+    if element_bytes not in (2, 4) or isinstance(element_bytes, bool):
+        raise ValueError(f"element_bytes must be 2 or 4, got {element_bytes!r}")
+    return ceiling.bf16 if element_bytes == 2 else ceiling.tf32 / 3
 
 
 # ------------------------------------------------------------- the kernels' designs

@@ -161,6 +161,26 @@ def test_flex_route_gradients_match_reference(shape, dtype):
         _close(a, b, dtype, f"grad {name}")
 
 
+def test_device_lists_follow_torchs_own_check():
+    """`_FLEX_DEVICES` and `_NO_FLEX_BACKWARD` are torch's check in `_validate_device`
+    (its set of device types and the devices it refuses a backward on), read from the
+    pinned torch's source: an allow-list that drifts from it would send a device
+    FlexAttention runs on to the dense route, or one it refuses to FlexAttention."""
+    import inspect
+    import re
+
+    import torch.nn.attention.flex_attention as torch_flex
+
+    if not hasattr(torch_flex, "_validate_device"):
+        pytest.skip("this torch has no _validate_device to read")
+    source = inspect.getsource(torch_flex._validate_device)
+    found = re.search(r"supported_devices = \{([^}]*)\}", source)
+    assert found, "torch's _validate_device no longer lists its devices as a set"
+    assert set(re.findall(r'"(\w+)"', found.group(1))) == set(flex._FLEX_DEVICES)
+    refused = {d.lower() for d in re.findall(r"does not support backward on (\w+)", source)}
+    assert refused == set(flex._NO_FLEX_BACKWARD)
+
+
 @pytest.fixture
 def flex_backward_on_cpu(monkeypatch):
     """FlexAttention's own backward on the CPU: torch refuses inputs that require grad
@@ -281,8 +301,8 @@ def test_every_impl_on_the_meta_device(impl):
 
 
 def test_devices_flex_attention_refuses_take_the_dense_route():
-    """FlexAttention runs on CUDA, the CPU, HPU and MPS only; any other device type (meta, or an
-    accelerator it does not support) is served by the dense line attentions."""
+    """FlexAttention runs on CUDA, XPU, the CPU, HPU and MPS only; any other device type (meta,
+    or an accelerator it does not support) is served by the dense line attentions."""
     from types import SimpleNamespace
 
     from ccnet_edu.flex import _needs_dense
@@ -290,9 +310,11 @@ def test_devices_flex_attention_refuses_take_the_dense_route():
     def tensor(device, requires_grad=False):
         return SimpleNamespace(device=SimpleNamespace(type=device), requires_grad=requires_grad)
 
-    for device in ("meta", "xpu", "privateuseone"):
+    for device in ("meta", "privateuseone"):
         assert _needs_dense(tensor(device))
-    assert not _needs_dense(tensor("cuda", requires_grad=True))
+    for device in ("cuda", "xpu", "hpu"):
+        assert not _needs_dense(tensor(device, requires_grad=True))
     with torch.enable_grad():
-        assert _needs_dense(tensor("cpu", requires_grad=True))  # no backward on the CPU
-        assert not _needs_dense(tensor("cpu"))
+        for device in ("cpu", "mps"):  # no backward there
+            assert _needs_dense(tensor(device, requires_grad=True))
+            assert not _needs_dense(tensor(device))
