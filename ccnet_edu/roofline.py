@@ -125,7 +125,9 @@ def peak_rate(ceiling: Ceiling, element_bytes: int) -> float:
     """
     if not isinstance(ceiling, Ceiling):
         raise TypeError(f"ceiling must be a roofline.Ceiling, got {type(ceiling).__name__}")
-    if element_bytes not in (2, 4) or isinstance(element_bytes, bool):
+    if isinstance(element_bytes, bool) or not isinstance(element_bytes, int):
+        raise TypeError(f"element_bytes must be an int, got {type(element_bytes).__name__}")
+    if element_bytes not in (2, 4):
         raise ValueError(f"element_bytes must be 2 or 4, got {element_bytes!r}")
     return ceiling.bf16 if element_bytes == 2 else ceiling.tf32 / 3
 

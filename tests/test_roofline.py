@@ -200,3 +200,17 @@ def test_v2_forward_reads_the_statistics_in_every_aggregation_launch(shape, size
     v2 = roofline.design_costs(shape, size, "forward", "v2")
     key = "statistics read by every aggregation launch (each slice's rows and columns)"
     assert v2.terms[key] == v2.slices * 2 * 16 * n
+
+
+def test_peak_rate_per_dtype():
+    h100 = roofline.CEILINGS["H100 SXM"]
+    assert roofline.peak_rate(h100, 2) == h100.bf16
+    assert roofline.peak_rate(h100, 4) == h100.tf32 / 3  # 3xTF32: three TF32 products
+    for bad in (1, 8):
+        with pytest.raises(ValueError, match="element_bytes"):
+            roofline.peak_rate(h100, bad)
+    for bad in (True, 4.0):
+        with pytest.raises(TypeError, match="element_bytes"):
+            roofline.peak_rate(h100, bad)
+    with pytest.raises(TypeError, match="ceiling"):
+        roofline.peak_rate("H100 SXM", 2)
