@@ -33,7 +33,9 @@ in a worker process: a row that crashes it, runs past its limit (45 s, the first
 row 150 s) or leaves the GPU in an error state ends that implementation, and a fresh
 worker goes on with the next one.  The floor of each row is the larger of bytes /
 bandwidth and operations / rate (:mod:`ccnet_edu.roofline`) at the copy bandwidth and
-matrix rates measured by ``env``.
+matrix rates measured by ``env``: for flex, which writes no attention map, the out-only
+count (``roofline.costs(..., attention=False)``); for the others, which write it (and the
+fused backward reads it), the count with the map.
 """
 
 from __future__ import annotations
@@ -907,9 +909,10 @@ def bench_worker(device_name: str, dry: bool, time_limit: float, csv_path: Path,
                 size = 4 if dtype_name == "float32" else 2
                 rate = roofline.peak_rate(here, size)
                 for mode, name in zip(MODES, ("forward", "forward+backward"), strict=True):
-                    floor = roofline.floor_seconds(
-                        roofline.costs(shape, size, name), here.bandwidth, rate
-                    )
+                    # flex returns out alone (its map is not computed unless asked for):
+                    # the out-only count; the others write and read the attention
+                    cost = roofline.costs(shape, size, name, attention=impl != "flex")
+                    floor = roofline.floor_seconds(cost, here.bandwidth, rate)
                     row[f"{mode}_floor_ms"] = 1e3 * max(floor)
                 left, need = end - time.monotonic(), max(3.0, 1.5 * slowest.get(impl, 0.0))
                 start = time.monotonic()
@@ -1203,7 +1206,8 @@ def report(work: Path, out: Path) -> str:
         f"Measured ceilings: copy {c['copy_TBps']:.2f} TB/s (read + write), matrix products "
         f"bf16 {c['bf16_TFLOPs']:.0f}, tf32 {c['tf32_TFLOPs']:.0f}, fp32 (TF32 off) "
         f"{c['fp32_TFLOPs']:.1f} TFLOP/s; floor = max(bytes / copy, FLOPs / rate), the rate "
-        "bf16 for bfloat16 and tf32 / 3 (3xTF32) for float32."
+        "bf16 for bfloat16 and tf32 / 3 (3xTF32) for float32; flex's bytes without the "
+        "attention map, which it does not write."
         if c
         else "No ceilings were measured (see the env step's log)."
     )

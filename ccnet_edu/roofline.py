@@ -7,13 +7,16 @@ criss-cross set, ``C'`` query/key channels and ``C`` value channels:
   forward ``2 N L C'`` (energies) ``+ 2 N L C`` (aggregation); backward
   ``2 N L C`` (dA = dout . value) ``+ 2 N L C`` (grad value) ``+ 4 N L C'`` (grad query
   and key);
-* the fewest bytes any implementation moves through DRAM, every input read once and
-  every output written once: forward reads query, key, value and writes out and the
-  attention, ``N (2 C' + 2 C + L)`` elements; backward reads query, key, value, the
-  attention and grad out and writes the three gradients, ``N (4 C' + 3 C + L)``.
+* the fewest bytes an implementation that returns the attention map (as the fused
+  operator does) moves through DRAM, every input read once and every output written
+  once: forward reads query, key, value and writes out and the attention,
+  ``N (2 C' + 2 C + L)`` elements; backward reads query, key, value, the attention and
+  grad out and writes the three gradients, ``N (4 C' + 3 C + L)``.  An out-only
+  implementation needs neither the map's write nor its read (:func:`costs` with
+  ``attention=False``).
 
 Over a GPU's memory bandwidth and its arithmetic rate they give two times; the larger
-is the floor no implementation goes under (:func:`floor_seconds`).  What a design of
+is the floor no implementation of those counts goes under (:func:`floor_seconds`).  What a design of
 the tiled kernels does and moves against those counts is :func:`design_costs`.  The ceilings in
 :data:`CEILINGS` are the vendor's datasheet figures: leads, to be replaced by the rates
 measured on the machine (``benchmarks/gpu_check.py`` measures both).
@@ -22,6 +25,8 @@ measured on the machine (``benchmarks/gpu_check.py`` measures both).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ._checks import check_bool
 
 __all__ = [
     "CEILINGS",
@@ -86,22 +91,38 @@ class Costs:
     bytes: float
 
 
-def costs(shape: tuple[int, int, int, int, int], element_bytes: int, mode: str) -> Costs:
+def costs(
+    shape: tuple[int, int, int, int, int], element_bytes: int, mode: str, attention: bool = True
+) -> Costs:
     """Operations and fewest bytes at ``shape = (B, C', C, H, W)``.
+
+    With ``attention`` (what ``impl="fused"`` does: the forward returns the attention map
+    and the backward reads it) the forward reads q, k, v and writes out and the attention;
+    the backward reads q, k, v, grad out and the attention and writes the three
+    gradients.  Without it (an out-only implementation such as ``impl="flex"`` in
+    training) neither the map's write nor its read is needed: the forward writes each
+    pixel's float32 log-sum-exp instead and the backward reads it and computes the
+    energies again (``2 B N L C'`` more operations), as FlashAttention-2 does.
 
     Args:
         element_bytes: 4 for float32, 2 for float16/bfloat16 (inputs, outputs and the
             attention all in that dtype).
         mode: ``"forward"``, ``"backward"`` or ``"forward+backward"``.
+        attention: whether the attention map is written by the forward and read by the
+            backward.
     """
+    check_bool("attention", attention)
     batch, qk, channels, height, width = shape
     n, slots = batch * height * width, height + width - 1
-    forward = Costs(
-        2 * n * slots * (qk + channels), element_bytes * n * (2 * qk + 2 * channels + slots)
-    )
-    backward = Costs(
-        4 * n * slots * (qk + channels), element_bytes * n * (4 * qk + 3 * channels + slots)
-    )
+    e = element_bytes
+    if attention:
+        forward = Costs(2 * n * slots * (qk + channels), e * n * (2 * qk + 2 * channels + slots))
+        backward = Costs(4 * n * slots * (qk + channels), e * n * (4 * qk + 3 * channels + slots))
+    else:  # a float32 log-sum-exp per pixel instead of the map; the energies again
+        forward = Costs(2 * n * slots * (qk + channels), e * n * (2 * qk + 2 * channels) + 4 * n)
+        backward = Costs(
+            2 * n * slots * (3 * qk + 2 * channels), e * n * (4 * qk + 3 * channels) + 4 * n
+        )
     if mode == "forward":
         return forward
     if mode == "backward":

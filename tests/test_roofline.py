@@ -214,3 +214,20 @@ def test_peak_rate_per_dtype():
             roofline.peak_rate(h100, bad)
     with pytest.raises(TypeError, match="ceiling"):
         roofline.peak_rate("H100 SXM", 2)
+
+
+def test_out_only_costs_drop_the_map_and_add_the_log_sum_exp():
+    shape = (2, 3, 5, 7, 11)
+    n, slots = 2 * 7 * 11, 7 + 11 - 1
+    for size in (2, 4):
+        with_map = roofline.costs(shape, size, "forward")
+        out_only = roofline.costs(shape, size, "forward", attention=False)
+        assert with_map.bytes - out_only.bytes == size * n * slots - 4 * n
+        assert with_map.flops == out_only.flops
+        back, back_only = (
+            roofline.costs(shape, size, "backward", attention=a) for a in (True, False)
+        )
+        assert back.bytes - back_only.bytes == size * n * slots - 4 * n
+        assert back_only.flops - back.flops == 2 * n * slots * 3  # the energies again
+    with pytest.raises(TypeError, match="attention"):
+        roofline.costs(shape, 2, "forward", attention="no")
