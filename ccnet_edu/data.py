@@ -23,8 +23,9 @@ directions, see :func:`ccnet_edu.analysis.propagation.logit_reach`): there a hea
 without context can only guess the class (one chance in three), while a head that gathers
 context from the whole image (non-local, RCCA with R = 2, ISA, the global
 branch of SA) can read the beacon.  RCCA with R = 1 sees only the row and
-column of a pixel (widened by the receptive field of the backbone), so it
-reads the beacon only for shapes that share a row or column band with it.
+column of a pixel (widened by the receptive field of the backbone, and by the
+bilinear upsampling of the logits, which mixes up to two cells per axis), so it
+reads the beacon only for shapes that share such a row or column band with it.
 
 Every sample is a function of ``(seed, index)``: the same dataset
 object returns the same tensors in any order, in any process, which keeps
