@@ -1206,8 +1206,9 @@ def report(work: Path, out: Path) -> str:
         f"Measured ceilings: copy {c['copy_TBps']:.2f} TB/s (read + write), matrix products "
         f"bf16 {c['bf16_TFLOPs']:.0f}, tf32 {c['tf32_TFLOPs']:.0f}, fp32 (TF32 off) "
         f"{c['fp32_TFLOPs']:.1f} TFLOP/s; floor = max(bytes / copy, FLOPs / rate), the rate "
-        "bf16 for bfloat16 and tf32 / 3 (3xTF32) for float32; flex's bytes without the "
-        "attention map, which it does not write."
+        "bf16 for bfloat16 and tf32 / 3 (3xTF32) for float32; flex's floor is the out-only "
+        "count (no attention map written or read; its backward reads out and computes the "
+        "energies again), so it can sit above or below the others' floor."
         if c
         else "No ceilings were measured (see the env step's log)."
     )

@@ -73,15 +73,26 @@ __all__ = [
 
 def cpu_model() -> str:
     """The CPU's model name, to print beside a measurement: /proc/cpuinfo's "model name"
-    where there is one (Linux), else what :mod:`platform` reports."""
+    where there is one (Linux), with its "cpu family" and "model" numbers (a virtual
+    machine's name can be as bare as "AMD EPYC"; the numbers still tell the core's
+    generation), else what :mod:`platform` reports."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:  # the end of the first processor's block
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    numbers = [f"{name} {fields[key]}" for key, name in (("cpu family", "family"),
+               ("model", "model")) if key in fields]  # fmt: skip
+    return fields["model name"] + (f" ({', '.join(numbers)})" if numbers else "")
 
 
 @dataclass(frozen=True)

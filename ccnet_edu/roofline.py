@@ -12,8 +12,8 @@ criss-cross set, ``C'`` query/key channels and ``C`` value channels:
   once: forward reads query, key, value and writes out and the attention,
   ``N (2 C' + 2 C + L)`` elements; backward reads query, key, value, the attention and
   grad out and writes the three gradients, ``N (4 C' + 3 C + L)``.  An out-only
-  implementation needs neither the map's write nor its read (:func:`costs` with
-  ``attention=False``).
+  implementation needs neither the map's write nor its read, but reads ``out`` again in
+  the backward (:func:`costs` with ``attention=False``).
 
 Over a GPU's memory bandwidth and its arithmetic rate they give two times; the larger
 is the floor no implementation of those counts goes under (:func:`floor_seconds`).  What a design of
@@ -101,8 +101,11 @@ def costs(
     the backward reads q, k, v, grad out and the attention and writes the three
     gradients.  Without it (an out-only implementation such as ``impl="flex"`` in
     training) neither the map's write nor its read is needed: the forward writes each
-    pixel's float32 log-sum-exp instead and the backward reads it and computes the
-    energies again (``2 B N L C'`` more operations), as FlashAttention-2 does.
+    pixel's float32 log-sum-exp instead; the backward reads it, computes the energies
+    again (``2 B N L C'`` more operations) and reads the forward's ``out`` for the row
+    sums ``D = sum_c G_c out_c`` (``2 B N C`` more), as FlashAttention-2 does.  Which of
+    the two moves fewer bytes depends on the shape: the map's ``L`` elements per pixel
+    against the backward's ``C`` of ``out``.
 
     Args:
         element_bytes: 4 for float32, 2 for float16/bfloat16 (inputs, outputs and the
@@ -118,10 +121,11 @@ def costs(
     if attention:
         forward = Costs(2 * n * slots * (qk + channels), e * n * (2 * qk + 2 * channels + slots))
         backward = Costs(4 * n * slots * (qk + channels), e * n * (4 * qk + 3 * channels + slots))
-    else:  # a float32 log-sum-exp per pixel instead of the map; the energies again
+    else:  # a float32 log-sum-exp per pixel instead of the map; the energies again, out read
         forward = Costs(2 * n * slots * (qk + channels), e * n * (2 * qk + 2 * channels) + 4 * n)
         backward = Costs(
-            2 * n * slots * (3 * qk + 2 * channels), e * n * (4 * qk + 3 * channels) + 4 * n
+            2 * n * slots * (3 * qk + 2 * channels) + 2 * n * channels,
+            e * n * (4 * qk + 4 * channels) + 4 * n,
         )
     if mode == "forward":
         return forward

@@ -98,3 +98,21 @@ def test_load_check_busy_when_load_exceeds_the_cpus(monkeypatch):
 def test_check_load_bad_input(before, cpus, error):
     with pytest.raises(error):
         measure.check_load(before, cpus=cpus)
+
+
+def test_cpu_model_names_the_family_and_model(monkeypatch):
+    import io
+
+    two_processors = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+        "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 99\nmodel\t\t: 1\n"
+        "model name\t: other\n"
+    )
+    monkeypatch.setattr(measure, "open", lambda *a, **k: io.StringIO(two_processors), raising=False)
+    assert measure.cpu_model() == "AMD EPYC (family 25, model 17)"
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("/proc/cpuinfo")
+
+    monkeypatch.setattr(measure, "open", missing, raising=False)
+    assert measure.cpu_model()  # platform's answer, never empty

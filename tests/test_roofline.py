@@ -227,7 +227,9 @@ def test_out_only_costs_drop_the_map_and_add_the_log_sum_exp():
         back, back_only = (
             roofline.costs(shape, size, "backward", attention=a) for a in (True, False)
         )
-        assert back.bytes - back_only.bytes == size * n * slots - 4 * n
-        assert back_only.flops - back.flops == 2 * n * slots * 3  # the energies again
+        # no map read; out read for D, and the log-sum-exp
+        assert back.bytes - back_only.bytes == size * n * (slots - 5) - 4 * n
+        # the energies again (C' = 3), and D = sum_c G_c out_c (C = 5)
+        assert back_only.flops - back.flops == 2 * n * slots * 3 + 2 * n * 5
     with pytest.raises(TypeError, match="attention"):
         roofline.costs(shape, 2, "forward", attention="no")
