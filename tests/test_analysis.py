@@ -731,3 +731,11 @@ def test_times_print_in_ms_with_three_significant_digits():
 def test_format_claims_names_the_papers_setting():
     text = format_claims({"flops_reduction": 0.75, "saved_ratio": 2.0, "peak_ratio": 4.0})
     assert text.count("paper, at 97 x 97, C = 512") == 2
+
+
+def test_format_claims_gives_the_flop_ratio_beside_the_saving():
+    # The time line is a ratio non-local / RCCA, so the FLOP line gives the same ratio:
+    # 1 / (1 - saving), 4.00x for a saving of 75%.
+    text = format_claims({"flops_reduction": 0.75, "saved_ratio": 2.0, "time_ratio": 3.0})
+    assert "75.0% fewer" in text and "non-local / RCCA = 4.00x" in text.splitlines()[0]
+    assert "Time (forward + backward): non-local / RCCA = 3.00x" in text

@@ -27,11 +27,13 @@ The counter does not know the fused criss-cross operator of
 formula: ``H + W - 1`` energies and the aggregation over them for each pixel,
 as CCNet's Eqs. (1)-(2) define them (Huang et al., ICCV 2019, Sec. 3.2), and
 twice that for the backward.  For the fused operator a count is therefore this
-formula read back, a convention (each position of the cross once, CCNet's
-count), not a measurement of the kernels' arithmetic, which differs by path:
-the fast CPU path (``csrc/cca_cpu.cpp``) computes each column's energies as a
-dense ``H x H`` product, centre included, then drops the centre, and
-aggregates the column with a dense ``H x H`` matrix whose centre weight is 0
+formula read back, a convention (each position of the cross once, the book's
+count; the first author's count, in issue #2 of the official repository
+speedinghzl/CCNet, has ``H + W + 1`` positions and the convolution biases),
+not a measurement of the kernels' arithmetic, which differs by path: the fast
+CPU path (``csrc/cca_cpu.cpp``) computes each column's energies as a dense
+``H x H`` product, centre included, then drops the centre, and aggregates the
+column with a dense ``H x H`` matrix whose centre weight is 0
 (the readable reference's extra work, below); the tiled CUDA line kernels
 (``csrc/cca_lines.h``) compute whole tiles of keys and mask the keys a query
 does not see, the column's centre among them; only the portable element
