@@ -211,3 +211,17 @@ def test_setup_page_names_the_extras_the_makefile_installs():
     assert all(group.startswith(extras) for group in named), (extras, named)
     by_hand = re.search(r'pip install -c constraints\.txt -e "\.\[([a-z,]+)\]"', setup)
     assert by_hand and set(extras.split(",")) <= set(by_hand.group(1).split(","))
+
+
+def test_bibliography_parses_with_unique_keys():
+    """references.bib as sphinxcontrib-bibtex reads it (pybtex, strict): a dropped brace or a
+    duplicate key fails here instead of in the book build."""
+    pybtex_database = pytest.importorskip("pybtex.database")
+    from pybtex import errors
+
+    errors.set_strict_mode(True)
+    try:
+        data = pybtex_database.parse_string(BIB, "bibtex")
+    finally:
+        errors.set_strict_mode(False)
+    assert len(data.entries) == len(re.findall(r"^@\w+\{", BIB, flags=re.M))
