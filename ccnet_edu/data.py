@@ -2,7 +2,7 @@
 
 Why a synthetic task?  Real benchmarks (Cityscapes, ADE20K) need a GPU and
 hours.  To *see* what a context head buys, we want a task that trains on a
-2-core CPU in about a minute per model and on which a head without context
+2-core CPU in minutes per model and on which a head without context
 must fail on part of the image while a head with context can succeed.
 
 The task ("beacon shapes"):
