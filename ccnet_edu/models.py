@@ -53,6 +53,7 @@ from ._checks import (
     check_choice,
     check_feature_map,
     check_int,
+    check_int_sequence,
     check_probability,
     check_str,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "make_context",
     "build_model",
     "check_config",
+    "receptive_field",
     *_CHECKPOINT_NAMES,
 ]
 
@@ -301,6 +303,52 @@ def check_config(config: object) -> dict[str, Any]:
 _CONFIG_DEFAULTS: dict[str, Any] = dict(
     head="rcca2", num_classes=4, width=16, mid_channels=32, embedding_channels=0, dropout=0.1
 )
+
+
+#: The largest input side :func:`receptive_field` measures on (a float64 image and its
+#: gradient: 3 x 1024^2 x 8 bytes each).
+MAX_FIELD_INPUT = 1024
+
+
+def receptive_field(
+    backbone: Backbone,
+    cell: tuple[int, int],
+    size: int = 96,
+    generator: torch.Generator | None = None,
+) -> tuple[range, range]:
+    """The input rows and columns that reach one cell of the backbone's output grid.
+
+    Measured, not derived from the layers: a float64 copy of ``backbone`` (in eval mode;
+    ``backbone`` itself is not changed) reads a random ``(1, 3, size, size)`` image drawn
+    from ``generator`` (torch's global one when ``None``), and the gradient of the cell's
+    features, summed, is non-zero exactly at the pixels the cell reads (the image and the
+    weights are random, so a gradient that cancels to zero has probability zero).
+
+    Returns:
+        ``(rows, columns)``: the ranges from the first to the last row, and column, that
+        reach the cell.
+    """
+    import copy
+
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"backbone must be a models.Backbone, got {type(backbone).__name__}")
+    size = check_int("size", size, minimum=8, maximum=MAX_FIELD_INPUT)
+    if size % 8:
+        raise ValueError(f"size must be a multiple of 8 (the backbone's stride), got {size}")
+    row, column = check_int_sequence("cell", cell, minimum=0, length=2)
+    if max(row, column) >= size // 8:
+        raise ValueError(f"cell must lie in the {size // 8} x {size // 8} grid, got {cell}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+    probe = copy.deepcopy(backbone).double().eval()
+    image = torch.rand(1, 3, size, size, dtype=torch.float64, generator=generator)
+    image.requires_grad_(True)
+    probe(image)[0, :, row, column].sum().backward()
+    support = image.grad[0].abs().sum(0) > 0  # (size, size)
+    rows, columns = support.any(1).nonzero()[:, 0], support.any(0).nonzero()[:, 0]
+    return range(int(rows.min()), int(rows.max()) + 1), range(
+        int(columns.min()), int(columns.max()) + 1
+    )
 
 
 def build_model(head: str, **config: Any) -> SegmentationModel:

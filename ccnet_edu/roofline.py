@@ -103,9 +103,14 @@ def costs(
     training) neither the map's write nor its read is needed: the forward writes each
     pixel's float32 log-sum-exp instead; the backward reads it, computes the energies
     again (``2 B N L C'`` more operations) and reads the forward's ``out`` for the row
-    sums ``D = sum_c G_c out_c`` (``2 B N C`` more), as FlashAttention-2 does.  Which of
-    the two moves fewer bytes depends on the shape: the map's ``L`` elements per pixel
-    against the backward's ``C`` of ``out``.
+    sums ``D = sum_c G_c out_c``, as FlashAttention-2 does.  The forward without the map
+    always moves fewer bytes; the backward moves fewer where the map's ``L`` elements per
+    pixel exceed ``out``'s ``C``, and forward plus backward where ``2 L`` does (up to the
+    log-sum-exp's 4 bytes a pixel each way).
+
+    The operations are the matrix products only, in both counts: the softmax and the row
+    sums ``D`` (``2 B N L`` with the map, ``2 B N C`` from ``out``) are element-wise work,
+    not counted.
 
     Args:
         element_bytes: 4 for float32, 2 for float16/bfloat16 (inputs, outputs and the
@@ -124,8 +129,7 @@ def costs(
     else:  # a float32 log-sum-exp per pixel instead of the map; the energies again, out read
         forward = Costs(2 * n * slots * (qk + channels), e * n * (2 * qk + 2 * channels) + 4 * n)
         backward = Costs(
-            2 * n * slots * (3 * qk + 2 * channels) + 2 * n * channels,
-            e * n * (4 * qk + 4 * channels) + 4 * n,
+            2 * n * slots * (3 * qk + 2 * channels), e * n * (4 * qk + 4 * channels) + 4 * n
         )
     if mode == "forward":
         return forward

@@ -1919,6 +1919,46 @@ CASES = [
         "divisible by 8",
     ),
     Case(
+        models.receptive_field,
+        lambda: models.receptive_field(torch.nn.Conv2d(3, 3, 1), (0, 0)),
+        TypeError,
+        "backbone",
+    ),  # fmt: skip
+    Case(
+        models.receptive_field,
+        lambda: models.receptive_field(models.Backbone(), (0, 0), 10**6),
+        ValueError,
+        "size",
+        "huge",
+    ),  # fmt: skip
+    Case(
+        models.receptive_field,
+        lambda: models.receptive_field(models.Backbone(), (0, 0), 100),
+        ValueError,
+        "size",
+        "stride",
+    ),  # fmt: skip
+    Case(
+        models.receptive_field,
+        lambda: models.receptive_field(models.Backbone(), (12, 0), 96),
+        ValueError,
+        "cell",
+        "outside",
+    ),  # fmt: skip
+    Case(
+        models.receptive_field,
+        lambda: models.receptive_field(models.Backbone(), (0,), 96),
+        ValueError,
+        "cell",
+        "length",
+    ),  # fmt: skip
+    Case(
+        models.receptive_field,
+        lambda: models.receptive_field(models.Backbone(), (0, 0), 96, generator=0),
+        TypeError,
+        "generator",
+    ),  # fmt: skip
+    Case(
         models.ContextHead,
         lambda: models.ContextHead(64, 4, None, dropout=-0.1),
         ValueError,

@@ -208,3 +208,23 @@ def test_share_on_input_errors():
         ba.shares_on(attention, torch.tensor([[0, 1, 2]]), cells)
     with pytest.raises(TypeError, match="queries"):
         ba.shares_on(attention, torch.tensor([[0.0, 1.0]]), cells)
+
+
+def test_receptive_field_of_a_backbone_cell():
+    """35 x 35 input pixels reach an inner cell, centred on 8 i (the pixel the stride-8 grid's
+    nearest-neighbour labels take); at the border the field is cut by the image; the
+    backbone measured is not changed."""
+    from ccnet_edu import models
+
+    torch.manual_seed(0)
+    backbone = models.Backbone()
+    rows, cols = models.receptive_field(
+        backbone, (6, 6), generator=torch.Generator().manual_seed(0)
+    )
+    assert (rows, cols) == (range(31, 66), range(31, 66))
+    assert (rows.start + rows.stop - 1) // 2 == 8 * 6
+    rows, cols = models.receptive_field(
+        backbone, (0, 11), generator=torch.Generator().manual_seed(1)
+    )
+    assert rows == range(0, 18) and cols == range(88 - 17, 96)
+    assert backbone.training and next(backbone.parameters()).dtype == torch.float32

@@ -229,7 +229,22 @@ def test_out_only_costs_drop_the_map_and_add_the_log_sum_exp():
         )
         # no map read; out read for D, and the log-sum-exp
         assert back.bytes - back_only.bytes == size * n * (slots - 5) - 4 * n
-        # the energies again (C' = 3), and D = sum_c G_c out_c (C = 5)
-        assert back_only.flops - back.flops == 2 * n * slots * 3 + 2 * n * 5
+        # the energies again (C' = 3); the products only (D is element-wise, in neither)
+        assert back_only.flops - back.flops == 2 * n * slots * 3
+    # fewer bytes without the map: the forward always; the backward where L > C;
+    # forward + backward where 2 L > C
+    for qk, channels, height, width, fewer_back, fewer_both in (
+        (64, 512, 97, 97, False, False),
+        (64, 512, 128, 256, False, True),
+        (8, 16, 9, 11, True, True),
+    ):
+        shape = (1, qk, channels, height, width)
+        for mode, fewer in (
+            ("forward", True),
+            ("backward", fewer_back),
+            ("forward+backward", fewer_both),
+        ):
+            a, b = (roofline.costs(shape, 2, mode, attention=x).bytes for x in (True, False))
+            assert (b < a) == fewer, (shape, mode)
     with pytest.raises(TypeError, match="attention"):
         roofline.costs(shape, 2, "forward", attention="no")
