@@ -13,7 +13,7 @@ from torch import nn
 
 from ._checks import check_bool, check_channels, check_int
 
-__all__ = ["conv_bn_relu"]
+__all__ = ["conv_bn_relu", "relu_free_copy"]
 
 
 def conv_bn_relu(
@@ -44,3 +44,25 @@ def conv_bn_relu(
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def relu_free_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with every ``nn.ReLU`` replaced by ``nn.Identity``.
+
+    For measuring which inputs an output can read through the layers (a receptive field, a
+    reach) from a gradient: a ReLU that is off for the input measured zeroes the gradient of
+    every path through it although the output does read those pixels, and a pixel whose
+    paths all pass such ReLUs would be missed.  Without them every path is linear and, with
+    random weights and input, a gradient that cancels to zero has probability zero.
+    ``module`` itself is not changed.
+    """
+    import copy
+
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    clone = copy.deepcopy(module)
+    for parent in clone.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(parent, name, nn.Identity())
+    return clone

@@ -57,7 +57,7 @@ from ._checks import (
     check_probability,
     check_str,
 )
-from .layers import conv_bn_relu
+from .layers import conv_bn_relu, relu_free_copy
 
 # Saving and loading live in ccnet_edu.checkpoint; they stay importable from here.
 _CHECKPOINT_NAMES = (
@@ -318,18 +318,18 @@ def receptive_field(
 ) -> tuple[range, range]:
     """The input rows and columns that reach one cell of the backbone's output grid.
 
-    Measured, not derived from the layers: a float64 copy of ``backbone`` (in eval mode;
-    ``backbone`` itself is not changed) reads a random ``(1, 3, size, size)`` image drawn
-    from ``generator`` (torch's global one when ``None``), and the gradient of the cell's
-    features, summed, is non-zero exactly at the pixels the cell reads (the image and the
-    weights are random, so a gradient that cancels to zero has probability zero).
+    Measured, not derived from the layers: a float64 copy of ``backbone`` in eval mode with
+    its ReLUs made identities (:func:`ccnet_edu.layers.relu_free_copy`: a ReLU that is off
+    would hide the paths through it; ``backbone`` itself is not changed) reads a random
+    ``(1, 3, size, size)`` image drawn from ``generator`` (torch's global one when
+    ``None``), and the gradient of the cell's features, summed, is non-zero exactly at the
+    pixels the layers connect to the cell (the image and the weights are random, so a
+    gradient that cancels to zero has probability zero).
 
     Returns:
         ``(rows, columns)``: the ranges from the first to the last row, and column, that
         reach the cell.
     """
-    import copy
-
     if not isinstance(backbone, Backbone):
         raise TypeError(f"backbone must be a models.Backbone, got {type(backbone).__name__}")
     size = check_int("size", size, minimum=8, maximum=MAX_FIELD_INPUT)
@@ -340,11 +340,13 @@ def receptive_field(
         raise ValueError(f"cell must lie in the {size // 8} x {size // 8} grid, got {cell}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
-    probe = copy.deepcopy(backbone).double().eval()
+    probe = relu_free_copy(backbone).double().eval()
     image = torch.rand(1, 3, size, size, dtype=torch.float64, generator=generator)
     image.requires_grad_(True)
     probe(image)[0, :, row, column].sum().backward()
     support = image.grad[0].abs().sum(0) > 0  # (size, size)
+    if not bool(support.any()):
+        raise ValueError(f"no input pixel reaches cell {cell}: are the backbone's weights zero?")
     rows, columns = support.any(1).nonzero()[:, 0], support.any(0).nonzero()[:, 0]
     return range(int(rows.min()), int(rows.max()) + 1), range(
         int(columns.min()), int(columns.max()) + 1

@@ -99,14 +99,16 @@ def costs(
     With ``attention`` (what ``impl="fused"`` does: the forward returns the attention map
     and the backward reads it) the forward reads q, k, v and writes out and the attention;
     the backward reads q, k, v, grad out and the attention and writes the three
-    gradients.  Without it (an out-only implementation such as ``impl="flex"`` in
-    training) neither the map's write nor its read is needed: the forward writes each
+    gradients.  Without it (an out-only implementation, as FlexAttention's kernels are on a
+    GPU) neither the map's write nor its read is needed: the forward writes each
     pixel's float32 log-sum-exp instead; the backward reads it, computes the energies
     again (``2 B N L C'`` more operations) and reads the forward's ``out`` for the row
     sums ``D = sum_c G_c out_c``, as FlashAttention-2 does.  The forward without the map
-    always moves fewer bytes; the backward moves fewer where the map's ``L`` elements per
-    pixel exceed ``out``'s ``C``, and forward plus backward where ``2 L`` does (up to the
-    log-sum-exp's 4 bytes a pixel each way).
+    moves fewer bytes wherever the map's ``L`` elements a pixel outweigh the 4-byte
+    log-sum-exp (every map but the smallest); the backward moves fewer where ``L`` exceeds
+    ``out``'s ``C``, and forward plus backward where ``2 L`` does (up to the log-sum-exp's
+    4 bytes a pixel each way).  These are counts: what a given implementation moves can be
+    more than either.
 
     The operations are the matrix products only, in both counts: the softmax and the row
     sums ``D`` (``2 B N L`` with the map, ``2 B N C`` from ``out``) are element-wise work,

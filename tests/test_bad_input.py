@@ -1902,6 +1902,7 @@ CASES = [
         data.distance_to_beacon, lambda: data.distance_to_beacon({"label": 0}), TypeError, "sample"
     ),
     # layers
+    Case(layers.relu_free_copy, lambda: layers.relu_free_copy(lambda x: x), TypeError, "module"),
     Case(layers.conv_bn_relu, lambda: layers.conv_bn_relu(8, 0, 3), ValueError, "out_channels"),
     Case(
         layers.conv_bn_relu,

@@ -228,3 +228,18 @@ def test_receptive_field_of_a_backbone_cell():
     )
     assert rows == range(0, 18) and cols == range(88 - 17, 96)
     assert backbone.training and next(backbone.parameters()).dtype == torch.float32
+
+
+def test_receptive_field_is_not_cut_by_relus_that_are_off():
+    """A narrow backbone has ReLUs that are off for a given input; the field is measured
+    through them (relu_free_copy), so it is the layers' 35 x 35 for every seed."""
+    from ccnet_edu import layers, models
+
+    for seed in range(8):
+        torch.manual_seed(seed)
+        backbone = models.Backbone(width=1)
+        rows, cols = models.receptive_field(backbone, (6, 6))
+        assert (len(rows), len(cols)) == (35, 35), seed
+    relu_free = layers.relu_free_copy(backbone)
+    assert not any(isinstance(m, torch.nn.ReLU) for m in relu_free.modules())
+    assert any(isinstance(m, torch.nn.ReLU) for m in backbone.modules())  # unchanged

@@ -225,3 +225,26 @@ def test_bibliography_parses_with_unique_keys():
     finally:
         errors.set_strict_mode(False)
     assert len(data.entries) == len(re.findall(r"^@\w+\{", BIB, flags=re.M))
+
+
+def _stripped_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def test_shown_library_source_is_the_current_source():
+    """A stored `show_source` output is the library's code as it is now: a notebook not
+    re-executed after its library changed would show the reader stale code (nbval finds
+    it too, but only after executing every chapter)."""
+    library = [_stripped_lines(p.read_text(encoding="utf-8"))
+               for p in sorted((ROOT / "ccnet_edu").rglob("*.py"))]  # fmt: skip
+    library_text = ["\n".join(lines) for lines in library]
+    stale = []
+    for path in NOTEBOOKS:
+        for index, cell in enumerate(_cells(path)):
+            if cell["cell_type"] != "code" or "show_source(" not in "".join(cell["source"]):
+                continue
+            for block in re.findall(r"```python\n(.*?)```", _text(cell), flags=re.DOTALL):
+                shown = "\n".join(_stripped_lines(block))
+                if shown and not any(shown in text for text in library_text):
+                    stale.append(f"{path.name} cell {index}: {block.splitlines()[0][:60]}")
+    assert not stale, stale

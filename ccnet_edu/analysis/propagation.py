@@ -27,7 +27,6 @@ pattern (a 1x1 convolution followed by BatchNorm would "reach" every pixel).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -338,7 +337,9 @@ def logit_reach(
     pixel ``(r, c)`` with ``r % period == c % period == k``, how many input
     pixels up, down, left and right its logits can draw on: the extent of the
     non-zero gradient of their channel sum (:func:`influence_map`), measured
-    in float64 on a copy of ``model`` in ``eval()`` mode, on one random
+    in float64 on a copy of ``model`` in ``eval()`` mode with its ReLUs made
+    identities (:func:`ccnet_edu.layers.relu_free_copy`: a ReLU that is off for
+    the input measured would hide the paths through it), on one random
     ``(1, 3, size, size)`` input of ``seed``.  With an output stride of
     ``period`` and bilinear upsampling the reach is not symmetric and depends
     on where the pixel lies in its cell, which is why it is given per offset
@@ -351,7 +352,9 @@ def logit_reach(
     period = check_int("period", period, minimum=1, maximum=MAX_REACH_SIZE)
     size = check_int("size", size, minimum=2 * period, maximum=MAX_REACH_SIZE)
     seed = check_int("seed", seed, minimum=0)
-    net = copy.deepcopy(model).double().eval()
+    from ..layers import relu_free_copy
+
+    net = relu_free_copy(model).double().eval()
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(1, 3, size, size, dtype=torch.float64, generator=gen).to(device)
