@@ -1,17 +1,17 @@
 """The two numbers of criss-cross attention on a GPU: bytes moved and operations done.
 
-For a map of ``N = B H W`` pixels, each with ``L = H + W - 1`` positions in its
+For ``B`` maps of ``N = H W`` pixels, each pixel with ``L = H + W - 1`` positions in its
 criss-cross set, ``C'`` query/key channels and ``C`` value channels:
 
 * operations (a multiply-add is two):
-  forward ``2 N L C'`` (energies) ``+ 2 N L C`` (aggregation); backward
-  ``2 N L C`` (dA = dout . value) ``+ 2 N L C`` (grad value) ``+ 4 N L C'`` (grad query
-  and key);
+  forward ``2 B N L C'`` (energies) ``+ 2 B N L C`` (aggregation); backward
+  ``2 B N L C`` (dA = dout . value) ``+ 2 B N L C`` (grad value) ``+ 4 B N L C'`` (grad
+  query and key);
 * the fewest bytes an implementation that returns the attention map (as the fused
   operator does) moves through DRAM, every input read once and every output written
   once: forward reads query, key, value and writes out and the attention,
-  ``N (2 C' + 2 C + L)`` elements; backward reads query, key, value, the attention and
-  grad out and writes the three gradients, ``N (4 C' + 3 C + L)``.  An out-only
+  ``B N (2 C' + 2 C + L)`` elements; backward reads query, key, value, the attention and
+  grad out and writes the three gradients, ``B N (4 C' + 3 C + L)``.  An out-only
   implementation needs neither the map's write nor its read, but reads ``out`` again in
   the backward (:func:`costs` with ``attention=False``).
 

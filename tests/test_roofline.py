@@ -231,8 +231,8 @@ def test_out_only_costs_drop_the_map_and_add_the_log_sum_exp():
         assert back.bytes - back_only.bytes == size * n * (slots - 5) - 4 * n
         # the energies again (C' = 3); the products only (D is element-wise, in neither)
         assert back_only.flops - back.flops == 2 * n * slots * 3
-    # fewer bytes without the map: the forward always; the backward where L > C;
-    # forward + backward where 2 L > C
+    # fewer bytes without the map: the forward wherever the map outweighs the 4-byte
+    # log-sum-exp; the backward where L > C; forward + backward where 2 L > C
     for qk, channels, height, width, fewer_back, fewer_both in (
         (64, 512, 97, 97, False, False),
         (64, 512, 128, 256, False, True),
@@ -248,3 +248,16 @@ def test_out_only_costs_drop_the_map_and_add_the_log_sum_exp():
             assert (b < a) == fewer, (shape, mode)
     with pytest.raises(TypeError, match="attention"):
         roofline.costs(shape, 2, "forward", attention="no")
+
+
+def test_out_only_forward_at_the_smallest_maps():
+    """A 1 x 1 map's one slot weighs less than the 4-byte log-sum-exp (more bytes without
+    the map), a 1 x 2 map's two 16-bit slots as much (equal), anything larger more."""
+    cases = [((1, 1), 2, 1), ((1, 1), 4, 0), ((1, 2), 2, 0), ((2, 1), 2, 0), ((1, 2), 4, -1),
+             ((2, 2), 2, -1)]  # fmt: skip
+    for (height, width), size, sign in cases:
+        shape = (1, 8, 16, height, width)
+        with_map, out_only = (
+            roofline.costs(shape, size, "forward", attention=a).bytes for a in (True, False)
+        )
+        assert (out_only > with_map) - (out_only < with_map) == sign, (height, width, size)
