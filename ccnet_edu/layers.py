@@ -52,14 +52,19 @@ def relu_free_copy(module: nn.Module) -> nn.Module:
     For measuring which inputs an output can read through the layers (a receptive field, a
     reach) from a gradient: a ReLU that is off for the input measured zeroes the gradient of
     every path through it although the output does read those pixels, and a pixel whose
-    paths all pass such ReLUs would be missed.  Without them every path is linear and, with
-    random weights and input, a gradient that cancels to zero has probability zero.
-    ``module`` itself is not changed.
+    paths all pass such ReLUs would be missed.  Without them a network of convolutions,
+    batch norms and ReLUs is linear, and with random weights and input a gradient that
+    cancels to zero has probability zero.  A network with other nonlinearities (an
+    attention's softmax) keeps them, and a branch scaled by a weight that is zero (CCNet's
+    ``gamma`` as initialised) still adds nothing to the gradient.  ``module`` itself is not
+    changed; a bare ``nn.ReLU`` gives an ``nn.Identity``.
     """
     import copy
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    if isinstance(module, nn.ReLU):
+        return nn.Identity()
     clone = copy.deepcopy(module)
     for parent in clone.modules():
         for name, child in parent.named_children():
