@@ -53,7 +53,8 @@ def relu_free_copy(module: nn.Module) -> nn.Module:
     reach) from a gradient: a ReLU that is off for the input measured zeroes the gradient of
     every path through it although the output does read those pixels, and a pixel whose
     paths all pass such ReLUs would be missed.  Without them a network of convolutions,
-    batch norms and ReLUs is linear, and with random weights and input a gradient that
+    batch norms (in eval mode: in training mode a batch norm links every pixel of the batch
+    through its statistics) and ReLUs is linear, and with random weights and input a gradient that
     cancels to zero has probability zero.  A network with other nonlinearities (an
     attention's softmax) keeps them, and a branch scaled by a weight that is zero (CCNet's
     ``gamma`` as initialised) still adds nothing to the gradient.  ``module`` itself is not
