@@ -181,6 +181,15 @@ void copy(Matrix<T> dst, In<T> src);
 // bits are the same either way: fma(a, b, acc) == fma(b, a, acc), and k runs in
 // the same order.  Any other out is computed into scratch and copied.
 //
+// The tile broadcasts a[r][k] for k = 0, 1, ...  Where a's k steps are a multiple
+// of 1 KiB apart (a row of an NCHW gradient, (W x C) with channels H * W apart,
+// when H * W is a multiple of 256), every k is a cache line of its own, and all
+// of them fall into at most 4 of L1's 64 sets: they do not stay in L1 from one
+// row block to the next, and each column block walks them all again.  When more
+// than eight column blocks would (more than 128 float columns with AVX2, 512 with
+// AVX-512), a is first copied into dense rows: one transposing pass over a, the
+// same values, so the same bits.
+//
 // Column blocks of kTileVectors vectors outside, row blocks of kTileRows inside:
 // the block's (depth x block) panel of b stays in L1 while every row block of a
 // streams past it.  The panel is copied into scratch first
@@ -208,6 +217,13 @@ void line_product(Matrix<T> out, In<T> a, In<T> b, bool accumulate) {
   }
   const int64_t rows = out.rows, cols = out.cols, depth = a.cols;
   if (rows == 0 || cols == 0) return;
+  const int64_t k_step = a.col_stride * int64_t(sizeof(T));
+  if (k_step != 0 && k_step % 1024 == 0 && depth > 1 && cols > 8 * block) {
+    thread_local Scratch<T> rows_of_a;
+    const auto dense = dense_matrix(rows_of_a.get(rows * depth), rows, depth);
+    copy(dense, a);
+    return line_product(out, In<T>(dense), b, accumulate);
+  }
   const bool always_pack = b.col_stride != 1 || overlap(out, b);
   // Full tiles of R rows, then the last R + rows % R rows (see below).
   const int64_t full_tiles_end = rows < R ? 0 : rows - R - rows % R;

@@ -51,8 +51,13 @@ def _cases() -> list[tuple[str, list[torch.Tensor | None]]]:
     cases = []
     # test_ops' matrix, and sizes where a line has several 6-row tiles plus a rest, C
     # spans several column blocks of either width plus a partial vector, and L = H + W - 1
-    # ends in a partial group of 16 softmax lanes.
-    shapes = [*SHAPES, (2, 16, 70, 23, 45), (1, 8, 130, 13, 40)]
+    # ends in a partial group of 16 softmax lanes; and maps of H * W = 2304 pixels, where a
+    # row of the NCHW dO has its channels a multiple of 1 KiB apart and the row's
+    # dA = dO V^T spans more than eight column blocks of AVX2 (W = 144) or of both widths
+    # (W = 576), so line_product first copies that dO row into dense rows.
+    shapes = [
+        *SHAPES, (2, 16, 70, 23, 45), (1, 8, 130, 13, 40), (1, 4, 9, 16, 144), (1, 2, 5, 4, 576)
+    ]  # fmt: skip
     for batch, qk, channels, height, width in shapes:
         for dtype in DTYPES:
             tensors = [

@@ -103,9 +103,13 @@ void check_copy(int64_t rows, int64_t cols) {
 template <typename T>
 void check_all(double tolerance) {
   // Full and partial tiles of every width: rows around multiples of 6, columns around
-  // multiples of 16 and 64, the operator's depths (C' = 64, C = 512, a line length).
-  const int64_t shapes[][3] = {{1, 1, 1},   {5, 7, 3},    {6, 16, 64}, {7, 17, 64},
-                               {13, 33, 97}, {97, 97, 64}, {97, 512, 97}, {12, 65, 5}};
+  // multiples of 16 and 64, the operator's depths (C' = 64, C = 512, a line length); and
+  // 256 rows, so that a stored transposed has its k steps a multiple of 1 KiB apart, over
+  // more than eight column blocks of the 16-byte and AVX2 widths (line_product copies such
+  // an a into dense rows first).
+  const int64_t shapes[][3] = {{1, 1, 1},    {5, 7, 3},     {6, 16, 64},  {7, 17, 64},
+                               {13, 33, 97}, {97, 97, 64},  {97, 512, 97}, {12, 65, 5},
+                               {256, 144, 5}};
   for (const auto& s : shapes)
     for (int layout = 0; layout < 8; ++layout)
       check_line_product<T>(s[0], s[1], s[2], layout & 1, layout & 2, layout & 4, layout == 5,
