@@ -399,7 +399,9 @@ struct Panels {
 };
 
 // 1. For every row: the row half of dA, dA_i = dO_i V_i^T, and dV_i = A_i^T dO_i,
-// which needs only A and dO, written into grad_value.  dO and V are read in place.
+// which needs only A and dO, written into grad_value.  dO and V are read in place
+// (line_product first copies a dO row whose channels lie a multiple of 1 KiB apart into
+// dense rows when dA_i spans more than eight column blocks; see line_product).
 template <typename T>
 void row_gradients_of_attention(const Backward<T>& g) {
   const int64_t H = g.value.height, W = g.value.width, Cv = g.value.channels;
