@@ -272,13 +272,20 @@ def plan(
     shape: tuple[int, int, int, int, int], dtype: torch.dtype, mode: str, l2_bytes: int
 ) -> dict[str, int | bool]:
     """How the passes are grouped for an L2 of ``l2_bytes``: maps per group, value
-    channels per slice, slices, and whether a slice's reused tensors fit half the L2
-    (``mode``: ``"forward"`` or ``"backward"``; ``csrc/cca_tiling.h``, plan_passes)."""
-    out = (ctypes.c_int64 * 4)()
+    channels per slice, slices, whether a slice's reused tensors fit half the L2, and
+    whether the backward accumulates dA slice by slice (``mode``: ``"forward"`` or
+    ``"backward"``; ``csrc/cca_tiling.h``, plan_passes)."""
+    out = (ctypes.c_int64 * 5)()
     library().cca_lines_plan(
         _shape(shape), DTYPES[dtype], int(mode == "backward"), ctypes.c_int64(l2_bytes), out
     )
-    return {"maps": out[0], "width": out[1], "slices": out[2], "fits": bool(out[3])}
+    return {
+        "maps": out[0],
+        "width": out[1],
+        "slices": out[2],
+        "fits": bool(out[3]),
+        "sliced_da": bool(out[4]),
+    }
 
 
 def merge_lse(m_row: float, s_row: float, m_col: float, s_col: float) -> float:

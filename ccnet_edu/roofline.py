@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from ._checks import check_bool
 
 __all__ = [
+    "BWD_CHUNK",
     "CEILINGS",
     "DESIGNS",
     "L2_BYTES",
@@ -42,6 +43,7 @@ __all__ = [
     "peak_rate",
     "v2_slices",
     "v3_backward_slices",
+    "v4_backward_plan",
 ]
 
 #: The three problem sizes of ``benchmarks/gpu_check.py``: (B, C', C, H, W).  97 x 97 is
@@ -176,10 +178,14 @@ CHUNK, SLICE_STEP = 128, 16
 #: The longest line whose weights an aggregation CTA keeps for all the chunks of its slice
 #: (``kLineProbs`` in ``csrc/cca_tiling.h``; v3).
 LINE_PROBS = 128
+#: The channels of one step of dA's reduction (``kBwdChunk`` in ``csrc/cca_tiling.h``):
+#: the v4 backward's slices are whole steps.
+BWD_CHUNK = 64
 #: The designs :func:`design_costs` counts: ``"v1"`` the tiled kernels as issue #28 found
-#: them, ``"v2"`` and ``"v3"`` the designs after it.  Built now: v3's forward and v2's
-#: backward (v3's backward is designed, not built).
-DESIGNS = ("v1", "v2", "v3")
+#: them, ``"v2"``, ``"v3"`` and ``"v4"`` the designs after it.  Built now: v4 (v3's forward;
+#: the backward that accumulates dA slice by slice where it fits the L2, else v2's); v3's
+#: backward is designed, not built.
+DESIGNS = ("v1", "v2", "v3", "v4")
 
 
 @dataclass(frozen=True)
@@ -280,6 +286,36 @@ def v3_backward_slices(
     )
 
 
+def v4_backward_plan(
+    shape: tuple[int, int, int, int, int], element_bytes: int, l2_bytes: int = L2_BYTES
+) -> tuple[int, int, bool, int]:
+    """``(slices, width, fits, maps)`` of the v4 backward (``plan_passes`` in
+    ``csrc/cca_tiling.h`` makes the same choice): the fewest slices of the value channels,
+    each a whole number of :data:`BWD_CHUNK` steps (the last one the rest), for which one
+    map keeps in ``L2_SHARE`` of the L2, per pixel, the attention (``L`` elements), dA and
+    D (``4 L + 8`` bytes) and the larger of what the two phases add: during a slice, its
+    grad out, value and grad value (``3 c`` elements); during the last launches, query, key
+    and their gradients (``4 C'``).  ``maps``: as many maps as fit together where one slice
+    holds all the channels, else 1.  ``(1, C, False, 1)`` where not even one step fits
+    (then the backward runs v2's passes)."""
+    batch, qk, channels, height, width = shape
+    pixels, slots, e = height * width, height + width - 1, element_bytes
+    budget = L2_SHARE * l2_bytes
+
+    def kept(c: int) -> float:
+        return pixels * (e * slots + 4 * slots + 8 + max(3 * e * c, 4 * e * qk))
+
+    for slices in range(1, _ceil(channels, BWD_CHUNK) + 1):
+        c = min(_ceil(_ceil(channels, slices), BWD_CHUNK) * BWD_CHUNK, channels)
+        if kept(c) <= budget:
+            n = _ceil(channels, c)
+            maps = max(1, min(batch, int(budget // kept(channels)))) if n == 1 else 1
+            return n, c, True, maps
+        if c <= BWD_CHUNK:
+            break
+    return 1, channels, False, 1
+
+
 def design_costs(
     shape: tuple[int, int, int, int, int],
     element_bytes: int,
@@ -312,7 +348,7 @@ def design_costs(
     the gradients back); a statistics pass over both halves; a row and a column
     aggregation, one CTA per 64 queries and 128 value channels, each CTA computing the
     energies and exponentials of its keys again; the column pass reads and rewrites
-    ``out``.  ``"v2"`` (its backward is the one built now): inputs read in their layout;
+    ``out``.  ``"v2"``: inputs read in their layout;
     the passes run a group of maps and a slice of the value channels at a time, so that
     the column pass's second reads and the read-modify-write of ``out`` hit the L2; a CTA
     still covers 128 channels of its slice and computes its keys' energies again; every
@@ -340,6 +376,19 @@ def design_costs(
     v2's do.  Where the share does not fit (float32 at 97 x 97, both dtypes at
     128 x 256), reading them again from DRAM would cost more than v2's dA scratch, and v3
     keeps v2's backward passes.
+
+    ``"v4"`` (built): v3's forward; a backward that keeps v2's dA scratch but not its
+    extra reads, where one map's attention and float32 dA fit ``L2_SHARE`` of the L2 beside
+    a slice (:func:`v4_backward_plan`).  Per slice of the value channels, one launch over
+    rows and columns adds the slice's ``dout V^T`` to dA (the first slice writes it, a
+    later one continues the float sums the previous one left, the last one adds the
+    attention's own gradient and computes D), then the slice's grad-value launches; after
+    the last slice, the grad-key and grad-query launches.  Grad out and value are read
+    from DRAM once (by their slice's dA launch; its column lines and the slice's grad-value
+    launches find them in the L2), the attention once, query and key once; dA and D stay
+    in the L2 and are counted written back once.  Where they do not fit (both dtypes at
+    128 x 256: a map's attention and dA alone take more than the L2), v4 runs v2's
+    backward passes.
     """
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
@@ -390,6 +439,24 @@ def design_costs(
             }
             flops = 4 * n * slots * (qk + channels)
         return DesignCosts(design, flops, sum(terms.values()), terms, 1, True, batch)
+    if design == "v4":
+        if mode == "forward":
+            v3 = design_costs(shape, element_bytes, mode, "v3", l2_bytes)
+            return DesignCosts(design, v3.flops, v3.bytes, v3.terms, v3.slices, v3.fits, v3.maps)
+        slices, _, fits, maps = v4_backward_plan(shape, element_bytes, l2_bytes)
+        if not fits:  # v2's passes
+            v2 = design_costs(shape, element_bytes, mode, "v2", l2_bytes)
+            return DesignCosts(design, v2.flops, v2.bytes, v2.terms, v2.slices, v2.fits, v2.maps)
+        terms = {
+            "grad out and value read once (each slice's dA launch)": 2 * n * channels * e,
+            "attention read once (kept in the L2 for every slice)": n * slots * e,
+            "query and key read once (the grad key and grad query launches)": 2 * n * qk * e,
+            "gradients written once": n * (2 * qk + channels) * e,
+            "dA (scratch) written back from the L2 once": 4 * n * slots,
+            "D (scratch: a partial sum per half) written": 8 * n,
+        }
+        flops = 4 * n * slots * (qk + channels)
+        return DesignCosts(design, flops, sum(terms.values()), terms, slices, fits, maps)
     columns = height > 1  # a map of one row has no column launches
     launches = 2 if columns else 1  # per slice: the rows, then the columns
     budget, pixels = L2_SHARE * l2_bytes, height * width

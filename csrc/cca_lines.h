@@ -8,7 +8,8 @@
 //   ex.mma_tiles<LA, LB>(acc, n, a, lda, b, ldb, k)
 //                   acc[i] (16x16) += A (16xk) B_i (kx16) for i < n, B_i the i-th 16 columns
 //                   of B; float accumulators; LA, LB: RowMajor or ColMajor operands
-//   ex.zero(acc), ex.store(dst, ld, acc)     an accumulator tile, to float shared memory
+//   ex.zero(acc), ex.store(dst, ld, acc), ex.load(acc, src, ld)
+//                   an accumulator tile: zeroed, to float shared memory, from it
 //   ex.copy16(dst, src), ex.zero16(dst)      one 16-byte vector
 //   ex.async_phase(f)  every thread t runs f(t), which may issue asynchronous 16-byte
 //                   copies from global to shared memory (ex.copy16_async), and closes
@@ -44,7 +45,9 @@
 //                           kLineProbs positions: A of the whole line kept, every chunk of
 //                           the slice swept over it (each energy and exp once per slice)
 //   backward 1  dA          rows and columns: dA = dout V^T (+ grad_attention), kept in a
-//                           float buffer, and each half's partial D = sum_l A dA
+//                           float buffer, and each half's partial D = sum_l A dA; over a
+//                           slice of the channels at a time where the plan says so, each
+//                           slice continuing the float sums the previous one left there
 //            2  gradients   rows, then columns: dE = A (dA - D) on the fly;
 //                           grad_value = A^T dout, grad_key = dE^T Q, grad_query = dE K
 // Every CTA writes its own rows; the column passes add to the row passes' results
@@ -253,6 +256,14 @@ template <class Ex, class T, int N>
 CCA_DEV inline void zero_tiles(const Ex& ex, AccTiles<Ex, T, N>& acc) {
   CCA_LINES_UNROLL
   for (int n = 0; n < N; ++n) ex.zero(acc.f[n]);
+}
+
+// Warp w's rows of the accumulators from os (float, ldo), all N tiles.
+template <class Ex, class T, int N>
+CCA_DEV inline void load_tiles(const Ex& ex, int warp, const float* os, int ldo,
+                               AccTiles<Ex, T, N>& acc) {
+  CCA_LINES_UNROLL
+  for (int n = 0; n < N; ++n) ex.load(acc.f[n], os + kFrag * warp * ldo + kFrag * n, ldo);
 }
 
 // Warp w's rows of the accumulators into os (float, ldo): tiles n with 16 n < cols.
@@ -560,7 +571,11 @@ CCA_DEV void bwd_da_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigne
   float* part = reinterpret_cast<float*>(smem + m.a);  // (half, query): sum of A dA
   const int row0 = w.block * kRows;
   const int64_t L = p.slots();
-  const int64_t chunks = ceil_div(p.cv, kBwdChunk);
+  // The slice [v0, v_end) of the channels (run_backward): the first slice starts dA
+  // from zero, a later one from what the previous slice left in prm.g; the last one
+  // adds grad_attention and computes D.
+  const int64_t chunks = ceil_div(p.v_end() - p.v0, kBwdChunk);
+  const bool first = p.v0 == 0, last = p.v_end() == p.cv;
   constexpr int kHalf = kTile / 2;
   typename Ex::template PerWarp<AccTiles<Ex, T, kTile / kFrag>> acc;
 
@@ -568,11 +583,11 @@ CCA_DEV void bwd_da_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigne
   // i / chunks; step i + 1's chunks load into the other buffers meanwhile.
   const auto load_step = [&](int tid, int64_t step, int buf) {
     const int key0 = static_cast<int>(step / chunks) * kTile;
-    const int64_t c0 = (step % chunks) * kBwdChunk;
-    load_rows(ex, tid, gbuf(buf), m.ldv, prm.grad_out, p.cv, p.cv, line, row0, c0, kBwdChunk,
-              prm.vec_go, prm.go_nchw);
-    load_rows(ex, tid, vbuf(buf), m.ldv, prm.v, p.cv, p.cv, line, key0, c0, kBwdChunk, prm.vec_v,
-              prm.nchw);
+    const int64_t c0 = p.v0 + (step % chunks) * kBwdChunk;
+    load_rows(ex, tid, gbuf(buf), m.ldv, prm.grad_out, p.cv, p.v_end(), line, row0, c0,
+              kBwdChunk, prm.vec_go, prm.go_nchw);
+    load_rows(ex, tid, vbuf(buf), m.ldv, prm.v, p.cv, p.v_end(), line, key0, c0, kBwdChunk,
+              prm.vec_v, prm.nchw);
   };
   const int64_t steps = ceil_div(line.P, kTile) * chunks;
   ex.async_phase([&](int tid) {
@@ -582,7 +597,20 @@ CCA_DEV void bwd_da_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigne
   for (int64_t step = 0; step < steps; ++step) {
     const int key0 = static_cast<int>(step / chunks) * kTile;
     const int buf = static_cast<int>(step & 1);
-    if (step % chunks == 0) ex.warps([&](int warp) { zero_tiles(ex, acc(warp)); });
+    if (step % chunks == 0) {
+      if (first) {
+        ex.warps([&](int warp) { zero_tiles(ex, acc(warp)); });
+      } else {  // the accumulators as the previous slice left them
+        ex.threads([&](int tid) {
+          for (int e = tid; e < kRows * kTile; e += kThreads) {
+            const int r = e / kTile, s = e % kTile, t = row0 + r, key = key0 + s;
+            ss[r * m.lds + s] = line.sees(t, key) ? prm.g[line.pixel(t) * L + line.slot(t, key)]
+                                                  : 0.f;
+          }
+        });
+        ex.warps([&](int warp) { load_tiles(ex, warp, ss, m.lds, acc(warp)); });
+      }
+    }
     ex.async_phase([&](int tid) {
       if (step + 1 < steps) load_step(tid, step + 1, buf ^ 1);
     });
@@ -604,13 +632,14 @@ CCA_DEV void bwd_da_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigne
         if (line.sees(t, key)) {
           const int64_t at = line.pixel(t) * L + line.slot(t, key);
           float da = ss[r * m.lds + s];
-          if (prm.grad_att != nullptr) da += Elem<T>::to_float(prm.grad_att[at]);
+          if (last && prm.grad_att != nullptr) da += Elem<T>::to_float(prm.grad_att[at]);
           prm.g[at] = da;
-          prod = Elem<T>::to_float(prm.att_in[at]) * da;
+          if (last) prod = Elem<T>::to_float(prm.att_in[at]) * da;
         }
         ss[r * m.lds + s] = prod;
       }
     });
+    if (!last) continue;
     ex.threads([&](int tid) {  // two threads per query, half of the keys each, in a
       // fixed order (deterministic): key (j + r) mod kHalf at step j, threads of a warp
       // in different banks
@@ -625,6 +654,7 @@ CCA_DEV void bwd_da_body(const Ex& ex, const Params<T>& prm, int64_t id, unsigne
     });
   }
   ex.template async_wait<0>();
+  if (!last) return;
   ex.threads([&](int tid) {
     const int t = row0 + tid;
     if (tid < kRows && t < line.P) prm.dpart[w.dir * p.pixels() + line.pixel(t)] = dsum[tid];
@@ -759,6 +789,7 @@ void run_passes(Launch& launch, const Params<T>& all, int64_t l2_bytes, bool bac
     for (int64_t v0 = 0; v0 < all.p.cv; v0 += plan.width) {
       prm.p.v0 = v0;
       prm.p.v1 = v0 + plan.width < all.p.cv ? v0 + plan.width : all.p.cv;
+      prm.p.qk_grads = v0 == 0;
       prm.dir = kRow;
       launch(sliced, grid(prm.p, kRow), prm);
       if (prm.p.has(kCol)) {
@@ -774,9 +805,39 @@ void run_forward(Launch& launch, const Params<T>& all, int64_t l2_bytes) {
   run_passes(launch, all, l2_bytes, false, kStats, kAgg, agg_grid);
 }
 
+// The backward: where the plan accumulates dA slice by slice (plan_passes), per group
+// and per slice a dA launch over rows and columns, then the slice's grad value launches
+// (rows, then columns); after the last slice the grad key and grad query launches.
+// Else v2's order: one dA launch over all the channels, then per slice the gradient
+// launches (grad key and grad query with the first slice).
 template <class Launch, class T>
 void run_backward(Launch& launch, const Params<T>& all, int64_t l2_bytes) {
-  run_passes(launch, all, l2_bytes, true, kBwdDa, kBwdGrads, grads_grid);
+  const Plan plan = plan_passes(all.p, sizeof(T), true, l2_bytes);
+  if (!plan.sliced_da) {
+    run_passes(launch, all, l2_bytes, true, kBwdDa, kBwdGrads, grads_grid);
+    return;
+  }
+  const auto both_directions = [&launch](Params<T>& prm) {
+    prm.dir = kRow;
+    launch(kBwdGrads, grads_grid(prm.p, kRow), prm);
+    if (prm.p.has(kCol)) {
+      prm.dir = kCol;
+      launch(kBwdGrads, grads_grid(prm.p, kCol), prm);
+    }
+  };
+  for (int64_t b0 = 0; b0 < all.p.B; b0 += plan.maps) {
+    Params<T> prm = at_maps(all, b0, all.p.B - b0 < plan.maps ? all.p.B - b0 : plan.maps);
+    prm.p.qk_grads = false;
+    for (int64_t v0 = 0; v0 < all.p.cv; v0 += plan.width) {
+      prm.p.v0 = v0;
+      prm.p.v1 = v0 + plan.width < all.p.cv ? v0 + plan.width : all.p.cv;
+      launch(kBwdDa, both_grid(prm.p), prm);
+      both_directions(prm);  // grad value of the slice
+    }
+    prm.p.v0 = prm.p.v1 = all.p.cv;  // no value channels: grad key and grad query only
+    prm.p.qk_grads = true;
+    both_directions(prm);
+  }
 }
 
 // ------------------------------------------------ the untyped entry arguments

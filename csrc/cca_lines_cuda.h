@@ -85,6 +85,10 @@ struct GpuExec {
     nvcuda::wmma::fill_fragment(c, 0.f);
   }
   template <class F>
+  __device__ void load(F& c, const float* src, int ld) const {
+    nvcuda::wmma::load_matrix_sync(c, src, ld, nvcuda::wmma::mem_row_major);
+  }
+  template <class F>
   __device__ void store(float* dst, int ld, const F& c) const {
     nvcuda::wmma::store_matrix_sync(dst, c, ld, nvcuda::wmma::mem_row_major);
   }

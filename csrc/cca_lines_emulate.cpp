@@ -93,7 +93,7 @@ void cca_lines_decode(int pass, int dir, const int64_t* shape, int64_t id, int64
   work[4] = w.kind;
 }
 
-// The groups of the passes: {maps per group, channels per slice, slices, fits}.
+// The groups of the passes: {maps per group, channels per slice, slices, fits, sliced_da}.
 void cca_lines_plan(const int64_t* shape, int dtype, int backward, int64_t l2_bytes,
                     int64_t* plan) {
   const lines::Plan p =
@@ -102,6 +102,7 @@ void cca_lines_plan(const int64_t* shape, int dtype, int backward, int64_t l2_by
   plan[1] = p.width;
   plan[2] = p.slices;
   plan[3] = p.fits ? 1 : 0;
+  plan[4] = p.sliced_da ? 1 : 0;
 }
 
 float cca_lines_merge_lse(float m_row, float s_row, float m_col, float s_col) {

@@ -106,6 +106,11 @@ struct HostExec {
     memset(c.x, 0, sizeof(c.x));
   }
   template <class F>
+  void load(F& c, const float* src, int ld) const {
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 16; ++j) c.x[i][j] = src[i * ld + j];
+  }
+  template <class F>
   void store(float* dst, int ld, const F& c) const {
     for (int i = 0; i < 16; ++i)
       for (int j = 0; j < 16; ++j) dst[i * ld + j] = c.x[i][j];

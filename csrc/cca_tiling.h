@@ -71,6 +71,10 @@ struct Problem {
   // The slice [v0, v_end()) of the value channels that the one-direction passes cover
   // (run_forward and run_backward take the channels slice by slice); v1 = 0: all.
   int64_t v0 = 0, v1 = 0;
+  // Whether a gradients launch holds the grad key and grad query CTAs (besides the grad
+  // value CTAs of its slice): the first slice's in v2's order, the last launches' in the
+  // order that accumulates dA slice by slice (run_backward).
+  bool qk_grads = true;
 
   CCA_HD int64_t v_end() const { return v1 > 0 ? v1 : cv; }
 
@@ -187,14 +191,14 @@ CCA_HD inline Work decode_agg(const Problem& p, int dir, int64_t id) {
 
 // The backward's gradients, one direction per launch.  Per line: grad value
 // (each key block x each value chunk of the slice), grad key (each key block), grad
-// query (each query block), these two with the first slice only; each item sums
+// query (each query block), these two where p.qk_grads; each item sums
 // over the whole line, in a fixed order, and writes its own rows, so the result is
 // deterministic and needs no atomics.
 enum Kind : int { kGradValue = 0, kGradKey = 1, kGradQuery = 2 };
 
 CCA_HD inline int64_t grads_per_line(const Problem& p, int dir) {
   const int64_t nb = blocks_per_line(p.length(dir));
-  return nb * value_chunks(p) + (p.v0 == 0 ? nb + nb : 0);
+  return nb * value_chunks(p) + (p.qk_grads ? nb + nb : 0);
 }
 
 CCA_HD inline int64_t grads_grid(const Problem& p, int dir) {
@@ -239,6 +243,7 @@ struct Plan {
   int64_t width;   // value channels per slice (a multiple of kFrag, or C)
   int64_t slices;  // slices per group
   bool fits;
+  bool sliced_da;  // the backward accumulates dA slice by slice (below)
 };
 
 CCA_HD inline int64_t reused_bytes(const Problem& p, int elem_bytes, bool backward,
@@ -248,12 +253,48 @@ CCA_HD inline int64_t reused_bytes(const Problem& p, int elem_bytes, bool backwa
                   : hw * elem_bytes * (2 * p.cqk + 2 * width);
 }
 
+// The backward can do better where one map's attention and its float32 dA fit the L2
+// beside a slice: per slice, one launch over rows and columns adds the slice's
+// dout V^T to dA (the first slice writes it, the last adds grad_attention and
+// computes D), then the slice's grad value launches (rows, columns); after the last
+// slice, the grad key and grad query launches.  Grad out and value are then read from
+// DRAM once, the attention once, and dA stays in the L2 (written back once), if it
+// holds per pixel
+//   during a slice          the attention (L), dA and D (4 L + 8 bytes), and the
+//                           slice's grad out, value and grad value (3 c)
+//   during the last launches the attention, dA and D, and query, key and their
+//                           gradients (4 C')
+// Slices are whole kBwdChunk steps of dA's reduction (the last one the rest), so that
+// each slice's launch continues the previous one's float accumulators where it left
+// them: the same bits as one slice.
+CCA_HD inline int64_t sliced_da_bytes(const Problem& p, int elem_bytes, int64_t width) {
+  const int64_t hw = p.H * p.W, L = p.slots();
+  const int64_t kept = elem_bytes * L + 4 * L + 8;
+  const int64_t slice = elem_bytes * 3 * width, last = elem_bytes * 4 * p.cqk;
+  return hw * (kept + (slice > last ? slice : last));
+}
+
 // l2_bytes <= 0: all maps and all channels at once.
 CCA_HD inline Plan plan_passes(const Problem& p, int elem_bytes, bool backward,
                                int64_t l2_bytes) {
-  Plan plan{p.B, p.cv, 1, false};
+  Plan plan{p.B, p.cv, 1, false, false};
   if (l2_bytes <= 0) return plan;
   const int64_t budget = l2_bytes / 2;
+  if (backward) {
+    for (int64_t n = 1;; ++n) {
+      int64_t width = round_up(ceil_div(p.cv, n), kBwdChunk);
+      if (width > p.cv) width = p.cv;
+      if (sliced_da_bytes(p, elem_bytes, width) <= budget) {
+        plan.width = width;
+        plan.slices = ceil_div(p.cv, width);
+        plan.fits = plan.sliced_da = true;
+        const int64_t maps = budget / sliced_da_bytes(p, elem_bytes, p.cv);
+        plan.maps = plan.slices > 1 ? 1 : maps < p.B ? maps : p.B;
+        return plan;
+      }
+      if (width <= kBwdChunk) break;
+    }
+  }
   for (int64_t n = 1;; ++n) {
     const int64_t width = round_up(ceil_div(p.cv, n), kFrag);
     if (reused_bytes(p, elem_bytes, backward, width) <= budget) {

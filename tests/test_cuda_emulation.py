@@ -148,6 +148,64 @@ def test_passes_by_groups_of_maps_and_slices_of_channels_give_the_same_bits(dtyp
     assert {(1, 3), (2, 1)} <= seen
 
 
+def _sliced_da(shape, size, width):
+    """What one map keeps in the L2 when the backward accumulates dA slice by slice
+    (csrc/cca_tiling.h, sliced_da_bytes): the attention, dA and D, and the larger of a
+    slice's grad out, value and grad value and of query, key and their gradients."""
+    _, qk, _, height, width_ = shape
+    slots = height + width_ - 1
+    kept = size * slots + 4 * slots + 8 + max(3 * size * width, 4 * size * qk)
+    return height * width_ * kept
+
+
+# C = 136: dA's 64-channel steps 64, 64, 8; odd maps, one row, one column, three maps
+SLICED_DA_SHAPES = [(3, 8, 136, 9, 70), (2, 3, 136, 1, 70), (2, 5, 136, 67, 1)]
+
+
+@pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
+@pytest.mark.parametrize("shape", SLICED_DA_SHAPES, ids=str)
+def test_da_accumulated_slice_by_slice_gives_the_bits_of_one_pass(shape, dtype):
+    """Where a map's attention and dA fit the L2 beside a slice, the backward adds each
+    slice's dout V^T to dA in its own launch, continuing the float accumulators the
+    previous slice left (ex.load), grad_attention and D with the last slice, grad value per
+    slice, grad key and grad query after the last: slices of 64 and 128 channels (with the
+    8-channel tail), and one slice for a group of two maps, give the same bits as all the
+    channels and maps at once, with and without grad_attention, NCHW or channels-last."""
+    size = 4 if dtype == torch.float32 else 2
+    q, k, v, go, ga = qkv_case(shape, dtype, seed=9)
+    att = emulation.forward(q, k, v)[1]
+    whole = {g is None: emulation.backward(go, g, att, q, k, v) for g in (ga, None)}
+    seen = set()
+    for l2 in (
+        2 * _sliced_da(shape, size, 64),
+        2 * _sliced_da(shape, size, 128),
+        4 * _sliced_da(shape, size, 136),
+    ):
+        plan = emulation.plan(shape, dtype, "backward", l2)
+        assert plan["sliced_da"] and plan["fits"]
+        seen.add((plan["maps"], plan["width"], plan["slices"]))
+        for g in (ga, None):
+            sliced = emulation.backward(go, g, att, q, k, v, l2_bytes=l2)
+            for a, b in zip(whole[g is None], sliced, strict=True):
+                assert torch.equal(a, b)
+        cl = emulation.backward(go, ga, att, q, k, v, l2_bytes=l2, layout="channels_last")
+        for a, b in zip(whole[False], cl, strict=True):
+            assert torch.equal(a, b)
+    assert seen == {(1, 64, 3), (1, 128, 2), (2, 136, 1)}
+    # one 64-channel step less than the smallest slice: v2's order, the same bits again
+    l2 = 2 * _sliced_da(shape, size, 64) - 2
+    assert not emulation.plan(shape, dtype, "backward", l2)["sliced_da"]
+    for a, b in zip(
+        whole[False], emulation.backward(go, ga, att, q, k, v, l2_bytes=l2), strict=True
+    ):
+        assert torch.equal(a, b)
+    want = float64_reference(q, k, v, go, ga)
+    for name, got, expected in zip(
+        ("grad_query", "grad_key", "grad_value"), whole[False], want[2:], strict=True
+    ):
+        _assert_close(name, got, expected, dtype)
+
+
 @pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
 @pytest.mark.parametrize("shape", [(3, 3, 40, 1, 70), (3, 2, 40, 67, 1)], ids=str)
 def test_slices_with_a_tail_on_one_row_or_one_column_give_the_same_bits(shape, dtype):
@@ -211,6 +269,13 @@ def test_plan_is_the_roofline_design(shape, dtype):
     size = 4 if dtype == torch.float32 else 2
     for mode in ("forward", "backward"):
         plan = emulation.plan(shape, dtype, mode, roofline.L2_BYTES)
+        sliced_da = roofline.v4_backward_plan(shape, size)
+        assert plan["sliced_da"] == (mode == "backward" and sliced_da[2])
+        if plan["sliced_da"]:
+            assert (plan["slices"], plan["width"], plan["fits"], plan["maps"]) == sliced_da
+            assert _sliced_da(shape, size, plan["width"]) <= roofline.L2_BYTES // 2
+            assert roofline.design_costs(shape, size, mode, "v4").slices == plan["slices"]
+            continue
         assert (plan["slices"], plan["width"], plan["fits"]) == roofline.v2_slices(
             shape, size, mode
         )
@@ -228,10 +293,22 @@ def test_the_backward_count_reads_the_attention_as_the_grids_do(shape, dtype):
     and columns in one launch, and a slice's gradient grid holds grad-value CTAs for every
     key block of every line (each weighting grad out by the attention of all its
     queries), which later slices launch again (grads_per_line); the groups of maps are
-    the plan's."""
+    the plan's.  Where the plan accumulates dA slice by slice instead, v4 counts the
+    attention read once, kept in the L2 for every slice (its bits: above)."""
     size = 4 if dtype == torch.float32 else 2
     batch, qk, channels, height, width = shape
+    n, slots = batch * height * width, height + width - 1
     plan = emulation.plan(shape, dtype, "backward", roofline.L2_BYTES)
+    if plan["sliced_da"]:
+        v4 = roofline.design_costs(shape, size, "backward", "v4")
+        assert (v4.maps, v4.slices) == (plan["maps"], plan["slices"])
+        assert [t for t in v4.terms if "attention" in t] == [
+            "attention read once (kept in the L2 for every slice)"
+        ]
+        assert v4.terms["attention read once (kept in the L2 for every slice)"] == (
+            n * slots * size
+        )
+        return
     v2 = roofline.design_costs(shape, size, "backward", "v2")
     assert (v2.maps, v2.slices) == (plan["maps"], plan["slices"])
     group = (plan["maps"], qk, channels, height, width)
@@ -248,7 +325,6 @@ def test_the_backward_count_reads_the_attention_as_the_grids_do(shape, dtype):
         by_value = {(c["line"], c["block"]) for c in kinds if c["kind"] == 0}
         assert len(by_value) == lines[d] * blocks[d]  # every key block of every line
         assert sum(c["kind"] == 0 for c in kinds) == lines[d] * blocks[d] * chunks
-    n, slots = batch * height * width, height + width - 1
     attention = n * slots * size
     assert v2.terms["attention read by the dA pass"] == attention
     assert v2.terms["attention read again by each slice's gradient launches"] == (

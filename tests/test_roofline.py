@@ -261,3 +261,50 @@ def test_out_only_forward_at_the_smallest_maps():
             roofline.costs(shape, size, "forward", attention=a).bytes for a in (True, False)
         )
         assert (out_only > with_map) - (out_only < with_map) == sign, (height, width, size)
+
+
+def test_v4_backward_accumulates_da_in_the_l2_where_a_map_s_attention_and_da_fit():
+    """At 97 x 97 one map's attention, float32 dA and D fit half the L2 beside a slice of
+    grad out, value and grad value (2 slices of 256 channels in bfloat16, 8 of 64 in
+    float32): grad out, value and the attention are read once, dA is written back once,
+    1.20 x and 1.10 x the floor, no more operations than it.  At 128 x 256 they take
+    75 MB (bfloat16) a map, more than the 50 MiB L2: v2's passes."""
+    for shape in roofline.SHAPES[:2]:
+        batch, qk, channels, height, width = shape
+        n, slots = batch * height * width, height + width - 1
+        for size, plan, ratio in ((2, (2, 256, True, 1), 1.20), (4, (8, 64, True, 1), 1.10)):
+            assert roofline.v4_backward_plan(shape, size) == plan
+            floor = roofline.costs(shape, size, "backward")
+            v4 = roofline.design_costs(shape, size, "backward", "v4")
+            assert v4.bytes - floor.bytes == 4 * n * slots + 8 * n
+            assert round(v4.bytes / floor.bytes, 2) == ratio
+            assert v4.bytes <= 1.5 * floor.bytes
+            assert v4.flops == floor.flops
+            assert (v4.slices, v4.maps) == (plan[0], plan[3])
+    shape = roofline.SHAPES[2]
+    batch, qk, channels, height, width = shape
+    slots = height + width - 1
+    assert round(height * width * (2 * slots + 4 * slots) / 1e6) == 75
+    for size in DTYPE_BYTES:
+        assert roofline.v4_backward_plan(shape, size) == (1, channels, False, 1)
+        v4 = roofline.design_costs(shape, size, "backward", "v4")
+        v2 = roofline.design_costs(shape, size, "backward", "v2")
+        assert (v4.bytes, v4.flops, v4.terms) == (v2.bytes, v2.flops, v2.terms)
+        assert v4.bytes > 3 * roofline.costs(shape, size, "backward").bytes
+
+
+@pytest.mark.parametrize("size", DTYPE_BYTES)
+@pytest.mark.parametrize("shape", roofline.SHAPES, ids=str)
+def test_v4_forward_is_v3_s_and_its_plan_fits_the_share(shape, size):
+    v3 = roofline.design_costs(shape, size, "forward", "v3")
+    v4 = roofline.design_costs(shape, size, "forward", "v4")
+    assert (v4.bytes, v4.flops, v4.terms) == (v3.bytes, v3.flops, v3.terms)
+    slices, width, fits, maps = roofline.v4_backward_plan(shape, size)
+    batch, qk, channels, height, width_ = shape
+    slots = height + width_ - 1
+    if fits:
+        assert width % roofline.BWD_CHUNK == 0 or width == channels
+        kept = size * slots + 4 * slots + 8 + max(3 * size * width, 4 * size * qk)
+        assert maps * height * width_ * kept <= roofline.L2_SHARE * roofline.L2_BYTES
+        assert slices == -(-channels // width) and 1 <= maps <= batch
+    assert roofline.v4_backward_plan(shape, size, l2_bytes=1) == (1, channels, False, 1)
