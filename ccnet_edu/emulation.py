@@ -37,12 +37,14 @@ from .ops._build import BuildError, build_dir, csrc_dir, first_error, load_verif
 
 __all__ = [
     "DTYPES",
+    "LAUNCH_FIELDS",
     "PASSES",
     "SM90_SMEM_BYTES",
     "backward",
     "decode",
     "forward",
     "grid",
+    "launches",
     "library",
     "merge_lse",
     "plan",
@@ -102,6 +104,7 @@ def library() -> ctypes.CDLL:
     lib.cca_lines_grid.restype = ctypes.c_int64
     lib.cca_lines_smem_bytes.restype = ctypes.c_int64
     lib.cca_lines_merge_lse.restype = ctypes.c_float
+    lib.cca_lines_launches.restype = ctypes.c_int64
     lib.cca_lines_merge_lse.argtypes = [ctypes.c_float] * 4
     return lib
 
@@ -286,6 +289,44 @@ def plan(
         "fits": bool(out[3]),
         "sliced_da": bool(out[4]),
     }
+
+
+#: What :func:`launches` records of each launch.
+LAUNCH_FIELDS = ("pass", "dir", "grid", "maps", "v0", "v1", "qk_grads")
+_PASS_NAMES = {code: name for name, code in PASSES.items()}
+
+
+def launches(
+    shape: tuple[int, int, int, int, int], dtype: torch.dtype, mode: str, l2_bytes: int
+) -> list[dict[str, int | str]]:
+    """The launches the forward or the backward makes at an L2 of ``l2_bytes``, in order,
+    without running them (``run_forward`` / ``run_backward`` in ``csrc/cca_lines.h``): for
+    each, its pass (a :data:`PASSES` name), direction (0 rows, 1 columns; -1 for the
+    launches over both), grid (CTAs), the maps of its group, the slice ``[v0, v1)`` of the
+    value channels, and whether a gradients launch holds grad key and grad query CTAs."""
+    if mode not in ("forward", "backward"):
+        raise ValueError(f"mode must be 'forward' or 'backward', got {mode!r}")
+    lib, count = library(), 0
+    capacity = 64
+    while True:
+        out = (ctypes.c_int64 * (7 * capacity))()
+        count = lib.cca_lines_launches(
+            _shape(shape),
+            DTYPES[dtype],
+            int(mode == "backward"),
+            ctypes.c_int64(l2_bytes),
+            out,
+            ctypes.c_int64(capacity),
+        )
+        if count <= capacity:
+            break
+        capacity = count
+    records = []
+    for n in range(count):
+        record = dict(zip(LAUNCH_FIELDS, out[7 * n : 7 * n + 7], strict=True))
+        record["pass"] = _PASS_NAMES[record["pass"]]
+        records.append(record)
+    return records
 
 
 def merge_lse(m_row: float, s_row: float, m_col: float, s_col: float) -> float:

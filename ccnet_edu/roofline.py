@@ -32,6 +32,7 @@ __all__ = [
     "BWD_CHUNK",
     "CEILINGS",
     "DESIGNS",
+    "MAX_DA_SLICES",
     "L2_BYTES",
     "SHAPES",
     "Ceiling",
@@ -181,6 +182,9 @@ LINE_PROBS = 128
 #: The channels of one step of dA's reduction (``kBwdChunk`` in ``csrc/cca_tiling.h``):
 #: the v4 backward's slices are whole steps.
 BWD_CHUNK = 64
+#: The most slices the v4 backward takes (``kMaxDaSlices``): a bound on its launches (3 a
+#: slice), chosen without a GPU timing; past it, v2's order.
+MAX_DA_SLICES = 8
 #: The designs :func:`design_costs` counts: ``"v1"`` the tiled kernels as issue #28 found
 #: them, ``"v2"``, ``"v3"`` and ``"v4"`` the designs after it.  Built now: v4 (v3's forward;
 #: the backward that accumulates dA slice by slice where it fits the L2, else v2's); v3's
@@ -295,9 +299,9 @@ def v4_backward_plan(
     map keeps in ``L2_SHARE`` of the L2, per pixel, the attention (``L`` elements), dA and
     D (``4 L + 8`` bytes) and the larger of what the two phases add: during a slice, its
     grad out, value and grad value (``3 c`` elements); during the last launches, query, key
-    and their gradients (``4 C'``).  ``maps``: as many maps as fit together where one slice
-    holds all the channels, else 1.  ``(1, C, False, 1)`` where not even one step fits
-    (then the backward runs v2's passes)."""
+    and their gradients (``4 C'``), in at most :data:`MAX_DA_SLICES` slices.  ``maps``: as
+    many maps as fit together where one slice holds all the channels, else 1.
+    ``(1, C, False, 1)`` where no such plan exists (then the backward runs v2's passes)."""
     batch, qk, channels, height, width = shape
     pixels, slots, e = height * width, height + width - 1, element_bytes
     budget = L2_SHARE * l2_bytes
@@ -305,7 +309,7 @@ def v4_backward_plan(
     def kept(c: int) -> float:
         return pixels * (e * slots + 4 * slots + 8 + max(3 * e * c, 4 * e * qk))
 
-    for slices in range(1, _ceil(channels, BWD_CHUNK) + 1):
+    for slices in range(1, MAX_DA_SLICES + 1):
         c = min(_ceil(_ceil(channels, slices), BWD_CHUNK) * BWD_CHUNK, channels)
         if kept(c) <= budget:
             n = _ceil(channels, c)
@@ -379,7 +383,7 @@ def design_costs(
 
     ``"v4"`` (built): v3's forward; a backward that keeps v2's dA scratch but not its
     extra reads, where one map's attention and float32 dA fit ``L2_SHARE`` of the L2 beside
-    a slice (:func:`v4_backward_plan`).  Per slice of the value channels, one launch over
+    a slice, in at most :data:`MAX_DA_SLICES` slices (:func:`v4_backward_plan`).  Per slice of the value channels, one launch over
     rows and columns adds the slice's ``dout V^T`` to dA (the first slice writes it, a
     later one continues the float sums the previous one left, the last one adds the
     attention's own gradient and computes D), then the slice's grad-value launches; after

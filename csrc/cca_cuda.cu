@@ -17,6 +17,9 @@
 //
 // CCNET_EDU_CUDA_POISON=1 fills every output and scratch buffer with NaN before the
 // tiled kernels run (tests/test_gpu.py): an element that no kernel writes stays NaN.
+// CCNET_EDU_CUDA_L2_BYTES=<n> plans the tiled passes for an L2 of n bytes instead of the
+// device's (0: all maps and channels in one pass), read at every call, so that
+// tests/test_gpu.py can compare the plans' bits.
 //
 // Only c10's CUDA headers: ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE
 // headers, which a minimal CUDA toolkit does not ship and this op does not use.
@@ -26,6 +29,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <limits>
 #include <mutex>
@@ -123,6 +127,18 @@ DeviceLimits device_limits() {
   return known.emplace(device, limits).first->second;
 }
 
+// The L2 the passes are planned for: the device's, or CCNET_EDU_CUDA_L2_BYTES.
+int64_t planned_l2_bytes() {
+  const char* v = std::getenv("CCNET_EDU_CUDA_L2_BYTES");
+  if (v == nullptr || *v == '\0') return device_limits().l2_bytes;
+  char* end = nullptr;
+  errno = 0;
+  const long long n = std::strtoll(v, &end, 10);
+  TORCH_CHECK(end != v && *end == '\0' && errno == 0 && n >= 0,
+              "CCNET_EDU_CUDA_L2_BYTES must be a byte count (an integer >= 0), got '", v, "'");
+  return static_cast<int64_t>(n);
+}
+
 lines::Problem problem_of(const at::Tensor& query, const at::Tensor& value) {
   lines::Problem p;
   p.B = query.size(0);
@@ -183,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& query_in,
   lines::RawArgs a{};
   a.p = p;
   a.dtype = lines_dtype(dtype);
-  a.l2_bytes = device_limits().l2_bytes;
+  a.l2_bytes = planned_l2_bytes();
   a.nchw = nchw;
   a.q = query.const_data_ptr();
   a.k = key.const_data_ptr();
@@ -225,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   lines::RawArgs a{};
   a.p = p;
   a.dtype = lines_dtype(dtype);
-  a.l2_bytes = device_limits().l2_bytes;
+  a.l2_bytes = planned_l2_bytes();
   a.nchw = nchw;
   a.go_nchw = go_nchw;
   a.q = query.const_data_ptr();

@@ -47,6 +47,36 @@ int run(bool backward, const lines::RawArgs& args, int flags) {
   return launch.stray == 0 ? 0 : -2;
 }
 
+// The launches a pass order makes, without running them: per launch {pass, direction
+// (-1 for a launch over rows and columns), grid, maps, v0, v_end, qk_grads} into `out`,
+// as long as `capacity` records last.
+struct RecordLaunch {
+  int64_t* out;
+  int64_t capacity, count = 0;
+  template <class T>
+  void operator()(int pass, int64_t grid, const lines::Params<T>& prm) {
+    if (count < capacity) {
+      int64_t* r = out + 7 * count;
+      r[0] = pass;
+      r[1] = pass == lines::kStats || pass == lines::kBwdDa ? -1 : prm.dir;  // -1: both
+      r[2] = grid;
+      r[3] = prm.p.B;
+      r[4] = prm.p.v0;
+      r[5] = prm.p.v_end();
+      r[6] = prm.p.qk_grads ? 1 : 0;
+    }
+    ++count;
+  }
+};
+
+template <class T>
+void record_order(RecordLaunch& record, const lines::RawArgs& args, bool backward) {
+  if (backward)
+    lines::run_backward(record, lines::make_params<T>(args), args.l2_bytes);
+  else
+    lines::run_forward(record, lines::make_params<T>(args), args.l2_bytes);
+}
+
 int dispatch(bool backward, const lines::RawArgs& args, int flags) {
   switch (args.dtype) {
     case lines::kFloat32: return run<float>(backward, args, flags);
@@ -103,6 +133,23 @@ void cca_lines_plan(const int64_t* shape, int dtype, int backward, int64_t l2_by
   plan[2] = p.slices;
   plan[3] = p.fits ? 1 : 0;
   plan[4] = p.sliced_da ? 1 : 0;
+}
+
+// The launches of the forward (backward = 0) or the backward at an L2 of l2_bytes: writes
+// at most `capacity` records of 7 (RecordLaunch) and returns how many launches there are.
+int64_t cca_lines_launches(const int64_t* shape, int dtype, int backward, int64_t l2_bytes,
+                           int64_t* out, int64_t capacity) {
+  lines::RawArgs a{};
+  a.p = problem(shape);
+  a.dtype = dtype;
+  a.l2_bytes = l2_bytes;
+  RecordLaunch record{out, capacity};
+  switch (dtype) {  // the plan depends on the element size
+    case lines::kFloat32: record_order<float>(record, a, backward != 0); break;
+    case lines::kFloat16: record_order<lines::HostHalf>(record, a, backward != 0); break;
+    default: record_order<lines::HostBFloat16>(record, a, backward != 0); break;
+  }
+  return record.count;
 }
 
 float cca_lines_merge_lse(float m_row, float s_row, float m_col, float s_col) {

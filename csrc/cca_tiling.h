@@ -46,6 +46,7 @@ constexpr int kChunk = 128;              // value channels per CTA (forward out,
 constexpr int kChunkFrags = kChunk / kFrag;  // 8 accumulator tiles per warp
 constexpr int kLineProbs = 128;          // the longest line whose weights an aggregation CTA keeps
 constexpr int kBwdChunk = 64;            // value channels per step of dA = dout . value
+constexpr int kMaxDaSlices = 8;          // the most slices the backward accumulates dA over
 constexpr int kMaxQk = 128;              // the widest C' the tiled kernels take
 constexpr int kQkFrags = kMaxQk / kFrag;     // up to 8 accumulator tiles per warp for grad q/k
 // The most dynamic shared memory one CTA may ask for is the device's
@@ -264,9 +265,11 @@ CCA_HD inline int64_t reused_bytes(const Problem& p, int elem_bytes, bool backwa
 //                           slice's grad out, value and grad value (3 c)
 //   during the last launches the attention, dA and D, and query, key and their
 //                           gradients (4 C')
-// Slices are whole kBwdChunk steps of dA's reduction (the last one the rest), so that
-// each slice's launch continues the previous one's float accumulators where it left
-// them: the same bits as one slice.
+// Slices are whole kBwdChunk steps of dA's reduction (the last one the rest): each
+// slice's launch then runs exactly the steps one launch over all the channels runs, in
+// the same order, on accumulators that start where the previous slice left them, and
+// gives the same bits.  At most kMaxDaSlices slices (3 launches each): a bound on the
+// launches, chosen without a GPU timing; past it, v2's order.
 CCA_HD inline int64_t sliced_da_bytes(const Problem& p, int elem_bytes, int64_t width) {
   const int64_t hw = p.H * p.W, L = p.slots();
   const int64_t kept = elem_bytes * L + 4 * L + 8;
@@ -281,7 +284,7 @@ CCA_HD inline Plan plan_passes(const Problem& p, int elem_bytes, bool backward,
   if (l2_bytes <= 0) return plan;
   const int64_t budget = l2_bytes / 2;
   if (backward) {
-    for (int64_t n = 1;; ++n) {
+    for (int64_t n = 1; n <= kMaxDaSlices; ++n) {
       int64_t width = round_up(ceil_div(p.cv, n), kBwdChunk);
       if (width > p.cv) width = p.cv;
       if (sliced_da_bytes(p, elem_bytes, width) <= budget) {

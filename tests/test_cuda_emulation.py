@@ -206,6 +206,107 @@ def test_da_accumulated_slice_by_slice_gives_the_bits_of_one_pass(shape, dtype):
         _assert_close(name, got, expected, dtype)
 
 
+def _backward_order(shape, plan):
+    """run_backward's launches restated (csrc/cca_lines.h): (pass, direction, maps, v0, v1,
+    qk_grads, grid) per launch, for the plan the launcher took."""
+    batch, _, channels, height, width = shape
+    columns = height > 1
+    blocks = {0: -(-width // 64), 1: -(-height // 64)}
+
+    def da(maps, v0, v1, qk):
+        lines = maps * height * blocks[0] + (maps * width * blocks[1] if columns else 0)
+        return ("bwd_da", -1, maps, v0, v1, qk, lines)
+
+    def grads(maps, v0, v1, qk):
+        out = []
+        for d in (0, 1) if columns else (0,):
+            lines = maps * (height if d == 0 else width)
+            chunks = -(-(v1 - v0) // 128)
+            grid = lines * blocks[d] * chunks + (2 * lines * blocks[d] if qk else 0)
+            out.append(("bwd_grads", d, maps, v0, v1, qk, grid))
+        return out
+
+    order, step = [], plan["width"]
+    for b0 in range(0, batch, plan["maps"]):
+        maps = min(plan["maps"], batch - b0)
+        slices = [(v0, min(v0 + step, channels)) for v0 in range(0, channels, step)]
+        if plan["sliced_da"]:
+            for v0, v1 in slices:
+                order += [da(maps, v0, v1, 0), *grads(maps, v0, v1, 0)]
+            order += grads(maps, channels, channels, 1)
+        else:
+            order.append(da(maps, 0, channels, 1))
+            for v0, v1 in slices:
+                order += grads(maps, v0, v1, int(v0 == 0))
+    return order
+
+
+ORDER_SHAPES = [*roofline.SHAPES, (5, 8, 40, 9, 10), *SLICED_DA_SHAPES]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", ORDER_SHAPES, ids=str)
+def test_the_backward_launches_the_plan_s_order(shape, dtype):
+    """Where dA is accumulated slice by slice: per group of maps and per slice, one dA
+    launch over rows and columns, then the slice's grad-value launches (no grad key or
+    grad query CTAs), and after the last slice one row and one column launch of grad key
+    and grad query only (no value channels); else v2's order (one dA launch over all the
+    channels, the gradient launches per slice, grad key and grad query with the first).
+    Plans: the H100's L2, a few slices, one slice for groups of maps, v2's slices, one
+    pass; and the plan's slices are what the roofline counts."""
+    size = 4 if dtype == torch.float32 else 2
+    channels = shape[2]
+    sizes = (
+        roofline.L2_BYTES,
+        2 * _sliced_da(shape, size, 64),
+        4 * _sliced_da(shape, size, channels),
+        2 * _reused(shape, size, "backward", 16),
+        0,
+    )
+    kinds = set()
+    for l2 in sizes:
+        plan = emulation.plan(shape, dtype, "backward", l2)
+        got = [tuple(r.values()) for r in emulation.launches(shape, dtype, "backward", l2)]
+        got = [(p, d, m, v0, v1, qk, grid) for p, d, grid, m, v0, v1, qk in got]
+        assert got == _backward_order(shape, plan), l2
+        kinds.add(plan["sliced_da"])
+        if l2 == roofline.L2_BYTES and shape in roofline.SHAPES:
+            v4 = roofline.design_costs(shape, size, "backward", "v4")
+            dA_launches = sum(r[0] == "bwd_da" for r in got)
+            groups = -(-shape[0] // plan["maps"])
+            assert dA_launches == groups * (v4.slices if plan["sliced_da"] else 1)
+    assert kinds == {True, False}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_the_v4_plan_is_plan_passes(dtype):
+    """roofline.v4_backward_plan makes plan_passes' choice, groups of maps included, and
+    takes at most MAX_DA_SLICES slices (C = 2048 at 97 x 97 in float32 would need 32:
+    v2's order)."""
+    size = 4 if dtype == torch.float32 else 2
+    shapes = [*ORDER_SHAPES, (7, 16, 96, 11, 13), (1, 64, 2048, 97, 97), (4, 3, 5, 2, 2)]
+    for shape in shapes:
+        one = _sliced_da(shape, size, shape[2])
+        for l2 in (1, 2 * one // 3, 2 * one, 5 * one, roofline.L2_BYTES, 2**31):
+            plan = emulation.plan(shape, dtype, "backward", l2)
+            want = roofline.v4_backward_plan(shape, size, l2)
+            assert plan["sliced_da"] == want[2], (shape, l2)
+            if want[2]:
+                assert (plan["slices"], plan["width"], plan["fits"], plan["maps"]) == want
+                assert plan["slices"] <= roofline.MAX_DA_SLICES
+    assert (
+        emulation.plan(
+            (5, 8, 40, 9, 10), dtype, "backward", 2 * 2 * _sliced_da((5, 8, 40, 9, 10), size, 40)
+        )["maps"]
+        == 2
+    )
+    capped = emulation.plan((1, 64, 2048, 97, 97), dtype, "backward", roofline.L2_BYTES)
+    if dtype == torch.float32:  # 64-channel slices fit, 32 of them: over the bound
+        assert not capped["sliced_da"]
+    else:  # 256-channel slices: 8
+        assert capped["sliced_da"] and capped["slices"] == roofline.MAX_DA_SLICES
+
+
 @pytest.mark.parametrize("dtype", list(emulation.DTYPES), ids=str)
 @pytest.mark.parametrize("shape", [(3, 3, 40, 1, 70), (3, 2, 40, 67, 1)], ids=str)
 def test_slices_with_a_tail_on_one_row_or_one_column_give_the_same_bits(shape, dtype):

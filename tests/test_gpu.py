@@ -13,7 +13,7 @@ the same (rounded) inputs, on fresh random data:
 * every input layout (NCHW, channels-last, a crop whose memory is not 16-byte aligned);
 * the fused CUDA operator against the portable CPU path, and the portable CUDA kernels
   against the portable CPU path;
-* the same bits on every run (no atomics);
+* the same bits on every run (no atomics), and whatever L2 the passes are planned for;
 * the flex route compiled (Triton), forward and gradients.
 """
 
@@ -129,6 +129,25 @@ def test_same_bits_on_every_run(dtype):
         again = _forward_backward(*case)
         for name, a, b in zip(NAMES, first, again, strict=True):
             assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_the_plans_give_the_bits_of_one_pass(dtype, monkeypatch):
+    """The launcher plans the passes for the device's L2 (at 97 x 97, C = 512, on a 50 MiB
+    L2: the backward accumulates dA over slices, each continuing the float accumulators the
+    previous one stored; the forward runs slices of the values): the same bits as one
+    pass over all the channels (CCNET_EDU_CUDA_L2_BYTES=0), and as a plan for a small L2
+    (v2's backward order, narrower slices)."""
+    case = _case((2, 64, 512, 97, 97), dtype, seed=4)
+    planned = _forward_backward(*case)
+    for l2 in ("0", str(4 * 2**20)):
+        monkeypatch.setenv("CCNET_EDU_CUDA_L2_BYTES", l2)
+        other = _forward_backward(*case)
+        for name, a, b in zip(NAMES, planned, other, strict=True):
+            assert torch.equal(a, b), f"{name}: L2 {l2}"
+    monkeypatch.setenv("CCNET_EDU_CUDA_L2_BYTES", "lots")
+    with pytest.raises(RuntimeError, match="CCNET_EDU_CUDA_L2_BYTES"):
+        _forward_backward(*case)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
