@@ -497,11 +497,14 @@ def env_command(out: Path, dry: bool) -> int:
 
 def sanitize(device: str, small: bool) -> int:
     """Fused and portable forward + backward at a small odd size (C over one chunk, rows
-    longer than a tile), every dtype; ``small``: the tiled kernels only, float32 and
-    bfloat16, one batch (for racecheck, which is slower)."""
+    longer than a tile), every dtype; the fused ones twice, as planned for the device's L2
+    (one slice at this size) and for an L2 that makes the backward accumulate dA over
+    64-channel slices (64, 64, 8: ``CCNET_EDU_CUDA_L2_BYTES``), so that a later slice's
+    reload of the accumulators runs under the sanitizer; ``small``: the tiled kernels only,
+    float32 and bfloat16, one batch (for racecheck, which is slower)."""
     import torch
 
-    from ccnet_edu import ops
+    from ccnet_edu import ops, roofline
 
     ops.load(cuda=device == "cuda")
     g = torch.Generator().manual_seed(0)
@@ -510,17 +513,37 @@ def sanitize(device: str, small: bool) -> int:
         dtypes += (torch.float16, torch.float64)
     batch, qk, channels, height, width = (1, 16, 136, 5, 70) if small else (2, 16, 136, 9, 70)
     names = ("criss_cross_attention",) + (() if small else ("portable_criss_cross_attention",))
+    shape = (batch, qk, channels, height, width)
     for dtype in dtypes:
         q, k = (torch.randn(batch, qk, height, width, generator=g).to(device, dtype) for _ in "qk")
         v, go = (
             torch.randn(batch, channels, height, width, generator=g).to(device, dtype) for _ in "vg"
         )
         ga = torch.randn(batch, height, width, height + width - 1, generator=g).to(device, dtype)
-        for name in names:
-            out, att = getattr(torch.ops.ccnet_edu, name)(q, k, v)
-            grads = getattr(torch.ops.ccnet_edu, name + "_backward")(go, ga, att, q, k, v)
+        size = 4 if dtype == torch.float32 else 2
+        plans = [("device's L2", None)]
+        if dtype != torch.float64:  # the tiled kernels
+            plans.append(("dA in slices", str(2 * roofline.v4_kept_bytes(shape, size, 64))))
+        runs = [
+            (name, plan)
+            for name in names
+            for plan in (plans if "portable" not in name else plans[:1])
+        ]
+        for name, (label, l2) in runs:
+            if l2 is None:
+                os.environ.pop("CCNET_EDU_CUDA_L2_BYTES", None)
+            else:
+                os.environ["CCNET_EDU_CUDA_L2_BYTES"] = l2
+            try:
+                out, att = getattr(torch.ops.ccnet_edu, name)(q, k, v)
+                grads = getattr(torch.ops.ccnet_edu, name + "_backward")(go, ga, att, q, k, v)
+            finally:
+                os.environ.pop("CCNET_EDU_CUDA_L2_BYTES", None)
             finite = all(bool(t.isfinite().all()) for t in (out, att, *grads))
-            print(f"{device} {dtype} {name}: {'finite' if finite else 'NOT FINITE'}", flush=True)
+            print(
+                f"{device} {dtype} {name} ({label}): {'finite' if finite else 'NOT FINITE'}",
+                flush=True,
+            )
             if not finite:
                 return 1
     if device == "cuda":

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_int
+from ._checks import check_bool, check_choice, check_float, check_int, check_qkv_agree, check_tensor
 from .ops._build import BuildError, build_dir, csrc_dir, first_error, load_verified
 
 __all__ = [
@@ -109,8 +110,38 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def _shape(shape) -> ctypes.Array:
-    return (ctypes.c_int64 * 5)(*shape)
+#: The largest value of a dimension of ``shape`` the helpers take (B, C', C, H, W each), and
+#: the most maps :func:`launches` lists the launches of.
+MAX_DIM, MAX_LAUNCH_MAPS = 2**20, 4096
+
+
+def _shape(shape, *, max_batch: int = MAX_DIM, minimum: int = 1) -> ctypes.Array:
+    """``shape = (B, C', C, H, W)`` checked (ints in ``[minimum, MAX_DIM]``, B at most
+    ``max_batch``) before the C side divides by any of them or sizes anything."""
+    if not isinstance(shape, (tuple, list)) or len(shape) != 5:
+        raise TypeError(f"shape must be a (B, C', C, H, W) tuple of 5 ints, got {shape!r}")
+    names = ("B", "C'", "C", "H", "W")
+    dims = [
+        check_int(f"shape's {n}", d, minimum=minimum, maximum=max_batch if n == "B" else MAX_DIM)
+        for n, d in zip(names, shape, strict=True)
+    ]
+    return (ctypes.c_int64 * 5)(*dims)
+
+
+def _dtype(dtype: object, name: str = "dtype") -> int:
+    if dtype not in DTYPES:
+        raise TypeError(
+            f"{name} must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}"
+        )
+    return DTYPES[dtype]
+
+
+def _pass(pass_: object) -> int:
+    return PASSES[check_choice("pass_", pass_, tuple(PASSES))]
+
+
+def _mode(mode: object) -> str:
+    return check_choice("mode", mode, ("forward", "backward"))
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
@@ -137,9 +168,16 @@ def _is_nchw(layout: str) -> bool:
     return layout == "nchw"
 
 
-def _dims(query: torch.Tensor, value: torch.Tensor) -> tuple[int, int, int, int, int]:
+def _dims(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[int, ...]:
+    """The checked (B, C', C, H, W) of query, key and value (4-D, one dtype the kernels take)."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        check_tensor(name, t, dim=4, kind="float", layout="(B, C, H, W)")
+    check_qkv_agree(query, key, value, layout="(B, C', H, W)", shared="batch, height and width")
+    _dtype(query.dtype, "query's dtype")
     batch, qk, height, width = query.shape
-    return batch, qk, value.shape[1], height, width
+    dims = (batch, qk, value.shape[1], height, width)
+    _shape(dims)
+    return dims
 
 
 def _flags(reverse: bool, early_copies: bool, nchw: bool, grad_out_nchw: bool = False) -> int:
@@ -175,7 +213,9 @@ def forward(
     ``"channels_last"`` ones, in place; ``out`` is channels-last either way.
     """
     nchw = _is_nchw(layout)
-    dims = _dims(query, value)
+    dims = _dims(query, key, value)
+    reverse, early_copies = check_bool("reverse", reverse), check_bool("early_copies", early_copies)
+    l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0)
     batch, _, channels, height, width = dims
     q, k, v = (_in_layout(t, nchw) for t in (query, key, value))
     out = _nan(batch, channels, height, width, query.dtype, False)  # channels-last
@@ -216,8 +256,25 @@ def backward(
     whichever arrives (it depends on the operations after ``out``)."""
     nchw = _is_nchw(layout)
     go_nchw = _is_nchw(grad_out_layout or layout)
-    dims = _dims(query, value)
+    dims = _dims(query, key, value)
+    reverse, early_copies = check_bool("reverse", reverse), check_bool("early_copies", early_copies)
+    l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0)
     batch, qk, channels, height, width = dims
+    n, slots = (batch, height, width), height + width - 1
+    check_tensor("grad_out", grad_out, dim=4, kind="float")
+    if tuple(grad_out.shape) != (batch, channels, height, width) or grad_out.dtype != query.dtype:
+        raise ValueError(
+            f"grad_out must be {(batch, channels, height, width)} in {query.dtype}, "
+            f"got {tuple(grad_out.shape)} in {grad_out.dtype}"
+        )
+    for name, t in (("attention", attention), ("grad_attention", grad_attention)):
+        if t is None and name == "grad_attention":
+            continue
+        check_tensor(name, t, dim=4, kind="float")
+        if tuple(t.shape) != (*n, slots) or t.dtype != query.dtype:
+            raise ValueError(
+                f"{name} must be {(*n, slots)} in {query.dtype}, got {tuple(t.shape)} in {t.dtype}"
+            )
     q, k, v = (_in_layout(t, nchw) for t in (query, key, value))
     go = _in_layout(grad_out, go_nchw)
     ga = grad_attention.detach().contiguous() if grad_attention is not None else None
@@ -249,18 +306,23 @@ def supported(
     kernels run): the launcher's decision (``tiled_supported`` in ``csrc/cca_tiling.h``),
     every pass of the forward and of the backward within the limit."""
     smem_limit = check_int("smem_limit", smem_limit, minimum=0)
+    dims = _shape(shape, minimum=0)  # an empty map: not taken (False), no division
     return dtype in DTYPES and bool(
-        library().cca_lines_supported(_shape(shape), DTYPES[dtype], ctypes.c_int64(smem_limit))
+        library().cca_lines_supported(dims, DTYPES[dtype], ctypes.c_int64(smem_limit))
     )
 
 
 def grid(pass_: str, direction: int, shape: tuple[int, int, int, int, int]) -> int:
     """CTAs of a pass (direction 0 rows, 1 columns, for the one-direction passes)."""
-    return library().cca_lines_grid(PASSES[pass_], direction, _shape(shape))
+    code, dims = _pass(pass_), _shape(shape)
+    direction = check_choice("direction", direction, (0, 1))
+    return library().cca_lines_grid(code, direction, dims)
 
 
 def decode(pass_: str, direction: int, shape, index: int) -> dict[str, int]:
     """What CTA ``index`` of a pass works on: direction, line, block, chunk, kind."""
+    ctas = grid(pass_, direction, shape)
+    index = check_int("index", index, minimum=0, maximum=ctas - 1)
     out = (ctypes.c_int64 * 5)()
     library().cca_lines_decode(PASSES[pass_], direction, _shape(shape), ctypes.c_int64(index), out)
     return dict(zip(("dir", "line", "block", "chunk", "kind"), out, strict=True))
@@ -268,7 +330,8 @@ def decode(pass_: str, direction: int, shape, index: int) -> dict[str, int]:
 
 def smem_bytes(pass_: str, shape, dtype: torch.dtype) -> int:
     """Shared memory of one CTA of a pass, bytes."""
-    return library().cca_lines_smem_bytes(PASSES[pass_], _shape(shape), DTYPES[dtype])
+    code, dims, dtype_code = _pass(pass_), _shape(shape), _dtype(dtype)
+    return library().cca_lines_smem_bytes(code, dims, dtype_code)
 
 
 def plan(
@@ -278,9 +341,11 @@ def plan(
     channels per slice, slices, whether a slice's reused tensors fit half the L2, and
     whether the backward accumulates dA slice by slice (``mode``: ``"forward"`` or
     ``"backward"``; ``csrc/cca_tiling.h``, plan_passes)."""
+    dims, dtype_code, mode = _shape(shape), _dtype(dtype), _mode(mode)
+    l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0)
     out = (ctypes.c_int64 * 5)()
     library().cca_lines_plan(
-        _shape(shape), DTYPES[dtype], int(mode == "backward"), ctypes.c_int64(l2_bytes), out
+        dims, dtype_code, int(mode == "backward"), ctypes.c_int64(l2_bytes), out
     )
     return {
         "maps": out[0],
@@ -303,16 +368,18 @@ def launches(
     without running them (``run_forward`` / ``run_backward`` in ``csrc/cca_lines.h``): for
     each, its pass (a :data:`PASSES` name), direction (0 rows, 1 columns; -1 for the
     launches over both), grid (CTAs), the maps of its group, the slice ``[v0, v1)`` of the
-    value channels, and whether a gradients launch holds grad key and grad query CTAs."""
-    if mode not in ("forward", "backward"):
-        raise ValueError(f"mode must be 'forward' or 'backward', got {mode!r}")
+    value channels, and whether a gradients launch holds grad key and grad query CTAs.
+    At most :data:`MAX_LAUNCH_MAPS` maps (B)."""
+    dims = _shape(shape, max_batch=MAX_LAUNCH_MAPS)
+    dtype_code, mode = _dtype(dtype), _mode(mode)
+    l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0)
     lib, count = library(), 0
     capacity = 64
     while True:
         out = (ctypes.c_int64 * (7 * capacity))()
         count = lib.cca_lines_launches(
-            _shape(shape),
-            DTYPES[dtype],
+            dims,
+            dtype_code,
             int(mode == "backward"),
             ctypes.c_int64(l2_bytes),
             out,
@@ -330,5 +397,12 @@ def launches(
 
 
 def merge_lse(m_row: float, s_row: float, m_col: float, s_col: float) -> float:
-    """The kernels' log-sum-exp of a cross from its halves' (max, sum of exp(e - max))."""
+    """The kernels' log-sum-exp of a cross from its halves' (max, sum of exp(e - max)): the
+    row half always holds the centre (finite ``m_row``, ``s_row >= 1``); an empty column
+    half has ``m_col = -inf`` and ``s_col = 0``."""
+    m_row = check_float("m_row", m_row)
+    s_row = check_float("s_row", s_row, minimum=1.0)
+    if not (isinstance(m_col, float) and m_col == -math.inf):
+        m_col = check_float("m_col", m_col)
+    s_col = check_float("s_col", s_col, minimum=0.0)
     return library().cca_lines_merge_lse(m_row, s_row, m_col, s_col)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._checks import check_bool
+from ._checks import check_bool, check_choice, check_float, check_int
 
 __all__ = [
     "BWD_CHUNK",
@@ -45,6 +45,7 @@ __all__ = [
     "v2_slices",
     "v3_backward_slices",
     "v4_backward_plan",
+    "v4_kept_bytes",
 ]
 
 #: The three problem sizes of ``benchmarks/gpu_check.py``: (B, C', C, H, W).  97 x 97 is
@@ -94,6 +95,24 @@ class Costs:
     bytes: float
 
 
+def _shape(shape: object) -> tuple[int, int, int, int, int]:
+    """``(B, C', C, H, W)``, five ints >= 1."""
+    if not isinstance(shape, (tuple, list)) or len(shape) != 5:
+        raise TypeError(f"shape must be a (B, C', C, H, W) tuple of 5 ints, got {shape!r}")
+    names = ("B", "C'", "C", "H", "W")
+    return tuple(  # type: ignore[return-value]
+        check_int(f"shape's {n}", d, minimum=1) for n, d in zip(names, shape, strict=True)
+    )
+
+
+def _element_bytes(element_bytes: object) -> int:
+    return check_choice("element_bytes", element_bytes, (2, 4))
+
+
+def _l2(l2_bytes: object) -> int:
+    return check_int("l2_bytes", l2_bytes, minimum=0)
+
+
 def costs(
     shape: tuple[int, int, int, int, int], element_bytes: int, mode: str, attention: bool = True
 ) -> Costs:
@@ -125,7 +144,9 @@ def costs(
             backward.
     """
     check_bool("attention", attention)
-    batch, qk, channels, height, width = shape
+    batch, qk, channels, height, width = shape = _shape(shape)
+    element_bytes = _element_bytes(element_bytes)
+    mode = check_choice("mode", mode, ("forward", "backward", "forward+backward"))
     n, slots = batch * height * width, height + width - 1
     e = element_bytes
     if attention:
@@ -146,7 +167,12 @@ def costs(
 
 
 def floor_seconds(c: Costs, bandwidth: float, rate: float) -> tuple[float, float]:
-    """``(memory time, arithmetic time)``; the larger is the floor."""
+    """``(memory time, arithmetic time)`` of a :class:`Costs` (or a
+    :class:`DesignCosts`); the larger is the floor."""
+    if not isinstance(c, (Costs, DesignCosts)):
+        raise TypeError(f"c must be a roofline.Costs or DesignCosts, got {type(c).__name__}")
+    bandwidth = check_float("bandwidth", bandwidth, minimum=0.0, exclusive_minimum=True)
+    rate = check_float("rate", rate, minimum=0.0, exclusive_minimum=True)
     return c.bytes / bandwidth, c.flops / rate
 
 
@@ -183,7 +209,9 @@ LINE_PROBS = 128
 #: the v4 backward's slices are whole steps.
 BWD_CHUNK = 64
 #: The most slices the v4 backward takes (``kMaxDaSlices``): a bound on its launches (3 a
-#: slice), chosen without a GPU timing; past it, v2's order.
+#: slice), chosen without a GPU timing; past it, v2's order.  It binds right past CCNet's
+#: width: float32 at 97 x 97 on a 50 MiB L2 takes 8 slices of 64 at C = 512, and v2's order
+#: (2.26 x the byte floor, not 1.10 x) from C = 520 on.
 MAX_DA_SLICES = 8
 #: The designs :func:`design_costs` counts: ``"v1"`` the tiled kernels as issue #28 found
 #: them, ``"v2"``, ``"v3"`` and ``"v4"`` the designs after it.  Built now: v4 (v3's forward;
@@ -246,7 +274,9 @@ def v2_slices(
     value (``2 c``), D (a float); the column pass's halves of the attention and of dA
     are read once, not again.
     """
-    _, qk, channels, height, width = shape
+    _, qk, channels, height, width = _shape(shape)
+    element_bytes, l2_bytes = _element_bytes(element_bytes), _l2(l2_bytes)
+    mode = check_choice("mode", mode, ("forward", "backward"))
     pixels = height * width
 
     def reused(c: int) -> float:
@@ -281,13 +311,27 @@ def v3_backward_slices(
     passes read again is grad out and value over all the channels (dA is recomputed
     from them on chip), query, key and their gradients, the slice of grad value, and D:
     ``2 C + 4 C' + c`` elements and a float per pixel, against ``L2_SHARE`` of the L2."""
-    _, qk, channels, height, width = shape
+    _, qk, channels, height, width = _shape(shape)
+    element_bytes, l2_bytes = _element_bytes(element_bytes), _l2(l2_bytes)
     pixels = height * width
     return _fewest_slices(
         channels,
         lambda c: pixels * (element_bytes * (2 * channels + 4 * qk + c) + 4),
         L2_SHARE * l2_bytes,
     )
+
+
+def v4_kept_bytes(shape: tuple[int, int, int, int, int], element_bytes: int, width: int) -> int:
+    """What one map of the v4 backward keeps in the L2 with slices of ``width`` value
+    channels (``sliced_da_bytes`` in ``csrc/cca_tiling.h``): per pixel the attention
+    (``L`` elements), dA and D (``4 L + 8`` bytes), and the larger of a slice's grad out,
+    value and grad value (``3 width`` elements) and of query, key and their gradients
+    (``4 C'``)."""
+    _, qk, _, height, width_ = _shape(shape)
+    element_bytes = _element_bytes(element_bytes)
+    width = check_int("width", width, minimum=1)
+    e, slots = element_bytes, height + width_ - 1
+    return height * width_ * (e * slots + 4 * slots + 8 + max(3 * e * width, 4 * e * qk))
 
 
 def v4_backward_plan(
@@ -302,12 +346,12 @@ def v4_backward_plan(
     and their gradients (``4 C'``), in at most :data:`MAX_DA_SLICES` slices.  ``maps``: as
     many maps as fit together where one slice holds all the channels, else 1.
     ``(1, C, False, 1)`` where no such plan exists (then the backward runs v2's passes)."""
-    batch, qk, channels, height, width = shape
-    pixels, slots, e = height * width, height + width - 1, element_bytes
+    batch, qk, channels, height, width = shape = _shape(shape)
+    element_bytes, l2_bytes = _element_bytes(element_bytes), _l2(l2_bytes)
     budget = L2_SHARE * l2_bytes
 
     def kept(c: int) -> float:
-        return pixels * (e * slots + 4 * slots + 8 + max(3 * e * c, 4 * e * qk))
+        return v4_kept_bytes(shape, element_bytes, c)
 
     for slices in range(1, MAX_DA_SLICES + 1):
         c = min(_ceil(_ceil(channels, slices), BWD_CHUNK) * BWD_CHUNK, channels)
@@ -383,21 +427,22 @@ def design_costs(
 
     ``"v4"`` (built): v3's forward; a backward that keeps v2's dA scratch but not its
     extra reads, where one map's attention and float32 dA fit ``L2_SHARE`` of the L2 beside
-    a slice, in at most :data:`MAX_DA_SLICES` slices (:func:`v4_backward_plan`).  Per slice of the value channels, one launch over
-    rows and columns adds the slice's ``dout V^T`` to dA (the first slice writes it, a
-    later one continues the float sums the previous one left, the last one adds the
-    attention's own gradient and computes D), then the slice's grad-value launches; after
-    the last slice, the grad-key and grad-query launches.  Grad out and value are read
-    from DRAM once (by their slice's dA launch; its column lines and the slice's grad-value
-    launches find them in the L2), the attention once, query and key once; dA and D stay
-    in the L2 and are counted written back once.  Where they do not fit (both dtypes at
-    128 x 256: a map's attention and dA alone take more than the L2), v4 runs v2's
-    backward passes.
+    a slice, in at most :data:`MAX_DA_SLICES` slices (:func:`v4_backward_plan`).  Per slice
+    of the value channels, one launch over rows and columns adds the slice's ``dout V^T`` to
+    dA (the first slice writes it, a later one continues the float sums the previous one
+    left, the last one adds the attention's own gradient and computes D), then the slice's
+    grad-value launches; after the last slice, the grad-key and grad-query launches.  Grad
+    out and value are read from DRAM once (by their slice's dA launch; its column lines and
+    the slice's grad-value launches find them in the L2), the attention once, query and key
+    once; dA and D stay in the L2 and are counted written back once.  Where they do not fit
+    (both dtypes at 128 x 256: a map's attention and dA alone take more than the L2), or
+    would need more slices (float32 at 97 x 97 past C = 512), v4 runs v2's backward passes.
     """
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
     if mode not in ("forward", "backward", "forward+backward"):
         raise ValueError(f"mode must be 'forward', 'backward' or 'forward+backward', got {mode!r}")
+    shape, element_bytes, l2_bytes = _shape(shape), _element_bytes(element_bytes), _l2(l2_bytes)
     if mode == "forward+backward":
         f = design_costs(shape, element_bytes, "forward", design, l2_bytes)
         b = design_costs(shape, element_bytes, "backward", design, l2_bytes)

@@ -46,6 +46,7 @@ from ccnet_edu import (  # noqa: E402
     checkpoint,  # noqa: E402
     data,
     dense,
+    emulation,
     export,
     functional,
     issa,
@@ -54,6 +55,7 @@ from ccnet_edu import (  # noqa: E402
     measure,
     models,
     ops,
+    roofline,
     sa,
     source,  # noqa: E402
     train,
@@ -126,6 +128,8 @@ MODULES = [
     "ccnet_edu.ops",
     "ccnet_edu.ops.benchmark",
     "ccnet_edu.export",
+    "ccnet_edu.emulation",
+    "ccnet_edu.roofline",
 ]
 
 # Public names that take no bad-input case, and why.
@@ -157,6 +161,10 @@ EXEMPT = {
     "ccnet_edu.export.OnnxExport": "a result record of to_onnx",
     "ccnet_edu.export.decompositions": "takes no arguments",
     "ccnet_edu.export.quiet_exporter": "takes no arguments",
+    "ccnet_edu.emulation.library": "takes no arguments",
+    "ccnet_edu.roofline.Ceiling": "a record of a datasheet's constants (CEILINGS)",
+    "ccnet_edu.roofline.Costs": "a result record of costs; floor_seconds checks it",
+    "ccnet_edu.roofline.DesignCosts": "a result record of design_costs",
 }
 
 # Every command line: its name and its ``main(argv)``.
@@ -2850,6 +2858,173 @@ CASES += [
         lambda: axial.AxialAttention(8)(fmap(1, 8, 3, 3), return_attention="yes"),
         TypeError,
         "return_attention",
+    ),
+]
+
+# the kernels' CPU emulation and the roofline counts: shapes checked before the C side
+# divides by a dimension or sizes a buffer
+EMU_Q = (1, 4, 3, 5)  # (B, C', H, W); value (1, 6, 3, 5)
+CASES += [
+    Case(
+        emulation.forward,
+        lambda: emulation.forward(fmap(4, 3, 5), fmap(4, 3, 5), fmap(6, 3, 5)),
+        ValueError,
+        "query",
+    ),
+    Case(
+        emulation.forward,
+        lambda: emulation.forward(*(fmap(*EMU_Q, dtype=torch.float64) for _ in range(3))),
+        TypeError,
+        "query's dtype",
+    ),
+    Case(
+        emulation.forward,
+        lambda: emulation.forward(fmap(*EMU_Q), fmap(*EMU_Q), fmap(1, 6, 3, 5), l2_bytes=-1),
+        ValueError,
+        "l2_bytes",
+    ),
+    Case(
+        emulation.forward,
+        lambda: emulation.forward(fmap(*EMU_Q), fmap(*EMU_Q), fmap(1, 6, 3, 5), reverse=1),
+        TypeError,
+        "reverse",
+    ),
+    Case(
+        emulation.backward,
+        lambda: emulation.backward(
+            fmap(1, 5, 3, 5), None, fmap(1, 3, 5, 7), fmap(*EMU_Q), fmap(*EMU_Q), fmap(1, 6, 3, 5)
+        ),
+        ValueError,
+        "grad_out",
+    ),
+    Case(
+        emulation.backward,
+        lambda: emulation.backward(
+            fmap(1, 6, 3, 5), None, fmap(1, 3, 5, 8), fmap(*EMU_Q), fmap(*EMU_Q), fmap(1, 6, 3, 5)
+        ),
+        ValueError,
+        "attention",
+    ),
+    Case(
+        emulation.supported,
+        lambda: emulation.supported((1, 8, -1, 4, 4), torch.float32),
+        ValueError,
+        "shape's C",
+    ),
+    Case(emulation.grid, lambda: emulation.grid("nope", 0, (1, 8, 16, 4, 4)), ValueError, "pass_"),
+    Case(
+        emulation.grid, lambda: emulation.grid("agg", 2, (1, 8, 16, 4, 4)), ValueError, "direction"
+    ),
+    Case(
+        emulation.decode,
+        lambda: emulation.decode("agg", 0, (1, 8, 16, 4, 4), 10**6),
+        ValueError,
+        "index",
+    ),
+    Case(
+        emulation.smem_bytes,
+        lambda: emulation.smem_bytes("agg", (1, 8, 16, 4, 4), torch.float64),
+        TypeError,
+        "dtype",
+    ),
+    Case(
+        emulation.plan,
+        lambda: emulation.plan((1, 8, 0, 4, 4), torch.float32, "backward", 2**20),
+        ValueError,
+        "shape's C",
+    ),
+    Case(
+        emulation.plan,
+        lambda: emulation.plan((1, 8, 16, 4, 4), torch.float32, "sideways", 2**20),
+        ValueError,
+        "mode",
+    ),
+    Case(
+        emulation.launches,
+        lambda: emulation.launches((10**5, 8, 64, 4, 4), torch.float32, "backward", 2**20),
+        ValueError,
+        "shape's B",
+    ),
+    Case(
+        emulation.launches,
+        lambda: emulation.launches((1, 8, 64, 4, 0.5), torch.float32, "backward", 2**20),
+        TypeError,
+        "shape's W",
+    ),
+    Case(emulation.merge_lse, lambda: emulation.merge_lse(0.0, 0.5, 0.0, 1.0), ValueError, "s_row"),
+    Case(
+        emulation.merge_lse,
+        lambda: emulation.merge_lse(float("nan"), 1.0, 0.0, 1.0),
+        ValueError,
+        "m_row",
+    ),
+    Case(emulation.merge_lse, lambda: emulation.merge_lse(0.0, 1.0, "x", 1.0), TypeError, "m_col"),
+    Case(
+        roofline.costs,
+        lambda: roofline.costs((0, 64, 512, 97, 97), 2, "forward"),
+        ValueError,
+        "shape's B",
+    ),
+    Case(
+        roofline.costs,
+        lambda: roofline.costs(roofline.SHAPES[0], 3, "forward"),
+        ValueError,
+        "element_bytes",
+    ),
+    Case(roofline.costs, lambda: roofline.costs(roofline.SHAPES[0], 2, "both"), ValueError, "mode"),
+    Case(
+        roofline.design_costs,
+        lambda: roofline.design_costs(roofline.SHAPES[0], 2, "forward", "v9"),
+        ValueError,
+        "design",
+    ),
+    Case(
+        roofline.design_costs,
+        lambda: roofline.design_costs((1, 64, 512, 97), 2, "forward", "v4"),
+        TypeError,
+        "shape",
+    ),
+    Case(
+        roofline.floor_seconds,
+        lambda: roofline.floor_seconds((1.0, 2.0), 1e12, 1e12),
+        TypeError,
+        "c must",
+    ),
+    Case(
+        roofline.floor_seconds,
+        lambda: roofline.floor_seconds(roofline.costs(roofline.SHAPES[0], 2, "forward"), 0, 1e12),
+        ValueError,
+        "bandwidth",
+    ),
+    Case(
+        roofline.peak_rate,
+        lambda: roofline.peak_rate("H100", 2),
+        TypeError,
+        "ceiling",
+    ),
+    Case(
+        roofline.v2_slices,
+        lambda: roofline.v2_slices(roofline.SHAPES[0], 2, "forward+backward"),
+        ValueError,
+        "mode",
+    ),
+    Case(
+        roofline.v3_backward_slices,
+        lambda: roofline.v3_backward_slices(roofline.SHAPES[0], 2, -1),
+        ValueError,
+        "l2_bytes",
+    ),
+    Case(
+        roofline.v4_kept_bytes,
+        lambda: roofline.v4_kept_bytes(roofline.SHAPES[0], 2, 0),
+        ValueError,
+        "width",
+    ),
+    Case(
+        roofline.v4_backward_plan,
+        lambda: roofline.v4_backward_plan(roofline.SHAPES[0], 8),
+        ValueError,
+        "element_bytes",
     ),
 ]
 

@@ -150,12 +150,8 @@ def test_passes_by_groups_of_maps_and_slices_of_channels_give_the_same_bits(dtyp
 
 def _sliced_da(shape, size, width):
     """What one map keeps in the L2 when the backward accumulates dA slice by slice
-    (csrc/cca_tiling.h, sliced_da_bytes): the attention, dA and D, and the larger of a
-    slice's grad out, value and grad value and of query, key and their gradients."""
-    _, qk, _, height, width_ = shape
-    slots = height + width_ - 1
-    kept = size * slots + 4 * slots + 8 + max(3 * size * width, 4 * size * qk)
-    return height * width_ * kept
+    (csrc/cca_tiling.h, sliced_da_bytes; roofline.v4_kept_bytes)."""
+    return roofline.v4_kept_bytes(shape, size, width)
 
 
 # C = 136: dA's 64-channel steps 64, 64, 8; odd maps, one row, one column, three maps
@@ -284,7 +280,13 @@ def test_the_v4_plan_is_plan_passes(dtype):
     takes at most MAX_DA_SLICES slices (C = 2048 at 97 x 97 in float32 would need 32:
     v2's order)."""
     size = 4 if dtype == torch.float32 else 2
-    shapes = [*ORDER_SHAPES, (7, 16, 96, 11, 13), (1, 64, 2048, 97, 97), (4, 3, 5, 2, 2)]
+    shapes = [
+        *ORDER_SHAPES,
+        (7, 16, 96, 11, 13),
+        (1, 64, 576, 97, 97),
+        (1, 64, 2048, 97, 97),
+        (4, 3, 5, 2, 2),
+    ]
     for shape in shapes:
         one = _sliced_da(shape, size, shape[2])
         for l2 in (1, 2 * one // 3, 2 * one, 5 * one, roofline.L2_BYTES, 2**31):
@@ -300,6 +302,14 @@ def test_the_v4_plan_is_plan_passes(dtype):
         )["maps"]
         == 2
     )
+    # the bound binds right past CCNet's C = 512 in float32: 8 slices of 64 there; at
+    # C = 576, 9 would fit (so a bound of 9 or more, in C++ or Python, fails here)
+    ccnet = emulation.plan((1, 64, 512, 97, 97), dtype, "backward", roofline.L2_BYTES)
+    wider = emulation.plan((1, 64, 576, 97, 97), dtype, "backward", roofline.L2_BYTES)
+    if dtype == torch.float32:
+        assert (ccnet["sliced_da"], ccnet["slices"]) == (True, roofline.MAX_DA_SLICES)
+        assert roofline.v4_kept_bytes((1, 64, 576, 97, 97), 4, 64) <= roofline.L2_BYTES // 2
+        assert not wider["sliced_da"]
     capped = emulation.plan((1, 64, 2048, 97, 97), dtype, "backward", roofline.L2_BYTES)
     if dtype == torch.float32:  # 64-channel slices fit, 32 of them: over the bound
         assert not capped["sliced_da"]

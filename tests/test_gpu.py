@@ -25,7 +25,7 @@ import cca_cases
 import pytest
 import torch
 
-from ccnet_edu import flex, ops
+from ccnet_edu import flex, ops, roofline
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 
@@ -121,9 +121,21 @@ def test_fused_cuda_against_portable_cpu(shape):
         _assert_close(f"portable cuda vs portable cpu: {name}", c.cpu(), b, 1e-6)
 
 
+def _size(dtype):
+    return 4 if dtype == torch.float32 else 2
+
+
+@pytest.mark.parametrize("sliced", [False, True], ids=["device-plan", "da-slices"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_same_bits_on_every_run(dtype):
-    case = _case((2, 64, 200, 33, 70), dtype, seed=3)
+def test_same_bits_on_every_run(dtype, sliced, monkeypatch):
+    """No atomics: the same bits on every run, with the device's plan (one slice at this
+    size) and with the backward's dA accumulated over four 64-channel slices."""
+    shape = (2, 64, 200, 33, 70)
+    if sliced:
+        l2 = 2 * roofline.v4_kept_bytes(shape, _size(dtype), 64)
+        assert roofline.v4_backward_plan(shape, _size(dtype), l2)[:3] == (4, 64, True)
+        monkeypatch.setenv("CCNET_EDU_CUDA_L2_BYTES", str(l2))
+    case = _case(shape, dtype, seed=3)
     first = _forward_backward(*case)
     for _ in range(2):
         again = _forward_backward(*case)
@@ -133,17 +145,21 @@ def test_same_bits_on_every_run(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_the_plans_give_the_bits_of_one_pass(dtype, monkeypatch):
-    """The launcher plans the passes for the device's L2 (at 97 x 97, C = 512, on a 50 MiB
-    L2: the backward accumulates dA over slices, each continuing the float accumulators the
-    previous one stored; the forward runs slices of the values): the same bits as one
-    pass over all the channels (CCNET_EDU_CUDA_L2_BYTES=0), and as a plan for a small L2
-    (v2's backward order, narrower slices)."""
-    case = _case((2, 64, 512, 97, 97), dtype, seed=4)
-    planned = _forward_backward(*case)
-    for l2 in ("0", str(4 * 2**20)):
-        monkeypatch.setenv("CCNET_EDU_CUDA_L2_BYTES", l2)
-        other = _forward_backward(*case)
-        for name, a, b in zip(NAMES, planned, other, strict=True):
+    """At 97 x 97, C = 512, planned for an H100's 50 MiB L2 (set, whatever the device's):
+    the backward accumulates dA over slices (8 of 64 channels in float32, 2 of 256 in 16-bit),
+    each slice's CTAs loading the float accumulators the previous one stored; for 30 MiB,
+    v2's order over slices (7 of 80, or 2 of 256) and the forward over 4 or 2; for 0, one
+    pass over both maps.  All give the same bits."""
+    shape, size = (2, 64, 512, 97, 97), _size(dtype)
+    plans = (roofline.L2_BYTES, 30 * 2**20, 0)
+    assert [roofline.v4_backward_plan(shape, size, l2)[2] for l2 in plans] == [True, False, False]
+    case = _case(shape, dtype, seed=4)
+    results = []
+    for l2 in plans:
+        monkeypatch.setenv("CCNET_EDU_CUDA_L2_BYTES", str(l2))
+        results.append(_forward_backward(*case))
+    for l2, other in zip(plans[1:], results[1:], strict=True):
+        for name, a, b in zip(NAMES, results[0], other, strict=True):
             assert torch.equal(a, b), f"{name}: L2 {l2}"
     monkeypatch.setenv("CCNET_EDU_CUDA_L2_BYTES", "lots")
     with pytest.raises(RuntimeError, match="CCNET_EDU_CUDA_L2_BYTES"):

@@ -305,6 +305,7 @@ def test_v4_forward_is_v3_s_and_its_plan_fits_the_share(shape, size):
     if fits:
         assert width % roofline.BWD_CHUNK == 0 or width == channels
         kept = size * slots + 4 * slots + 8 + max(3 * size * width, 4 * size * qk)
+        assert roofline.v4_kept_bytes(shape, size, width) == height * width_ * kept
         assert maps * height * width_ * kept <= roofline.L2_SHARE * roofline.L2_BYTES
         assert slices == -(-channels // width) and 1 <= maps <= batch
     assert roofline.v4_backward_plan(shape, size, l2_bytes=1) == (1, channels, False, 1)
