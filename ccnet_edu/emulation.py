@@ -110,14 +110,16 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-#: The largest value of a dimension of ``shape`` the helpers take (B, C', C, H, W each), and
-#: the most maps :func:`launches` lists the launches of.
-MAX_DIM, MAX_LAUNCH_MAPS = 2**20, 4096
+#: The largest C', C, H and W the helpers take, the largest B, and the most maps
+#: :func:`launches` lists the launches of: bounds under which the C side's byte counts
+#: (``H W`` pixels times a pixel's bytes) stay far inside 64-bit integers.
+MAX_DIM, MAX_BATCH, MAX_LAUNCH_MAPS = 2**16, 2**20, 4096
 
 
-def _shape(shape, *, max_batch: int = MAX_DIM, minimum: int = 1) -> ctypes.Array:
-    """``shape = (B, C', C, H, W)`` checked (ints in ``[minimum, MAX_DIM]``, B at most
-    ``max_batch``) before the C side divides by any of them or sizes anything."""
+def _shape(shape, *, max_batch: int = MAX_BATCH, minimum: int = 1) -> ctypes.Array:
+    """``shape = (B, C', C, H, W)`` checked (ints from ``minimum``, B at most ``max_batch``,
+    the others at most ``MAX_DIM``) before the C side divides by any of them or sizes
+    anything."""
     if not isinstance(shape, (tuple, list)) or len(shape) != 5:
         raise TypeError(f"shape must be a (B, C', C, H, W) tuple of 5 ints, got {shape!r}")
     names = ("B", "C'", "C", "H", "W")
