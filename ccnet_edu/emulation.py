@@ -114,6 +114,8 @@ def library() -> ctypes.CDLL:
 #: :func:`launches` lists the launches of: bounds under which the C side's byte counts
 #: (``H W`` pixels times a pixel's bytes) stay far inside 64-bit integers.
 MAX_DIM, MAX_BATCH, MAX_LAUNCH_MAPS = 2**16, 2**20, 4096
+#: The most launches :func:`launches` lists (each a record of 7 ints).
+MAX_LAUNCHES = 2**20
 
 
 def _shape(shape, *, max_batch: int = MAX_BATCH, minimum: int = 1) -> ctypes.Array:
@@ -324,6 +326,8 @@ def grid(pass_: str, direction: int, shape: tuple[int, int, int, int, int]) -> i
 def decode(pass_: str, direction: int, shape, index: int) -> dict[str, int]:
     """What CTA ``index`` of a pass works on: direction, line, block, chunk, kind."""
     ctas = grid(pass_, direction, shape)
+    if ctas == 0:
+        raise ValueError(f"pass_ {pass_!r} has no CTAs in direction {direction} at shape {shape}")
     index = check_int("index", index, minimum=0, maximum=ctas - 1)
     out = (ctypes.c_int64 * 5)()
     library().cca_lines_decode(PASSES[pass_], direction, _shape(shape), ctypes.c_int64(index), out)
@@ -375,10 +379,10 @@ def launches(
     dims = _shape(shape, max_batch=MAX_LAUNCH_MAPS)
     dtype_code, mode = _dtype(dtype), _mode(mode)
     l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0)
-    lib, count = library(), 0
-    capacity = 64
-    while True:
-        out = (ctypes.c_int64 * (7 * capacity))()
+    lib = library()
+
+    def record(capacity: int) -> tuple[int, ctypes.Array]:
+        out = (ctypes.c_int64 * max(1, 7 * capacity))()
         count = lib.cca_lines_launches(
             dims,
             dtype_code,
@@ -387,9 +391,15 @@ def launches(
             out,
             ctypes.c_int64(capacity),
         )
-        if count <= capacity:
-            break
-        capacity = count
+        return count, out
+
+    count, _ = record(0)  # how many, before anything is sized by it
+    if count > MAX_LAUNCHES:
+        raise ValueError(
+            f"shape {tuple(shape)} at l2_bytes={l2_bytes} makes {count} launches, more than "
+            f"the {MAX_LAUNCHES} launches lists"
+        )
+    count, out = record(count)
     records = []
     for n in range(count):
         record = dict(zip(LAUNCH_FIELDS, out[7 * n : 7 * n + 7], strict=True))

@@ -95,13 +95,20 @@ class Costs:
     bytes: float
 
 
+#: The largest C', C, H and W, and the largest B, the counts take (the slice searches walk
+#: the channels in 16-channel steps).
+MAX_DIM, MAX_BATCH = 2**16, 2**20
+
+
 def _shape(shape: object) -> tuple[int, int, int, int, int]:
-    """``(B, C', C, H, W)``, five ints >= 1."""
+    """``(B, C', C, H, W)``, five ints >= 1, B at most ``MAX_BATCH``, the others at most
+    ``MAX_DIM``."""
     if not isinstance(shape, (tuple, list)) or len(shape) != 5:
         raise TypeError(f"shape must be a (B, C', C, H, W) tuple of 5 ints, got {shape!r}")
     names = ("B", "C'", "C", "H", "W")
     return tuple(  # type: ignore[return-value]
-        check_int(f"shape's {n}", d, minimum=1) for n, d in zip(names, shape, strict=True)
+        check_int(f"shape's {n}", d, minimum=1, maximum=MAX_BATCH if n == "B" else MAX_DIM)
+        for n, d in zip(names, shape, strict=True)
     )
 
 
@@ -211,7 +218,7 @@ BWD_CHUNK = 64
 #: The most slices the v4 backward takes (``kMaxDaSlices``): a bound on its launches (3 a
 #: slice), chosen without a GPU timing; past it, v2's order.  It binds right past CCNet's
 #: width: float32 at 97 x 97 on a 50 MiB L2 takes 8 slices of 64 at C = 512, and v2's order
-#: (2.26 x the byte floor, not 1.10 x) from C = 520 on.
+#: (2.26 x the byte floor, not 1.10 x) at any C > 512.
 MAX_DA_SLICES = 8
 #: The designs :func:`design_costs` counts: ``"v1"`` the tiled kernels as issue #28 found
 #: them, ``"v2"``, ``"v3"`` and ``"v4"`` the designs after it.  Built now: v4 (v3's forward;

@@ -271,7 +271,7 @@ CCA_HD inline int64_t reused_bytes(const Problem& p, int elem_bytes, bool backwa
 // the sums the previous one stored, so the bits are the same (whole kBwdChunk steps are
 // the sufficient condition chosen, not the only one).  At most kMaxDaSlices slices (3
 // launches each): a bound on the launches, chosen without a GPU timing; past it, v2's
-// order (in float32 at 97 x 97 on a 50 MiB L2, from C = 520 on).
+// order (in float32 at 97 x 97 on a 50 MiB L2, at any C > 512).
 CCA_HD inline int64_t sliced_da_bytes(const Problem& p, int elem_bytes, int64_t width) {
   const int64_t hw = p.H * p.W, L = p.slots();
   const int64_t kept = elem_bytes * L + 4 * L + 8;

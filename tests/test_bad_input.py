@@ -2951,6 +2951,24 @@ CASES += [
         TypeError,
         "shape's W",
     ),
+    Case(
+        emulation.launches,
+        lambda: emulation.launches((4096, 1, 2**16, 1, 1), torch.float32, "backward", 512),
+        ValueError,
+        "launches",
+    ),
+    Case(
+        emulation.decode,
+        lambda: emulation.decode("agg", 1, (1, 8, 16, 1, 4), 0),
+        ValueError,
+        "no CTAs",
+    ),
+    Case(
+        roofline.v2_slices,
+        lambda: roofline.v2_slices((1, 1, 10**12, 1, 1), 4, "backward", 1),
+        ValueError,
+        "shape's C",
+    ),
     Case(emulation.merge_lse, lambda: emulation.merge_lse(0.0, 0.5, 0.0, 1.0), ValueError, "s_row"),
     Case(
         emulation.merge_lse,
