@@ -114,8 +114,9 @@ def library() -> ctypes.CDLL:
 #: :func:`launches` lists the launches of: bounds under which the C side's byte counts
 #: (``H W`` pixels times a pixel's bytes) stay far inside 64-bit integers.
 MAX_DIM, MAX_BATCH, MAX_LAUNCH_MAPS = 2**16, 2**20, 4096
-#: The most launches :func:`launches` lists (each a record of 7 ints).
-MAX_LAUNCHES = 2**20
+#: The most launches :func:`launches` lists (each a record of 7 ints), and the largest L2
+#: (bytes) the helpers plan for (a 64-bit integer on the C side).
+MAX_LAUNCHES, MAX_L2_BYTES = 2**20, 2**62
 
 
 def _shape(shape, *, max_batch: int = MAX_BATCH, minimum: int = 1) -> ctypes.Array:
@@ -219,7 +220,7 @@ def forward(
     nchw = _is_nchw(layout)
     dims = _dims(query, key, value)
     reverse, early_copies = check_bool("reverse", reverse), check_bool("early_copies", early_copies)
-    l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0)
+    l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0, maximum=MAX_L2_BYTES)
     batch, _, channels, height, width = dims
     q, k, v = (_in_layout(t, nchw) for t in (query, key, value))
     out = _nan(batch, channels, height, width, query.dtype, False)  # channels-last
@@ -262,7 +263,7 @@ def backward(
     go_nchw = _is_nchw(grad_out_layout or layout)
     dims = _dims(query, key, value)
     reverse, early_copies = check_bool("reverse", reverse), check_bool("early_copies", early_copies)
-    l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0)
+    l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0, maximum=MAX_L2_BYTES)
     batch, qk, channels, height, width = dims
     n, slots = (batch, height, width), height + width - 1
     check_tensor("grad_out", grad_out, dim=4, kind="float")
@@ -348,7 +349,7 @@ def plan(
     whether the backward accumulates dA slice by slice (``mode``: ``"forward"`` or
     ``"backward"``; ``csrc/cca_tiling.h``, plan_passes)."""
     dims, dtype_code, mode = _shape(shape), _dtype(dtype), _mode(mode)
-    l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0)
+    l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0, maximum=MAX_L2_BYTES)
     out = (ctypes.c_int64 * 5)()
     library().cca_lines_plan(
         dims, dtype_code, int(mode == "backward"), ctypes.c_int64(l2_bytes), out
@@ -378,7 +379,7 @@ def launches(
     At most :data:`MAX_LAUNCH_MAPS` maps (B)."""
     dims = _shape(shape, max_batch=MAX_LAUNCH_MAPS)
     dtype_code, mode = _dtype(dtype), _mode(mode)
-    l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0)
+    l2_bytes = check_int("l2_bytes", l2_bytes, minimum=0, maximum=MAX_L2_BYTES)
     lib = library()
 
     def record(capacity: int) -> tuple[int, ctypes.Array]:

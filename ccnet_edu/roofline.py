@@ -98,6 +98,8 @@ class Costs:
 #: The largest C', C, H and W, and the largest B, the counts take (the slice searches walk
 #: the channels in 16-channel steps).
 MAX_DIM, MAX_BATCH = 2**16, 2**20
+#: The largest L2 (bytes) the counts take.
+MAX_L2_BYTES = 2**62
 
 
 def _shape(shape: object) -> tuple[int, int, int, int, int]:
@@ -117,7 +119,7 @@ def _element_bytes(element_bytes: object) -> int:
 
 
 def _l2(l2_bytes: object) -> int:
-    return check_int("l2_bytes", l2_bytes, minimum=0)
+    return check_int("l2_bytes", l2_bytes, minimum=0, maximum=MAX_L2_BYTES)
 
 
 def costs(
@@ -218,7 +220,7 @@ BWD_CHUNK = 64
 #: The most slices the v4 backward takes (``kMaxDaSlices``): a bound on its launches (3 a
 #: slice), chosen without a GPU timing; past it, v2's order.  It binds right past CCNet's
 #: width: float32 at 97 x 97 on a 50 MiB L2 takes 8 slices of 64 at C = 512, and v2's order
-#: (2.26 x the byte floor, not 1.10 x) at any C > 512.
+#: at any C > 512 (2.26 x the byte floor at C = 513, against 1.10 x at 512).
 MAX_DA_SLICES = 8
 #: The designs :func:`design_costs` counts: ``"v1"`` the tiled kernels as issue #28 found
 #: them, ``"v2"``, ``"v3"`` and ``"v4"`` the designs after it.  Built now: v4 (v3's forward;

@@ -2969,6 +2969,30 @@ CASES += [
         ValueError,
         "shape's C",
     ),
+    Case(
+        emulation.plan,
+        lambda: emulation.plan((1, 8, 2**16 + 1, 4, 4), torch.float32, "backward", 2**20),
+        ValueError,
+        "shape's C",
+    ),
+    Case(
+        emulation.plan,
+        lambda: emulation.plan((1, 8, 16, 4, 4), torch.float32, "backward", 2**64),
+        ValueError,
+        "l2_bytes",
+    ),
+    Case(
+        roofline.design_costs,
+        lambda: roofline.design_costs((1, 64, 512, 2**16 + 1, 97), 2, "backward", "v4"),
+        ValueError,
+        "shape's H",
+    ),
+    Case(
+        roofline.v4_backward_plan,
+        lambda: roofline.v4_backward_plan(roofline.SHAPES[0], 2, 10**400),
+        ValueError,
+        "l2_bytes",
+    ),
     Case(emulation.merge_lse, lambda: emulation.merge_lse(0.0, 0.5, 0.0, 1.0), ValueError, "s_row"),
     Case(
         emulation.merge_lse,
