@@ -2982,6 +2982,32 @@ CASES += [
         "l2_bytes",
     ),
     Case(
+        emulation.launches,
+        lambda: emulation.launches((1, 8, 16, 4, 4), torch.float32, "backward", 2**62 + 1),
+        ValueError,
+        "l2_bytes",
+    ),
+    Case(
+        emulation.forward,
+        lambda: emulation.forward(fmap(*EMU_Q), fmap(*EMU_Q), fmap(1, 6, 3, 5), l2_bytes=2**62 + 1),
+        ValueError,
+        "l2_bytes",
+    ),
+    Case(
+        emulation.backward,
+        lambda: emulation.backward(
+            fmap(1, 6, 3, 5),
+            None,
+            fmap(1, 3, 5, 7),
+            fmap(*EMU_Q),
+            fmap(*EMU_Q),
+            fmap(1, 6, 3, 5),
+            l2_bytes=2**62 + 1,
+        ),
+        ValueError,
+        "l2_bytes",
+    ),
+    Case(
         roofline.design_costs,
         lambda: roofline.design_costs((1, 64, 512, 2**16 + 1, 97), 2, "backward", "v4"),
         ValueError,
