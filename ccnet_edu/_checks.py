@@ -89,6 +89,29 @@ def check_int(
     return value
 
 
+#: The largest C', C, H and W, and the largest B, of the shapes ``(B, C', C, H, W)`` that
+#: the roofline counts and the kernels' CPU emulation take (``check_cca_shape``): bounds
+#: under which byte counts of a map stay far inside 64-bit integers and the slice
+#: searches (16-channel steps) stay short.
+MAX_CCA_DIM, MAX_CCA_BATCH = 2**16, 2**20
+
+
+def check_cca_shape(
+    shape: object, *, minimum: int = 1, max_batch: int = MAX_CCA_BATCH
+) -> tuple[int, int, int, int, int]:
+    """``shape = (B, C', C, H, W)``: five ints from ``minimum``, B at most ``max_batch``,
+    the others at most ``MAX_CCA_DIM``; each named in the message (``shape's C``)."""
+    if not isinstance(shape, (tuple, list)) or len(shape) != 5:
+        raise TypeError(f"shape must be a (B, C', C, H, W) tuple of 5 ints, got {shape!r}")
+    names = ("B", "C'", "C", "H", "W")
+    return tuple(  # type: ignore[return-value]
+        check_int(
+            f"shape's {n}", d, minimum=minimum, maximum=max_batch if n == "B" else MAX_CCA_DIM
+        )
+        for n, d in zip(names, shape, strict=True)
+    )
+
+
 MAX_CHANNELS = 16384
 """The most channels (or classes) a module accepts: a 1x1 convolution from 16384 to 16384
 channels already holds 1 GiB of float32 weights, and a block holds several."""

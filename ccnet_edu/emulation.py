@@ -33,7 +33,16 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_bool, check_choice, check_float, check_int, check_qkv_agree, check_tensor
+from ._checks import (
+    MAX_CCA_BATCH,
+    check_bool,
+    check_cca_shape,
+    check_choice,
+    check_float,
+    check_int,
+    check_qkv_agree,
+    check_tensor,
+)
 from .ops._build import BuildError, build_dir, csrc_dir, first_error, load_verified
 
 __all__ = [
@@ -110,27 +119,16 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-#: The largest C', C, H and W the helpers take, the largest B, and the most maps
-#: :func:`launches` lists the launches of: bounds under which the C side's byte counts
-#: (``H W`` pixels times a pixel's bytes) stay far inside 64-bit integers.
-MAX_DIM, MAX_BATCH, MAX_LAUNCH_MAPS = 2**16, 2**20, 4096
-#: The most launches :func:`launches` lists (each a record of 7 ints), and the largest L2
-#: (bytes) the helpers plan for (a 64-bit integer on the C side).
-MAX_LAUNCHES, MAX_L2_BYTES = 2**20, 2**62
+#: The most maps :func:`launches` lists the launches of, the most launches it lists (each a
+#: record of 7 ints), and the largest L2 (bytes) the helpers plan for (a 64-bit integer on
+#: the C side).  Shapes are bounded by ``_checks.check_cca_shape``.
+MAX_LAUNCH_MAPS, MAX_LAUNCHES, MAX_L2_BYTES = 4096, 2**20, 2**62
 
 
-def _shape(shape, *, max_batch: int = MAX_BATCH, minimum: int = 1) -> ctypes.Array:
-    """``shape = (B, C', C, H, W)`` checked (ints from ``minimum``, B at most ``max_batch``,
-    the others at most ``MAX_DIM``) before the C side divides by any of them or sizes
-    anything."""
-    if not isinstance(shape, (tuple, list)) or len(shape) != 5:
-        raise TypeError(f"shape must be a (B, C', C, H, W) tuple of 5 ints, got {shape!r}")
-    names = ("B", "C'", "C", "H", "W")
-    dims = [
-        check_int(f"shape's {n}", d, minimum=minimum, maximum=max_batch if n == "B" else MAX_DIM)
-        for n, d in zip(names, shape, strict=True)
-    ]
-    return (ctypes.c_int64 * 5)(*dims)
+def _shape(shape, *, max_batch: int = MAX_CCA_BATCH, minimum: int = 1) -> ctypes.Array:
+    """``shape`` checked (``check_cca_shape``) before the C side divides by any of its
+    dimensions or sizes anything."""
+    return (ctypes.c_int64 * 5)(*check_cca_shape(shape, minimum=minimum, max_batch=max_batch))
 
 
 def _dtype(dtype: object, name: str = "dtype") -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._checks import check_bool, check_choice, check_float, check_int
+from ._checks import check_bool, check_cca_shape, check_choice, check_float, check_int
 
 __all__ = [
     "BWD_CHUNK",
@@ -95,23 +95,12 @@ class Costs:
     bytes: float
 
 
-#: The largest C', C, H and W, and the largest B, the counts take (the slice searches walk
-#: the channels in 16-channel steps).
-MAX_DIM, MAX_BATCH = 2**16, 2**20
 #: The largest L2 (bytes) the counts take.
 MAX_L2_BYTES = 2**62
 
 
 def _shape(shape: object) -> tuple[int, int, int, int, int]:
-    """``(B, C', C, H, W)``, five ints >= 1, B at most ``MAX_BATCH``, the others at most
-    ``MAX_DIM``."""
-    if not isinstance(shape, (tuple, list)) or len(shape) != 5:
-        raise TypeError(f"shape must be a (B, C', C, H, W) tuple of 5 ints, got {shape!r}")
-    names = ("B", "C'", "C", "H", "W")
-    return tuple(  # type: ignore[return-value]
-        check_int(f"shape's {n}", d, minimum=1, maximum=MAX_BATCH if n == "B" else MAX_DIM)
-        for n, d in zip(names, shape, strict=True)
-    )
+    return check_cca_shape(shape)
 
 
 def _element_bytes(element_bytes: object) -> int:
